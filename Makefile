@@ -1,0 +1,73 @@
+# The user interface of the project: `make help` lists the targets.
+# Every target takes CONFIG=path/to/config.yml and ARGS="key.sub=value ..." (config overrides);
+# stage2, submit and evaluate take FROM=runs/<run> (default: the latest suitable run).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.yml
+ARGS ?=
+FROM ?=
+DEMO_CONFIG ?= configs/demo.yml
+FROM_ARG = $(if $(FROM),--from $(FROM),)
+
+.DEFAULT_GOAL := help
+.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench tensorboard notebooks clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "pip<24.1"
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the pinned requirements (pip<24.1 for Catalyst)
+
+synth: install ## Write the synthetic data set in the challenge layout into data.root
+	$(PY) -m asd.synthetic --config $(CONFIG) $(ARGS)
+
+index: install ## Print the clip counts of data.root per machine, section, domain, split, label
+	$(PY) -m asd.index --config $(CONFIG) $(ARGS)
+
+data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into data.root
+	$(PY) -m asd.download --config $(CONFIG) $(ARGS)
+
+cache: install ## Build (or reuse) the log-mel feature cache of data.root
+	$(PY) -m asd.features --config $(CONFIG) $(ARGS)
+
+stage1: install ## Step 1: train on source clips (150 epochs); prints the run folder
+	$(PY) -m runners.stage1 --config $(CONFIG) $(ARGS)
+
+stage2: install ## Step 2: fine-tune the last stage on source x target (5000 iterations); FROM=
+	$(PY) -m runners.stage2 --config $(CONFIG) $(FROM_ARG) $(ARGS)
+
+submit: install ## Fit GMM / One-Class SVM detectors and write the challenge CSVs; FROM=
+	$(PY) -m asd.submit --config $(CONFIG) $(FROM_ARG) $(ARGS)
+
+evaluate: install ## AUC / pAUC tables of a submitted run against the labels; FROM=
+	$(PY) -m asd.evaluate --config $(CONFIG) $(FROM_ARG) $(ARGS)
+
+demo: install ## The whole pipeline on generated data with configs/demo.yml, then the results table
+	$(MAKE) --no-print-directory synth stage1 stage2 submit evaluate CONFIG=$(DEMO_CONFIG)
+
+test: install ## Run every test (the CI command)
+	$(PY) -m pytest -q -ra tests
+
+test-fast: install ## Run the tests without the slow end-to-end ones
+	$(PY) -m pytest -q -ra tests -m "not slow"
+
+bench: install ## Speed of the feature extractor and the training data path against plain references
+	$(PY) bench/features.py
+	$(PY) bench/train.py
+
+tensorboard: install ## Serve the runs' TensorBoard logs on localhost
+	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(CONFIG)').runs.dir)") --host 127.0.0.1
+
+notebooks: install ## Execute the notebooks against a run (FROM=) and write HTML copies into it
+	$(PY) -m asd.notebooks --config $(CONFIG) $(FROM_ARG)
+
+clean: ## Remove caches of Python and pytest (not data, runs or .venv)
+	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache
