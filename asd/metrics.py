@@ -1,0 +1,59 @@
+"""Challenge metrics: AUC, pAUC (p = 0.1) and their harmonic means.
+
+Labels are 1 for anomalous and 0 for normal clips; scores are higher for more anomalous clips.
+pAUC is exactly ``sklearn.metrics.roc_auc_score(y, score, max_fpr=0.1)``, the challenge
+definition, which is McClish-standardised: a perfect ranking gives 1.0, a random one about
+0.5 and a fully reversed one 0.5 * (1 - p / (2 - p)) = 9 / 19 = 0.4737 for p = 0.1 (not 0).
+Harmonic means floor every value at machine epsilon first, as the official evaluator does, so
+a single 0 gives a tiny mean instead of an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+import numpy as np
+import scipy.stats
+from sklearn.metrics import roc_auc_score
+
+MAX_FPR = 0.1
+
+
+def _check(y, score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(int).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != score.shape:
+        raise ValueError(f"labels ({y.size}) and scores ({score.size}) differ in length")
+    if not set(np.unique(y)) <= {0, 1}:
+        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
+    if np.unique(y).size < 2:
+        raise ValueError("AUC needs both normal and anomalous clips")
+    if not np.all(np.isfinite(score)):
+        raise ValueError("scores contain NaN or infinity")
+    return y, score
+
+
+def auc(y, score) -> float:
+    """Area under the ROC curve (1 = anomaly ranked above every normal clip)."""
+    y, score = _check(y, score)
+    return float(roc_auc_score(y, score))
+
+
+def pauc(y, score, max_fpr: float = MAX_FPR) -> float:
+    """Standardised partial AUC over false-positive rates [0, max_fpr] (the challenge pAUC)."""
+    y, score = _check(y, score)
+    return float(roc_auc_score(y, score, max_fpr=max_fpr))
+
+
+def hmean(values: Iterable[float]) -> float:
+    """Harmonic mean with every value floored at machine epsilon (the evaluator's rule)."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("harmonic mean of no values")
+    return float(scipy.stats.hmean(np.maximum(values, sys.float_info.epsilon)))
+
+
+def official_score(aucs: Iterable[float], paucs: Iterable[float]) -> float:
+    """The challenge's single score: harmonic mean of all AUC and pAUC values together."""
+    return hmean(list(aucs) + list(paucs))
