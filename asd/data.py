@@ -1,0 +1,232 @@
+"""The data set index: parse DCASE clip names, walk a data root, assign class ids.
+
+Layouts read (``ROOT`` is what the caller passes):
+
+- DCASE 2021: ``ROOT/{dev_data,eval_data}/<machine>/{train,source_test,target_test}/*.wav``
+- DCASE 2022/2023: ``ROOT/{dev_data,eval_data}/<machine>/{train,test}/*.wav``
+- a root that directly holds machine folders (``<machine>/train/...``); ``dataset`` is "" then.
+
+Names (split on ``_``): ``section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav``;
+training and development test names carry the label, evaluation test names do not, and the
+attribute part (2022 on: test names too) may itself contain ``_`` and ``.``.
+
+Ground truth of the evaluation test clips lives in ``ROOT/eval_data/ground_truth/`` in the format
+of the official DCASE 2021 evaluator: ``ground_truth_<machine>_section_<XX>_<domain>_test.csv``,
+one ``file name,0|1`` row per clip (1 = anomaly), sorted by name, no header. For the real data
+copy the evaluator's ``ground_truth_data/*.csv`` there; the synthetic generator writes them there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from asd.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("dev_data", "eval_data")
+DOMAINS = ("source", "target")
+LABELS = ("normal", "anomaly")
+GROUND_TRUTH = "ground_truth"  # folder inside eval_data/ (not a machine)
+# test folders and the domain their clips must carry (None: the 2022/2023 mixed test/ folder)
+_FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
+COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "split", "label", "index",
+           "attributes", "class"]
+CLASS_COLUMNS = ["class", "machine", "section", "domain"]
+
+_EXPECTED = "section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav"
+_NAME = re.compile(
+    r"^section_(?P<section>\d{2})_(?P<domain>[A-Za-z]+)_(?P<split>train|test)_"
+    r"(?:(?P<label>normal|anomaly)_)?(?P<index>\d+)(?:_(?P<attributes>.+?))?\.(?i:wav)$"
+)
+
+
+class DataError(ValueError):
+    """A data set that cannot be read as expected; the message names the path and the problem."""
+
+
+@dataclass(frozen=True)
+class ClipName:
+    """The parts of a clip's file name."""
+
+    section: str  # "00"
+    domain: str  # "source" | "target"
+    split: str  # "train" | "test"
+    label: Optional[str]  # "normal" | "anomaly" | None (evaluation test clips)
+    index: int
+    attributes: str  # "" if none, e.g. "vel_730_ac_0.11"
+
+
+def parse_name(file_name: str | Path) -> ClipName:
+    """Parse a DCASE clip name (a bare name or a path); DataError names the file otherwise."""
+    name = Path(file_name).name
+    m = _NAME.match(name)
+    if m is None:
+        raise DataError(f"{file_name}: not a DCASE clip name; expected {_EXPECTED}")
+    domain = m["domain"]
+    if domain not in DOMAINS:
+        raise DataError(f"{file_name}: unknown domain {domain!r}; expected 'source' or 'target' "
+                        f"({_EXPECTED})")
+    if m["split"] == "train" and m["label"] != "normal":
+        raise DataError(f"{file_name}: a training clip name must say 'train_normal'; "
+                        f"expected {_EXPECTED}")
+    return ClipName(section=m["section"], domain=domain, split=m["split"], label=m["label"],
+                    index=int(m["index"]), attributes=m["attributes"] or "")
+
+
+def _machine_folders(root: Path) -> list[tuple[str, Path]]:
+    """(dataset, machine folder) pairs under ``root``, in sorted order."""
+    datasets = [d for d in DATASETS if (root / d).is_dir()]
+    if datasets:
+        pairs = []
+        for d in datasets:
+            for p in sorted((root / d).iterdir()):
+                if p.is_dir() and not p.name.startswith((".", GROUND_TRUTH)):
+                    pairs.append((d, p))
+        return pairs
+    machines = [p for p in sorted(root.iterdir())
+                if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir()]
+    if not machines:
+        raise DataError(f"{root}: expected dev_data/ or eval_data/ (or machine folders holding "
+                        f"train/) inside, found neither")
+    return [("", p) for p in machines]
+
+
+def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
+    expected_split = "train" if folder.name == "train" else "test"
+    expected_domain = _FOLDERS[folder.name]
+    rows = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix.lower() != ".wav" or f.name.startswith("."):
+            continue
+        clip = parse_name(f)
+        if clip.split != expected_split:
+            raise DataError(f"{f}: a '{clip.split}' clip inside {folder.name}/; "
+                            f"expected only *_{expected_split}_* names there")
+        if expected_domain is not None and clip.domain != expected_domain:
+            raise DataError(f"{f}: a '{clip.domain}' clip inside {folder.name}/; "
+                            f"expected only {expected_domain} clips there")
+        rows.append({"path": str(f.absolute()), "file": f.name, "dataset": dataset,
+                     "machine": machine.name, "section": clip.section, "domain": clip.domain,
+                     "split": clip.split, "label": clip.label, "index": clip.index,
+                     "attributes": clip.attributes, "_folder": folder.name})
+    return rows
+
+
+def index_dataset(root: str | Path) -> pd.DataFrame:
+    """One row per clip of the data root (columns COLUMNS), sorted by dataset, machine, folder, file.
+
+    ``label`` is None for unlabelled (evaluation test) clips; ``class`` is the id of the clip's
+    (machine, section, domain) in ``class_table`` of this index, -1 where that has no training clips.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist (or is not a folder); expected a folder "
+                        f"holding dev_data/ and/or eval_data/ (run `make data` or `make synth`)")
+    rows: list[dict] = []
+    for dataset, machine in _machine_folders(root):
+        train = machine / "train"
+        if not train.is_dir():
+            raise DataError(f"{machine}: machine folder without a train/ folder; expected "
+                            f"train/ and source_test/, target_test/ (or test/)")
+        found = _folder_rows(dataset, machine, train)
+        if not found:
+            raise DataError(f"{train}: no .wav files; expected the machine's training clips")
+        rows += found
+        for name in ("source_test", "target_test", "test"):
+            if (machine / name).is_dir():
+                rows += _folder_rows(dataset, machine, machine / name)
+    if not rows:
+        raise DataError(f"{root}: no .wav files found; expected <dataset>/<machine>/train/*.wav")
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["dataset", "machine", "_folder", "file"], kind="stable")
+    df = df.drop(columns="_folder").reset_index(drop=True)
+    df["label"] = pd.Series(df["label"].tolist(), dtype=object)  # keep None, not NaN
+    df["label"] = df["label"].where(df["label"].notna(), None)
+    df["index"] = df["index"].astype(int)
+    df["class"] = -1
+    return assign_classes(df, class_table(df))
+
+
+def class_table(index_df: pd.DataFrame) -> pd.DataFrame:
+    """Classes = (machine, section, domain) found in the training clips, ids 0..C-1 in sorted order."""
+    train = index_df[index_df["split"] == "train"]
+    keys = sorted(set(zip(train["machine"], train["section"], train["domain"])))
+    table = pd.DataFrame(keys, columns=["machine", "section", "domain"])
+    table.insert(0, "class", range(len(table)))
+    return table[CLASS_COLUMNS].astype({"class": int, "machine": object, "section": object,
+                                         "domain": object})
+
+
+def assign_classes(index_df: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``index_df`` whose ``class`` column holds the ids of ``classes`` (-1: not there)."""
+    lookup = {(m, s, d): int(c) for c, m, s, d in
+              zip(classes["class"], classes["machine"], classes["section"], classes["domain"])}
+    out = index_df.copy()
+    out["class"] = [lookup.get(k, -1) for k in
+                    zip(out["machine"], out["section"], out["domain"])]
+    out["class"] = out["class"].astype(int)
+    return out
+
+
+def save_classes(table: pd.DataFrame, path: str | Path) -> None:
+    """Write the class table as CSV (class,machine,section,domain), atomically."""
+    with atomic_path(path) as tmp:
+        table[CLASS_COLUMNS].to_csv(tmp, index=False)
+
+
+def load_classes(path: str | Path) -> pd.DataFrame:
+    """Read a class table written by save_classes; sections stay two-digit strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"class table {path} does not exist")
+    try:
+        table = pd.read_csv(path, dtype={"machine": str, "section": str, "domain": str})
+    except (ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"class table {path} is not a readable CSV: {err}") from None
+    if list(table.columns) != CLASS_COLUMNS:
+        raise DataError(f"class table {path}: expected columns {CLASS_COLUMNS}, "
+                        f"got {list(table.columns)}")
+    if list(table["class"]) != list(range(len(table))):
+        raise DataError(f"class table {path}: expected class ids 0..{len(table) - 1} in order")
+    return table.astype({"class": int, "machine": object, "section": object, "domain": object})
+
+
+def ground_truth_dir(root: str | Path) -> Path:
+    """Where the evaluation test labels of ``root`` live (official evaluator's CSV format)."""
+    return Path(root) / "eval_data" / GROUND_TRUTH
+
+
+def ground_truth_name(machine: str, section: str, domain: str) -> str:
+    """``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, the official evaluator's name."""
+    return f"ground_truth_{machine}_section_{section}_{domain}_test.csv"
+
+
+def load_ground_truth(root: str | Path) -> pd.DataFrame:
+    """All ground-truth rows of ``root``: DataFrame[machine, section, domain, file, anomaly (0|1)]."""
+    folder = ground_truth_dir(root)
+    pattern = re.compile(r"^ground_truth_(.+)_section_(\d{2})_(source|target)_test\.csv$")
+    frames = []
+    for f in sorted(folder.glob("ground_truth_*.csv")):
+        m = pattern.match(f.name)
+        if m is None:
+            raise DataError(f"{f}: expected a name ground_truth_<machine>_section_XX_<domain>_test.csv")
+        gt = pd.read_csv(f, header=None, names=["file", "anomaly"], dtype={"file": str})
+        if not gt["anomaly"].isin([0, 1]).all():
+            raise DataError(f"{f}: expected rows 'file name,0|1'")
+        gt.insert(0, "domain", m[3])
+        gt.insert(0, "section", m[2])
+        gt.insert(0, "machine", m[1])
+        frames.append(gt)
+    if not frames:
+        raise DataError(f"{folder}: no ground_truth_*.csv files; expected the evaluation labels "
+                        f"in the official evaluator's format")
+    out = pd.concat(frames, ignore_index=True)
+    return out.astype({"machine": object, "section": object, "domain": object, "file": object,
+                       "anomaly": int})
