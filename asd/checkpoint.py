@@ -72,7 +72,8 @@ def _stats(values: Any, name: str) -> torch.Tensor:
     else:
         t = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
     if t.dim() != 1:
-        raise ValueError(f"save_checkpoint: feature {name} must be 1-d (mels,), got {tuple(t.shape)}")
+        raise ValueError(f"save_checkpoint: feature {name} must be 1-d (mels,), "
+                         f"got {tuple(t.shape)}")
     return t
 
 

@@ -121,7 +121,8 @@ def test_scale_survives_state_dict_round_trip(head):
 def test_gradients_reach_embeddings_and_centres(head):
     emb = torch.randn(6, 8, requires_grad=True)
     head.train()
-    loss = kl_loss(head(emb, one_hot(torch.randint(0, 5, (6,)), 5)), one_hot(torch.arange(6) % 5, 5))
+    target = one_hot(torch.arange(6) % 5, 5)
+    loss = kl_loss(head(emb, target), target)
     loss.backward()
     assert emb.grad is not None and emb.grad.abs().sum() > 0
     assert head.centres.grad is not None and head.centres.grad.abs().sum() > 0
@@ -133,7 +134,8 @@ def test_gradients_reach_embeddings_and_centres(head):
 def test_never_nan_or_inf(n_classes, n_sub, kind):
     torch.manual_seed(3)
     dim, b = 16, 6
-    emb = {"zeros": torch.zeros(b, dim), "huge": torch.full((b, dim), 1e30) * torch.randn(b, dim).sign(),
+    emb = {"zeros": torch.zeros(b, dim),
+           "huge": torch.full((b, dim), 1e30) * torch.randn(b, dim).sign(),
            "identical": torch.randn(1, dim).repeat(b, 1), "tiny": torch.randn(b, dim) * 1e-40,
            "random": torch.randn(b, dim) * 50}[kind].requires_grad_()
     h = SubClusterAdaCos(n_classes, n_sub, dim)
