@@ -1,0 +1,45 @@
+"""Embeddings of log-mel features with a trained model (eval mode, no gradients)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
+          batch_size: int = 256, device: str | torch.device = "cpu",
+          wrap: Callable[[list], Iterable] | None = None) -> np.ndarray:
+    """Embed unnormalised log-mel features.  # (N, T, F) -> float32 (N, D)
+
+    ``features`` may be a memory-mapped array (read one batch at a time); each batch is
+    standardised per mel band with the model's training ``mean``/``std`` (F,) and given a
+    channel dimension. The model runs in eval mode under ``torch.no_grad`` and is put back in
+    its previous mode afterwards. ``wrap`` (optional) wraps the list of batch slices, e.g.
+``tqdm`` for a progress bar on the command line.
+    """
+    n = len(features)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    mean = torch.as_tensor(np.asarray(mean, dtype=np.float32), device=device)  # (F,)
+    std = torch.as_tensor(np.asarray(std, dtype=np.float32), device=device)  # (F,)
+    slices = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if wrap is not None:
+        slices = wrap(slices)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for sl in slices:
+                x = torch.from_numpy(np.asarray(features[sl], dtype=np.float32)).to(device)
+                x = ((x - mean) / std).unsqueeze(1)  # (B, 1, T, F)
+                out.append(model(x).float().cpu().numpy())  # (B, D)
+    finally:
+        model.train(was_training)
+    if not out:
+        dim = getattr(getattr(model, "cfg", None), "embedding_dim", 0)
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
