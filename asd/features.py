@@ -1,0 +1,309 @@
+"""Log-mel features: audio loading, the log-mel spectrogram and a batched torch extractor.
+
+The features follow report 2.1: STFT with a periodic Hann window of ``n_fft`` samples, hop
+``hop_length``, centred with zero padding (librosa's ``center=True, pad_mode="constant"``); the
+power spectrogram goes through librosa's Slaney mel filterbank (``htk=False, norm="slaney"``) and
+to dB as ``librosa.power_to_db(ref=1.0, amin, top_db)``. The result matches
+``librosa.power_to_db(librosa.feature.melspectrogram(...))`` to well under 1e-3 dB.
+
+Every clip gives exactly ``cfg.frames`` frames (313 for 10 s at 16 kHz). A longer waveform is
+cropped and a shorter one zero-padded *before* the STFT (``fit_length``); because the centred STFT
+pads with zeros anyway, the frames kept are exactly librosa's frames of the original clip (the
+first ``cfg.frames`` of them for a longer clip; a shorter clip's missing frames are those of
+silence, i.e. ``10 * log10(amin)`` dB).
+
+``load_audio`` reads a WAV with soundfile and handles, with a warning naming the file:
+several channels (mean of the channels), another sample rate (resampled with librosa/soxr) and
+a length that does not give ``cfg.frames`` frames (cropped or padded later by ``log_mel``).
+8-bit, 16/24/32-bit and float WAVs all read as float32 in [-1, 1]. An unreadable, truncated or
+empty file, or one holding NaN or infinite samples, raises ``AudioError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+from asd.config import FeatureConfig
+
+log = logging.getLogger(__name__)
+
+CPU_SUB_BATCH = 2  # clips per STFT on CPU: their frames and spectra fit in the CPU cache
+MEL_BLOCKS = 8  # the banded mel matrix is applied as this many dense column blocks (4x fewer FLOPs)
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+class AudioWarning(UserWarning):
+    """An audio file that was converted to fit the features (channels, sample rate, length)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def clip_samples(cfg: FeatureConfig) -> int:
+    """Samples that determine the first ``cfg.frames`` centred STFT frames (160,256 by default)."""
+    return (cfg.frames - 1) * cfg.hop_length + cfg.n_fft - cfg.n_fft // 2
+
+
+def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
+    """Frames of a centred STFT of ``n_samples`` samples (librosa's count)."""
+    return 1 + n_samples // cfg.hop_length
+
+
+def _check_wav_header(path: Path) -> None:
+    """Raise AudioError when a RIFF/WAVE file's data chunk is shorter than its header says.
+
+    libsndfile silently reads what is there, so a copy cut short would pass unnoticed.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return  # not plain RIFF (RF64, another format): leave it to libsndfile
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk, length = struct.unpack("<4sI", f.read(8))
+                if chunk == b"data":
+                    available = size - pos - 8
+                    if length not in (0, 0xFFFFFFFF) and length > available:
+                        raise AudioError(f"{path}: truncated WAV file: the header announces "
+                                         f"{length} bytes of audio, the file holds {available}")
+                    return
+                pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read the file: {err}") from None
+
+
+def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[str]]:
+    """Like ``load_audio`` but returns the notes (what was converted) instead of warning.
+
+    Returns (float32 (samples,) at cfg.sample_rate, list of notes). The cache builder uses this
+    to summarise conversions over thousands of clips instead of warning once per clip.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file does not exist")
+    _check_wav_header(path)
+    try:
+        wave, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: not a readable audio file ({err})") from None
+    notes = []
+    if wave.shape[0] == 0:
+        raise AudioError(f"{path}: empty audio file (no samples)")
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{path}: audio holds NaN or infinite samples")
+    if wave.shape[1] > 1:
+        notes.append(f"{wave.shape[1]} channels, averaged to mono")
+    wave = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
+    if rate != cfg.sample_rate:
+        notes.append(f"sample rate {rate} Hz, resampled to {cfg.sample_rate} Hz")
+        wave = resample(wave, rate, cfg.sample_rate)
+    got = n_frames(len(wave), cfg)
+    if got != cfg.frames:
+        how = "cropped" if got > cfg.frames else "zero-padded"
+        notes.append(f"{len(wave) / cfg.sample_rate:.3f} s gives {got} frames, {how} to {cfg.frames}")
+    return np.ascontiguousarray(wave, dtype=np.float32), notes
+
+
+def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
+    """Read a clip as float32 (samples,) at ``cfg.sample_rate``, mono; see the module docstring.
+
+    Warns (AudioWarning, naming the file) when channels were averaged, the clip was resampled, or
+    its length will be cropped/padded by ``log_mel``; raises AudioError when it cannot be used.
+    """
+    wave, notes = read_audio(path, cfg)
+    for note in notes:
+        warnings.warn(f"{path}: {note}", AudioWarning, stacklevel=2)
+    return wave
+
+
+def resample(wave: np.ndarray, orig_rate: int, rate: int) -> np.ndarray:
+    """Band-limited resampling (librosa's default, soxr 'HQ') as float32."""
+    import librosa  # slow to import; only needed here and for the mel matrix
+
+    return librosa.resample(wave, orig_sr=orig_rate, target_sr=rate).astype(np.float32)
+
+
+def fit_length(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Crop or zero-pad (samples,) to ``clip_samples(cfg)``; leaves the first frames unchanged."""
+    n = clip_samples(cfg)
+    if len(wave) >= n:
+        return wave[:n]
+    return np.pad(wave, (0, n - len(wave)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-mel
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's htk=False): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of ``hz_to_mel``."""
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)),
+                    mel * (200.0 / 3))
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """The Slaney mel filterbank, float32 (n_mels, n_fft//2+1), equal to librosa.filters.mel
+    (htk=False, norm='slaney'); computed here in NumPy because librosa's first call takes seconds.
+    """
+    bins = np.linspace(0.0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)  # (K,) Hz
+    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    width = np.diff(edges)  # (M + 1,)
+    rise = (bins[None, :] - edges[:-2, None]) / width[:-1, None]  # (M, K)
+    fall = (edges[2:, None] - bins[None, :]) / width[1:, None]
+    weights = np.maximum(0.0, np.minimum(rise, fall))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney: equal area per band
+    return weights.astype(np.float32)
+
+
+class LogMelExtractor(nn.Module):
+    """Batched log-mel: (B, samples) float32 waveforms -> (B, cfg.frames, cfg.n_mels) dB.
+
+    Waveforms of any length are cropped/zero-padded to ``clip_samples(cfg)`` first. The STFT is
+    framing + ``torch.fft.rfft`` (about 4x faster on CPU than ``torch.stft``, same numbers), and
+    the mel matrix, which is banded, is applied as ``MEL_BLOCKS`` dense blocks of bands over the
+    frequency bins they touch. All in float32: bins more than about 90 dB below their frame's
+    peak (pure synthetic tones over digital silence) can differ from librosa, which runs its FFT
+    in float64, by up to ~0.01 dB; recordings and noise agree to ~1e-4 dB.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.cfg = cfg
+        mel = mel_filterbank(cfg)  # (M, K)
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True,
+                                                         dtype=torch.float32), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(mel.T.copy()), persistent=False)  # (K, M)
+        # Bands b0..b1 only touch bins k0..k1; each block's weights are repeated for the real and
+        # imaginary parts, so |X|^2 @ W becomes (re^2, im^2 interleaved) @ W2: one pass fewer.
+        self.blocks: list[tuple[int, int, int, int]] = []  # (band b0, b1, bin k0, k1)
+        step = -(-cfg.n_mels // MEL_BLOCKS)
+        for b in range(0, cfg.n_mels, step):
+            used = np.flatnonzero((mel[b:b + step] != 0).any(axis=0))
+            lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+            self.blocks.append((b, min(b + step, cfg.n_mels), lo, hi))
+            weights = torch.from_numpy(mel[b:b + step, lo:hi].T.copy())  # (bins, bands)
+            self.register_buffer(f"mel_block{len(self.blocks) - 1}",
+                                 weights.repeat_interleave(2, dim=0), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n = clip_samples(cfg)
+        wave = wave.to(torch.float32)
+        if wave.shape[-1] >= n:
+            wave = wave[..., :n]
+        else:
+            wave = nn.functional.pad(wave, (0, n - wave.shape[-1]))
+        if wave.device.type != "cpu":
+            return self._log_mel(wave)
+        # On CPU the STFT of a few clips stays in cache; large batches are memory-bound (2x slower).
+        out = wave.new_empty(wave.shape[0], cfg.frames, cfg.n_mels)
+        for i in range(0, wave.shape[0], CPU_SUB_BATCH):
+            out[i:i + CPU_SUB_BATCH] = self._log_mel(wave[i:i + CPU_SUB_BATCH])
+        return out
+
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, clip_samples) -> (B, frames, mels) dB."""
+        cfg = self.cfg
+        # centred STFT = zeros on both sides; the right side is already in the padded clip
+        wave = nn.functional.pad(wave, (cfg.n_fft // 2, 0))  # (B, n + n_fft//2)
+        frames = wave.unfold(-1, cfg.n_fft, cfg.hop_length) * self.window  # (B, T, n_fft)
+        spec = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
+        if cfg.power == 2.0:
+            parts = torch.view_as_real(spec).square().flatten(-2)  # (B, T, 2K): re^2, im^2, ...
+        else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
+            mag = spec.abs().pow(cfg.power)
+            parts = torch.stack([mag, torch.zeros_like(mag)], dim=-1).flatten(-2)
+        mel = torch.cat([parts[..., 2 * lo:2 * hi] @ getattr(self, f"mel_block{i}")
+                         for i, (_, _, lo, hi) in enumerate(self.blocks)], dim=-1)  # (B, T, M)
+        db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))  # ref = 1.0
+        if cfg.top_db is not None:
+            peak = db.amax(dim=(-2, -1), keepdim=True)
+            db = torch.maximum(db, peak - cfg.top_db)
+        return db
+
+
+@functools.lru_cache(maxsize=8)
+def _extractor(cfg: FeatureConfig) -> LogMelExtractor:
+    return LogMelExtractor(cfg)
+
+
+def log_mel(wave: np.ndarray, sample_rate: int, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel spectrogram of a mono clip: float32 (cfg.frames, cfg.n_mels), unnormalised dB.
+
+    ``wave`` (samples,) is resampled when ``sample_rate`` differs from ``cfg.sample_rate`` and
+    cropped/zero-padded to give exactly ``cfg.frames`` frames (see the module docstring).
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"log_mel: expected a mono waveform (samples,), got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("log_mel: the waveform holds NaN or infinite samples")
+    if sample_rate != cfg.sample_rate:
+        wave = resample(wave, sample_rate, cfg.sample_rate)
+    x = torch.from_numpy(np.ascontiguousarray(wave))[None]  # (1, samples)
+    with torch.no_grad():
+        return _extractor(cfg)(x)[0].numpy()  # (T, M)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: `make cache`
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m asd.features [--config C] [--workers N] [key.sub=value ...]``: build the cache."""
+    import argparse
+
+    from asd.cache import CacheError, build_cache
+    from asd.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m asd.features",
+                                     description="Build (or reuse) the log-mel cache of data.root; "
+                                                 "prints the cache folder as the last line.")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    parser.add_argument("--config", default="config.yml", help="config file (default: config.yml)")
+    parser.add_argument("--root", default=None, help="data root (default: data.root of the config)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding threads (default: the usable CPU cores)")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(ns.config, ns.overrides)
+        cache = build_cache(cfg, root=ns.root, progress=True, workers=ns.workers)
+    except (ConfigError, CacheError, AudioError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(cache.index)} clips, features {tuple(cache.features.shape)} {cache.features.dtype}")
+    print(cache.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
