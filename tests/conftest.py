@@ -20,6 +20,34 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny synthetic data set in the challenge layout, generated once per session.
+
+    fan and valve; dev section 00 (labelled test names) and eval section 03 (unlabelled, with
+    eval_data/ground_truth/); 12 source + 3 target training clips and 6 test clips per domain
+    (3 anomalous) per section; 10 s clips. 108 files.
+    """
+    from asd.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    return generate(root, machines=("fan", "valve"), dev_sections=("00",), eval_sections=("03",),
+                    n_source=12, n_target=3, n_test=6, duration=10.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_data, tmp_path_factory):
+    """config.yml pointed at tiny_data, with the cache and runs in a temporary folder."""
+    from asd.config import load_config
+
+    tmp = tmp_path_factory.mktemp("tiny_cfg")
+    return load_config(REPO / "config.yml", [
+        f"data.root={tiny_data}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"runs.dir={tmp / 'runs'}",
+    ])
+
+
+@pytest.fixture(scope="session")
 def real_audio() -> Path:
     """The 28 real DCASE 2023 recordings beside the checkout; tests skip where they are absent."""
     if not REAL_AUDIO.is_dir():
