@@ -1,0 +1,386 @@
+"""The on-disk log-mel cache: computed once per data root and feature settings, memory-mapped.
+
+``<cache_dir>/<root name>-<hash>/`` (the hash covers the feature settings and the root's
+absolute path) holds:
+
+- ``features.npy``: (N, frames, mels) in ``cfg.features.dtype``, row i = clip i of the index;
+  written in batches into a file created by ``np.lib.format.open_memmap`` under a temporary
+  name and renamed when complete;
+- ``index.csv``: the clip index (``asd.data.index_dataset``), row order = array order;
+- ``stats.npz``: ``mean``, ``std`` (mels,) float32 over all frames of the training clips,
+  accumulated chunk by chunk (Chan's parallel variance), std floored at ``STD_FLOOR``;
+- ``settings.json``: feature settings, hash, clip count, a fingerprint of the files (relative
+  path, size, modification time) and ``"complete": true``. It is written last, so a folder
+  without it (an interrupted build) is never used; ``FeatureCache.open`` refuses it.
+
+A build decodes and extracts on ``workers`` threads (default: the usable cores), each taking a
+chunk of files and writing its rows straight into the array file, so memory stays bounded by
+the chunk size whatever the size of the data set. A lock file serialises builders of one folder
+(e.g. the ranks of a DDP run): the second one finds the cache complete and reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from asd.config import Config, FeatureConfig
+from asd.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT = "asd-feature-cache-v1"
+EXTRACTOR = 1  # bump when asd.features changes the numbers it computes: old caches rebuild
+STD_FLOOR = 1e-3  # dB; a band constant over all training frames must not divide by zero
+CHUNK = 16  # clips per task: (16, 160256) float32 waves + the STFT of a chunk is about 60 MB
+_STRING_COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "split", "label",
+                   "attributes"]
+
+
+class CacheError(ValueError):
+    """A cache folder that cannot be used (incomplete, inconsistent); the message names it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys
+
+
+def feature_settings(fcfg: FeatureConfig) -> dict:
+    """What the cached numbers depend on (besides the audio): settings + format versions."""
+    return {"format": FORMAT, "extractor": EXTRACTOR, **dataclasses.asdict(fcfg)}
+
+
+def cache_hash(fcfg: FeatureConfig, root: str | Path) -> str:
+    """12 hex digits over the feature settings and the root's absolute path."""
+    key = {"features": feature_settings(fcfg), "root": str(Path(root).resolve())}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_folder(cfg: Config, root: str | Path | None = None) -> Path:
+    """``<cfg.data.cache_dir>/<root name>-<hash>``."""
+    root = Path(root or cfg.data.root)
+    return Path(cfg.data.cache_dir) / f"{root.resolve().name}-{cache_hash(cfg.features, root)}"
+
+
+def files_fingerprint(paths: list[str], root: str | Path) -> str:
+    """Hash of (path relative to root, size, mtime) of every clip: changes when files do."""
+    root = Path(root).resolve()
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        rel = os.path.relpath(Path(p).resolve(), root)
+        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class FeatureCache:
+    """A complete cache folder: memory-mapped features, their index and per-band statistics."""
+
+    path: Path
+    features: np.ndarray  # (N, frames, mels) memory-mapped, read-only
+    index: pd.DataFrame  # row i <-> features[i]
+    mean: np.ndarray  # (mels,) float32
+    std: np.ndarray  # (mels,) float32, >= STD_FLOOR
+    settings: dict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureCache":
+        """Open a complete cache folder; CacheError naming the folder when it is not one."""
+        path = Path(path)
+        settings_file = path / "settings.json"
+        if not path.is_dir():
+            raise CacheError(f"feature cache {path} does not exist")
+        if not settings_file.is_file():
+            raise CacheError(f"feature cache {path} is incomplete (no settings.json: the build "
+                             f"was interrupted or is running); run `make cache` to rebuild it")
+        try:
+            settings = json.loads(settings_file.read_text())
+        except (OSError, ValueError) as err:
+            raise CacheError(f"feature cache {path}: unreadable settings.json ({err})") from None
+        if not isinstance(settings, dict) or settings.get("complete") is not True:
+            raise CacheError(f"feature cache {path} is incomplete (settings.json is not marked "
+                             f"complete); run `make cache` to rebuild it")
+        if settings.get("format") != FORMAT:
+            raise CacheError(f"feature cache {path}: format {settings.get('format')!r}, "
+                             f"expected {FORMAT!r}; rebuild it")
+        try:
+            features = np.load(path / "features.npy", mmap_mode="r")
+            with np.load(path / "stats.npz") as stats:
+                mean = stats["mean"].astype(np.float32)
+                std = stats["std"].astype(np.float32)
+            index = read_index(path / "index.csv")
+        except (OSError, ValueError, KeyError) as err:
+            raise CacheError(f"feature cache {path}: cannot read its files ({err}); "
+                             f"rebuild it") from None
+        f = settings["features"]
+        expected = (settings["clips"], f["frames"], f["n_mels"])
+        if features.shape != expected or str(features.dtype) != f["dtype"]:
+            raise CacheError(f"feature cache {path}: features.npy is {features.shape} "
+                             f"{features.dtype}, settings.json says {expected} {f['dtype']}")
+        if len(index) != settings["clips"] or mean.shape != (f["n_mels"],) or std.shape != mean.shape:
+            raise CacheError(f"feature cache {path}: index.csv has {len(index)} rows / stats "
+                             f"{mean.shape}, expected {settings['clips']} rows / ({f['n_mels']},)")
+        return cls(path=path, features=features, index=index, mean=mean, std=std,
+                   settings=settings)
+
+    def normalise(self, x: Any) -> Any:
+        """(x - mean) / std per mel band (last axis), as float32; numpy arrays or torch tensors."""
+        if isinstance(x, np.ndarray) or np.isscalar(x):
+            return ((np.asarray(x, dtype=np.float32) - self.mean) / self.std).astype(np.float32)
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            mean = torch.as_tensor(self.mean, device=x.device)
+            std = torch.as_tensor(self.std, device=x.device)
+            return (x.to(torch.float32) - mean) / std
+        raise TypeError(f"normalise: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def write_index(index: pd.DataFrame, path: Path) -> None:
+    """index.csv, atomically; ``read_index`` gives the same table back."""
+    with atomic_path(path) as tmp:
+        index.to_csv(tmp, index=False)
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """Read index.csv: strings stay strings ("00"), a missing label is None."""
+    df = pd.read_csv(path, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=False)
+    df["label"] = pd.Series([v if v != "" else None for v in df["label"]], dtype=object)
+    return df.astype({"index": int, "class": int})
+
+
+def _reusable(folder: Path, settings: dict) -> Optional[FeatureCache]:
+    """The cache in ``folder`` when it is complete and matches ``settings``, else None."""
+    try:
+        cache = FeatureCache.open(folder)
+    except CacheError as err:
+        if (folder / "settings.json").exists():
+            log.warning("%s; rebuilding", err)
+        return None
+    old = cache.settings
+    for key in ("features", "hash", "clips", "files"):
+        if old.get(key) != settings[key]:
+            what = "the files under the data root changed" if key in ("clips", "files") else \
+                f"its {key} differ"
+            log.info("feature cache %s: %s; rebuilding", folder, what)
+            return None
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def _merge(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s combination of (count, mean, M2) per band."""
+    na, ma, sa = a
+    nb, mb, sb = b
+    n = na + nb
+    if n == 0:
+        return a
+    delta = mb - ma
+    return n, ma + delta * (nb / n), sa + sb + delta ** 2 * (na * nb / n)
+
+
+def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg: FeatureConfig,
+                   train: list[bool]) -> tuple[int, tuple, list[tuple[str, str]]]:
+    """Decode + extract ``paths``, write rows start.. into ``target``; return stats and notes.
+
+    Rows go in with ``os.pwrite`` at their byte offset: nothing but this chunk is in memory.
+    """
+    import torch
+
+    from asd.features import _extractor, fit_length, read_audio
+
+    waves, notes = [], []
+    for p in paths:
+        wave, clip_notes = read_audio(p, fcfg)
+        waves.append(fit_length(wave, fcfg))
+        notes += [(p, n) for n in clip_notes]
+    with torch.no_grad():
+        feats_t = _extractor(fcfg)(torch.from_numpy(np.stack(waves)))  # (n, T, M) float32
+    del waves
+    feats = feats_t.numpy()
+    mask = np.asarray(train, dtype=bool)
+    stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
+    if mask.any():
+        x = feats[mask].reshape(-1, fcfg.n_mels)  # (n_train * T, M)
+        m = x.mean(axis=0, dtype=np.float64)
+        stats = (len(x), m, np.square(x - m.astype(np.float32)).sum(axis=0, dtype=np.float64))
+    data = feats_t.to(getattr(torch, fcfg.dtype)).numpy()  # torch converts to float16 ~7x faster
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        view = memoryview(data).cast("B")
+        pos, done = offset + start * data[0].nbytes, 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], pos + done)
+    finally:
+        os.close(fd)
+    return len(paths), stats, notes
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = True,
+                workers: Optional[int] = None, chunk_size: int = CHUNK) -> FeatureCache:
+    """Build, or reuse when complete and up to date, the log-mel cache of ``root or cfg.data.root``.
+
+    Rebuilds when the feature settings, the root or the set of files (names, sizes, times)
+    changed, and when a previous build did not complete. ``workers``: decoding threads
+    (default: the usable cores). Raises asd.data.DataError for a bad data
+    root and asd.features.AudioError naming the file for an unusable clip (nothing is kept).
+    """
+    from asd.data import index_dataset
+
+    root = Path(root or cfg.data.root)
+    index = index_dataset(root)
+    folder = cache_folder(cfg, root)
+    settings = {"format": FORMAT, "features": feature_settings(cfg.features),
+                "hash": cache_hash(cfg.features, root), "root": str(root.resolve()),
+                "clips": len(index), "files": files_fingerprint(list(index["path"]), root)}
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        cache = _reusable(folder, settings)
+        if cache is not None:
+            log.info("reusing feature cache %s (%d clips)", folder, len(cache))
+            return cache
+        _build(folder, index, cfg.features, settings, progress,
+               workers or _default_workers(), chunk_size)
+    return FeatureCache.open(folder)
+
+
+def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dict,
+           progress: bool, workers: int, chunk_size: int) -> None:
+    (folder / "settings.json").unlink(missing_ok=True)  # from here on the folder is incomplete
+    for stale in folder.glob(".features.*.npy"):
+        stale.unlink()  # left by an interrupted build
+    n = len(index)
+    log.info("building feature cache %s: %d clips, %d worker(s)", folder, n, workers)
+    tmp = folder / f".features.{os.getpid()}.npy"
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=fcfg.dtype,
+                                        shape=(n, fcfg.frames, fcfg.n_mels))
+        offset = arr.offset
+        del arr  # rows are written with pwrite; the mapping would only add to RSS
+        paths = list(index["path"])
+        train = list(index["split"] == "train")
+        chunks = [(paths[i:i + chunk_size], i, str(tmp), offset, fcfg, train[i:i + chunk_size])
+                  for i in range(0, n, chunk_size)]
+        stats, notes = _run_chunks(chunks, n, workers, progress)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "features.npy")
+    finally:
+        tmp.unlink(missing_ok=True)
+    count, mean, m2 = stats
+    if count == 0:
+        raise CacheError(f"feature cache {folder}: the data root has no training clips, so there "
+                         f"are no normalisation statistics")
+    std = np.maximum(np.sqrt(m2 / count), STD_FLOOR)
+    write_index(index, folder / "index.csv")
+    with atomic_path(folder / "stats.npz") as p:
+        with open(p, "wb") as f:
+            np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32),
+                     frames=np.int64(count))
+    _report_notes(notes)
+    done = {**settings, "converted_clips": len({p for p, _ in notes}), "complete": True}
+    atomic_write_text(folder / "settings.json", json.dumps(done, indent=2) + "\n")
+    log.info("feature cache %s complete", folder)
+
+
+def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tuple[tuple, list]:
+    """Run the chunk tasks on ``workers`` threads, at most two per thread in flight.
+
+    Threads, not processes: soundfile, numpy and torch release the GIL, so two threads scale
+    about as well as two processes here, without process start-up (a forkserver pool costs
+    3-5 s and re-imports the caller's main module) or fork-after-OpenMP hazards. Torch runs one
+    intra-op thread per worker thread meanwhile.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from asd.features import _extractor
+
+    fcfg = chunks[0][4]
+    _extractor(fcfg)  # build the mel matrix once, before the threads race for it
+    stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
+    notes: list = []
+    bar = tqdm(total=n, unit="clip", desc="log-mel cache", disable=not progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else threads)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            todo = iter(chunks)
+            running: set = set()
+            try:
+                while True:
+                    while len(running) < 2 * workers:
+                        args = next(todo, None)
+                        if args is None:
+                            break
+                        running.add(pool.submit(_extract_chunk, *args))
+                    if not running:
+                        break
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        done, s, nt = fut.result()
+                        stats, notes = _merge(stats, s), notes + nt
+                        bar.update(done)
+            except BaseException:
+                for fut in running:
+                    fut.cancel()
+                raise
+        return stats, notes
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+
+
+def _report_notes(notes: list[tuple[str, str]]) -> None:
+    """One warning for all the clips that were converted (channels, rate, length)."""
+    if not notes:
+        return
+    from asd.features import AudioWarning
+
+    for path, note in notes:
+        log.debug("%s: %s", path, note)
+    clips = len({p for p, _ in notes})
+    examples = "; ".join(f"{p}: {n}" for p, n in notes[:3])
+    warnings.warn(f"{clips} clip(s) were converted to fit the features, e.g. {examples}",
+                  AudioWarning, stacklevel=4)
