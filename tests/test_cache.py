@@ -286,3 +286,18 @@ def test_open_errors_name_the_folder(tmp_path):
 def test_a_bad_root_is_a_clear_error(cfg, tmp_path):
     with pytest.raises(ValueError, match="nowhere"):
         build_cache(cfg, root=tmp_path / "nowhere", progress=False)
+
+
+def test_synthetic_data_set_in_the_challenge_layout(tiny_cfg):
+    cache = build_cache(tiny_cfg, progress=False)
+    index = index_dataset(tiny_cfg.data.root)
+    pd.testing.assert_frame_equal(cache.index, index, check_dtype=False)
+    assert cache.features.shape == (len(index), 313, 128)
+    unlabelled = cache.index[cache.index["dataset"] == "eval_data"]
+    unlabelled = unlabelled[unlabelled["split"] == "test"]
+    assert len(unlabelled) > 0 and unlabelled["label"].isna().all()  # None survives the CSV
+    assert np.isfinite(cache.features[:]).all() and np.all(cache.std > 0.1)
+    i = len(index) // 2
+    feats = log_mel(asd.features.load_audio(index["path"][i], tiny_cfg.features), SR,
+                    tiny_cfg.features)
+    np.testing.assert_allclose(cache.features[i].astype(np.float32), feats, atol=0.04)
