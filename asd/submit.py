@@ -41,7 +41,7 @@ from asd.detectors import DetectorSet, fit_section
 from asd.io import atomic_path, atomic_write_text
 from asd.runs import latest_run
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("asd.submit")  # not "__main__" under python -m
 
 EMBEDDINGS = "embeddings.npz"
 DETECTORS = "detectors"

@@ -215,7 +215,8 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     saved = pd.read_csv(submitted.run / "results.csv", dtype={"section": str})
     assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
     md = (submitted.run / "results.md").read_text()
-    assert "| machine | ours | simple reference | AE baseline | MobileNetV2 baseline | report |" in md
+    assert ("| machine | ours | simple reference | report | AE baseline | "
+            "MobileNetV2 baseline |") in md
     assert "66.12 / 58.18" in md
     assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
         "roc_fan.png", "roc_valve.png"]
@@ -234,3 +235,19 @@ def test_evaluate_needs_a_submission(cfg):
     run = make_run(cfg, seed=1)
     with pytest.raises(sm.SubmitError, match="run asd.submit"):
         ev.evaluate(cfg, run)
+
+
+def test_published_numbers_match_design_md(repo):
+    design = repo.parent / "shared" / "DESIGN.md"
+    if not design.is_file():
+        pytest.skip("../shared/DESIGN.md is not present in this checkout")
+    rows = {}
+    for line in design.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in ev.PUBLISHED["report"]:
+            rows[cells[0]] = [tuple(float(v) for v in c.split(" / ")) for c in cells[1:]]
+    assert set(rows) == set(ev.PUBLISHED["report"])
+    for machine, (ae, mobilenet, report) in rows.items():
+        assert ev.PUBLISHED["AE baseline"][machine] == ae
+        assert ev.PUBLISHED["MobileNetV2 baseline"][machine] == mobilenet
+        assert ev.PUBLISHED["report"][machine] == report

@@ -1,0 +1,146 @@
+"""Score new recordings of a known machine and section with a submitted run.
+
+``python -m asd.score RUN FILE... [--machine M] [--section XX] [--domain D] [--csv OUT]``
+
+Each recording goes through the cache's audio handling (:func:`asd.features.load_audio`, then
+:func:`asd.features.log_mel`), is normalised with the run's training statistics, embedded with
+the run's model and scored by the detector ``asd.submit`` saved for its (machine, section,
+domain), with that detector's threshold. Section and domain come from a challenge file name
+(:func:`asd.data.parse_name`), the machine from the folder above the split folder
+(``<machine>/test/<file>``) or the parent folder; the options override them, so recordings
+named any way can be scored. An unknown machine or section, a missing domain or unreadable
+audio stops with a message naming the file and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from asd.io import atomic_path
+
+log = logging.getLogger("asd.score")  # not "__main__" under python -m
+
+SPLIT_FOLDERS = ("train", "test", "source_test", "target_test")
+COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
+
+
+class ScoreError(ValueError):
+    """A recording or run that cannot be scored; the message names it."""
+
+
+def machine_of(path: Path) -> str:
+    """The machine folder of a clip: above a split folder (train/, test/...), else the parent."""
+    parent = path.absolute().parent
+    return parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
+
+
+def describe_clip(path: str | Path, machine: str | None = None, section: str | None = None,
+                  domain: str | None = None) -> tuple[str, str, str]:
+    """(machine, section, domain) of a recording: the options, else its name and folders."""
+    from asd.data import DataError, parse_name
+
+    path = Path(path)
+    parsed = None
+    if section is None or domain is None:
+        try:
+            parsed = parse_name(path.name)
+        except DataError:
+            need = " and ".join(o for o, v in (("--section", section), ("--domain", domain))
+                                if v is None)
+            raise ScoreError(f"{path}: not a challenge file name, so its section and domain are "
+                             f"unknown; give {need}") from None
+    machine = machine or machine_of(path)
+    section = section if section is not None else parsed.section
+    domain = domain if domain is not None else parsed.domain
+    if domain not in ("source", "target"):
+        raise ScoreError(f"{path}: domain {domain!r} is neither 'source' nor 'target'")
+    return machine, section, domain
+
+
+def score_files(run: str | Path, files: list[str | Path], machine: str | None = None,
+                section: str | None = None, domain: str | None = None,
+                device: str = "cpu") -> pd.DataFrame:
+    """Score recordings with the run's model and saved detectors; one row per file (COLUMNS)."""
+    from asd.checkpoint import load_model
+    from asd.detectors import DetectorSet
+    from asd.embed import embed
+    from asd.features import AudioError, load_audio, log_mel
+    from asd.submit import DETECTORS
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ScoreError(f"run folder {run} does not exist")
+    if section is not None and not (len(section) == 2 and section.isdigit()):
+        raise ScoreError(f"--section {section!r}: expected two digits such as 00")
+    try:
+        dets = DetectorSet.load(run / DETECTORS)
+    except FileNotFoundError as err:
+        raise ScoreError(str(err)) from None
+    known = dets.sections()
+    clips = []
+    for f in files:
+        m, s, d = describe_clip(f, machine, section, domain)
+        if (m, s) not in known:
+            listed = ", ".join(f"{a} {b}" for a, b in known)
+            what = (f"machine {m!r}" if m not in {a for a, _ in known}
+                    else f"section {s!r} of {m}")
+            raise ScoreError(f"{f}: {what} is unknown to run {run} (it knows: {listed}); "
+                             f"give --machine/--section for recordings outside the layout")
+        clips.append((str(f), m, s, d))
+    loaded = load_model(run / "model.pth", device=device)
+    fcfg = loaded.cfg.features
+    mels = []
+    for f, *_ in clips:
+        try:
+            wave = load_audio(f, fcfg)
+            mels.append(log_mel(wave, fcfg.sample_rate, fcfg))  # (T, F)
+        except AudioError as err:
+            raise ScoreError(str(err)) from None
+    emb = embed(loaded.model, np.stack(mels), loaded.mean, loaded.std, batch_size=64,
+                device=device)  # (N, D)
+    rows = []
+    for (f, m, s, d), e in zip(clips, emb):
+        det, _ = dets.lookup(m, s, d)
+        score = float(det.score(e[None])[0])
+        rows.append({"file": f, "machine": m, "section": s, "domain": d, "score": score,
+                     "threshold": float(det.threshold), "decision": int(score > det.threshold)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asd.score",
+                                     description="Score new recordings of a machine and section "
+                                                 "that a submitted run knows.")
+    parser.add_argument("run", metavar="RUN", help="run folder (after asd.submit)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (.wav)")
+    parser.add_argument("--machine", help="machine type (default: from the folders)")
+    parser.add_argument("--section", help="section, two digits (default: from the name)")
+    parser.add_argument("--domain", choices=("source", "target"),
+                        help="domain (default: from the name)")
+    parser.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from asd.checkpoint import CheckpointError
+
+    try:
+        table = score_files(ns.run, ns.files, ns.machine, ns.section, ns.domain, ns.device)
+    except (ScoreError, CheckpointError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    with pd.option_context("display.max_rows", None, "display.width", 250,
+                           "display.max_colwidth", None):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if ns.csv:
+        with atomic_path(ns.csv) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.10g")
+        print(f"wrote {ns.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
