@@ -196,10 +196,9 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
         sec = results[(results["dataset"] == dataset) & (results["level"] == "section")]
         wide = sec.pivot_table(index=["machine", "section", "domain", "n_normal", "n_anomaly"],
                                columns="system", values=["auc", "pauc"]).reset_index()
+        counts = [f"{a}/{b}" for a, b in zip(wide["n_normal"], wide["n_anomaly"])]
         detail = pd.DataFrame({"machine": wide["machine"], "section": wide["section"],
-                               "domain": wide["domain"],
-                               "clips (normal/anomaly)": [f"{a}/{b}" for a, b in
-                                                          zip(wide["n_normal"], wide["n_anomaly"])]})
+                               "domain": wide["domain"], "clips (normal/anomaly)": counts})
         for system in SYSTEMS:
             if ("auc", system) in wide.columns:
                 detail[SYSTEM_NAMES[system]] = [_pct(a, p) for a, p in

@@ -133,7 +133,8 @@ def test_real_recordings_through_submit_and_score(real_audio, repo, tmp_path, ca
     assert (sub.scores["detector"] == "source").all()
     assert ("bearing", "00") in sub.detectors.sections()
     assert "no target training clips" in caplog.text
-    clip = real_audio / "gearbox" / "test" / "section_00_target_test_anomaly_0040_volt_1.5_wt_130.wav"
+    clip = (real_audio / "gearbox" / "test"
+            / "section_00_target_test_anomaly_0040_volt_1.5_wt_130.wav")
     table = sc.score_files(sub.run, [clip])
     assert table[["machine", "section", "domain"]].iloc[0].tolist() == ["gearbox", "00", "target"]
     assert np.isfinite(table["score"].iloc[0])

@@ -16,7 +16,6 @@ from asd import evaluate as ev
 from asd import submit as sm
 from asd.cache import build_cache
 from asd.checkpoint import build_model, load_model, save_checkpoint
-from asd.config import load_config
 from asd.data import class_table, save_classes
 from asd.detectors import DetectorSet, GMMDetector, l2_normalise
 from asd.runs import new_run
@@ -66,7 +65,8 @@ def test_write_submission_format(tmp_path):
     scores = pd.DataFrame({
         "machine": ["fan"] * 3 + ["pump"], "section": ["00"] * 3 + ["01"],
         "domain": ["source"] * 3 + ["target"],
-        "file": ["section_00_source_test_normal_0001.wav", "section_00_source_test_anomaly_0000.wav",
+        "file": ["section_00_source_test_normal_0001.wav",
+                 "section_00_source_test_anomaly_0000.wav",
                  "section_00_source_test_normal_0000.wav", "section_01_target_test_0000.wav"],
         "score": [0.5, 2.25, -1.0, 3.0], "decision": [0, 1, 0, 1]})
     (tmp_path / "anomaly_score_gone_section_09_source_test.csv").write_text("x,1\n")
