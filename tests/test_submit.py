@@ -242,3 +242,22 @@ def test_published_numbers_match_design_md(repo):
         assert ev.PUBLISHED["AE baseline"][machine] == ae
         assert ev.PUBLISHED["MobileNetV2 baseline"][machine] == mobilenet
         assert ev.PUBLISHED["report"][machine] == report
+
+
+def test_embed_streams_batches_in_eval_mode(cfg):
+    from asd.embed import embed
+
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, 2)
+    model.train()
+    rng = np.random.default_rng(0)
+    feats = rng.normal(-40, 5, size=(5, 313, 128)).astype(np.float16)  # (N, T, F)
+    mean, std = np.full(128, -40, np.float32), np.full(128, 5, np.float32)
+    out = embed(model, feats, mean, std, batch_size=2)
+    assert out.shape == (5, 16) and out.dtype == np.float32
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy((feats.astype(np.float32) - mean) / std)[:, None]
+        assert np.allclose(out, model(x).numpy(), atol=1e-5)
+    assert embed(model, feats[:0], mean, std).shape == (0, 16)
