@@ -1,0 +1,386 @@
+"""Read-only views of a run folder, for the notebooks in ``notebooks/``.
+
+Nothing here writes into a run. Every function takes a run folder (``runs/NNN-stage2``) and
+returns plain pandas / NumPy objects:
+
+- :func:`training_log`: the Step 1 and Step 2 curves on one iteration axis (Step 2 continues
+  after the last Step 1 iteration), from ``logs/train.csv`` of each run of :func:`run_chain`;
+- :func:`embeddings`: ``RUN/embeddings.npz`` (written by ``asd.submit``) with each clip's
+  dataset, machine, section, domain, split and label;
+- :func:`scores`: one row per test clip from the challenge CSVs in ``RUN/submission/``, the
+  thresholds in ``RUN/detectors/detectors.json`` and the labels of the data root;
+- :func:`subcluster_centres`: the learned sub-cluster AdaCos centres of ``RUN/model.pth``;
+- :func:`errors`: the most confident false alarms and misses of a :func:`scores` table.
+
+Missing or foreign files raise :class:`InspectError` naming the file and the step that
+writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from asd.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
+SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "score",
+                 "threshold", "decision", "path"]
+
+
+class InspectError(ValueError):
+    """A run folder that lacks what a view needs; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+def latest_run(config: str | Path = "config.yml", kind: str = "stage2") -> Path:
+    """The newest ``*-<kind>`` run under ``runs.dir`` of ``config``."""
+    from asd.runs import latest_run as _latest
+
+    return _latest(load_config(config).runs.dir, kind)
+
+
+def resolve_run(run: str | Path | None = None, config: str | Path = "config.yml",
+                kind: str = "stage2") -> Path:
+    """``run`` when given (it must be a run folder), else :func:`latest_run` of ``config``."""
+    if run is None:
+        return latest_run(config, kind)
+    run = Path(run)
+    if not (run / "config.yml").is_file():
+        raise InspectError(f"{run} is not a run folder (no config.yml)")
+    return run
+
+
+def run_config(run: str | Path) -> Config:
+    """The resolved config a run was trained with (``RUN/config.yml``)."""
+    path = Path(run) / "config.yml"
+    if not path.is_file():
+        raise InspectError(f"{path} does not exist; {run} is not a run folder")
+    return load_config(path)
+
+
+def run_chain(run: str | Path) -> list[Path]:
+    """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2.
+
+    A Step 2 run names its Step 1 model in ``RUN/init.txt``; a run without it starts the chain.
+    """
+    chain = [Path(run)]
+    while (chain[0] / "init.txt").is_file():
+        init_file = chain[0] / "init.txt"
+        init = Path(init_file.read_text().strip())
+        parent = init.parent
+        if not init.name or not (parent / "config.yml").is_file():
+            raise InspectError(f"{init_file} names {init}, which is not the model.pth of a run "
+                               f"folder (moved or deleted?)")
+        if any(parent.resolve() == p.resolve() for p in chain):
+            raise InspectError(f"{init_file}: the runs name each other in a loop")
+        chain.insert(0, parent)
+    return chain
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves
+
+
+def read_log(run: str | Path) -> pd.DataFrame:
+    """One run's ``logs/train.csv`` (Catalyst's CSV logger): a row per logged epoch.
+
+    Columns ``step`` (epoch), ``iteration`` (mini-batches so far), ``loss``, ``accuracy``,
+    ``s``, ``lr``, ``samples_per_s``. A resumed run may log an epoch twice: the last row wins.
+    """
+    path = Path(run) / "logs" / "train.csv"
+    if not path.is_file():
+        raise InspectError(f"{path} does not exist; the run has not logged an epoch yet")
+    df = pd.read_csv(path)
+    missing = [c for c in ["step", "iteration", *LOG_COLUMNS] if c not in df.columns]
+    if missing:
+        raise InspectError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
+                           f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
+    df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "iteration"])
+    df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
+    return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
+
+
+def training_log(run: str | Path) -> pd.DataFrame:
+    """The curves of every run of :func:`run_chain` on one axis.
+
+    Columns: ``stage`` (the run kind, e.g. "stage1"), ``run`` (folder name), ``step``,
+    ``iteration`` (within its run), ``global_iteration`` (a later run continues after the last
+    iteration of the one before), ``loss``, ``accuracy``, ``s``, ``lr``, ``samples_per_s``.
+    """
+    parts, offset = [], 0
+    for r in run_chain(run):
+        df = read_log(r)
+        df.insert(0, "run", r.name)
+        df.insert(0, "stage", r.name.split("-", 1)[-1])
+        df["global_iteration"] = df["iteration"] + offset
+        if len(df):
+            offset = int(df["global_iteration"].iloc[-1])
+        parts.append(df)
+    cols = ["stage", "run", "step", "iteration", "global_iteration", *LOG_COLUMNS]
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+# ----------------------------------------------------------------------------------------------
+# Clips, embeddings, centres
+
+
+def data_root(run: str | Path, root: str | Path | None = None) -> Path:
+    """``root`` or the ``data.root`` the run was trained on."""
+    return Path(root) if root is not None else Path(run_config(run).data.root)
+
+
+def clip_index(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
+    """The clips of the data root (``asd.data.index_dataset``) under the run's class ids.
+
+    Evaluation test clips take their label from ``eval_data/ground_truth/`` where it exists,
+    so ``label`` is None only for clips nobody has labelled.
+    """
+    from asd.data import (assign_classes, ground_truth_dir, index_dataset, load_classes,
+                          load_ground_truth)
+
+    root = data_root(run, root)
+    index = index_dataset(root)
+    classes = Path(run) / "classes.csv"
+    if classes.is_file():
+        index = assign_classes(index, load_classes(classes))
+    unknown = index["label"].isna().to_numpy()
+    if unknown.any() and ground_truth_dir(root).is_dir():
+        keys = ["machine", "section", "domain", "file"]
+        gt = index[keys].merge(load_ground_truth(root), on=keys, how="left")["anomaly"]
+        found = gt.map({0: "normal", 1: "anomaly"}).to_numpy(dtype=object)
+        label = np.array(index["label"].tolist(), dtype=object)
+        label[unknown] = found[unknown]
+        index["label"] = pd.Series([v if isinstance(v, str) else None for v in label],
+                                   dtype=object)
+    return index
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of a run and the clips they belong to (row i of both)."""
+
+    values: np.ndarray  # (N, D) float32, as the model outputs them (not normalised)
+    clips: pd.DataFrame  # clip_index rows in the order of ``values``
+
+    def normalised(self) -> np.ndarray:
+        """L2-normalised rows (N, D), as the detectors and the AdaCos head see them."""
+        return l2_normalise(self.values)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
+    """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of :func:`clip_index`."""
+    from asd.submit import EMBEDDINGS, clip_keys
+
+    path = Path(run) / EMBEDDINGS
+    if not path.is_file():
+        raise InspectError(f"{path} does not exist; run asd.submit (make submit) on this run")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            values, keys = z["embeddings"], z["clips"]
+    except (OSError, ValueError, KeyError) as err:
+        raise InspectError(f"{path}: not an embeddings file of asd.submit ({err})") from None
+    if len(values) != len(keys):
+        raise InspectError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
+    index = clip_index(run, root)
+    row = pd.Series(np.arange(len(index)), index=clip_keys(index))
+    pos = row.reindex(keys.astype(str))
+    if pos.isna().any():
+        lost = pos.index[pos.isna()][0]
+        raise InspectError(f"{path} holds clip {lost}, which is not under the data root "
+                           f"{data_root(run, root)}; pass the root asd.submit used")
+    clips = index.iloc[pos.to_numpy(dtype=int)].reset_index(drop=True)
+    return Embeddings(values=values.astype(np.float32, copy=False), clips=clips)
+
+
+@dataclass
+class Centres:
+    """The sub-cluster AdaCos centres of a run; row k belongs to class ``k // S``."""
+
+    values: np.ndarray  # (C*S, D) float32, as learned (not normalised)
+    table: pd.DataFrame  # row k: class, machine, section, domain, subcluster
+    n_subclusters: int
+
+    def of(self, machine: str, section: str, domain: str) -> np.ndarray:
+        """The S centres (S, D) of one class; (0, D) when the run has no such class."""
+        t = self.table
+        rows = (t["machine"] == machine) & (t["section"] == section) & (t["domain"] == domain)
+        return self.values[rows.to_numpy()]
+
+
+def subcluster_centres(run: str | Path) -> Centres:
+    """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
+    from asd.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(run) / "model.pth"
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise InspectError(str(err)) from None
+    centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
+    classes = pd.DataFrame(ckpt["classes"])
+    n = len(classes)
+    if n == 0 or len(centres) % n:
+        raise InspectError(f"{path}: {len(centres)} centres do not split into {n} classes")
+    s = len(centres) // n
+    table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
+    table["subcluster"] = np.tile(np.arange(s), n)
+    table["section"] = table["section"].astype(str).str.zfill(2)
+    return Centres(values=centres, table=table, n_subclusters=s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+
+
+def thresholds(run: str | Path) -> dict[tuple[str, str, str], float]:
+    """Decision thresholds per (machine, section, domain) from ``RUN/detectors/detectors.json``."""
+    path = Path(run) / "detectors" / "detectors.json"
+    if not path.is_file():
+        raise InspectError(f"{path} does not exist; run asd.submit (make submit) on this run")
+    try:
+        entries = json.loads(path.read_text())["detectors"]
+        return {(e["machine"], e["section"], e["domain"]): float(e["threshold"]) for e in entries}
+    except (ValueError, KeyError, TypeError) as err:
+        raise InspectError(f"{path}: not a detectors.json of asd.submit ({err})") from None
+
+
+def _read_decisions(folder: Path) -> pd.DataFrame:
+    frames = []
+    for f in sorted(folder.glob("decision_result_*_test.csv")):
+        stem = f.name[len("decision_result_"):-len("_test.csv")]
+        machine, _, rest = stem.rpartition("_section_")
+        section, _, domain = rest.partition("_")
+        df = pd.read_csv(f, header=None, names=["file", "decision"], dtype={"file": str})
+        if not df["decision"].isin([0, 1]).all():
+            raise InspectError(f"{f}: expected rows 'file name,0|1' without a header")
+        frames.append(df.assign(machine=machine, section=section, domain=domain))
+    if not frames:
+        raise InspectError(f"{folder}: no decision_result_*.csv files; run asd.submit first")
+    return pd.concat(frames, ignore_index=True)
+
+
+def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
+    """One row per scored test clip (columns SCORE_COLUMNS).
+
+    ``score`` and ``decision`` (1 = anomaly) come from the challenge CSVs of ``RUN/submission``,
+    ``threshold`` from the detectors (a domain without its own detector uses the other
+    domain's, as ``asd.submit`` does), ``dataset``, ``label`` ("normal" | "anomaly" | None) and
+    ``path`` from the data root's index.
+    """
+    from asd.submit import SUBMISSION, SubmitError, read_submission
+
+    folder = Path(run) / SUBMISSION
+    if not folder.is_dir():
+        raise InspectError(f"{folder} does not exist; run asd.submit (make submit) on this run")
+    try:
+        sub = read_submission(folder)
+    except SubmitError as err:
+        raise InspectError(str(err)) from None
+    keys = ["machine", "section", "domain", "file"]
+    sub = sub.merge(_read_decisions(folder), on=keys, how="left")
+    if sub["decision"].isna().any():
+        lost = sub[sub["decision"].isna()].iloc[0]
+        raise InspectError(f"{folder}: {lost['file']} ({lost['machine']} section "
+                           f"{lost['section']} {lost['domain']}) has a score but no decision")
+    limits = thresholds(run)
+    other = {"source": "target", "target": "source"}
+    sub["threshold"] = [limits.get((m, s, d), limits.get((m, s, other.get(d, d)), np.nan))
+                        for m, s, d in zip(sub["machine"], sub["section"], sub["domain"])]
+    index = clip_index(run, root)
+    test = index[index["split"] == "test"][["dataset", "path", "label", *keys]]
+    out = sub.merge(test, on=keys, how="left")
+    lost = out[out["path"].isna()]
+    if len(lost):
+        raise InspectError(f"{folder}: {len(lost)} scored clips are not test clips under the data "
+                           f"root {data_root(run, root)}, e.g. {lost.iloc[0]['file']}; pass the "
+                           f"root asd.submit used")
+    out["decision"] = out["decision"].astype(int)
+    out["label"] = pd.Series([v if isinstance(v, str) else None for v in out["label"]],
+                             dtype=object)
+    out = out.sort_values(["dataset", "machine", "section", "domain", "file"], kind="stable")
+    return out[SCORE_COLUMNS].reset_index(drop=True)
+
+
+def section_results(table: pd.DataFrame) -> pd.DataFrame:
+    """AUC and pAUC per (dataset, machine, section, domain) of a :func:`scores` table.
+
+    Only labelled clips count, and only groups holding both labels (``asd.evaluate``'s rule).
+    Columns: dataset, machine, section, domain, auc, pauc, n_normal, n_anomaly.
+    """
+    from asd.evaluate import section_table
+
+    labelled = table[table["label"].notna()].copy()
+    labelled["anomaly"] = (labelled["label"] == "anomaly").astype(int)
+    labelled = labelled.rename(columns={"score": "ours"})
+    res = section_table(labelled, systems=("ours",))
+    return res[["dataset", "machine", "section", "domain", "auc", "pauc", "n_normal",
+                "n_anomaly"]].reset_index(drop=True)
+
+
+def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """The ``n`` most confident false alarms and misses per machine of a :func:`scores` table.
+
+    A false alarm is a normal clip decided anomalous, a miss an anomalous clip decided normal.
+    Confidence is the distance to the threshold in standard deviations of the scores of the
+    clip's (dataset, machine, section, domain) group, so sections and domains whose detectors
+    score on different scales compare fairly. Adds ``error`` ("false alarm" | "miss") and
+    ``margin`` (>= 0); sorted by machine, error and decreasing margin.
+    """
+    t = table[table["label"].notna()].copy()
+    spread = t.groupby(["dataset", "machine", "section", "domain"])["score"].transform("std")
+    spread = spread.fillna(0.0).where(spread > 0, 1.0)
+    t["margin"] = (t["score"] - t["threshold"]) / spread
+    false_alarm = (t["label"] == "normal") & (t["decision"] == 1)
+    miss = (t["label"] == "anomaly") & (t["decision"] == 0)
+    t["error"] = np.where(false_alarm, "false alarm", np.where(miss, "miss", ""))
+    t = t[false_alarm | miss].copy()
+    t["margin"] = t["margin"].abs()
+    t = t.sort_values(["machine", "error", "margin"], ascending=[True, True, False],
+                      kind="stable")
+    return t.groupby(["machine", "error"], sort=False).head(n).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot helpers
+
+
+def tsne_perplexity(n_samples: int, wanted: float = 30.0) -> float:
+    """A t-SNE perplexity below ``n_samples`` (scikit-learn refuses one >= n_samples)."""
+    if n_samples < 2:
+        raise ValueError(f"t-SNE needs at least 2 points, got {n_samples}")
+    return float(max(1.0, min(wanted, (n_samples - 1) / 3)))
+
+
+def published_table2() -> pd.DataFrame:
+    """The report's Table 2 and the two baselines (AUC / pAUC in %) from ``asd.evaluate``."""
+    from asd.evaluate import PUBLISHED
+
+    rows = []
+    for system, table in PUBLISHED.items():
+        for machine, (auc, pauc) in table.items():
+            rows.append({"system": system, "machine": machine, "auc": auc, "pauc": pauc})
+    return pd.DataFrame(rows)
+
+
+def mel_centres_hz(fcfg) -> np.ndarray:
+    """Centre frequency (Hz) of every mel band of ``fcfg`` (a FeatureConfig), for axis ticks."""
+    import librosa
+
+    return librosa.mel_frequencies(fcfg.n_mels + 2, fmin=fcfg.fmin, fmax=fcfg.fmax,
+                                   htk=False)[1:-1]
