@@ -330,7 +330,7 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tu
     Threads, not processes: soundfile, numpy and torch release the GIL, so two threads scale
     about as well as two processes here, without process start-up (a forkserver pool costs
     3-5 s and re-imports the caller's main module) or fork-after-OpenMP hazards. Torch runs one
-    intra-op thread per worker thread meanwhile.
+    intra-op thread meanwhile (restored afterwards).
     """
     import torch
     from tqdm import tqdm
@@ -343,7 +343,9 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tu
     notes: list = []
     bar = tqdm(total=n, unit="clip", desc="log-mel cache", disable=not progress)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else threads)
+    # One intra-op thread: a few clips' STFT is too small to split, and OpenMP's waiting
+    # threads made a 1-worker build 5x slower on a busy machine.
+    torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             todo = iter(chunks)
