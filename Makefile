@@ -60,7 +60,7 @@ test-fast: install ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -q -ra tests -m "not slow"
 
 bench: install ## Speed of the feature extractor and the training data path against plain references
-	$(PY) bench/features.py
+	$(PY) -m bench.features
 	$(PY) bench/train.py
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost

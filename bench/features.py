@@ -1,0 +1,193 @@
+"""Feature extraction speed and memory: the cache builder against plain per-clip librosa.
+
+    python -m bench.features [--clips 240] [--repeats 3] [--workers N] [--memory 500,2000]
+
+1. Speed: writes a synthetic data set (asd.synthetic, about ``--clips`` clips of 10 s) into a
+   temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), plain
+   librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
+   OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
+   (index, decoding, log-mel, float16 array, stats). Prints clips/s (median and best of the
+   repeats) and the ratio to the faster librosa variant.
+2. Memory: builds the cache of 500 and of 2,000 noise clips, each in a fresh child process, and
+   prints the child's peak RSS (VmHWM) and how far it rose above the RSS after imports.
+   Streaming to disk, the peak must not grow with the number of clips.
+
+Numbers depend on the machine and its load; compare the two columns of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _status_kb(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process in KiB, from /proc/self/status (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def noise_root(root: Path, n: int) -> Path:
+    """``n`` 10 s noise clips in the challenge layout (fast to write, for the memory runs)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    folder = root / "dev_data" / "fan" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        y = (0.05 * rng.standard_normal(160000)).astype(np.float32)
+        sf.write(folder / f"section_00_source_train_normal_{i:04d}.wav", y, 16000,
+                 subtype="PCM_16")
+    return root
+
+
+def synthetic_root(root: Path, clips: int) -> Path:
+    from asd.synthetic import generate
+
+    # two machines, one dev section: per machine n_source + 3 target + 2 x 6 test clips
+    n_source = max(1, clips // 2 - 3 - 12)
+    return generate(root, machines=("fan", "valve"), dev_sections=("00",), eval_sections=(),
+                    n_source=n_source, n_target=3, n_test=6, duration=10.0, seed=0, workers=2)
+
+
+def child_build(root: str, cache_dir: str, workers: int | None) -> None:
+    """Run in a fresh process: build the cache, print RSS after imports and the peak (KiB)."""
+    import torch  # noqa: F401  - counted in the baseline, as in any real run
+
+    from asd.cache import build_cache
+    from asd.config import load_config
+    from asd.features import _extractor
+
+    cfg = load_config(REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={cache_dir}"])
+    _extractor(cfg.features)
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    cache = build_cache(cfg, progress=False, workers=workers)
+    seconds = time.perf_counter() - start
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak over exec into ru_maxrss
+    peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"clips": len(cache), "before_kb": before, "peak_kb": peak,
+                      "seconds": seconds}))
+
+
+def measure_memory(tmp: Path, sizes: list[int], workers: int | None) -> list[dict]:
+    out = []
+    for n in sizes:
+        root = noise_root(tmp / f"noise{n}", n)
+        cmd = [sys.executable, "-m", "bench.features", "--child", str(root), str(tmp / f"c{n}")]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(root)
+        shutil.rmtree(tmp / f"c{n}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__)
+    parser.add_argument("--clips", type=int, default=240, help="synthetic clips for the speed test")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads of the cache builder (default: the usable cores)")
+    parser.add_argument("--memory", default="500,2000",
+                        help="clip counts of the memory runs ('' skips them)")
+    parser.add_argument("--child", nargs=2, metavar=("ROOT", "CACHE_DIR"), help=argparse.SUPPRESS)
+    ns = parser.parse_args(argv)
+    if ns.child:
+        child_build(*ns.child, ns.workers)
+        return 0
+
+    import librosa
+    import soundfile as sf
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    from asd.cache import _default_workers, build_cache
+    from asd.config import load_config
+    from asd.data import index_dataset
+
+    workers = ns.workers or _default_workers()
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp_name:
+        tmp = Path(tmp_name)
+        t = time.perf_counter()
+        root = synthetic_root(tmp / "synth", ns.clips)
+        paths = list(index_dataset(root)["path"])
+        n = len(paths)
+        print(f"{n} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
+              f"({workers} builder thread(s); machine: {_default_workers()} usable cores)")
+        fc = load_config(REPO / "config.yml").features
+
+        def decode():
+            for p in paths:
+                sf.read(p, dtype="float32")
+
+        def plain_librosa(blas_threads=None):
+            with threadpool_limits(limits=blas_threads):
+                librosa_loop()
+
+        def librosa_loop():
+            for p in paths:
+                y, sr = librosa.load(p, sr=fc.sample_rate)
+                S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=fc.n_fft,
+                                                   hop_length=fc.hop_length, n_mels=fc.n_mels,
+                                                   fmin=fc.fmin, fmax=fc.fmax, power=fc.power)
+                librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
+
+        def ours(k):
+            cfg = load_config(REPO / "config.yml", [f"data.root={root}",
+                                                    f"data.cache_dir={tmp / f'cache{k}'}"])
+            build_cache(cfg, progress=False, workers=workers)
+            shutil.rmtree(tmp / f"cache{k}")
+
+        decode()  # warm the page cache and librosa's lazy imports for everyone
+        plain_librosa()
+        ours("warm")
+        rates: dict[str, list[float]] = {"decode": [], "librosa": [], "librosa1": [], "asd": []}
+        for k in range(ns.repeats):
+            for name, fn in (("decode", decode), ("librosa", plain_librosa),
+                             ("librosa1", lambda: plain_librosa(1)), ("asd", lambda: ours(k))):
+                start = time.perf_counter()
+                fn()
+                rates[name].append(n / (time.perf_counter() - start))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        best = {k: max(v) for k, v in rates.items()}
+        print(f"{'':44s}{'median':>10s}{'best':>10s}  clips/s")
+        labels = {"decode": "decoding only (soundfile, 1 thread)",
+                  "librosa": "librosa per clip, 1 process, BLAS default",
+                  "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
+                  "asd": f"asd build_cache ({workers} threads, to disk)"}
+        for k, label in labels.items():
+            print(f"{label:44s}{med[k]:10.0f}{best[k]:10.0f}")
+        # against the faster librosa variant: OpenBLAS threads help it on an idle machine and
+        # hurt it badly on a loaded one
+        lib_med, lib_best = max(med["librosa"], med["librosa1"]), max(best["librosa"],
+                                                                        best["librosa1"])
+        print(f"speed-up of build_cache over the faster plain librosa: "
+              f"{med['asd'] / lib_med:.1f}x (median), {best['asd'] / lib_best:.1f}x (best)")
+
+        sizes = [int(s) for s in ns.memory.split(",") if s.strip()]
+        if sizes:
+            for r in measure_memory(tmp, sizes, ns.workers):
+                print(f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
+                      f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
+                      f"{r['before_kb'] / 1024:.0f} MiB after imports; "
+                      f"{r['clips'] / r['seconds']:.0f} clips/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
