@@ -77,12 +77,11 @@ def cache_folder(cfg: Config, root: str | Path | None = None) -> Path:
 
 def files_fingerprint(paths: list[str], root: str | Path) -> str:
     """Hash of (path relative to root, size, mtime) of every clip: changes when files do."""
-    root = Path(root).resolve()
+    root = os.path.abspath(root)  # index paths are absolute() paths under it; no resolve()
     h = hashlib.sha256()
     for p in paths:
         st = os.stat(p)
-        rel = os.path.relpath(Path(p).resolve(), root)
-        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -138,7 +137,8 @@ class FeatureCache:
         if features.shape != expected or str(features.dtype) != f["dtype"]:
             raise CacheError(f"feature cache {path}: features.npy is {features.shape} "
                              f"{features.dtype}, settings.json says {expected} {f['dtype']}")
-        if len(index) != settings["clips"] or mean.shape != (f["n_mels"],) or std.shape != mean.shape:
+        bands = (f["n_mels"],)
+        if len(index) != settings["clips"] or mean.shape != bands or std.shape != bands:
             raise CacheError(f"feature cache {path}: index.csv has {len(index)} rows / stats "
                              f"{mean.shape}, expected {settings['clips']} rows / ({f['n_mels']},)")
         return cls(path=path, features=features, index=index, mean=mean, std=std,
@@ -154,7 +154,8 @@ class FeatureCache:
             mean = torch.as_tensor(self.mean, device=x.device)
             std = torch.as_tensor(self.std, device=x.device)
             return (x.to(torch.float32) - mean) / std
-        raise TypeError(f"normalise: expected a numpy array or torch tensor, got {type(x).__name__}")
+        raise TypeError(f"normalise: expected a numpy array or torch tensor, "
+                        f"got {type(x).__name__}")
 
 
 def write_index(index: pd.DataFrame, path: Path) -> None:

@@ -2,9 +2,11 @@
 
 Three records (DESIGN.md "The task and the data"):
 
-- 4562016, development: ``dev_data_<machine>.zip`` -> ``dev_data/<machine>/{train,source_test,target_test}``
+- 4562016, development: ``dev_data_<machine>.zip`` ->
+  ``dev_data/<machine>/{train,source_test,target_test}``
 - 4660992, additional training: ``eval_data_train_<machine>.zip`` -> ``eval_data/<machine>/train``
-- 4884786, evaluation test: ``eval_data_test_<machine>.zip`` -> ``eval_data/<machine>/{source_test,target_test}``
+- 4884786, evaluation test: ``eval_data_test_<machine>.zip`` ->
+  ``eval_data/<machine>/{source_test,target_test}``
 
 Each record's file list, sizes and MD5 checksums come from its JSON metadata
 (``<base-url>/records/<id>``: ``files[*].key``, ``.size``, ``.checksum`` = "md5:...",
@@ -130,7 +132,8 @@ def record_files(record: Record, base_url: str, timeout: float = 60.0) -> list[R
             checksum = entry["checksum"]
             links = entry.get("links") or {}
         except (KeyError, TypeError):
-            raise DownloadError(f"{url}: a file entry without 'key'/'checksum': {entry!r}") from None
+            raise DownloadError(f"{url}: a file entry without 'key'/'checksum': "
+                                f"{entry!r}") from None
         m = re.match(record.pattern, key)
         if m is None:
             log.info("%s: skipping %s (not a machine archive)", url, key)
@@ -273,7 +276,8 @@ def unpack(archive: Path, remote: RemoteFile, root: Path) -> list[Path]:
         missing = [f for f in remote.record.folders if f not in found]
         if missing:
             raise DownloadError(f"{archive}: {remote.key} has no {', '.join(missing)} folder "
-                                f"for {remote.machine}; expected {', '.join(remote.record.folders)}")
+                                f"for {remote.machine}; expected "
+                                f"{', '.join(remote.record.folders)}")
         target.mkdir(parents=True, exist_ok=True)
         placed = []
         for f in found:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import struct
 import warnings
@@ -118,7 +117,8 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
     got = n_frames(len(wave), cfg)
     if got != cfg.frames:
         how = "cropped" if got > cfg.frames else "zero-padded"
-        notes.append(f"{len(wave) / cfg.sample_rate:.3f} s gives {got} frames, {how} to {cfg.frames}")
+        seconds = len(wave) / cfg.sample_rate
+        notes.append(f"{seconds:.3f} s gives {got} frames, {how} to {cfg.frames}")
     return np.ascontiguousarray(wave, dtype=np.float32), notes
 
 
@@ -278,7 +278,7 @@ def log_mel(wave: np.ndarray, sample_rate: int, cfg: FeatureConfig) -> np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asd.features [--config C] [--workers N] [key.sub=value ...]``: build the cache."""
+    """``python -m asd.features [--config C] [--workers N] [key.sub=value ...]``: the cache."""
     import argparse
 
     from asd.cache import CacheError, build_cache
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CacheError, AudioError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(cache.index)} clips, features {tuple(cache.features.shape)} {cache.features.dtype}")
+    print(f"{len(cache)} clips, features {tuple(cache.features.shape)} {cache.features.dtype}")
     print(cache.path)
     return 0
 

@@ -66,7 +66,7 @@ def synthetic_root(root: Path, clips: int) -> Path:
 
 def child_build(root: str, cache_dir: str, workers: int | None) -> None:
     """Run in a fresh process: build the cache, print RSS after imports and the peak (KiB)."""
-    import torch  # noqa: F401  - counted in the baseline, as in any real run
+    import torch  # noqa: F401 - counted in the baseline, as in any real run
 
     from asd.cache import build_cache
     from asd.config import load_config
