@@ -188,7 +188,8 @@ def test_subcluster_centres_follow_the_class_table(fake):
     assert centres.n_subclusters == 4
     assert centres.values.shape == (4 * len(classes), 16)
     assert centres.table["class"].tolist() == [k // 4 for k in range(len(centres.values))]
-    fan = int(classes.query("machine == 'fan' and section == '00' and domain == 'source'")["class"].iloc[0])
+    fan = classes.query("machine == 'fan' and section == '00' and domain == 'source'")
+    fan = int(fan["class"].iloc[0])
     assert np.array_equal(centres.of("fan", "00", "source"), centres.values[4 * fan:4 * fan + 4])
     assert centres.of("fan", "42", "source").shape == (0, 16)
 
