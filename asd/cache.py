@@ -212,15 +212,17 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
     """
     import torch
 
-    from asd.features import _extractor, fit_length, read_audio
+    from asd.features import _extractor, clip_samples, read_audio
 
-    waves, notes = [], []
-    for p in paths:
+    length = clip_samples(fcfg)
+    waves = np.zeros((len(paths), length), dtype=np.float32)  # cropped / zero-padded in place
+    notes = []
+    for i, p in enumerate(paths):
         wave, clip_notes = read_audio(p, fcfg)
-        waves.append(fit_length(wave, fcfg))
+        waves[i, :min(len(wave), length)] = wave[:length]
         notes += [(p, n) for n in clip_notes]
     with torch.no_grad():
-        feats_t = _extractor(fcfg)(torch.from_numpy(np.stack(waves)))  # (n, T, M) float32
+        feats_t = _extractor(fcfg)(torch.from_numpy(waves))  # (n, T, M) float32
     del waves
     feats = feats_t.numpy()
     mask = np.asarray(train, dtype=bool)
