@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's alt-text notes per figure
     from asd.inspect import InspectError, resolve_run
 
     try:
