@@ -212,18 +212,24 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
     """
     import torch
 
-    from asd.features import _extractor, clip_samples, read_audio
+    from asd.features import CPU_SUB_BATCH, _extractor, clip_samples, read_audio
 
+    extractor = _extractor(fcfg)
     length = clip_samples(fcfg)
-    waves = np.zeros((len(paths), length), dtype=np.float32)  # cropped / zero-padded in place
+    feats_t = torch.empty(len(paths), fcfg.frames, fcfg.n_mels)  # (n, T, M) float32
+    waves = np.zeros((CPU_SUB_BATCH, length), dtype=np.float32)
     notes = []
-    for i, p in enumerate(paths):
-        wave, clip_notes = read_audio(p, fcfg)
-        waves[i, :min(len(wave), length)] = wave[:length]
-        notes += [(p, n) for n in clip_notes]
-    with torch.no_grad():
-        feats_t = _extractor(fcfg)(torch.from_numpy(waves))  # (n, T, M) float32
-    del waves
+    # decode a couple of clips and extract them at once, while their samples are in the cache
+    for i in range(0, len(paths), CPU_SUB_BATCH):
+        group = paths[i:i + CPU_SUB_BATCH]
+        for j, p in enumerate(group):
+            wave, clip_notes = read_audio(p, fcfg)
+            n = min(len(wave), length)
+            waves[j, :n] = wave[:n]
+            waves[j, n:] = 0.0  # cropped or zero-padded to the clip length
+            notes += [(p, note) for note in clip_notes]
+        with torch.no_grad():
+            feats_t[i:i + len(group)] = extractor(torch.from_numpy(waves[:len(group)]))
     feats = feats_t.numpy()
     mask = np.asarray(train, dtype=bool)
     stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))

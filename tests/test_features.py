@@ -158,6 +158,29 @@ def test_load_audio_reads_common_wav_formats(tmp_path, cfg, subtype, tol):
     np.testing.assert_allclose(wave, y, atol=tol)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_pcm16_fast_path_equals_libsndfile(tmp_path, cfg, channels):
+    rng = np.random.default_rng(channels)
+    y = (0.3 * rng.standard_normal((10 * SR, channels))).clip(-1, 1)
+    path = write(tmp_path / "pcm16.wav", y, subtype="PCM_16")
+    ref = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if channels > 1 else "error")
+        np.testing.assert_array_equal(load_audio(path, cfg.features), ref)
+    # a chunk before the data (as some recorders write) and an odd-sized one: still exact
+    raw = path.read_bytes()
+    fmt_end = raw.index(b"data")
+    extra = b"LIST" + (5).to_bytes(4, "little") + b"hello" + b"\0"
+    patched = raw[:fmt_end] + extra + raw[fmt_end:]
+    patched = patched[:4] + (len(patched) - 8).to_bytes(4, "little") + patched[8:]
+    other = tmp_path / "with_list.wav"
+    other.write_bytes(patched)
+    assert sf.info(other).frames == 10 * SR
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(load_audio(other, cfg.features), ref)
+
+
 def test_load_audio_averages_channels(tmp_path, cfg):
     rng = np.random.default_rng(2)
     y = (0.1 * rng.standard_normal((10 * SR, 2))).astype(np.float32)
