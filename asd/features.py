@@ -4,7 +4,8 @@ The features follow report 2.1: STFT with a periodic Hann window of ``n_fft`` sa
 ``hop_length``, centred with zero padding (librosa's ``center=True, pad_mode="constant"``); the
 power spectrogram goes through librosa's Slaney mel filterbank (``htk=False, norm="slaney"``) and
 to dB as ``librosa.power_to_db(ref=1.0, amin, top_db)``. The result matches
-``librosa.power_to_db(librosa.feature.melspectrogram(...))`` to well under 1e-3 dB.
+``librosa.power_to_db(librosa.feature.melspectrogram(...))`` to well under 1e-3 dB on recordings
+and noise (float32 FFT: see ``LogMelExtractor`` for pure tones over digital silence).
 
 Every clip gives exactly ``cfg.frames`` frames (313 for 10 s at 16 kHz). A longer waveform is
 cropped and a shorter one zero-padded *before* the STFT (``fit_length``); because the centred STFT
@@ -12,8 +13,9 @@ pads with zeros anyway, the frames kept are exactly librosa's frames of the orig
 first ``cfg.frames`` of them for a longer clip; a shorter clip's missing frames are those of
 silence, i.e. ``10 * log10(amin)`` dB).
 
-``load_audio`` reads a WAV with soundfile and handles, with a warning naming the file:
-several channels (mean of the channels), another sample rate (resampled with librosa/soxr) and
+``load_audio`` reads a WAV (plain 16-bit PCM with NumPy, anything else with soundfile) and
+handles, with a warning naming the file:
+several channels (mean of the channels), another sample rate (resampled with librosa/soxr), and
 a length that does not give ``cfg.frames`` frames (cropped or padded later by ``log_mel``).
 8-bit, 16/24/32-bit and float WAVs all read as float32 in [-1, 1]. An unreadable, truncated or
 empty file, or one holding NaN or infinite samples, raises ``AudioError`` naming the file.
