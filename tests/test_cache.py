@@ -301,3 +301,15 @@ def test_synthetic_data_set_in_the_challenge_layout(tiny_cfg):
     feats = log_mel(asd.features.load_audio(index["path"][i], tiny_cfg.features), SR,
                     tiny_cfg.features)
     np.testing.assert_allclose(cache.features[i].astype(np.float32), feats, atol=0.04)
+
+
+def test_real_recordings_cache(real_audio, repo, tmp_path):
+    """2023 layout (machine/train, machine/test), attributes in names, 12 s clips cropped."""
+    cfg = load_config(repo / "config.yml", [f"data.root={real_audio}",
+                                            f"data.cache_dir={tmp_path / 'cache'}"])
+    with pytest.warns(asd.features.AudioWarning, match=r"8 clip\(s\) were converted.*cropped"):
+        cache = build_cache(cfg, progress=False)
+    assert cache.features.shape == (28, 313, 128)
+    assert cache.settings["converted_clips"] == 8  # the ToyCar and ToyTrain clips are 12 s
+    assert np.isfinite(cache.features[:]).all()
+    assert set(cache.index["machine"]) >= {"ToyCar", "bearing", "valve"}
