@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from asd.config import Config, ConfigError, FeatureConfig, load_config
 from asd.detectors import DetectorSet, fit_section
@@ -156,6 +157,13 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
                                                        classes["section"], classes["domain"])}
     train = index["split"].to_numpy() == "train"
     dets = DetectorSet()
+    # Many small (D x D) factorisations: BLAS threads cost more than they give (~4x here).
+    with threadpool_limits(1):
+        _fit_all(emb, index, centres, n_subclusters, cfg, class_of, train, dets)
+    return dets
+
+
+def _fit_all(emb, index, centres, n_subclusters, cfg, class_of, train, dets) -> None:
     for (machine, section), pos in index[train].groupby(["machine", "section"]).indices.items():
         rows = np.flatnonzero(train)[pos]
         domain = index["domain"].to_numpy()[rows]
@@ -174,7 +182,6 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
         except ValueError as err:
             raise SubmitError(f"{machine} section {section}: {err}") from None
         dets.add(machine, section, fitted)
-    return dets
 
 
 def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) -> pd.DataFrame:
