@@ -27,6 +27,7 @@ import functools
 import logging
 import struct
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -238,38 +239,72 @@ class LogMelExtractor(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         n = clip_samples(cfg)
-        wave = wave.to(torch.float32)
-        if wave.shape[-1] >= n:
-            wave = wave[..., :n]
-        else:
-            wave = nn.functional.pad(wave, (0, n - wave.shape[-1]))
-        if wave.device.type != "cpu":
-            return self._log_mel(wave)
-        # On CPU the STFT of a few clips stays in cache; large batches are memory-bound (2x slower).
-        out = wave.new_empty(wave.shape[0], cfg.frames, cfg.n_mels)
-        for i in range(0, wave.shape[0], CPU_SUB_BATCH):
-            out[i:i + CPU_SUB_BATCH] = self._log_mel(wave[i:i + CPU_SUB_BATCH])
+        half = cfg.n_fft // 2
+        wave = wave.to(torch.float32)  # (B, samples)
+        batch, length = wave.shape[0], min(wave.shape[-1], n)
+        # On CPU a couple of clips at a time (their STFT stays in the CPU cache; big batches are
+        # memory-bound) in reused per-thread buffers: fresh ones cost a page fault per 4 KiB.
+        step = CPU_SUB_BATCH if wave.device.type == "cpu" else max(batch, 1)
+        ws = self._workspace(step, wave.device)
+        out = torch.empty(batch, cfg.frames, cfg.n_mels, device=wave.device)
+        for i in range(0, batch, step):
+            b = min(step, batch - i)
+            # centred STFT = zeros on both sides: the left ones stay in ws.padded, the right ones
+            # are the clip's zero padding up to clip_samples
+            ws.padded[:b, half:half + length] = wave[i:i + b, :length]
+            ws.padded[:b, half + length:] = 0.0
+            self._log_mel(ws, b, out[i:i + b])
         return out
 
-    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, clip_samples) -> (B, frames, mels) dB."""
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_local", None)  # per-thread buffers: neither picklable nor worth copying
+        return state
+
+    def _workspace(self, step: int, device: torch.device) -> "_Workspace":
+        local = self.__dict__.setdefault("_local", threading.local())
+        ws = getattr(local, "ws", None)
+        if ws is None or ws.size < step or ws.padded.device != device:
+            ws = local.ws = _Workspace(self, step, device)
+        return ws
+
+    def _log_mel(self, ws: "_Workspace", b: int, out: torch.Tensor) -> None:
+        """ws.padded[:b] -> out (b, frames, mels) in dB."""
         cfg = self.cfg
-        # centred STFT = zeros on both sides; the right side is already in the padded clip
-        wave = nn.functional.pad(wave, (cfg.n_fft // 2, 0))  # (B, n + n_fft//2)
-        frames = wave.unfold(-1, cfg.n_fft, cfg.hop_length) * self.window  # (B, T, n_fft)
-        spec = torch.fft.rfft(frames, dim=-1)  # (B, T, K)
+        frames = ws.frames[:b]  # (b, T, n_fft)
+        torch.mul(ws.padded[:b].unfold(-1, cfg.n_fft, cfg.hop_length), self.window, out=frames)
+        spec = ws.spec[:b]  # (b, T, K) complex
+        torch.fft.rfft(frames, dim=-1, out=spec)
+        parts = ws.parts[:b]  # (b, T, 2K): re^2, im^2, ...
         if cfg.power == 2.0:
-            parts = torch.view_as_real(spec).square().flatten(-2)  # (B, T, 2K): re^2, im^2, ...
+            torch.square(torch.view_as_real(spec).flatten(-2), out=parts)
         else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
-            mag = spec.abs().pow(cfg.power)
-            parts = torch.stack([mag, torch.zeros_like(mag)], dim=-1).flatten(-2)
-        mel = torch.cat([parts[..., 2 * lo:2 * hi] @ getattr(self, f"mel_block{i}")
-                         for i, (_, _, lo, hi) in enumerate(self.blocks)], dim=-1)  # (B, T, M)
-        db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))  # ref = 1.0
+            pairs = parts.unflatten(-1, (-1, 2))
+            pairs[..., 0] = spec.abs().pow(cfg.power)
+            pairs[..., 1] = 0.0
+        for i, (b0, b1, lo, hi) in enumerate(self.blocks):
+            block = ws.blocks[i][:b]  # (b, T, bands)
+            torch.matmul(parts[..., 2 * lo:2 * hi], getattr(self, f"mel_block{i}"), out=block)
+            out[..., b0:b1] = block
+        out.clamp_(min=cfg.amin).log10_().mul_(10.0)  # power_to_db with ref = 1.0
         if cfg.top_db is not None:
-            peak = db.amax(dim=(-2, -1), keepdim=True)
-            db = torch.maximum(db, peak - cfg.top_db)
-        return db
+            peak = out.amax(dim=(-2, -1), keepdim=True)
+            torch.maximum(out, peak - cfg.top_db, out=out)
+
+
+class _Workspace:
+    """Buffers of LogMelExtractor for ``size`` clips on one device, reused call after call."""
+
+    def __init__(self, ex: LogMelExtractor, size: int, device: torch.device):
+        cfg = ex.cfg
+        k = cfg.n_fft // 2 + 1
+        self.size = size
+        self.padded = torch.zeros(size, cfg.n_fft // 2 + clip_samples(cfg), device=device)
+        self.frames = torch.empty(size, cfg.frames, cfg.n_fft, device=device)
+        self.spec = torch.empty(size, cfg.frames, k, dtype=torch.complex64, device=device)
+        self.parts = torch.empty(size, cfg.frames, 2 * k, device=device)
+        self.blocks = [torch.empty(size, cfg.frames, b1 - b0, device=device)
+                       for b0, b1, _, _ in ex.blocks]
 
 
 @functools.lru_cache(maxsize=8)
