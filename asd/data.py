@@ -6,7 +6,8 @@ Layouts read (``ROOT`` is what the caller passes):
 - DCASE 2022/2023: ``ROOT/{dev_data,eval_data}/<machine>/{train,test}/*.wav``
 - a root that directly holds machine folders (``<machine>/train/...``); ``dataset`` is "" then.
 
-Names (split on ``_``): ``section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav``;
+Names (split on ``_``):
+``section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav``;
 training and development test names carry the label, evaluation test names do not, and the
 attribute part (2022 on: test names too) may itself contain ``_`` and ``.``.
 
@@ -120,10 +121,10 @@ def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
 
 
 def index_dataset(root: str | Path) -> pd.DataFrame:
-    """One row per clip of the data root (columns COLUMNS), sorted by dataset, machine, folder, file.
+    """One row per clip of ``root`` (columns COLUMNS), sorted by dataset, machine, folder, file.
 
     ``label`` is None for unlabelled (evaluation test) clips; ``class`` is the id of the clip's
-    (machine, section, domain) in ``class_table`` of this index, -1 where that has no training clips.
+    (machine, section, domain) in ``class_table`` of this index, -1 where it has no training clips.
     """
     root = Path(root)
     if not root.is_dir():
@@ -155,7 +156,7 @@ def index_dataset(root: str | Path) -> pd.DataFrame:
 
 
 def class_table(index_df: pd.DataFrame) -> pd.DataFrame:
-    """Classes = (machine, section, domain) found in the training clips, ids 0..C-1 in sorted order."""
+    """Classes: (machine, section, domain) of the training clips, ids 0..C-1 in sorted order."""
     train = index_df[index_df["split"] == "train"]
     keys = sorted(set(zip(train["machine"], train["section"], train["domain"])))
     table = pd.DataFrame(keys, columns=["machine", "section", "domain"])
@@ -165,7 +166,7 @@ def class_table(index_df: pd.DataFrame) -> pd.DataFrame:
 
 
 def assign_classes(index_df: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``index_df`` whose ``class`` column holds the ids of ``classes`` (-1: not there)."""
+    """A copy of ``index_df`` with the ids of ``classes`` in its ``class`` column (-1: absent)."""
     lookup = {(m, s, d): int(c) for c, m, s, d in
               zip(classes["class"], classes["machine"], classes["section"], classes["domain"])}
     out = index_df.copy()
@@ -209,14 +210,15 @@ def ground_truth_name(machine: str, section: str, domain: str) -> str:
 
 
 def load_ground_truth(root: str | Path) -> pd.DataFrame:
-    """All ground-truth rows of ``root``: DataFrame[machine, section, domain, file, anomaly (0|1)]."""
+    """Ground-truth rows of ``root``: DataFrame[machine, section, domain, file, anomaly (0|1)]."""
     folder = ground_truth_dir(root)
     pattern = re.compile(r"^ground_truth_(.+)_section_(\d{2})_(source|target)_test\.csv$")
     frames = []
     for f in sorted(folder.glob("ground_truth_*.csv")):
         m = pattern.match(f.name)
         if m is None:
-            raise DataError(f"{f}: expected a name ground_truth_<machine>_section_XX_<domain>_test.csv")
+            raise DataError(f"{f}: expected a name like "
+                            f"ground_truth_<machine>_section_XX_<domain>_test.csv")
         gt = pd.read_csv(f, header=None, names=["file", "anomaly"], dtype={"file": str})
         if not gt["anomaly"].isin([0, 1]).all():
             raise DataError(f"{f}: expected rows 'file name,0|1'")

@@ -44,7 +44,8 @@ def resolve_root(root: str | None, config: str | None, overrides: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asd.index", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m asd.index",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
                         help="data root (default: data.root of the config) and config overrides")
     parser.add_argument("--config", default=None, help="config file (default: config.yml)")

@@ -698,37 +698,36 @@ def _section_clips(dataset, machine, section, n_source, n_target, n_test, seed) 
     d = design(machine, section)
     out = []
 
-    def clip(folder, name_of, domain, anomaly, index):
+    def add(folder: str, domain: str, anomaly: bool, index: int, name: str) -> None:
+        """One clip; ``{a}`` in ``name`` becomes the attribute text of its condition."""
         key = (seed, dataset, machine, section, domain, folder, anomaly, index)
         r = _rng("condition", *key)
         cond = _condition(d, domain, r)
         fault = str(r.choice(FAULTS[machine])) if anomaly else None
         severity = float(r.uniform()) if anomaly else 0.0
-        name = name_of(cond["attributes"])
+        name = name.format(a=cond["attributes"])
         out.append(Clip(f"{dataset}/{machine}/{folder}/{name}", dataset, machine, section,
                         domain, anomaly, cond, fault, severity, _key("audio", *key)))
 
     for domain, count in (("source", n_source), ("target", n_target)):
         for i in range(count):
-            clip("train", lambda a, i=i, dm=domain: f"section_{section}_{dm}_train_normal_{i:04d}_{a}.wav",
-                 domain, False, i)
+            name = f"section_{section}_{domain}_train_normal_{i:04d}_{{a}}.wav"
+            add("train", domain, False, i, name)
     n_anomaly = n_test // 2
     for domain in ("source", "target"):
-        folder = f"{domain}_test"
+        folder, head = f"{domain}_test", f"section_{section}_{domain}_test"
         labels = [False] * (n_test - n_anomaly) + [True] * n_anomaly
         if dataset == "eval_data":  # unlabelled names: labels shuffled behind the numbers
             order = _rng("order", seed, machine, section, domain).permutation(n_test)
             for i in range(n_test):
-                clip(folder, lambda a, i=i, dm=domain: f"section_{section}_{dm}_test_{i:04d}.wav",
-                     domain, labels[order[i]], i)
+                add(folder, domain, labels[order[i]], i, f"{head}_{i:04d}.wav")
         else:
             counters = {False: 0, True: 0}
             for anomaly in labels:
                 i = counters[anomaly]
                 counters[anomaly] += 1
                 word = "anomaly" if anomaly else "normal"
-                clip(folder, lambda a, i=i, dm=domain, w=word: f"section_{section}_{dm}_test_{w}_{i:04d}.wav",
-                     domain, anomaly, i)
+                add(folder, domain, anomaly, i, f"{head}_{word}_{i:04d}.wav")
     return out
 
 
@@ -753,7 +752,7 @@ def _write_many(args: tuple[str, list[Clip], float]) -> int:
 
 
 def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
-    """The evaluator's ``ground_truth_<machine>_section_XX_<domain>_test.csv`` for eval test clips."""
+    """Write the evaluator's ``ground_truth_<machine>_section_XX_<domain>_test.csv`` files."""
     groups: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
     for c in clips:
         if c.dataset == "eval_data" and "/train/" not in c.relpath:
@@ -797,7 +796,8 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
     the same settings is left as it is; one with other settings written here is replaced; a
     root holding any other data set is refused (DataError), so real data is never mixed in.
     """
-    machines, dev_sections, eval_sections = tuple(machines), tuple(dev_sections), tuple(eval_sections)
+    machines, dev_sections = tuple(machines), tuple(dev_sections)
+    eval_sections = tuple(eval_sections)
     _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration)
     root = Path(root)
     settings = {"format": FORMAT, "machines": list(machines), "dev_sections": list(dev_sections),
@@ -856,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
                    help="output folder (default: data.root of the config) and config overrides")
     p.add_argument("--config", default=None, help="config file (default: config.yml)")
-    p.add_argument("--machines", type=_names, default=MACHINES, help="comma-separated machine types")
+    p.add_argument("--machines", type=_names, default=MACHINES,
+                   help="comma-separated machine types")
     p.add_argument("--sections-dev", type=_names, default=DEV_SECTIONS,
                    help="development sections, comma-separated ('' for none)")
     p.add_argument("--sections-eval", type=_names, default=EVAL_SECTIONS,

@@ -98,7 +98,7 @@ def test_class_ids_sorted_and_stable(tiny_data, tmp_path):
 
 
 def test_assign_classes_across_roots(tiny_data, tmp_path):
-    """A second root with only fan, eval section 03: ids follow the saved table, not the new root."""
+    """A second root holding only fan's eval section 03: ids follow the saved table."""
     other = tmp_path / "other"
     shutil.copytree(tiny_data / "eval_data" / "fan", other / "eval_data" / "fan")
     table = class_table(index_dataset(tiny_data))
