@@ -384,7 +384,7 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tu
 
 
 def _report_notes(notes: list[tuple[str, str]]) -> None:
-    """One warning for all the clips that were converted (channels, rate, length)."""
+    """One warning for all the clips that were converted (channels, rate, length) or silent."""
     if not notes:
         return
     from asd.features import AudioWarning
@@ -393,5 +393,6 @@ def _report_notes(notes: list[tuple[str, str]]) -> None:
         log.debug("%s: %s", path, note)
     clips = len({p for p, _ in notes})
     examples = "; ".join(f"{p}: {n}" for p, n in notes[:3])
-    warnings.warn(f"{clips} clip(s) were converted to fit the features, e.g. {examples}",
+    warnings.warn(f"{clips} clip(s) were converted to fit the features (or are silent), "
+                  f"e.g. {examples}",
                   AudioWarning, stacklevel=4)

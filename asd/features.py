@@ -15,8 +15,9 @@ silence, i.e. ``10 * log10(amin)`` dB).
 
 ``load_audio`` reads a WAV (plain 16-bit PCM with NumPy, anything else with soundfile) and
 handles, with a warning naming the file:
-several channels (mean of the channels), another sample rate (resampled with librosa/soxr), and
-a length that does not give ``cfg.frames`` frames (cropped or padded later by ``log_mel``).
+several channels (mean of the channels), another sample rate (resampled with librosa/soxr),
+a length that does not give ``cfg.frames`` frames (cropped or padded later by ``log_mel``), and
+all-zero audio (readable; every log-mel value is the ``10 log10(amin)`` floor, -100 dB).
 8-bit, 16/24/32-bit and float WAVs all read as float32 in [-1, 1]. An unreadable, truncated or
 empty file, or one holding NaN or infinite samples, raises ``AudioError`` naming the file.
 """
@@ -50,7 +51,7 @@ class AudioError(ValueError):
 
 
 class AudioWarning(UserWarning):
-    """An audio file that was converted to fit the features (channels, sample rate, length)."""
+    """An audio file converted to fit the features (channels, sample rate, length), or silent."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,6 +143,9 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
         how = "cropped" if got > cfg.frames else "zero-padded"
         seconds = len(wave) / cfg.sample_rate
         notes.append(f"{seconds:.3f} s gives {got} frames, {how} to {cfg.frames}")
+    if not wave.any():  # readable, but most likely a dead microphone or a muted channel
+        notes.append(f"all samples are zero (digital silence): every log-mel value is the "
+                     f"{10 * np.log10(cfg.amin):.0f} dB floor (10 log10 amin)")
     return np.ascontiguousarray(wave, dtype=np.float32), notes
 
 
