@@ -1,6 +1,7 @@
 # The user interface of the project: `make help` lists the targets.
 # Every target takes CONFIG=path/to/config.yml and ARGS="key.sub=value ..." (config overrides);
-# stage2, submit and evaluate take FROM=runs/<run> (default: the latest suitable run).
+# stage2, submit and evaluate take FROM=runs/<run> (default: the latest suitable run);
+# stage1 and stage2 take RESUME=runs/<run> to finish an interrupted run.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,8 +10,13 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.yml
 ARGS ?=
 FROM ?=
+RESUME ?=
+SYNTH ?=
 DEMO_CONFIG ?= configs/demo.yml
 FROM_ARG = $(if $(FROM),--from $(FROM),)
+RESUME_ARG = $(if $(RESUME),--resume $(RESUME),)
+# The demo's synthetic data set: all seven machines, small sections (see README "Demo").
+DEMO_SYNTH ?= --n-source 40 --n-test 10 --workers 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench tensorboard notebooks clean
@@ -27,7 +33,7 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed ## Create .venv and install the pinned requirements (pip<24.1 for Catalyst)
 
 synth: install ## Write the synthetic data set in the challenge layout into data.root
-	$(PY) -m asd.synthetic --config $(CONFIG) $(ARGS)
+	$(PY) -m asd.synthetic --config $(CONFIG) $(SYNTH) $(ARGS)
 
 index: install ## Print the clip counts of data.root per machine, section, domain, split, label
 	$(PY) -m asd.index --config $(CONFIG) $(ARGS)
@@ -39,10 +45,10 @@ cache: install ## Build (or reuse) the log-mel feature cache of data.root
 	$(PY) -m asd.features --config $(CONFIG) $(ARGS)
 
 stage1: install ## Step 1: train on source clips (150 epochs); prints the run folder
-	$(PY) -m runners.stage1 --config $(CONFIG) $(ARGS)
+	$(PY) -m runners.stage1 --config $(CONFIG) $(RESUME_ARG) $(ARGS)
 
 stage2: install ## Step 2: fine-tune the last stage on source x target (5000 iterations); FROM=
-	$(PY) -m runners.stage2 --config $(CONFIG) $(FROM_ARG) $(ARGS)
+	$(PY) -m runners.stage2 --config $(CONFIG) $(FROM_ARG) $(RESUME_ARG) $(ARGS)
 
 submit: install ## Fit GMM / One-Class SVM detectors and write the challenge CSVs; FROM=
 	$(PY) -m asd.submit --config $(CONFIG) $(FROM_ARG) $(ARGS)
@@ -51,7 +57,8 @@ evaluate: install ## AUC / pAUC tables of a submitted run against the labels; FR
 	$(PY) -m asd.evaluate --config $(CONFIG) $(FROM_ARG) $(ARGS)
 
 demo: install ## The whole pipeline on generated data with configs/demo.yml, then the results table
-	$(MAKE) --no-print-directory synth stage1 stage2 submit evaluate CONFIG=$(DEMO_CONFIG)
+	$(MAKE) --no-print-directory synth SYNTH="$(DEMO_SYNTH)" CONFIG=$(DEMO_CONFIG)
+	$(MAKE) --no-print-directory stage1 stage2 submit evaluate CONFIG=$(DEMO_CONFIG)
 
 test: install ## Run every test (the CI command)
 	$(PY) -m pytest -q -ra tests
@@ -61,7 +68,7 @@ test-fast: install ## Run the tests without the slow end-to-end ones
 
 bench: install ## Speed of the feature extractor and the training data path against plain references
 	$(PY) -m bench.features
-	$(PY) bench/train.py
+	$(PY) -m bench.train --memory
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost
 	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(CONFIG)').runs.dir)") --host 127.0.0.1
