@@ -1,6 +1,6 @@
 """Feature extraction speed and memory: the cache builder against plain per-clip librosa.
 
-    python -m bench.features [--clips 240] [--repeats 3] [--workers N] [--memory 500,2000]
+    python -m bench.features [--clips 400] [--repeats 3] [--workers N] [--memory 500,2000]
 
 1. Speed: writes a synthetic data set (asd.synthetic, about ``--clips`` clips of 10 s) into a
    temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), plain
@@ -100,7 +100,7 @@ def measure_memory(tmp: Path, sizes: list[int], workers: int | None) -> list[dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__)
-    parser.add_argument("--clips", type=int, default=240, help="synthetic clips for the speed test")
+    parser.add_argument("--clips", type=int, default=400, help="synthetic clips for the speed test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None,
                         help="threads of the cache builder (default: the usable cores)")
