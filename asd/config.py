@@ -143,6 +143,34 @@ _CHOICES = {
     "detectors.gmm_covariance": ("full", "diag", "tied", "spherical"),
     "detectors.ocsvm_kernel": ("rbf", "linear", "poly", "sigmoid"),
 }
+# Numbers with a valid range: a batch size of 0 is refused here, naming the key, instead of
+# surfacing as a ZeroDivisionError inside training. Keys of list items drop their [i].
+_RANGES = {
+    **dict.fromkeys(["features.sample_rate", "features.n_fft", "features.hop_length",
+                     "features.n_mels", "features.fmax", "features.power", "features.amin",
+                     "features.top_db", "features.frames", "model.stem_channels",
+                     "model.stem_kernel", "model.stem_stride", "model.stage_channels",
+                     "model.blocks_per_stage", "model.time_pool", "model.embedding_dim",
+                     "loss.n_subclusters", "loss.max_angle", "stage1.epochs", "stage1.batch_size",
+                     "stage1.lr", "stage1.checkpoint_every", "stage2.iterations",
+                     "stage2.batch_size", "stage2.lr", "stage2.log_every",
+                     "stage2.checkpoint_every", "engine.world_size", "detectors.gmm_max_iter",
+                     "detectors.batch_size"], "> 0"),
+    **dict.fromkeys(["features.fmin", "model.leaky_relu_slope", "stage1.weight_decay",
+                     "stage2.weight_decay", "engine.num_threads", "detectors.gmm_reg_covar"],
+                    ">= 0"),
+    "detectors.threshold_quantile": "in (0, 1)",
+    "detectors.ocsvm_nu": "in (0, 1]",
+}
+_IN_RANGE = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+             "in (0, 1)": lambda v: 0 < v < 1, "in (0, 1]": lambda v: 0 < v <= 1}
+
+
+def _check_range(value: int | float, key: str) -> int | float:
+    rule = _RANGES.get(key.split("[")[0])
+    if rule is not None and not _IN_RANGE[rule](value):
+        raise ConfigError(f"config key '{key}': expected a value {rule}, got {value!r}")
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -174,7 +202,7 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        return value
+        return _check_range(value, key)
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
@@ -183,7 +211,7 @@ def _check(value: Any, hint: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
+        return _check_range(float(value), key)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
