@@ -285,7 +285,8 @@ def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = Tr
     Rebuilds when the feature settings, the root or the set of files (names, sizes, times)
     changed, and when a previous build did not complete. ``workers``: decoding threads
     (default: the usable cores). Raises asd.data.DataError for a bad data
-    root and asd.features.AudioError naming the file for an unusable clip (nothing is kept).
+    root and asd.features.AudioError naming the file for an unusable clip (nothing is kept);
+    CacheError naming the folder when writing fails (a full disk).
     """
     from asd.data import index_dataset
 
@@ -301,8 +302,12 @@ def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = Tr
         if cache is not None:
             log.info("reusing feature cache %s (%d clips)", folder, len(cache))
             return cache
-        _build(folder, index, cfg.features, settings, progress,
-               workers or _default_workers(), chunk_size)
+        try:
+            _build(folder, index, cfg.features, settings, progress,
+                   workers or _default_workers(), chunk_size)
+        except OSError as err:  # a full disk: the folder stays incomplete, so it is never used
+            raise CacheError(f"feature cache {folder}: the build failed ({err}); nothing of it "
+                             f"is kept or used") from err
     return FeatureCache.open(folder)
 
 

@@ -127,8 +127,13 @@ def save_checkpoint(path: str | Path, *, model: nn.Module | dict, head: nn.Modul
             raise ValueError(f"save_checkpoint: extra key {key!r} clashes with a reserved key")
         data[key] = value
     _check_safe(data, "checkpoint")
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"cannot write checkpoint {path} (disk full?): {first}; the previous "
+                      f"file, if any, is unchanged") from err
     return path
 
 

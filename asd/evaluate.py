@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ns.config, ns.overrides)
         run = resolve_run(cfg, ns.from_run)
         ev = evaluate(cfg, run, figures=not ns.no_figures)
-    except (ConfigError, SubmitError, DataError, CacheError, AudioError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except (ConfigError, SubmitError, DataError, CacheError, AudioError, OSError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # OSError: e.g. a full disk
     print(report(ev))
     print(ev.run)
     return 0

@@ -136,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                            "display.max_colwidth", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if ns.csv:
-        with atomic_path(ns.csv) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.10g")
+        try:
+            with atomic_path(ns.csv) as tmp:
+                table.to_csv(tmp, index=False, float_format="%.10g")
+        except OSError as err:  # e.g. a full disk; a previous file of that name is unchanged
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         print(f"wrote {ns.csv}")
     return 0
 

@@ -17,9 +17,10 @@
    <domain>_test.csv`` (``file name,score``) and ``decision_result_..._test.csv``
    (``file name,0|1``) in ``RUN/submission/``: no header, one row per test clip, rows sorted by
    file name (the official evaluator sorts rows and matches them to its ground truth by
-   position), each file written atomically; CSVs of an earlier submit that this one does not
-   write again are removed. ``RUN/scores.csv`` holds the same scores with their context
-   (dataset, machine, section, domain, threshold, the detector's domain) for notebooks.
+   position), all written under temporary names and renamed only once every one is complete;
+   CSVs of an earlier submit that this one does not write again are removed. ``RUN/scores.csv``
+   holds the same scores with their context (dataset, machine, section, domain, threshold, the
+   detector's domain) for notebooks.
 
 Prints a summary and the run folder as the last line.
 """
@@ -27,6 +28,7 @@ Prints a summary and the run folder as the last line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import sys
@@ -39,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from asd.config import Config, ConfigError, FeatureConfig, load_config
 from asd.detectors import DetectorSet, fit_section
-from asd.io import atomic_path, atomic_write_text
+from asd.io import atomic_path
 from asd.runs import latest_run
 
 log = logging.getLogger("asd.submit")  # not "__main__" under python -m
@@ -228,26 +230,31 @@ def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
     """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``.
 
     Returns the written paths; stale ``anomaly_score_*``/``decision_result_*`` CSVs are removed.
+    Every file is written under a temporary name first and all are renamed only once all are
+    complete: a failure on the way (a full disk) leaves the previous CSVs as they were.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for (machine, section, domain), rows in scores.groupby(["machine", "section", "domain"]):
-        rows = rows.sort_values("file", kind="stable")
-        if rows["file"].duplicated().any():
-            dup = rows["file"][rows["file"].duplicated()].iloc[0]
-            raise SubmitError(f"{machine} section {section} {domain}: file name {dup} twice")
-        score_name, decision_name = csv_names(machine, section, domain)
-        atomic_write_text(folder / score_name, "".join(
-            f"{f},{float(s)!r}\n" for f, s in zip(rows["file"], rows["score"])))
-        atomic_write_text(folder / decision_name, "".join(
-            f"{f},{int(d)}\n" for f, d in zip(rows["file"], rows["decision"])))
-        written += [folder / score_name, folder / decision_name]
+    with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
+        for (machine, section, domain), rows in scores.groupby(["machine", "section", "domain"]):
+            rows = rows.sort_values("file", kind="stable")
+            if rows["file"].duplicated().any():
+                dup = rows["file"][rows["file"].duplicated()].iloc[0]
+                raise SubmitError(f"{machine} section {section} {domain}: file name {dup} twice")
+            score_name, decision_name = csv_names(machine, section, domain)
+            stack.enter_context(atomic_path(folder / score_name)).write_text("".join(
+                f"{f},{float(s)!r}\n" for f, s in zip(rows["file"], rows["score"])))
+            stack.enter_context(atomic_path(folder / decision_name)).write_text("".join(
+                f"{f},{int(d)}\n" for f, d in zip(rows["file"], rows["decision"])))
+            written += [folder / score_name, folder / decision_name]
     keep = set(written)
     for old in sorted(folder.glob("*_test.csv")):
         if old.name.startswith(("anomaly_score_", "decision_result_")) and old not in keep:
             log.info("removing %s from an earlier submit", old)
             old.unlink()
+    for tmp in folder.glob(".*_test.csv.*.tmp"):  # left by a submit killed while writing
+        tmp.unlink()
     return written
 
 
@@ -356,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ns.config, ns.overrides)
         run = resolve_run(cfg, ns.from_run)
         sub = submit(cfg, run, device=ns.device, progress=True)
-    except (ConfigError, SubmitError, CheckpointError, DataError, CacheError, AudioError) as err:
+    except (ConfigError, SubmitError, CheckpointError, DataError, CacheError, AudioError,
+            OSError) as err:  # OSError: e.g. a full disk, named by asd.io.atomic_path
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(summary(sub))
     print(sub.run)
