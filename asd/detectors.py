@@ -389,9 +389,17 @@ class DetectorSet:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"{index} is not an {FORMAT} file")
         out = cls()
+        if not isinstance(meta.get("detectors"), list):
+            raise ValueError(f"{index}: expected a list under 'detectors'")
         for e in meta["detectors"]:
-            path = folder / e["file"]
-            kind = _KINDS.get(e["kind"])
+            try:
+                name, key, kind = e["file"], (e["machine"], e["section"], e["domain"]), e["kind"]
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"{index}: a detector entry lacks {err}") from None
+            if not isinstance(name, str) or Path(name).name != name:  # only files beside it
+                raise ValueError(f"{index}: detector file {name!r} is not a file name")
+            path = folder / name
+            kind = _KINDS.get(kind) if isinstance(kind, str) else None
             if kind is None:
                 raise ValueError(f"{index}: unknown detector kind {e['kind']!r}")
             try:
@@ -401,7 +409,8 @@ class DetectorSet:
                 raise ValueError(f"cannot read detector file {path}: {err}") from None
             try:
                 det = kind.from_saved(arrays, e["params"], float(e["threshold"]), e["info"])
-            except (KeyError, TypeError) as err:
-                raise ValueError(f"detector file {path} lacks {err}") from None
-            out.detectors[(e["machine"], e["section"], e["domain"])] = det
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"detector file {path} or its entry in {index} is not usable "
+                                 f"({type(err).__name__}: {err})") from None
+            out.detectors[key] = det
         return out
