@@ -34,8 +34,9 @@ from catalyst import dl, metrics
 from torch import nn
 
 from asd.cache import FeatureCache, build_cache
-from asd.checkpoint import load_checkpoint, save_checkpoint
+from asd.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from asd.config import Config, ConfigError
+from asd.io import atomic_write_text
 from asd.runs import latest_run
 from asd.losses import SubClusterAdaCos, kl_loss, mixup
 from asd.model import EmbeddingNet
@@ -94,14 +95,18 @@ class ResumableCSVLogger(dl.CSVLogger):
 
 
 class CheckpointSaver(dl.Callback):
-    """Writes ``checkpoints/last.pth`` atomically every few epochs and ``model.pth`` at the end."""
+    """Writes ``checkpoints/last.pth`` atomically every few epochs and ``model.pth`` at the end.
+
+    Called by ``MixupRunner.on_epoch_end`` after the epoch's log row is written (Catalyst would
+    call a callback before): a run killed between the two then never misses a row on resume.
+    """
 
     def __init__(self, job: TrainJob, every: int) -> None:
         super().__init__(order=dl.CallbackOrder.External)
         self.job = job
         self.every = every
 
-    def on_epoch_end(self, runner: "MixupRunner") -> None:
+    def after_logging(self, runner: "MixupRunner") -> None:
         last = runner.epoch_step >= runner.num_epochs
         if runner.engine.is_main_process and (last or runner.epoch_step % self.every == 0):
             runner.save(self.job.last_checkpoint, with_state=True)
@@ -217,6 +222,10 @@ class MixupRunner(dl.Runner):
         self.batch_metrics.update({"loss": loss.detach(), "accuracy": accuracy})
         for key in self._meters:
             self._meters[key].update(float(self.batch_metrics[key]), len(y))
+
+    def on_epoch_end(self, runner):
+        super().on_epoch_end(runner)  # the epoch's CSV row, flushed
+        self.callbacks["checkpoint"].after_logging(self)
 
     def on_loader_end(self, runner):
         elapsed = time.perf_counter() - self._tic
@@ -368,6 +377,80 @@ def count_source(cache: FeatureCache, classes: dict) -> int:
     return int(((index["split"] == "train") & (index["domain"] == "source") & (labels >= 0)).sum())
 
 
+def check_clips(cache: FeatureCache, classes: dict, step: str) -> None:
+    """ConfigError unless the data root has training clips of the run's classes to draw from."""
+    index = cache.index
+    train = (index["split"] == "train").to_numpy() & (_labels(index, classes) >= 0)
+    domains = ("source",) if step == "stage1" else ("source", "target")
+    for domain in domains:
+        if not (train & (index["domain"] == domain).to_numpy()).any():
+            known = sorted({f"{m} {s}" for m, s in zip(classes["machine"], classes["section"])})
+            raise ConfigError(f"the data root {cache.settings.get('root')} has no {domain} "
+                              f"training clips of the run's classes ({', '.join(known)}); "
+                              f"{step} needs them (was the run made on other data?)")
+
+
+def check_trainable(cfg: Config) -> None:
+    """ConfigError before any run folder is made when stage2.trainable names no model part."""
+    net = EmbeddingNet(cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels)
+    freeze_for_stage2(EmbeddingClassifier(net, nn.Identity()), cfg.stage2.trainable)
+
+
+def check_init(init: Path, cfg: Config, classes: dict) -> None:
+    """The Step 1 model a Step 2 run starts from: readable (weights only), trained with the same
+    features, model and loss settings and the same classes; CheckpointError naming it else."""
+    ckpt = load_checkpoint(init)
+    check_compatible(ckpt, cfg, init)
+    if {k: list(map(str, v)) for k, v in ckpt["classes"].items()} != \
+            {k: list(map(str, v)) for k, v in classes.items()}:
+        raise CheckpointError(f"checkpoint {init} was trained on other classes than the run's "
+                              f"classes.csv ({len(ckpt['classes'].get('class', []))} vs "
+                              f"{len(classes['class'])} classes)")
+
+
+def check_resume(run_dir: Path, cfg: Config, step: str) -> Optional[dict]:
+    """The run's resume checkpoint (None: there is none yet), checked before any training.
+
+    Removes the temporary files of a writer killed mid-save (never read), refuses a checkpoint
+    that cannot be read with weights_only (CheckpointError naming it) and one written with other
+    settings than the run's ``config.yml`` now holds (ConfigError naming the keys: the file was
+    edited). When all the steps were done (killed before ``model.pth`` was written), writes
+    ``model.pth`` from it, exactly as the finished run would have.
+    """
+    last = run_dir / "checkpoints" / "last.pth"
+    for stale in last.parent.glob(f".{last.name}.*.tmp"):
+        stale.unlink()
+    if not last.is_file():
+        return None
+    ckpt = load_checkpoint(last)
+    stored, wanted = ckpt["config"], cfg.to_dict()
+    diffs = [f"{g}.{k}: checkpoint {stored.get(g, {}).get(k)!r}, config.yml {v!r}"
+             for g in ("features", "model", "loss", step) for k, v in wanted[g].items()
+             if stored.get(g, {}).get(k) != v]
+    if diffs:
+        raise ConfigError(f"{run_dir / 'config.yml'} differs from the settings {last} was trained "
+                          f"with ({'; '.join(diffs)}); put them back or start a new run")
+    _trim_log(run_dir / "logs" / "train.csv", int(ckpt["step"]["epoch"]))
+    if ckpt["step"].get("done") and not (run_dir / "model.pth").exists():
+        stats = ckpt["feature_stats"]
+        save_checkpoint(run_dir / "model.pth", model=ckpt["model"], head=ckpt["head"], cfg=cfg,
+                        classes=ckpt["classes"], mean=stats["mean"], std=stats["std"],
+                        step=ckpt["step"])
+        log.info("%s: all steps were done; wrote model.pth from %s", run_dir, last)
+    return ckpt
+
+
+def _trim_log(path: Path, epoch: int) -> None:
+    """Drop the log rows of epochs after the checkpoint's: the resumed run logs them again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+                        and int(line.split(",", 1)[0]) <= epoch and line.endswith("\n")]
+    if keep != lines:
+        atomic_write_text(path, "".join(keep))
+
+
 def resume_dir(args: argparse.Namespace, step: str) -> Path:
     """The run folder named by ``--resume`` (or the latest ``*-<step>`` run)."""
     if args.resume != "latest":
@@ -389,7 +472,10 @@ def run_main(step: str, make_job, argv=None) -> None:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{step}: error: {err}") from None
     if job is not None:
-        train(job)
+        try:
+            train(job)
+        except (ConfigError, CheckpointError, OSError) as err:  # e.g. a full disk: one line
+            raise SystemExit(f"{step}: error: {err}") from None
         run_dir = job.run_dir
     else:
         run_dir = resume_dir(args, step)

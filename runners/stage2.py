@@ -16,8 +16,10 @@ from pathlib import Path
 from asd.cache import build_cache
 from asd.config import ConfigError, load_config
 from asd.data import load_classes, save_classes
+from asd.io import atomic_write_text
 from asd.runs import latest_run, new_run
-from runners.common import TrainJob, count_source, resume_dir, run_main
+from runners.common import (TrainJob, check_clips, check_init, check_resume, check_trainable,
+                            count_source, resume_dir, run_main)
 
 # Groups that must equal the Step 1 run's: the network and its inputs are carried over.
 _SHARED = ("features", "model", "loss")
@@ -31,7 +33,10 @@ def make_job(args) -> TrainJob | None:
         if (run_dir / "model.pth").is_file():
             return None
         init = Path((run_dir / "init.txt").read_text().strip())
-        resume = (run_dir / "checkpoints" / "last.pth").is_file()
+        resume = check_resume(run_dir, cfg, "stage2") is not None
+        if (run_dir / "model.pth").is_file():
+            return None  # every iteration was done: model.pth written from the last checkpoint
+        table = load_classes(run_dir / "classes.csv")
     else:
         cfg = load_config(args.config, args.overrides)
         source_run = Path(args.from_run) if args.from_run else latest_run(cfg.runs.dir, "stage1")
@@ -39,17 +44,24 @@ def make_job(args) -> TrainJob | None:
         if not init.is_file():
             raise ConfigError(f"Step 1 run {source_run} has no model.pth (not finished? "
                               f"`make stage1 ARGS=...` or `python -m runners.stage1 --resume {source_run}`)")
-        first = load_config(source_run / "config.yml")
-        for group in _SHARED:
-            if getattr(first, group) != getattr(cfg, group):
-                raise ConfigError(f"config group '{group}' differs from the Step 1 run {source_run}; "
-                                  "Step 2 must use the same features, model and loss")
-        run_dir = new_run(cfg, "stage2")
-        save_classes(load_classes(source_run / "classes.csv"), run_dir / "classes.csv")
-        (run_dir / "init.txt").write_text(f"{init.resolve()}\n")
-        resume = False
-    classes = load_classes(run_dir / "classes.csv").to_dict("list")
+        first = load_config(source_run / "config.yml").to_dict()
+        diffs = [f"{g}.{k}: Step 1 run {first[g][k]!r}, config {v!r}"
+                 for g in _SHARED for k, v in cfg.to_dict()[g].items() if first[g][k] != v]
+        if diffs:
+            raise ConfigError(f"the config differs from the Step 1 run {source_run} "
+                              f"({'; '.join(diffs)}); Step 2 must use the same features, model "
+                              "and loss")
+        check_trainable(cfg)
+        run_dir, resume = None, False
+        table = load_classes(source_run / "classes.csv")
+    classes = table.to_dict("list")
+    check_init(init, cfg, classes)  # before any training: a clear error, never a traceback
     cache = build_cache(cfg, progress=progress)
+    check_clips(cache, classes, "stage2")
+    if run_dir is None:
+        run_dir = new_run(cfg, "stage2")
+        save_classes(table, run_dir / "classes.csv")
+        atomic_write_text(run_dir / "init.txt", f"{init.resolve()}\n")
     return TrainJob(step="stage2", cfg=cfg, run_dir=run_dir, cache_dir=cache.path, classes=classes,
                     n_source=count_source(cache, classes), init_checkpoint=init, resume=resume,
                     progress=progress)
