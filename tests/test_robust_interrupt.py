@@ -1,0 +1,154 @@
+"""SIGKILL during the cache build, Step 1, Step 2 and submit; the rerun (or --resume) finishes.
+
+Killed at precise moments: as soon as a file appears (polled), or from inside the process in
+the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
+
+- cache: the half-built folder is never used; the rerun rebuilds it and its arrays equal an
+  uninterrupted build's, byte for byte;
+- Step 1 / Step 2: the checkpoint being written when the process died is never read (the
+  previous one is, and the leftover temporary file is removed); ``--resume`` finishes and the
+  final weights, the AdaCos scale and the training log equal the uninterrupted run's exactly
+  (CPU, same seed, one thread); a run killed after its last checkpoint but before model.pth gets
+  model.pth from that checkpoint;
+- submit: the CSVs are all written under temporary names before any is renamed, so a kill
+  while writing leaves the previous submission exactly as it was, and a kill while renaming
+  leaves every file complete (old or new); the rerun writes the new submission.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asd.cache import CacheError, FeatureCache, cache_folder
+from asd.checkpoint import load_checkpoint
+from asd.config import load_config
+from asd.inspect import read_log
+from robust_helpers import (cli, cli_killed, kill_when, popen, snapshot, temp_files, tiny_runs,
+                            write_config)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_cfg, tmp_path_factory):
+    return tiny_runs(tiny_cfg, tmp_path_factory)
+
+
+@pytest.fixture
+def config(runs, tmp_path) -> Path:
+    """The shared runs' settings (and feature cache) with a runs folder of this test's own."""
+    return write_config(load_config(runs.config), tmp_path / "config.yml",
+                        [f"runs.dir={tmp_path / 'runs'}"])
+
+
+def assert_same_model(path: Path, reference: Path) -> None:
+    a, b = load_checkpoint(path), load_checkpoint(reference)
+    for part in ("model", "head"):
+        assert a[part].keys() == b[part].keys()
+        differ = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not differ, f"{part}: {differ}"
+    assert a["step"] == b["step"]
+
+
+def assert_same_log(run: Path, reference: Path) -> None:
+    cols = ["step", "iteration", "loss", "accuracy", "s", "lr"]
+    a, b = read_log(run)[cols], read_log(reference)[cols]
+    assert a.equals(b), (a, b)
+    lines = (run / "logs" / "train.csv").read_text().splitlines()
+    assert len(lines) == len(b) + 1  # one row per epoch: none twice, none lost
+
+
+def test_cache_build_killed_then_rebuilt(runs, tmp_path):
+    config = write_config(load_config(runs.config), tmp_path / "config.yml",
+                          [f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(config)
+    folder = cache_folder(cfg)
+    proc = popen("asd.features", "--config", config, "--workers", "1")
+    kill_when(proc, Path(cfg.data.cache_dir), "*/.features.*.npy")
+    assert not (folder / "settings.json").exists()
+    with pytest.raises(CacheError, match="incomplete"):
+        FeatureCache.open(folder)
+    out = cli("asd.features", "--config", config, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(folder)
+    assert not temp_files(folder)
+    rebuilt = FeatureCache.open(folder)
+    reference = FeatureCache.open(cache_folder(load_config(runs.config)))  # built in one go
+    assert np.array_equal(rebuilt.features, reference.features)
+    assert np.array_equal(rebuilt.mean, reference.mean)
+    assert np.array_equal(rebuilt.std, reference.std)
+    assert rebuilt.index.equals(reference.index)
+
+
+def test_step1_killed_while_writing_a_checkpoint(runs, config):
+    # Three epochs, a checkpoint after each: die halfway through writing the second one.
+    cli_killed("write:last.pth:2", "runners.stage1", "--config", config, "--no-progress")
+    (run,) = (Path(load_config(config).runs.dir)).glob("*-stage1")
+    last = run / "checkpoints" / "last.pth"
+    assert load_checkpoint(last)["step"]["epoch"] == 1  # the previous complete one
+    assert temp_files(run / "checkpoints")  # the half-written one, under its temporary name
+    assert not (run / "model.pth").exists()
+
+    out = cli("runners.stage1", "--resume", run, "--no-progress", check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(run)
+    assert not temp_files(run)
+    assert_same_model(run / "model.pth", runs.stage1 / "model.pth")
+    assert_same_model(last, runs.stage1 / "checkpoints" / "last.pth")
+    assert_same_log(run, runs.stage1)
+
+
+def test_step2_killed_then_resumed(runs, config):
+    proc = popen("runners.stage2", "--config", config, "--no-progress", "--from", runs.stage1)
+    kill_when(proc, Path(load_config(config).runs.dir), "*-stage2/checkpoints/last.pth")
+    (run,) = Path(load_config(config).runs.dir).glob("*-stage2")
+    assert not (run / "model.pth").exists(), "finished before it was killed"
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["step"]["iteration"] < 4
+
+    out = cli("runners.stage2", "--resume", run, "--no-progress", check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(run)
+    assert_same_model(run / "model.pth", runs.stage2 / "model.pth")
+    assert_same_log(run, runs.stage2)
+
+
+@pytest.mark.parametrize("step", ["stage1", "stage2"])
+def test_killed_after_the_last_checkpoint_before_model_pth(runs, tmp_path, step, capsys):
+    """Every epoch done, model.pth not yet written: --resume writes it, without training."""
+    from runners import stage1, stage2
+
+    run = tmp_path / "run"
+    shutil.copytree(getattr(runs, step), run)
+    (run / "model.pth").unlink()
+    for p in list(run.glob("submission")) + list(run.glob("detectors")):
+        shutil.rmtree(p)
+    (stage1 if step == "stage1" else stage2).main(["--resume", str(run), "--no-progress"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
+    assert_same_model(run / "model.pth", getattr(runs, step) / "model.pth")
+
+
+@pytest.mark.parametrize("moment", ["write", "replace"])
+def test_submit_killed_while_writing_csvs(runs, tmp_path, moment):
+    run = tmp_path / "run"
+    shutil.copytree(runs.stage2, run)
+    before = snapshot(run / "submission")
+    # another threshold quantile: new decision CSVs (the scores stay the same)
+    args = ["--config", runs.config, "--from", run, "--device", "cpu",
+            "detectors.threshold_quantile=0.5"]
+    cli_killed(f"{moment}:submission:3", "asd.submit", *args)
+    killed = snapshot(run / "submission")
+    assert not [p for p in killed if not p.startswith(".") and p not in before]
+
+    cli("asd.submit", *args, check=True)
+    after = snapshot(run / "submission")
+    assert after.keys() == before.keys() and after != before
+    assert not temp_files(run / "submission")
+    for name, data in killed.items():
+        if name.startswith("."):  # a temporary file of the killed writer: never read
+            assert name.endswith(".tmp")
+            continue
+        assert data in (before[name], after[name]), name  # complete, old or new
+        if moment == "write":
+            assert data == before[name], name  # nothing renamed before every file was written
