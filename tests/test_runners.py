@@ -129,3 +129,23 @@ def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert ckpt["step"]["world_size"] == 2  # two processes really trained together
     assert ckpt["step"]["samples"] == ckpt["step"]["iteration"] * 8  # 2 x 4 per step
+
+
+@pytest.mark.parametrize("name", ["gpu", "amp"])
+def test_gpu_engines_refuse_without_cuda(tiny_cfg, name, monkeypatch):
+    from asd.config import ConfigError
+    from runners.common import make_engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=f"engine.name={name} needs a CUDA GPU"):
+        make_engine(tiny_cfg.replace(**{"engine.name": name}))
+
+
+def test_engines_are_catalysts(tiny_cfg):
+    from catalyst import dl
+
+    from runners.common import make_engine
+
+    assert isinstance(make_engine(tiny_cfg), dl.CPUEngine)
+    ddp = make_engine(tiny_cfg.replace(**{"engine.name": "ddp", "engine.world_size": 2}))
+    assert isinstance(ddp, dl.DistributedDataParallelEngine)
