@@ -12,6 +12,8 @@ REAL_AUDIO = REPO.parent / "shared" / "real-audio" / "dcase2023-dev"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end or multi-process tests (CI runs them too)")
+    # The runners do the backward pass and optimiser step in handle_batch, on purpose.
+    config.addinivalue_line("filterwarnings", r"ignore:No ``I(Backward|Optimizer)Callback")
 
 
 @pytest.fixture(scope="session")
