@@ -28,14 +28,16 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from catalyst import dl, metrics
 from torch import nn
 
-from asd.cache import FeatureCache, build_cache
+from asd.cache import FeatureCache
 from asd.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from asd.config import Config, ConfigError
+from asd.data import assign_classes
 from asd.io import atomic_write_text
 from asd.runs import latest_run
 from asd.losses import SubClusterAdaCos, kl_loss, mixup
@@ -255,7 +257,7 @@ class MixupRunner(dl.Runner):
                 "sampler": self.loaders["train"].state_dict(),
             }
         save_checkpoint(
-            path, model=model.net, head=model.head, cfg=self.job.cfg, classes=_classes_frame(self.job),
+            path, model=model.net, head=model.head, cfg=self.job.cfg, classes=pd.DataFrame(self.job.classes),
             mean=self.cache.mean, std=self.cache.std,
             step={"stage": self.job.step, "epoch": self.epoch_step, "iteration": self.iteration,
                   "samples": self.sample_step, "world_size": self.engine.num_processes,
@@ -277,18 +279,7 @@ class MixupRunner(dl.Runner):
 
 def _labels(index, classes: dict):
     """Class id of every cache row under the run's class table (-1: class unknown to the run)."""
-    import numpy as np
-
-    key = {(m, s, d): c for c, m, s, d in zip(classes["class"], classes["machine"],
-                                               classes["section"], classes["domain"])}
-    return np.array([key.get((m, s, d), -1) for m, s, d in
-                     zip(index["machine"], index["section"].astype(str).str.zfill(2), index["domain"])])
-
-
-def _classes_frame(job: TrainJob):
-    import pandas as pd
-
-    return pd.DataFrame(job.classes)
+    return assign_classes(index, pd.DataFrame(classes))["class"].to_numpy()
 
 
 def schedule(job: TrainJob) -> tuple[int, int, int]:
