@@ -96,44 +96,41 @@ def model_step(net, head, opt, x, y) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def run_project(cfg, features, mean, std, labels, batch, steps):
+def _timed(cfg, batches, steps):
+    """(data seconds, model seconds) over ``steps`` steps of (x, y) from ``batches``; the first
+    step warms up and is not timed."""
     net, head, opt = build(cfg)
+    data_t = model_t = 0.0
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        t1 = time.perf_counter()
+        model_step(net, head, opt, x, y)
+        t2 = time.perf_counter()
+        if i:
+            data_t += t1 - t0
+            model_t += t2 - t1
+    return data_t, model_t
+
+
+def run_project(cfg, features, mean, std, labels, batch, steps):
     rows = np.arange(len(features))
     batches = MixupBatches(features, mean, std, labels, rows, rows, batch_size=batch,
                            steps_per_epoch=steps + 1, total_steps=steps + 1, seed=0)
-    data_t = model_t = 0.0
-    it = iter(batches)
-    for i in range(steps + 1):  # the first step warms up and is not timed
-        t0 = time.perf_counter()
-        b = next(it)
-        y_a = F.one_hot(b["y_a"], N_CLASSES).float()
-        y_b = F.one_hot(b["y_b"], N_CLASSES).float()
-        x, y = mixup(b["x_a"], b["x_b"], y_a, y_b, b["lam"])
-        t1 = time.perf_counter()
-        model_step(net, head, opt, x, y)
-        t2 = time.perf_counter()
-        if i:
-            data_t += t1 - t0
-            model_t += t2 - t1
-    return data_t, model_t
+
+    def mixed():  # what the runner's handle_batch does before the model
+        for b in batches:
+            y_a = F.one_hot(b["y_a"], N_CLASSES).float()
+            y_b = F.one_hot(b["y_b"], N_CLASSES).float()
+            yield mixup(b["x_a"], b["x_b"], y_a, y_b, b["lam"])
+
+    return _timed(cfg, mixed(), steps)
 
 
 def run_plain(cfg, features, mean, std, labels, batch, steps):
-    net, head, opt = build(cfg)
     data = PairDataset(features, mean, std, labels, batch * (steps + 1), seed=0)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=mix_collate)
-    data_t = model_t = 0.0
-    it = iter(loader)
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        x, y = next(it)
-        t1 = time.perf_counter()
-        model_step(net, head, opt, x, y)
-        t2 = time.perf_counter()
-        if i:
-            data_t += t1 - t0
-            model_t += t2 - t1
-    return data_t, model_t
+    return _timed(cfg, iter(loader), steps)
 
 
 def speed(args) -> None:
