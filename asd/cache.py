@@ -13,10 +13,10 @@ absolute path) holds:
   path, size, modification time) and ``"complete": true``. It is written last, so a folder
   without it (an interrupted build) is never used; ``FeatureCache.open`` refuses it.
 
-A build decodes and extracts on ``workers`` threads (default: the usable cores), each taking a
-chunk of files and writing its rows straight into the array file, so memory stays bounded by
-the chunk size whatever the size of the data set. A lock file serialises builders of one folder
-(e.g. the ranks of a DDP run): the second one finds the cache complete and reuses it.
+A build decodes and extracts on ``workers`` forked processes (default: the usable cores), each
+taking a chunk of files and writing its rows straight into the array file, so memory stays
+bounded by the chunk size whatever the size of the data set. A lock file serialises builders of
+one folder (e.g. the ranks of a DDP run): the second one finds the cache complete and reuses it.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import (FIRST_COMPLETED, BrokenExecutor, Executor, ProcessPoolExecutor,
+                                ThreadPoolExecutor, wait)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -213,42 +216,33 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
     """Decode + extract ``paths``, write rows start.. into ``target``; return stats and notes.
 
     Rows go in with ``os.pwrite`` at their byte offset: nothing but this chunk is in memory.
+    Every buffer is this worker's from its previous chunk: a fresh one costs a page fault per
+    4 KiB, which showed as a third of the time per clip.
     """
     import torch
 
-    from asd.features import CPU_SUB_BATCH, _extractor, clip_samples, read_audio
+    from asd.features import CPU_SUB_BATCH, _extractor, clip_samples, read_audio_into
 
     extractor = _extractor(fcfg)
-    length = clip_samples(fcfg)
-    # this thread's buffers from its previous chunk: fresh ones cost a page fault per 4 KiB
     n_clips = len(paths)
     if getattr(_LOCAL, "cfg", None) != fcfg or _LOCAL.feats.shape[0] < n_clips:
+        shape = (n_clips, fcfg.frames, fcfg.n_mels)
         _LOCAL.cfg = fcfg
-        _LOCAL.feats = torch.empty(n_clips, fcfg.frames, fcfg.n_mels)  # (n, T, M)
-        _LOCAL.stored = torch.empty(n_clips, fcfg.frames, fcfg.n_mels,
-                                    dtype=getattr(torch, fcfg.dtype))
-        _LOCAL.waves = np.zeros((CPU_SUB_BATCH, length), dtype=np.float32)
-    feats_t, stored, waves = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips], _LOCAL.waves
+        _LOCAL.feats = torch.empty(shape)  # (n, T, M) dB
+        _LOCAL.dev = torch.empty(shape)  # squared deviations, for the statistics
+        _LOCAL.stored = torch.empty(shape, dtype=getattr(torch, fcfg.dtype))
+        _LOCAL.waves = np.zeros((CPU_SUB_BATCH, clip_samples(fcfg)), dtype=np.float32)
+    feats, stored, waves = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips], _LOCAL.waves
     notes = []
-    # decode a couple of clips and extract them at once, while their samples are in the cache
-    for i in range(0, len(paths), CPU_SUB_BATCH):
+    # decode a clip or two and extract them at once, while their samples are in the CPU cache
+    for i in range(0, n_clips, CPU_SUB_BATCH):
         group = paths[i:i + CPU_SUB_BATCH]
         for j, p in enumerate(group):
-            wave, clip_notes = read_audio(p, fcfg)
-            n = min(len(wave), length)
-            waves[j, :n] = wave[:n]
-            waves[j, n:] = 0.0  # cropped or zero-padded to the clip length
-            notes += [(p, note) for note in clip_notes]
+            notes += [(p, note) for note in read_audio_into(p, fcfg, waves[j])]
         with torch.no_grad():
-            feats_t[i:i + len(group)] = extractor(torch.from_numpy(waves[:len(group)]))
-    feats = feats_t.numpy()
-    mask = np.asarray(train, dtype=bool)
-    stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
-    if mask.any():
-        x = (feats if mask.all() else feats[mask]).reshape(-1, fcfg.n_mels)  # (n_train * T, M)
-        m = x.mean(axis=0, dtype=np.float64)
-        stats = (len(x), m, np.square(x - m.astype(np.float32)).sum(axis=0, dtype=np.float64))
-    stored.copy_(feats_t)  # torch converts to float16 ~7x faster than numpy
+            extractor(torch.from_numpy(waves[:len(group)]), out=feats[i:i + len(group)])
+    stats = _chunk_stats(feats, np.asarray(train, dtype=bool), _LOCAL.dev)
+    stored.copy_(feats)  # torch converts to float16 ~7x faster than numpy
     data = stored.numpy()
     fd = os.open(target, os.O_WRONLY)
     try:
@@ -258,7 +252,31 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
             done += os.pwrite(fd, view[done:], pos + done)
     finally:
         os.close(fd)
-    return len(paths), stats, notes
+    return n_clips, stats, notes
+
+
+def _chunk_stats(feats: Any, train: np.ndarray, dev: Any) -> tuple:
+    """(count, mean, M2) per band, float64, over all frames of the clips where ``train``.
+
+    Per clip first (its mean, and its squared deviations from it, summed in float32 in ``dev``:
+    no cancellation), then combined over the clips in float64 (Chan et al.), exact to rounding.
+    """
+    import torch
+
+    n_mels = feats.shape[-1]
+    if not train.any():
+        return 0, np.zeros(n_mels), np.zeros(n_mels)
+    if not train.all():
+        feats = feats[torch.from_numpy(np.flatnonzero(train))]
+    n, frames = feats.shape[:2]
+    means = feats.mean(dim=1, keepdim=True)  # (n, 1, M)
+    dev = dev[:n]
+    torch.sub(feats, means, out=dev)
+    m2_clips = dev.square_().sum(dim=1).numpy().astype(np.float64)  # (n, M)
+    means = means[:, 0].numpy().astype(np.float64)
+    mean = means.mean(axis=0)
+    m2 = m2_clips.sum(axis=0) + frames * np.square(means - mean).sum(axis=0)
+    return n * frames, mean, m2
 
 
 @contextlib.contextmanager
@@ -283,8 +301,8 @@ def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = Tr
     """Build, or reuse when complete and up to date, the log-mel cache of ``root or cfg.data.root``.
 
     Rebuilds when the feature settings, the root or the set of files (names, sizes, times)
-    changed, and when a previous build did not complete. ``workers``: decoding threads
-    (default: the usable cores). Raises asd.data.DataError for a bad data
+    changed, and when a previous build did not complete. ``workers``: worker processes
+    (default: the usable cores; 1 = in this process). Raises asd.data.DataError for a bad data
     root and asd.features.AudioError naming the file for an unusable clip (nothing is kept);
     CacheError naming the folder when writing fails (a full disk).
     """
@@ -350,13 +368,18 @@ def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dic
     log.info("feature cache %s complete", folder)
 
 
-def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tuple[tuple, list]:
-    """Run the chunk tasks on ``workers`` threads, at most two per thread in flight.
+def _run_chunks(chunks: list[tuple], n: int, workers: int,
+                progress: bool) -> tuple[tuple, list]:
+    """Run the chunk tasks on ``workers`` worker processes (one thread when ``workers`` is 1),
+    at most two per worker in flight.
 
-    Threads, not processes: soundfile, numpy and torch release the GIL, so two threads scale
-    about as well as two processes here, without process start-up (a forkserver pool costs
-    3-5 s and re-imports the caller's main module) or fork-after-OpenMP hazards. Torch runs one
-    intra-op thread meanwhile (restored afterwards).
+    Processes, not threads: a clip's log-mel is a dozen small torch calls whose Python
+    dispatch holds the GIL, so two threads gave 1.1-1.4x one thread on 2 cores, two processes
+    1.6-2x. They are forked (as PyTorch's DataLoader workers are), so they start in
+    milliseconds with everything imported and the mel matrix built; a spawn or forkserver pool
+    costs seconds and re-imports the caller's main module. Each runs one torch thread and
+    ignores Ctrl-C, which the parent handles by cancelling the rest and discarding the build.
+    Where fork does not exist, threads do the work.
     """
     import torch
     from tqdm import tqdm
@@ -364,16 +387,21 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tu
     from asd.features import _extractor
 
     fcfg = chunks[0][4]
-    _extractor(fcfg)  # build the mel matrix once, before the threads race for it
+    _extractor(fcfg)  # build the mel matrix once: the workers inherit it
     stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
     notes: list = []
-    bar = tqdm(total=n, unit="clip", desc="log-mel cache", disable=not progress)
     threads = torch.get_num_threads()
-    # One intra-op thread: a few clips' STFT is too small to split, and OpenMP's waiting
-    # threads made a 1-worker build 5x slower on a busy machine.
+    # One intra-op thread: a clip's STFT is too small to split, and OpenMP's waiting threads
+    # made a 1-worker build 5x slower on a busy machine.
     torch.set_num_threads(1)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        pool: Executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init)
+    else:
+        pool = ThreadPoolExecutor(max(1, workers))
+    bar = tqdm(total=n, unit="clip", desc="log-mel cache", disable=not progress)
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
+        with pool:
             todo = iter(chunks)
             running: set = set()
             try:
@@ -395,9 +423,20 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool) -> tu
                     fut.cancel()
                 raise
         return stats, notes
+    except BrokenExecutor as err:  # a worker died (killed, out of memory)
+        raise CacheError(f"a feature worker process died ({err}); nothing of this build is "
+                         f"kept") from err
     finally:
         torch.set_num_threads(threads)
         bar.close()
+
+
+def _worker_init() -> None:
+    """In each forked worker: one torch thread; Ctrl-C is the parent's to handle."""
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 def _report_notes(notes: list[tuple[str, str]]) -> None:

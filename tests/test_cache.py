@@ -61,13 +61,13 @@ def cfg(repo, tmp_path):
 
 def count_decodes(monkeypatch) -> list:
     calls = []
-    real = asd.features.read_audio
+    real = asd.features.read_audio_into
 
-    def counting(path, fc):
+    def counting(path, fc, out):
         calls.append(path)
-        return real(path, fc)
+        return real(path, fc, out)
 
-    monkeypatch.setattr(asd.features, "read_audio", counting)
+    monkeypatch.setattr(asd.features, "read_audio_into", counting)
     return calls
 
 
@@ -97,13 +97,47 @@ def test_build_contents_match_log_mel_and_index(cfg):
         ".lock", "features.npy", "index.csv", "settings.json", "stats.npz"]
 
 
-def test_threads_give_the_same_bytes_as_one(cfg, tmp_path):
+def test_worker_processes_give_the_same_bytes_as_one(cfg, tmp_path):
     one = build_cache(cfg, progress=False, workers=1, chunk_size=3)
     other = cfg.replace(**{"data.cache_dir": str(tmp_path / "cache2")})
     two = build_cache(other, progress=False, workers=2, chunk_size=2)
     np.testing.assert_array_equal(one.features, two.features)
     np.testing.assert_allclose(one.mean, two.mean, rtol=1e-6)
     np.testing.assert_allclose(one.std, two.std, rtol=1e-6)
+
+
+_PARENT = os.getpid()
+_REAL_EXTRACT_CHUNK = asd.cache._extract_chunk
+
+
+def _dies_in_a_worker(*args):  # module level: the process pool pickles it by name
+    if os.getpid() != _PARENT:  # in a forked worker: gone, as if killed for memory
+        os._exit(9)
+    return _REAL_EXTRACT_CHUNK(*args)
+
+
+def test_a_dying_worker_process_fails_the_build_and_keeps_nothing(cfg, monkeypatch):
+    real = asd.cache._extract_chunk
+    monkeypatch.setattr(asd.cache, "_extract_chunk", _dies_in_a_worker)
+    with pytest.raises(CacheError, match="worker process died.*nothing of this build is kept"):
+        build_cache(cfg, progress=False, workers=2, chunk_size=2)
+    folder = cache_folder(cfg)
+    assert not (folder / "settings.json").exists() and not list(folder.glob(".features.*"))
+    monkeypatch.setattr(asd.cache, "_extract_chunk", real)
+    assert len(build_cache(cfg, progress=False, workers=2)) == 12
+
+
+def test_chunk_statistics_are_exact_for_any_mix_of_training_rows():
+    rng = np.random.default_rng(0)
+    feats = torch.from_numpy((rng.normal(-40, 15, (5, 313, 8)) + 30 * rng.random(8))
+                             .astype(np.float32))
+    train = np.array([True, False, True, True, False])
+    count, mean, m2 = asd.cache._chunk_stats(feats, train, torch.empty_like(feats))
+    x = feats.numpy()[train].reshape(-1, 8).astype(np.float64)
+    assert count == len(x)
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(m2, np.square(x - x.mean(axis=0)).sum(axis=0), rtol=1e-5)
+    assert asd.cache._chunk_stats(feats, np.zeros(5, bool), torch.empty_like(feats))[0] == 0
 
 
 def test_second_build_reuses_without_decoding(cfg, monkeypatch):
