@@ -388,8 +388,7 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
 
     fcfg = chunks[0][4]
     _extractor(fcfg)  # build the mel matrix once: the workers inherit it
-    stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
-    notes: list = []
+    parts: dict[int, tuple] = {}  # chunk start -> (stats, notes), merged in chunk order below
     threads = torch.get_num_threads()
     # One intra-op thread: a clip's STFT is too small to split, and OpenMP's waiting threads
     # made a 1-worker build 5x slower on a busy machine.
@@ -403,25 +402,30 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
     try:
         with pool:
             todo = iter(chunks)
-            running: set = set()
+            running: dict = {}  # future -> its chunk's first row
             try:
                 while True:
                     while len(running) < 2 * workers:
                         args = next(todo, None)
                         if args is None:
                             break
-                        running.add(pool.submit(_extract_chunk, *args))
+                        running[pool.submit(_extract_chunk, *args)] = args[1]
                     if not running:
                         break
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         done, s, nt = fut.result()
-                        stats, notes = _merge(stats, s), notes + nt
+                        parts[running.pop(fut)] = (s, nt)
                         bar.update(done)
             except BaseException:
                 for fut in running:
                     fut.cancel()
                 raise
+        # in a fixed order, so the statistics are the same bits whatever finished first
+        stats: tuple = (0, np.zeros(fcfg.n_mels), np.zeros(fcfg.n_mels))
+        notes: list = []
+        for start in sorted(parts):
+            stats, notes = _merge(stats, parts[start][0]), notes + parts[start][1]
         return stats, notes
     except BrokenExecutor as err:  # a worker died (killed, out of memory)
         raise CacheError(f"a feature worker process died ({err}); nothing of this build is "

@@ -98,12 +98,17 @@ def test_build_contents_match_log_mel_and_index(cfg):
 
 
 def test_worker_processes_give_the_same_bytes_as_one(cfg, tmp_path):
-    one = build_cache(cfg, progress=False, workers=1, chunk_size=3)
+    one = build_cache(cfg, progress=False, workers=1, chunk_size=2)
     other = cfg.replace(**{"data.cache_dir": str(tmp_path / "cache2")})
     two = build_cache(other, progress=False, workers=2, chunk_size=2)
     np.testing.assert_array_equal(one.features, two.features)
-    np.testing.assert_allclose(one.mean, two.mean, rtol=1e-6)
-    np.testing.assert_allclose(one.std, two.std, rtol=1e-6)
+    # chunk statistics merge in row order, whichever worker finished first: the same bits
+    np.testing.assert_array_equal(one.mean, two.mean)
+    np.testing.assert_array_equal(one.std, two.std)
+    third = cfg.replace(**{"data.cache_dir": str(tmp_path / "cache3")})
+    other_chunks = build_cache(third, progress=False, workers=2, chunk_size=5)
+    np.testing.assert_allclose(one.mean, other_chunks.mean, rtol=1e-6)
+    np.testing.assert_allclose(one.std, other_chunks.std, rtol=1e-6)
 
 
 _PARENT = os.getpid()
