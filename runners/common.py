@@ -96,6 +96,22 @@ class ResumableCSVLogger(dl.CSVLogger):
             super()._make_header(metrics, loader_key)
 
 
+class ResumableTensorboardLogger(dl.TensorboardLogger):
+    """Catalyst's TensorBoard logger; a resumed run's event files start with a purge step, so
+    TensorBoard drops the earlier points of the epochs it logs again (no doubled curves)."""
+
+    def __init__(self, logdir: str) -> None:
+        super().__init__(logdir=logdir)
+        self.purge_step: Optional[int] = None  # first epoch this process logs after a resume
+
+    def _check_loader_key(self, loader_key: str) -> None:
+        if loader_key not in self.loggers:
+            from tensorboardX import SummaryWriter
+
+            self.loggers[loader_key] = SummaryWriter(os.path.join(self.logdir, loader_key),
+                                                     purge_step=self.purge_step)
+
+
 class CheckpointSaver(dl.Callback):
     """Writes ``checkpoints/last.pth`` atomically every few epochs and ``model.pth`` at the end.
 
@@ -138,7 +154,7 @@ class MixupRunner(dl.Runner):
         return {
             "console": dl.ConsoleLogger(),
             "csv": ResumableCSVLogger(logdir=logdir),
-            "tensorboard": dl.TensorboardLogger(logdir=os.path.join(logdir, "tensorboard")),
+            "tensorboard": ResumableTensorboardLogger(os.path.join(logdir, "tensorboard")),
         }
 
     def get_loaders(self):
@@ -200,6 +216,9 @@ class MixupRunner(dl.Runner):
         super().on_experiment_start(runner)
         if self.job.resume:
             self._restore(self.job.last_checkpoint)
+            board = self.loggers.get("tensorboard")  # main process only
+            if isinstance(board, ResumableTensorboardLogger):
+                board.purge_step = self.epoch_step + 1
 
     def on_loader_start(self, runner):
         super().on_loader_start(runner)  # calls model.train() on everything

@@ -28,22 +28,9 @@ from asd.cache import CacheError, FeatureCache, cache_folder
 from asd.checkpoint import load_checkpoint
 from asd.config import load_config
 from asd.inspect import read_log
-from robust_helpers import (cli, cli_killed, kill_when, popen, snapshot, temp_files, tiny_runs,
-                            write_config)
+from robust_helpers import cli, cli_killed, kill_when, popen, snapshot, temp_files, write_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_cfg, tmp_path_factory):
-    return tiny_runs(tiny_cfg, tmp_path_factory)
-
-
-@pytest.fixture
-def config(runs, tmp_path) -> Path:
-    """The shared runs' settings (and feature cache) with a runs folder of this test's own."""
-    return write_config(load_config(runs.config), tmp_path / "config.yml",
-                        [f"runs.dir={tmp_path / 'runs'}"])
 
 
 def assert_same_model(path: Path, reference: Path) -> None:
@@ -61,6 +48,17 @@ def assert_same_log(run: Path, reference: Path) -> None:
     assert a.equals(b), (a, b)
     lines = (run / "logs" / "train.csv").read_text().splitlines()
     assert len(lines) == len(b) + 1  # one row per epoch: none twice, none lost
+    # and TensorBoard shows each epoch once, with the values of the uninterrupted run
+    assert board_points(run, "loss/epoch") == board_points(reference, "loss/epoch")
+
+
+def board_points(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar as TensorBoard reads the run's train/ event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs" / "tensorboard" / "train"))
+    events.Reload()
+    return [(e.step, round(e.value, 6)) for e in events.Scalars(tag)]
 
 
 def test_cache_build_killed_then_rebuilt(runs, tmp_path):
