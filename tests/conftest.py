@@ -55,3 +55,22 @@ def real_audio() -> Path:
     if not REAL_AUDIO.is_dir():
         pytest.skip("../shared/real-audio is not present in this checkout")
     return REAL_AUDIO
+
+
+@pytest.fixture(scope="session")
+def runs(tiny_cfg, tmp_path_factory):
+    """Step 1, Step 2 and submit of the tiny model on tiny_data through the command lines, built
+    once per session; the tests/test_robust_*.py modules share it and must not change it."""
+    from robust_helpers import tiny_runs
+
+    return tiny_runs(tiny_cfg, tmp_path_factory)
+
+
+@pytest.fixture
+def config(runs, tmp_path) -> Path:
+    """The shared runs' settings (and feature cache), with a runs folder of this test's own."""
+    from asd.config import load_config
+    from robust_helpers import write_config
+
+    return write_config(load_config(runs.config), tmp_path / "config.yml",
+                        [f"runs.dir={tmp_path / 'runs'}"])

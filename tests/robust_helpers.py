@@ -144,9 +144,6 @@ class TinyRuns:
     stage2: Path  # submitted
 
 
-_RUNS: dict[str, TinyRuns] = {}
-
-
 def write_config(cfg, path: Path, overrides=()) -> Path:
     """``cfg`` with ``key.sub=value`` overrides, resolved, as a config file at ``path``."""
     import yaml
@@ -159,17 +156,14 @@ def write_config(cfg, path: Path, overrides=()) -> Path:
 
 
 def tiny_runs(tiny_cfg, tmp_path_factory) -> TinyRuns:
-    """Step 1, Step 2 and submit of the tiny model on tiny_data, through the command lines;
-    built once per session (the robust_* modules share it, read-only)."""
-    key = str(tmp_path_factory.getbasetemp())
-    if key not in _RUNS:
-        base = tmp_path_factory.mktemp("robust_runs")
-        config = write_config(tiny_cfg, base / "config.yml", [
-            f"runs.dir={base / 'runs'}", f"data.cache_dir={base / 'cache'}", *TINY])
-        run1 = Path(cli("runners.stage1", "--config", config, "--no-progress",
-                        check=True).stdout.split()[-1])
-        run2 = Path(cli("runners.stage2", "--config", config, "--no-progress", "--from", run1,
-                        check=True).stdout.split()[-1])
-        cli("asd.submit", "--config", config, "--from", run2, "--device", "cpu", check=True)
-        _RUNS[key] = TinyRuns(config=config, stage1=run1, stage2=run2)
-    return _RUNS[key]
+    """Step 1, Step 2 and submit of the tiny model on tiny_data, through the command lines
+    (the session fixture ``runs`` of tests/conftest.py builds it once)."""
+    base = tmp_path_factory.mktemp("robust_runs")
+    config = write_config(tiny_cfg, base / "config.yml", [
+        f"runs.dir={base / 'runs'}", f"data.cache_dir={base / 'cache'}", *TINY])
+    run1 = Path(cli("runners.stage1", "--config", config, "--no-progress",
+                    check=True).stdout.split()[-1])
+    run2 = Path(cli("runners.stage2", "--config", config, "--no-progress", "--from", run1,
+                    check=True).stdout.split()[-1])
+    cli("asd.submit", "--config", config, "--from", run2, "--device", "cpu", check=True)
+    return TinyRuns(config=config, stage1=run1, stage2=run2)

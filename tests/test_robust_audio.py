@@ -36,7 +36,7 @@ from asd import index as index_cli
 from asd import score as score_cli
 from asd.config import load_config
 from asd.features import AudioWarning
-from robust_helpers import cli, refused, temp_files, tiny_runs, write_config
+from robust_helpers import cli, refused, temp_files, write_config
 
 SR = 16000
 SLOT = Path("dev_data", "fan", "source_test", "section_00_source_test_normal_0000.wav")
@@ -124,11 +124,6 @@ def call(main, argv, capsys) -> tuple[int, str, str]:
         code = exc.code
     out = capsys.readouterr()
     return code or 0, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_cfg, tmp_path_factory):
-    return tiny_runs(tiny_cfg, tmp_path_factory)
 
 
 @pytest.fixture

@@ -25,20 +25,8 @@ import yaml
 
 from asd import evaluate, features, index, submit
 from asd.config import load_config
-from robust_helpers import cli, refused, tiny_runs, write_config
+from robust_helpers import cli, refused
 from runners import stage1, stage2
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_cfg, tmp_path_factory):
-    return tiny_runs(tiny_cfg, tmp_path_factory)
-
-
-@pytest.fixture
-def config(runs, tmp_path) -> Path:
-    """The shared runs' settings, with a runs folder of this test's own."""
-    return write_config(load_config(runs.config), tmp_path / "config.yml",
-                        [f"runs.dir={tmp_path / 'runs'}"])
 
 
 def edited(path: Path, group: str, key: str, value) -> Path:

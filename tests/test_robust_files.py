@@ -33,7 +33,7 @@ from asd.cache import CacheError, FeatureCache, build_cache, cache_folder
 from asd.checkpoint import CheckpointError, load_checkpoint
 from asd.config import ConfigError, load_config
 from robust_helpers import (REPO, cli, file_size_limit, refused, snapshot, temp_files,
-                            tiny_runs, write_config)
+                            write_config)
 
 
 class Payload:
@@ -44,11 +44,6 @@ class Payload:
 
     def __reduce__(self):
         return os.mkdir, (self.marker,)
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_cfg, tmp_path_factory):
-    return tiny_runs(tiny_cfg, tmp_path_factory)
 
 
 @pytest.fixture
