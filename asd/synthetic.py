@@ -16,6 +16,11 @@ The sounds. Every (machine type, section) is its own "machine", designed once fr
 seed: harmonic stacks at its own fundamentals (rotation, blade pass, gear mesh, motor), its own
 resonances and noise colours, amplitude modulation at the shaft rate, and impulsive trains
 (valve open/close clicks in a timing pattern, slider stroke-end impacts, rail-joint clacks).
+The sections of a machine type are variants of one design, as in the real data set (one kind
+of machine, other units and conditions): each continuous design value lies ``SECTION_SPREAD``
+of the way from the type's value towards a section's own draw, and counts (blades, teeth,
+vanes) are the type's or a neighbour. So the sections differ, but not so grossly that a
+classifier could tell them apart without listening to the machine's detail.
 The attribute part of a training name holds the operating condition that shapes the sound
 (speed, load, car model, valve pattern, microphone), so a class has several normal modes.
 Normal clips also vary at random: phase, speed and its slow drift, the level of each
@@ -94,8 +99,9 @@ FAULTS = {
     "ToyCar": ("shaft", "gear_chip", "tyre", "bearing"),
     "ToyTrain": ("wheel_flat", "scrape", "joint", "motor"),
 }
+SECTION_SPREAD = 0.35  # how far a section's design strays from its machine type's (0..1)
 MARKER = "synthetic.json"
-FORMAT = 1  # bump when the sounds change, so stale data sets are regenerated
+FORMAT = 2  # bump when the sounds change, so stale data sets are regenerated
 TWO_PI = 2.0 * np.pi
 
 
@@ -119,7 +125,18 @@ def design(machine: str, section: str) -> SimpleNamespace:
     recordings of the same machines.
     """
     r = _rng("design", machine, section)
-    u = r.uniform
+    base = _rng("design", machine)  # the machine type's character, shared by its sections
+
+    def u(lo: float, hi: float, size: Optional[int] = None):
+        """A section's value: the type's base value moved SECTION_SPREAD of the way towards
+        the section's own draw, so sections are variants of one kind of machine."""
+        b, own = base.uniform(lo, hi, size), r.uniform(lo, hi, size)
+        return b + SECTION_SPREAD * (own - b)
+
+    def integer(lo: int, hi: int) -> int:
+        """The type's base count, or a neighbour of it for some sections."""
+        return int(np.clip(base.integers(lo, hi) + r.integers(-1, 2), lo, hi - 1))
+
     shift = SHIFTS[(_key(machine) + int(section)) % len(SHIFTS)]
     d = SimpleNamespace(
         machine=machine, section=section, shift=shift,
@@ -132,14 +149,14 @@ def design(machine: str, section: str) -> SimpleNamespace:
     )
     if machine == "fan":
         d.f_rot = u(14.0, 26.0)
-        d.blades = int(r.integers(5, 10))
-        d.bpf_amps = 10 ** (-r.uniform(0, 12, 6) / 20) * np.array([1, .6, .4, .3, .2, .15])
+        d.blades = integer(5, 10)
+        d.bpf_amps = 10 ** (-u(0, 12, 6) / 20) * np.array([1, .6, .4, .3, .2, .15])
         d.slope, d.hump_fc, d.hump_db = u(-4.0, -2.0), u(600, 2500), u(5.0, 10.0)
         d.am_depth, d.tone_db = u(0.03, 0.08), u(-14.0, -8.0)
         d.bpfo, d.bearing_fc, d.rub_fc = u(3.05, 5.2), u(3000, 6000), u(1500, 4000)
     elif machine == "gearbox":
         d.f_shaft = u(8.0, 15.0)
-        d.teeth = int(r.integers(17, 42))
+        d.teeth = integer(17, 42)
         d.mesh_amps = np.array([1.0, u(0.3, 0.6), u(0.1, 0.3), u(0.05, 0.15)])
         d.sideband_db = u(-32.0, -26.0)
         d.casing_fc, d.slope, d.noise_db = u(1000, 3000), u(-5.0, -3.0), u(-16.0, -10.0)
@@ -148,8 +165,8 @@ def design(machine: str, section: str) -> SimpleNamespace:
         d.bpfo, d.bearing_fc = u(3.05, 5.2), u(3000, 6000)
     elif machine == "pump":
         d.f_shaft = u(20.0, 40.0)
-        d.vanes = int(r.integers(5, 8))
-        d.motor_amps = 10 ** (-r.uniform(0, 15, 8) / 20) * np.array([.5, 1, .3, .5, .2, .3, .1, .1])
+        d.vanes = integer(5, 8)
+        d.motor_amps = 10 ** (-u(0, 15, 8) / 20) * np.array([.5, 1, .3, .5, .2, .3, .1, .1])
         d.vp_db, d.motor_db = u(-12.0, -6.0), u(-14.0, -8.0)
         d.pipe_fc, d.slope, d.am_depth = u(200, 1200), u(-6.0, -4.0), u(0.04, 0.1)
         d.leak_fc, d.crackle_fc = u(2000, 6000), u(4000, 7000)

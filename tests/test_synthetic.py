@@ -187,8 +187,9 @@ def _mean_log_mel(path):
 def test_trivial_detector_is_far_from_perfect(tmp_path):
     """A Gaussian on each clip's mean log-mel vector must not solve the task, nor be blind.
 
-    Also: the (machine, section) classes are told apart by a linear classifier, and the target
-    domain is shifted away from the source.
+    Also: the target domain is shifted away from the source, and a linear classifier on the
+    mean log-mel tells the machine types apart and most sections of a type, which are variants
+    of one kind of machine (asd.synthetic.SECTION_SPREAD), as in the real data.
     """
     from sklearn.covariance import LedoitWolf
     from sklearn.metrics import roc_auc_score
@@ -212,7 +213,7 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
     assert sum(a > 0.97 for a in aucs) <= len(aucs) // 4, aucs
     assert np.mean(shift) >= 0.75  # target normals lie further from the source model
 
-    # a linear classifier on the source training clips names the (machine, section) of normals
+    # a linear classifier on the source training clips names the machine and section of normals
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -222,4 +223,6 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
     classify = LogisticRegression(max_iter=2000).fit(
         scale.transform(v[train.index]), train["machine"] + "/" + train["section"])
     guess = classify.predict(scale.transform(v[test.index]))
-    assert np.mean(guess == (test["machine"] + "/" + test["section"]).to_numpy()) > 0.9
+    truth = (test["machine"] + "/" + test["section"]).to_numpy()
+    assert np.mean([g.split("/")[0] == t.split("/")[0] for g, t in zip(guess, truth)]) > 0.95
+    assert 0.7 < np.mean(guess == truth)  # sections: different, but not trivially so
