@@ -16,7 +16,7 @@ DEMO_CONFIG ?= configs/demo.yml
 FROM_ARG = $(if $(FROM),--from $(FROM),)
 RESUME_ARG = $(if $(RESUME),--resume $(RESUME),)
 # The demo's synthetic data set: all seven machines, small sections (see README "Demo").
-DEMO_SYNTH ?= --n-source 40 --n-test 30 --workers 2
+DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench tensorboard notebooks clean
