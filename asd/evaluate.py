@@ -128,14 +128,17 @@ def section_table(clips: pd.DataFrame, systems=SYSTEMS) -> pd.DataFrame:
 
 
 def summary_rows(sections: pd.DataFrame) -> pd.DataFrame:
-    """Harmonic means per (dataset, system): per machine, and over everything ("all", whose
-    ``score`` is the official score: all AUC and pAUC values together)."""
+    """Harmonic means per (dataset, system): per machine (level "machine"), per domain over all
+    machines (level "domain", machine "all") and over everything (level "all", whose ``score``
+    is the official score: all AUC and pAUC values together)."""
     rows = []
     for (dataset, system), g in sections.groupby(["dataset", "system"], sort=True):
-        parts = [(m, gm) for m, gm in g.groupby("machine", sort=True)] + [("all", g)]
-        for machine, gm in parts:
-            rows.append({"dataset": dataset, "level": "machine" if machine != "all" else "all",
-                         "machine": machine, "section": "", "domain": "", "system": system,
+        parts = [("machine", m, "", gm) for m, gm in g.groupby("machine", sort=True)]
+        parts += [("domain", "all", d, gd) for d, gd in g.groupby("domain", sort=True)]
+        parts.append(("all", "all", "", g))
+        for level, machine, domain, gm in parts:
+            rows.append({"dataset": dataset, "level": level,
+                         "machine": machine, "section": "", "domain": domain, "system": system,
                          "auc": metrics.hmean(gm["auc"]), "pauc": metrics.hmean(gm["pauc"]),
                          "score": metrics.official_score(gm["auc"], gm["pauc"]),
                          "n_normal": int(gm["n_normal"].sum()),
@@ -150,7 +153,7 @@ def _pct(a: float, p: float) -> str:
 def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Table 2 layout for one dataset: machine rows, AUC / pAUC (%) of ours, the reference
     detector and (development data only) the published systems."""
-    summ = results[(results["dataset"] == dataset) & (results["level"] != "section")]
+    summ = results[(results["dataset"] == dataset) & results["level"].isin(["machine", "all"])]
     machines = sorted((m for m in summ["machine"].unique() if m != "all"), key=str.lower)
     machines.append("all")  # the report's order: fan, gearbox, pump, slider, ToyCar, ...
     rows = []
@@ -163,6 +166,19 @@ def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
             for name, table in PUBLISHED.items():
                 row[name] = (f"{table[machine][0]:.2f} / {table[machine][1]:.2f}"
                              if machine in table else "-")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def domain_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Source and target rows: AUC / pAUC (%) over all machines and sections of that domain."""
+    summ = results[(results["dataset"] == dataset) & (results["level"] == "domain")]
+    rows = []
+    for domain, g in summ.groupby("domain", sort=True):
+        row = {"domain": domain}
+        for system in SYSTEMS:
+            r = g[g["system"] == system]
+            row[SYSTEM_NAMES[system]] = _pct(r["auc"].iloc[0], r["pauc"].iloc[0]) if len(r) else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -192,7 +208,8 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
            "log-mel mean and std (asd.reference) on the same clips.", ""]
     for dataset in sorted(results["dataset"].unique()):
         out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
-                official_line(results, dataset), "", "### Per section and domain", ""]
+                official_line(results, dataset), "", "### Per domain", "",
+                _markdown(domain_table(results, dataset)), "", "### Per section and domain", ""]
         sec = results[(results["dataset"] == dataset) & (results["level"] == "section")]
         wide = sec.pivot_table(index=["machine", "section", "domain", "n_normal", "n_anomaly"],
                                columns="system", values=["auc", "pauc"]).reset_index()
@@ -300,7 +317,9 @@ def report(ev: Evaluation) -> str:
         for dataset in sorted(ev.results["dataset"].unique()):
             out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
                     machine_table(ev.results, dataset).to_string(index=False),
-                    official_line(ev.results, dataset), ""]
+                    official_line(ev.results, dataset),
+                    "per domain, harmonic means over machines and sections:",
+                    domain_table(ev.results, dataset).to_string(index=False), ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "
                f"{len(ev.figures)} ROC figures in {ev.run / 'figures'}")
     return "\n".join(out)

@@ -198,6 +198,12 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     assert all_ours["score"].iloc[0] == pytest.approx(
         metrics.official_score(dev["auc"], dev["pauc"]))
     assert all_ours["auc"].iloc[0] == pytest.approx(metrics.hmean(dev["auc"]))
+    by_domain = r[(r["level"] == "domain") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
+    assert sorted(by_domain["domain"]) == ["source", "target"]
+    for row in by_domain.itertuples():
+        own = dev[dev["domain"] == row.domain]
+        assert (row.auc, row.pauc) == pytest.approx((metrics.hmean(own["auc"]),
+                                                     metrics.hmean(own["pauc"])))
     # the CSV agrees with the submission files
     clip = result.clips.iloc[0]
     names, scores = _read_like_evaluator(
@@ -208,7 +214,8 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     md = (submitted.run / "results.md").read_text()
     assert ("| machine | ours | simple reference | report | AE baseline | "
             "MobileNetV2 baseline |") in md
-    assert "66.12 / 58.18" in md
+    assert "66.12 / 58.18" in md and "### Per domain" in md
+    assert "per domain, harmonic means over machines and sections:" in ev.report(result)
     assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
         "roc_fan.png", "roc_valve.png"]
 
