@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd.config import Config, ConfigError, from_dict
+from asd.config import Config, ConfigError, config_diffs, from_dict
 from asd.io import atomic_path
 from asd.losses import SubClusterAdaCos
 from asd.model import EmbeddingNet
@@ -167,10 +167,7 @@ def checkpoint_config(data: dict, path: str | Path = "<checkpoint>") -> Config:
 
 def check_compatible(data: dict, cfg: Config, path: str | Path = "<checkpoint>") -> None:
     """Raise CheckpointError unless the checkpoint's features/model/loss settings equal cfg's."""
-    stored, wanted = data["config"], cfg.to_dict()
-    diffs = [f"{g}.{k}: checkpoint {stored.get(g, {}).get(k)!r} vs config {v!r}"
-             for g in MODEL_GROUPS for k, v in wanted[g].items()
-             if stored.get(g, {}).get(k) != v]
+    diffs = config_diffs(data["config"], cfg.to_dict(), MODEL_GROUPS, "checkpoint", "config")
     if diffs:
         raise CheckpointError(f"checkpoint {path} was trained with other settings: "
                               + "; ".join(diffs))

@@ -327,6 +327,17 @@ def load_config(path: str | Path = "config.yml", overrides: Iterable[str] = ()) 
         raise ConfigError(f"{path}: {err}") from None
 
 
+def config_diffs(a: dict, b: dict, groups: Iterable[str], a_name: str, b_name: str,
+                 skip: Iterable[str] = ()) -> list[str]:
+    """``"group.key: <a_name> value, <b_name> value"`` for each key of ``groups`` whose value
+    differs between two configs as dicts (``Config.to_dict()``), keys in ``skip`` aside; the
+    one wording of every "trained with other settings" refusal."""
+    skip = set(skip)
+    return [f"{g}.{k}: {a_name} {a.get(g, {}).get(k)!r}, {b_name} {v!r}"
+            for g in groups for k, v in b[g].items()
+            if f"{g}.{k}" not in skip and a.get(g, {}).get(k) != v]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically (temporary name, then rename)."""
     from asd.io import atomic_write_text

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import sys
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from asd.config import Config, ConfigError, FeatureConfig, load_config
+from asd.config import Config, ConfigError, FeatureConfig, config_diffs, load_config
 from asd.detectors import DetectorSet, fit_section
 from asd.io import atomic_path
 from asd.runs import latest_run
@@ -73,9 +74,9 @@ def resolve_run(cfg: Config, from_run: str | Path | None, kind: str = "stage2") 
 
 def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | str = "run") -> None:
     """Refuse feature settings that differ from the run's (the storage dtype may differ)."""
-    a, b = wanted.__dict__, run.__dict__
-    diffs = [f"features.{k}: config {a[k]!r} vs run {b[k]!r}" for k in a
-             if k != "dtype" and a[k] != b[k]]
+    diffs = config_diffs({"features": dataclasses.asdict(run)},
+                         {"features": dataclasses.asdict(wanted)}, ["features"], "run", "config",
+                         skip=["features.dtype"])
     if diffs:
         raise SubmitError(f"the feature settings of the config differ from those {run_dir} was "
                           f"trained with ({'; '.join(diffs)}); use the run's settings "

@@ -35,8 +35,9 @@ from catalyst import dl, metrics
 from torch import nn
 
 from asd.cache import FeatureCache
-from asd.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from asd.config import Config, ConfigError
+from asd.checkpoint import (MODEL_GROUPS, CheckpointError, check_compatible, load_checkpoint,
+                            save_checkpoint)
+from asd.config import Config, ConfigError, config_diffs
 from asd.data import assign_classes
 from asd.io import atomic_write_text
 from asd.runs import latest_run
@@ -433,10 +434,8 @@ def check_resume(run_dir: Path, cfg: Config, step: str) -> Optional[dict]:
     if not last.is_file():
         return None
     ckpt = load_checkpoint(last)
-    stored, wanted = ckpt["config"], cfg.to_dict()
-    diffs = [f"{g}.{k}: checkpoint {stored.get(g, {}).get(k)!r}, config.yml {v!r}"
-             for g in ("features", "model", "loss", step) for k, v in wanted[g].items()
-             if stored.get(g, {}).get(k) != v]
+    diffs = config_diffs(ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step), "checkpoint",
+                         "config.yml")
     if diffs:
         raise ConfigError(f"{run_dir / 'config.yml'} differs from the settings {last} was trained "
                           f"with ({'; '.join(diffs)}); put them back or start a new run")
@@ -448,6 +447,16 @@ def check_resume(run_dir: Path, cfg: Config, step: str) -> Optional[dict]:
                         step=ckpt["step"])
         log.info("%s: all steps were done; wrote model.pth from %s", run_dir, last)
     return ckpt
+
+
+def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[bool]:
+    """For ``--resume``: None when the run is finished (``model.pth`` was there, or
+    ``check_resume`` just wrote it from a final checkpoint), else whether a checkpoint exists to
+    continue from (False: start from the first epoch)."""
+    if (run_dir / "model.pth").is_file():
+        return None
+    resume = check_resume(run_dir, cfg, step) is not None
+    return None if (run_dir / "model.pth").is_file() else resume
 
 
 def _trim_log(path: Path, epoch: int) -> None:

@@ -12,7 +12,7 @@ from asd.cache import build_cache
 from asd.config import load_config
 from asd.data import class_table, load_classes, save_classes
 from asd.runs import new_run
-from runners.common import TrainJob, check_clips, check_resume, count_source, resume_dir, run_main
+from runners.common import TrainJob, check_clips, count_source, resume_dir, resume_state, run_main
 
 
 def make_job(args) -> TrainJob | None:
@@ -20,25 +20,20 @@ def make_job(args) -> TrainJob | None:
     if args.resume:
         run_dir = resume_dir(args, "stage1")
         cfg = load_config(run_dir / "config.yml")
-        classes = load_classes(run_dir / "classes.csv").to_dict("list")
-        if (run_dir / "model.pth").is_file():
-            return None  # already finished
-        resume = check_resume(run_dir, cfg, "stage1") is not None
-        if (run_dir / "model.pth").is_file():
-            return None  # every epoch was done: model.pth written from the last checkpoint
+        resume = resume_state(run_dir, cfg, "stage1")
+        if resume is None:
+            return None  # finished
+        table = load_classes(run_dir / "classes.csv")
     else:
         cfg = load_config(args.config, args.overrides)
-        run_dir = None
-        resume = False
+        run_dir, resume, table = None, False, None
     cache = build_cache(cfg, progress=progress)
+    table = class_table(cache.index) if table is None else table
+    classes = table.to_dict("list")
+    check_clips(cache, classes, "stage1")  # before a run folder is made
     if run_dir is None:
-        table = class_table(cache.index)
-        classes = table.to_dict("list")
-        check_clips(cache, classes, "stage1")
         run_dir = new_run(cfg, "stage1")
         save_classes(table, run_dir / "classes.csv")
-    else:
-        check_clips(cache, classes, "stage1")
     return TrainJob(step="stage1", cfg=cfg, run_dir=run_dir, cache_dir=cache.path, classes=classes,
                     n_source=count_source(cache, classes), resume=resume, progress=progress)
 

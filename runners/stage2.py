@@ -14,28 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from asd.cache import build_cache
-from asd.config import ConfigError, load_config
+from asd.checkpoint import MODEL_GROUPS
+from asd.config import ConfigError, config_diffs, load_config
 from asd.data import load_classes, save_classes
 from asd.io import atomic_write_text
 from asd.runs import latest_run, new_run
-from runners.common import (TrainJob, check_clips, check_init, check_resume, check_trainable,
-                            count_source, resume_dir, run_main)
-
-# Groups that must equal the Step 1 run's: the network and its inputs are carried over.
-_SHARED = ("features", "model", "loss")
-
+from runners.common import (TrainJob, check_clips, check_init, check_trainable, count_source,
+                            resume_dir, resume_state, run_main)
 
 def make_job(args) -> TrainJob | None:
     progress = not args.no_progress
     if args.resume:
         run_dir = resume_dir(args, "stage2")
         cfg = load_config(run_dir / "config.yml")
-        if (run_dir / "model.pth").is_file():
-            return None
+        resume = resume_state(run_dir, cfg, "stage2")
+        if resume is None:
+            return None  # finished
         init = Path((run_dir / "init.txt").read_text().strip())
-        resume = check_resume(run_dir, cfg, "stage2") is not None
-        if (run_dir / "model.pth").is_file():
-            return None  # every iteration was done: model.pth written from the last checkpoint
         table = load_classes(run_dir / "classes.csv")
     else:
         cfg = load_config(args.config, args.overrides)
@@ -44,9 +39,8 @@ def make_job(args) -> TrainJob | None:
         if not init.is_file():
             raise ConfigError(f"Step 1 run {source_run} has no model.pth (not finished? "
                               f"`make stage1 ARGS=...` or `python -m runners.stage1 --resume {source_run}`)")
-        first = load_config(source_run / "config.yml").to_dict()
-        diffs = [f"{g}.{k}: Step 1 run {first[g][k]!r}, config {v!r}"
-                 for g in _SHARED for k, v in cfg.to_dict()[g].items() if first[g][k] != v]
+        diffs = config_diffs(load_config(source_run / "config.yml").to_dict(), cfg.to_dict(),
+                             MODEL_GROUPS, "Step 1 run", "config")
         if diffs:
             raise ConfigError(f"the config differs from the Step 1 run {source_run} "
                               f"({'; '.join(diffs)}); Step 2 must use the same features, model "

@@ -162,10 +162,10 @@ def test_step2_trainable_must_name_a_part(runs, config, tmp_path, capsys):
 def test_submit_and_evaluate_with_other_feature_settings(runs, capsys):
     refused(cli("asd.submit", "--config", runs.config, "--from", runs.stage2, "--device", "cpu",
                 "features.hop_length=256"),
-            "features.hop_length: config 256 vs run 512", str(runs.stage2))
+            "features.hop_length: run 512, config 256", str(runs.stage2))
     code, err = call(evaluate.main, ["--config", runs.config, "--from", runs.stage2,
                                      "features.fmax=4000"], capsys)
-    assert code == 2 and "features.fmax: config 4000.0 vs run 8000.0" in err
+    assert code == 2 and "features.fmax: run 8000.0, config 4000.0" in err
 
 
 def resumable(run: Path, tmp_path: Path) -> Path:

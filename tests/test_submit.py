@@ -90,7 +90,7 @@ def test_write_submission_format(tmp_path):
 
 def test_check_features_refuses_other_settings(cfg):
     other = cfg.replace(**{"features.n_mels": 64}).features
-    with pytest.raises(sm.SubmitError, match="features.n_mels: config 64 vs run 128"):
+    with pytest.raises(sm.SubmitError, match="features.n_mels: run 128, config 64"):
         sm.check_features(other, cfg.features, "runs/001-stage2")
     sm.check_features(cfg.replace(**{"features.dtype": "float32"}).features, cfg.features)
 
