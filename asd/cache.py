@@ -234,7 +234,7 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
         _LOCAL.waves = np.zeros((CPU_SUB_BATCH, clip_samples(fcfg)), dtype=np.float32)
     feats, stored, waves = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips], _LOCAL.waves
     notes = []
-    # decode a clip or two and extract them at once, while their samples are in the CPU cache
+    # decode CPU_SUB_BATCH clips and extract them at once, while their samples are in the cache
     for i in range(0, n_clips, CPU_SUB_BATCH):
         group = paths[i:i + CPU_SUB_BATCH]
         for j, p in enumerate(group):
@@ -374,8 +374,8 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
     at most two per worker in flight.
 
     Processes, not threads: a clip's log-mel is a dozen small torch calls whose Python
-    dispatch holds the GIL, so two threads gave 1.1-1.4x one thread on 2 cores, two processes
-    1.6-2x. They are forked (as PyTorch's DataLoader workers are), so they start in
+    dispatch holds the GIL, so threads stop scaling early; processes scale as far as the cores
+    let them (``python -m bench.features`` prints N workers against 1). They are forked (as PyTorch's DataLoader workers are), so they start in
     milliseconds with everything imported and the mel matrix built; a spawn or forkserver pool
     costs seconds and re-imports the caller's main module. Each runs one torch thread and
     ignores Ctrl-C, which the parent handles by cancelling the rest and discarding the build.

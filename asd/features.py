@@ -121,8 +121,9 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
     if layout is not None:
         channels, rate, offset, nbytes = layout
         frames = nbytes // (2 * channels)
-        pcm = np.fromfile(path, dtype="<i2", count=frames * channels, offset=offset)
-        wave = (pcm.astype(np.float32) * np.float32(1 / 32768)).reshape(frames, channels)
+        wave = np.empty(frames * channels, dtype=np.float32)
+        _read_pcm16(path, offset, np.empty(len(wave), dtype="<i2"), wave)
+        wave = wave.reshape(frames, channels)
     else:
         try:
             wave, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
@@ -138,6 +139,21 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
         wave = resample(wave, rate, cfg.sample_rate)
     notes = _conversion_notes(channels, rate, len(wave), not wave.any(), cfg)
     return np.ascontiguousarray(wave, dtype=np.float32), notes
+
+
+def _read_pcm16(path: Path, offset: int, pcm: np.ndarray, out: np.ndarray) -> None:
+    """Read ``len(pcm)`` 16-bit samples at byte ``offset`` into ``pcm``, scaled into ``out``
+    as float32 sample / 32768 (libsndfile's numbers, bit for bit)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            got = f.readinto(memoryview(pcm).cast("B"))
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read the file: {err}") from None
+    if got != pcm.nbytes:  # the file shrank since _scan_wav looked at it
+        raise AudioError(f"{path}: truncated WAV file: expected {pcm.nbytes} bytes of audio, "
+                         f"read {got}")
+    np.multiply(pcm, np.float32(1 / 32768), out=out)
 
 
 def _conversion_notes(channels: int, rate: int, n_samples: int, silent: bool,
@@ -183,16 +199,7 @@ def read_audio_into(path: str | Path, cfg: FeatureConfig, out: np.ndarray) -> li
     pcm = getattr(_PCM, "buffer", None)
     if pcm is None or len(pcm) < len(out):
         pcm = _PCM.buffer = np.empty(len(out), dtype="<i2")
-    try:
-        with open(path, "rb") as f:
-            f.seek(layout[2])
-            got = f.readinto(memoryview(pcm[:samples]).cast("B"))
-    except OSError as err:
-        raise AudioError(f"{path}: cannot read the file: {err}") from None
-    if got != 2 * samples:  # the file shrank since _scan_wav looked at it
-        raise AudioError(f"{path}: truncated WAV file: expected {2 * samples} bytes of audio, "
-                         f"read {got}")
-    np.multiply(pcm[:samples], np.float32(1 / 32768), out=out[:samples])  # as read_audio
+    _read_pcm16(path, layout[2], pcm[:samples], out[:samples])
     out[samples:] = 0.0
     return _conversion_notes(1, cfg.sample_rate, samples, not out[:samples].any(), cfg)
 
@@ -295,8 +302,8 @@ class LogMelExtractor(nn.Module):
         half = cfg.n_fft // 2
         wave = wave.to(torch.float32)  # (B, samples)
         batch, length = wave.shape[0], min(wave.shape[-1], n)
-        # On CPU a couple of clips at a time (their STFT stays in the CPU cache; big batches are
-        # memory-bound) in reused per-thread buffers: fresh ones cost a page fault per 4 KiB.
+        # On CPU CPU_SUB_BATCH clips at a time (their STFT stays in the CPU cache; big batches
+        # are memory-bound) in reused per-thread buffers: fresh ones cost a page fault per 4 KiB.
         step = CPU_SUB_BATCH if wave.device.type == "cpu" else max(batch, 1)
         ws = self._workspace(step, wave.device)
         if out is None:
