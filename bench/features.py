@@ -6,8 +6,9 @@
    temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), plain
    librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
    OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
-   (index, decoding, log-mel, float16 array, stats). Prints clips/s (median and best of the
-   repeats) and the ratio to the faster librosa variant.
+   (index, decoding, log-mel, float16 array, stats) with one worker and with ``--workers``.
+   Prints clips/s (median and best of the repeats), the ratio to the faster librosa variant
+   and how the builder scales from one worker to all.
 2. Memory: builds the cache of 500 and of 2,000 noise clips, each in a fresh child process, and
    prints the child's peak RSS (VmHWM), how far it rose above the RSS after imports, and the
    peak RSS of its largest worker process (forked, so it counts the pages it shares with the
@@ -156,21 +157,22 @@ def main(argv: list[str] | None = None) -> int:
                                                    fmin=fc.fmin, fmax=fc.fmax, power=fc.power)
                 librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
 
-        def ours(k):
+        def ours(k, n_workers=workers):
             cfg = load_config(REPO / "config.yml", [f"data.root={root}",
                                                     f"data.cache_dir={tmp / f'cache{k}'}"])
-            build_cache(cfg, progress=False, workers=workers)
+            build_cache(cfg, progress=False, workers=n_workers)
             shutil.rmtree(tmp / f"cache{k}")
 
         decode()  # warm the page cache and librosa's lazy imports for everyone
         plain_librosa()
         ours("warm")
-        names = ("decode", "librosa", "librosa1", "asd")
+        names = ("decode", "librosa", "librosa1", "asd1", "asd")
         rates: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}  # CPU ms per clip, all threads
         for k in range(ns.repeats):
             for name, fn in (("decode", decode), ("librosa", plain_librosa),
-                             ("librosa1", lambda: plain_librosa(1)), ("asd", lambda: ours(k))):
+                             ("librosa1", lambda: plain_librosa(1)),
+                             ("asd1", lambda: ours(k, 1)), ("asd", lambda: ours(k))):
                 start, start_cpu = time.perf_counter(), cpu_seconds()
                 fn()
                 rates[name].append(n / (time.perf_counter() - start))
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = {"decode": "decoding only (soundfile, 1 thread)",
                   "librosa": "librosa per clip, 1 process, BLAS default",
                   "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
+                  "asd1": "asd build_cache (1 worker, to disk)",
                   "asd": f"asd build_cache ({workers} worker(s), to disk)"}
         for k, label in labels.items():
             print(f"{label:44s}{med[k]:10.0f}{best[k]:10.0f}  {'':7s}{cpu_ms[k]:12.2f}")
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         lib_cpu = min(cpu_ms["librosa"], cpu_ms["librosa1"])
         print(f"CPU time per clip, librosa / build_cache (workers included): "
               f"{lib_cpu / cpu_ms['asd']:.1f}x")
+        print(f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x "
+              f"(median)")
 
         sizes = [int(s) for s in ns.memory.split(",") if s.strip()]
         if sizes:
