@@ -93,4 +93,3 @@ def test_roundtrip(tmp_path, cfg):
 
     save_config(cfg, tmp_path / "c.yml")
     assert load_config(tmp_path / "c.yml") == cfg
-

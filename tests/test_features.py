@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 
 from asd.config import load_config
-from asd.features import (AudioError, AudioWarning, LogMelExtractor, clip_samples, load_audio,
-                          log_mel, main, mel_filterbank)
+from asd.features import (AudioError, AudioWarning, LogMelExtractor, clip_samples, fit_length,
+                          load_audio, log_mel, main, mel_filterbank, read_audio, read_audio_into)
 
 SR = 16000
 
@@ -179,6 +179,25 @@ def test_pcm16_fast_path_equals_libsndfile(tmp_path, cfg, channels):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         np.testing.assert_array_equal(load_audio(other, cfg.features), ref)
+
+
+@pytest.mark.parametrize("shape,rate,subtype", [
+    ((10 * SR,), SR, "PCM_16"),  # the fast path: plain 16-bit mono at the rate
+    ((4 * SR,), SR, "PCM_16"),  # fast path, zero-padded
+    ((12 * SR,), SR, "PCM_16"),  # longer than the clip: through read_audio, cropped
+    ((10 * SR, 2), SR, "PCM_16"),  # stereo: through read_audio
+    ((10 * 22050,), 22050, "PCM_16"),  # another rate: through read_audio
+    ((10 * SR,), SR, "FLOAT"),  # not PCM16: through read_audio
+])
+def test_read_audio_into_equals_fitted_read_audio(tmp_path, cfg, shape, rate, subtype):
+    fc = cfg.features
+    y = 0.2 * np.random.default_rng(len(shape) + shape[0]).standard_normal(shape)
+    path = write(tmp_path / "clip.wav", y, sr=rate, subtype=subtype)
+    out = np.full(clip_samples(fc), 7.0, dtype=np.float32)  # stale values must all go
+    notes = read_audio_into(path, fc, out)
+    wave, expected_notes = read_audio(path, fc)
+    np.testing.assert_array_equal(out, fit_length(wave, fc))
+    assert notes == expected_notes
 
 
 def test_load_audio_averages_channels(tmp_path, cfg):
