@@ -20,6 +20,7 @@ copy the evaluator's ``ground_truth_data/*.csv`` there; the synthetic generator 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class ClipName:
 
 def parse_name(file_name: str | Path) -> ClipName:
     """Parse a DCASE clip name (a bare name or a path); DataError names the file otherwise."""
-    name = Path(file_name).name
+    name = os.path.basename(file_name)
     m = _NAME.match(name)
     if m is None:
         raise DataError(f"{file_name}: not a DCASE clip name; expected {_EXPECTED}")
@@ -102,10 +103,15 @@ def _machine_folders(root: Path) -> list[tuple[str, Path]]:
 def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
     expected_split = "train" if folder.name == "train" else "test"
     expected_domain = _FOLDERS[folder.name]
+    # os.scandir, not Path.iterdir: its entries know their type without a stat call, which
+    # makes indexing the full data set (~60,000 clips, at every command's start) ~3x faster
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if e.name.lower().endswith(".wav")
+                       and not e.name.startswith(".") and e.is_file())
+    base = str(folder.absolute())
     rows = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.suffix.lower() != ".wav" or f.name.startswith("."):
-            continue
+    for name in names:
+        f = os.path.join(base, name)
         clip = parse_name(f)
         if clip.split != expected_split:
             raise DataError(f"{f}: a '{clip.split}' clip inside {folder.name}/; "
@@ -113,7 +119,7 @@ def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
         if expected_domain is not None and clip.domain != expected_domain:
             raise DataError(f"{f}: a '{clip.domain}' clip inside {folder.name}/; "
                             f"expected only {expected_domain} clips there")
-        rows.append({"path": str(f.absolute()), "file": f.name, "dataset": dataset,
+        rows.append({"path": f, "file": name, "dataset": dataset,
                      "machine": machine.name, "section": clip.section, "domain": clip.domain,
                      "split": clip.split, "label": clip.label, "index": clip.index,
                      "attributes": clip.attributes, "_folder": folder.name})
