@@ -17,8 +17,8 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     ``features`` may be a memory-mapped array (read one batch at a time); each batch is
     standardised per mel band with the model's training ``mean``/``std`` (F,) and given a
     channel dimension. The model runs in eval mode under ``torch.no_grad`` and is put back in
-    its previous mode afterwards. ``wrap`` (optional) wraps the list of batch slices, e.g.
-``tqdm`` for a progress bar on the command line.
+    its previous mode and weight layout afterwards. ``wrap`` (optional) wraps the list of batch
+    slices, e.g. ``tqdm`` for a progress bar on the command line.
     """
     n = len(features)
     if batch_size < 1:
@@ -32,6 +32,9 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     model.eval()
     # channels_last convolutions are many times faster on CPU (same numbers, other layout)
     layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+    kernels = [p for p in model.parameters()  # a kernel whose layout shows: C > 1, not 1 x 1
+               if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    was_channels_last = bool(kernels) and kernels[0].is_contiguous(memory_format=torch.channels_last)
     model.to(memory_format=layout)
     out = []
     try:
@@ -42,6 +45,10 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
                 out.append(model(x).float().cpu().numpy())  # (B, D)
     finally:
         model.train(was_training)
+        if kernels and layout != (torch.channels_last if was_channels_last else
+                                  torch.contiguous_format):
+            model.to(memory_format=torch.channels_last if was_channels_last else
+                     torch.contiguous_format)  # the caller's layout, as it was
     if not out:
         dim = getattr(getattr(model, "cfg", None), "embedding_dim", 0)
         return np.zeros((0, dim), dtype=np.float32)

@@ -263,6 +263,9 @@ def test_embed_streams_batches_in_eval_mode(cfg):
     out = embed(model, feats, mean, std, batch_size=2)
     assert out.shape == (5, 16) and out.dtype == np.float32
     assert model.training  # mode restored
+    for p in model.parameters():
+        if p.dim() == 4:
+            assert p.is_contiguous(), "embed left the caller's weights channels_last"
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy((feats.astype(np.float32) - mean) / std)[:, None]
