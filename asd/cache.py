@@ -232,7 +232,6 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
         shape = (n_clips, fcfg.frames, fcfg.n_mels)
         _LOCAL.cfg = fcfg
         _LOCAL.feats = torch.empty(shape)  # (n, T, M) dB
-        _LOCAL.dev = torch.empty(shape)  # squared deviations, for the statistics
         _LOCAL.stored = torch.empty(shape, dtype=getattr(torch, fcfg.dtype))
         _LOCAL.waves = np.zeros((CPU_SUB_BATCH, clip_samples(fcfg)), dtype=np.float32)
     feats, stored, waves = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips], _LOCAL.waves
@@ -244,8 +243,8 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
             notes += [(p, note) for note in read_audio_into(p, fcfg, waves[j])]
         with torch.no_grad():
             extractor(torch.from_numpy(waves[:len(group)]), out=feats[i:i + len(group)])
-    stats = _chunk_stats(feats, np.asarray(train, dtype=bool), _LOCAL.dev)
     stored.copy_(feats)  # torch converts to float16 ~7x faster than numpy
+    stats = _chunk_stats(feats, np.asarray(train, dtype=bool))  # overwrites feats
     data = stored.numpy()
     fd = os.open(target, os.O_WRONLY)
     try:
@@ -258,11 +257,13 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
     return n_clips, stats, notes
 
 
-def _chunk_stats(feats: Any, train: np.ndarray, dev: Any) -> tuple:
+def _chunk_stats(feats: Any, train: np.ndarray) -> tuple:
     """(count, mean, M2) per band, float64, over all frames of the clips where ``train``.
 
-    Per clip first (its mean, and its squared deviations from it, summed in float32 in ``dev``:
-    no cancellation), then combined over the clips in float64 (Chan et al.), exact to rounding.
+    Per clip first (its mean, and its squared deviations from it, summed in float32: no
+    cancellation), then combined over the clips in float64 (Chan et al.), exact to rounding.
+    The deviations are computed in place: ``feats`` (float32 torch) is overwritten, so no
+    second chunk-sized buffer is needed (each fresh worker pays a page fault per 4 KiB of one).
     """
     import torch
 
@@ -273,9 +274,7 @@ def _chunk_stats(feats: Any, train: np.ndarray, dev: Any) -> tuple:
         feats = feats[torch.from_numpy(np.flatnonzero(train))]
     n, frames = feats.shape[:2]
     means = feats.mean(dim=1, keepdim=True)  # (n, 1, M)
-    dev = dev[:n]
-    torch.sub(feats, means, out=dev)
-    m2_clips = dev.square_().sum(dim=1).numpy().astype(np.float64)  # (n, M)
+    m2_clips = feats.sub_(means).square_().sum(dim=1).numpy().astype(np.float64)  # (n, M)
     means = means[:, 0].numpy().astype(np.float64)
     mean = means.mean(axis=0)
     m2 = m2_clips.sum(axis=0) + frames * np.square(means - mean).sum(axis=0)

@@ -137,12 +137,16 @@ def test_chunk_statistics_are_exact_for_any_mix_of_training_rows():
     feats = torch.from_numpy((rng.normal(-40, 15, (5, 313, 8)) + 30 * rng.random(8))
                              .astype(np.float32))
     train = np.array([True, False, True, True, False])
-    count, mean, m2 = asd.cache._chunk_stats(feats, train, torch.empty_like(feats))
     x = feats.numpy()[train].reshape(-1, 8).astype(np.float64)
+    count, mean, m2 = asd.cache._chunk_stats(feats.clone(), train)
     assert count == len(x)
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(m2, np.square(x - x.mean(axis=0)).sum(axis=0), rtol=1e-5)
-    assert asd.cache._chunk_stats(feats, np.zeros(5, bool), torch.empty_like(feats))[0] == 0
+    every = feats.numpy().reshape(-1, 8).astype(np.float64)  # all rows: no copy, in place
+    count, mean, m2 = asd.cache._chunk_stats(feats.clone(), np.ones(5, bool))
+    assert count == len(every)
+    np.testing.assert_allclose(m2, np.square(every - every.mean(axis=0)).sum(axis=0), rtol=1e-5)
+    assert asd.cache._chunk_stats(feats, np.zeros(5, bool))[0] == 0
 
 
 def test_second_build_reuses_without_decoding(cfg, monkeypatch):
