@@ -3,7 +3,8 @@
     python -m bench.features [--clips 400] [--repeats 3] [--workers N] [--memory 500,2000]
 
 1. Speed: writes a synthetic data set (asd.synthetic, about ``--clips`` clips of 10 s) into a
-   temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), plain
+   temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), the
+   project's log-mel alone (``LogMelExtractor`` on 50 decoded clips in turn, one thread), plain
    librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
    OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
    (index, decoding, log-mel, float16 array, stats) with one worker and with ``--workers``.
@@ -157,6 +158,24 @@ def main(argv: list[str] | None = None) -> int:
                                                    fmin=fc.fmin, fmax=fc.fmax, power=fc.power)
                 librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
 
+        import torch
+
+        from asd.features import _extractor, load_audio
+
+        extractor = _extractor(fc)
+        held = [torch.from_numpy(load_audio(p, fc))[None] for p in paths[:50]]
+        out = torch.empty(1, fc.frames, fc.n_mels)
+
+        def log_mel_only():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with torch.no_grad():
+                    for i in range(n):
+                        extractor(held[i % len(held)], out=out)
+            finally:
+                torch.set_num_threads(threads)
+
         def ours(k, n_workers=workers):
             cfg = load_config(REPO / "config.yml", [f"data.root={root}",
                                                     f"data.cache_dir={tmp / f'cache{k}'}"])
@@ -166,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         decode()  # warm the page cache and librosa's lazy imports for everyone
         plain_librosa()
         ours("warm")
-        names = ("decode", "librosa", "librosa1", "asd1", "asd")
+        names = ("decode", "logmel", "librosa", "librosa1", "asd1", "asd")
         rates: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}  # CPU ms per clip, all threads
         for k in range(ns.repeats):
-            for name, fn in (("decode", decode), ("librosa", plain_librosa),
+            for name, fn in (("decode", decode), ("logmel", log_mel_only),
+                             ("librosa", plain_librosa),
                              ("librosa1", lambda: plain_librosa(1)),
                              ("asd1", lambda: ours(k, 1)), ("asd", lambda: ours(k))):
                 start, start_cpu = time.perf_counter(), cpu_seconds()
@@ -182,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
         print(f"{'':44s}{'median':>10s}{'best':>10s}  clips/s  {'CPU ms/clip':>12s}")
         labels = {"decode": "decoding only (soundfile, 1 thread)",
+                  "logmel": "asd log-mel only (decoded clips, 1 thread)",
                   "librosa": "librosa per clip, 1 process, BLAS default",
                   "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
                   "asd1": "asd build_cache (1 worker, to disk)",
