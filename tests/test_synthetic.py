@@ -226,3 +226,22 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
     truth = (test["machine"] + "/" + test["section"]).to_numpy()
     assert np.mean([g.split("/")[0] == t.split("/")[0] for g, t in zip(guess, truth)]) > 0.95
     assert 0.7 < np.mean(guess == truth)  # sections: different, but not trivially so
+
+
+def test_factory_events_rate_and_levels():
+    """Every clip hears the factory: AMBIENCE_RATE events per second on average, each at a level
+    within AMBIENCE_DB of the machine (unit RMS before the clip's gain)."""
+    from asd.synthetic import AMBIENCE_DB, AMBIENCE_RATE, SAMPLE_RATE, _ambience, _ambience_events
+
+    n = 10 * SAMPLE_RATE
+    counts, levels = [], []
+    for seed in range(200):
+        events = _ambience_events(n, np.random.default_rng(seed))
+        counts.append(len(events))
+        levels += [20 * np.log10(np.sqrt(np.mean(e.astype(np.float64) ** 2))) for _, e in events]
+        for start, e in events:
+            assert 0 <= start < n and start + len(e) <= n
+    assert abs(np.mean(counts) - AMBIENCE_RATE * 10) < 0.4
+    assert AMBIENCE_DB[0] - 0.01 <= min(levels) and max(levels) <= AMBIENCE_DB[1] + 0.01
+    one = _ambience(n, np.random.default_rng(7))
+    assert one.shape == (n,) and np.array_equal(one, _ambience(n, np.random.default_rng(7)))
