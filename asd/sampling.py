@@ -59,9 +59,10 @@ class MixupBatches:
         self.done = 0
         self.seed = seed
         self.generator = torch.Generator()
-        self._first = torch.as_tensor(np.asarray(first_rows), dtype=torch.long)
-        self._second = torch.as_tensor(np.asarray(second_rows), dtype=torch.long)
-        self._labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        # copies (the index's arrays can be read-only, which torch.as_tensor warns about)
+        self._first = torch.tensor(np.asarray(first_rows), dtype=torch.long)
+        self._second = torch.tensor(np.asarray(second_rows), dtype=torch.long)
+        self._labels = torch.tensor(np.asarray(labels), dtype=torch.long)
         self._mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).to(self.device)
         self._istd = (1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32)).to(self.device)
         self._features = features
