@@ -103,6 +103,10 @@ class DetectorConfig:
     ocsvm_gamma: str
     threshold_quantile: float
     batch_size: int
+    # Added after the first runs were made: the default stands in where a stored config lacks
+    # them, so those runs still load (``_build``); config.yml sets them like every other key.
+    threshold_scores: str = "out_of_fold"
+    threshold_folds: int = 5
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ _CHOICES = {
     "engine.amp_dtype": ("fp16", "bf16"),
     "detectors.gmm_covariance": ("full", "diag", "tied", "spherical"),
     "detectors.ocsvm_kernel": ("rbf", "linear", "poly", "sigmoid"),
+    "detectors.threshold_scores": ("out_of_fold", "training"),
 }
 # Numbers with a valid range: a batch size of 0 is refused here, naming the key, instead of
 # surfacing as a ZeroDivisionError inside training. Keys of list items drop their [i].
@@ -155,7 +160,7 @@ _RANGES = {
                      "stage1.lr", "stage1.checkpoint_every", "stage2.iterations",
                      "stage2.batch_size", "stage2.lr", "stage2.log_every",
                      "stage2.checkpoint_every", "engine.world_size", "detectors.gmm_max_iter",
-                     "detectors.batch_size"], "> 0"),
+                     "detectors.threshold_folds", "detectors.batch_size"], "> 0"),
     **dict.fromkeys(["features.fmin", "model.leaky_relu_slope", "stage1.weight_decay",
                      "stage2.weight_decay", "engine.num_threads", "detectors.gmm_reg_covar"],
                     ">= 0"),
@@ -230,7 +235,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(names)})")
-    missing = [n for n in names if n not in data]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+    missing = [n for n in names if n not in data and n not in defaults]
     if missing:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"missing config key '{where}{missing[0]}'")
@@ -238,7 +245,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name in names:
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if name not in data:  # a key newer than this config (a run's stored one): its default
+            values[name] = defaults[name]
+        elif dataclasses.is_dataclass(hint):
             values[name] = _build(hint, data[name], key)
         else:
             values[name] = _check(data[name], hint, key)

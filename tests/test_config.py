@@ -44,6 +44,26 @@ def test_design_detectors(cfg):
     d = cfg.detectors
     assert d.gmm_covariance == "full" and d.gmm_reg_covar == 1e-3
     assert d.threshold_quantile == 0.9
+    assert d.threshold_scores == "out_of_fold" and d.threshold_folds == 5
+
+
+def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path):
+    """Runs made before detectors.threshold_scores/folds existed still load; a key without a
+    default stays required."""
+    import yaml
+
+    from asd.config import ConfigError
+
+    data = yaml.safe_load((repo / "config.yml").read_text())
+    for key in ("threshold_scores", "threshold_folds"):
+        del data["detectors"][key]
+    (tmp_path / "old.yml").write_text(yaml.safe_dump(data))
+    d = load_config(tmp_path / "old.yml").detectors
+    assert d.threshold_scores == "out_of_fold" and d.threshold_folds == 5
+    del data["detectors"]["ocsvm_nu"]
+    (tmp_path / "older.yml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="missing config key 'detectors.ocsvm_nu'"):
+        load_config(tmp_path / "older.yml")
 
 
 def test_overrides_are_typed(repo):

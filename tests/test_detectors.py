@@ -1,5 +1,6 @@
 """Detectors on synthetic embeddings: direction, GMM initialisation, edge cases, save/load."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -142,10 +143,35 @@ def test_gamma_threshold():
         gamma_threshold(s, 1.5)
 
 
-def test_threshold_flags_about_the_quantile_of_training_clips(cfg, blobs):
-    det = GMMDetector.fit(blobs["source"], cfg, blobs["centres"])
-    flagged = (det.score(blobs["source"]) > det.threshold).mean()
-    assert 0.0 < flagged < 0.3
+def test_threshold_flags_about_the_quantile_of_new_normal_clips(cfg):
+    """Out-of-fold training scores put the threshold where about 1 - quantile of new normal
+    clips lie above it; a GMM's scores of its own training clips put it far lower."""
+    rng = np.random.default_rng(1)
+    unit = l2_normalise(rng.normal(size=(S, D)))
+
+    def normal(n):
+        return unit[rng.integers(0, S, n)] + 0.3 * rng.normal(size=(n, D))
+
+    train, new = normal(200), normal(2000)
+    det = GMMDetector.fit(train, cfg, 3.0 * unit)
+    assert det.info["threshold_scores"] == "5-fold"
+    assert 0.02 < (det.score(new) > det.threshold).mean() < 0.25  # 0.05 here
+    own = GMMDetector.fit(train, dataclasses.replace(cfg, threshold_scores="training"),
+                          3.0 * unit)
+    assert own.info["threshold_scores"] == "training"
+    assert own.threshold < det.threshold
+    assert (own.score(new) > own.threshold).mean() > 0.4  # in-sample: half the normals (0.53)
+    assert np.array_equal(own.score(new), det.score(new))  # the same model, another threshold
+
+
+def test_threshold_folds_and_small_sections(cfg, blobs):
+    three = OCSVMDetector.fit(blobs["target"], cfg)  # 3 clips: leave-one-out
+    assert three.info["threshold_scores"] == "3-fold" and np.isfinite(three.threshold)
+    two = OCSVMDetector.fit(blobs["target"][:2], cfg)
+    assert two.info["threshold_scores"] == "training"
+    folds = GMMDetector.fit(blobs["source"], dataclasses.replace(cfg, threshold_folds=2),
+                            blobs["centres"])
+    assert folds.info["threshold_scores"] == "2-fold"
 
 
 def test_save_load_round_trip_is_identical(cfg, blobs, tmp_path):
