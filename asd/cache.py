@@ -377,9 +377,13 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
 
     Processes, not threads: a clip's log-mel is a dozen small torch calls whose Python
     dispatch holds the GIL, so threads stop scaling early; processes scale as far as the cores
-    let them (``python -m bench.features`` prints N workers against 1). They are forked (as PyTorch's DataLoader workers are), so they start in
-    milliseconds with everything imported and the mel matrix built; a spawn or forkserver pool
-    costs seconds and re-imports the caller's main module. Each runs one torch thread and
+    let them (``python -m bench.features`` prints N workers against 1). They are forked (as
+    PyTorch's DataLoader workers are), so they start in milliseconds with everything imported
+    and the mel matrix built; a spawn or forkserver pool costs seconds and re-imports the
+    caller's main module. A fresh worker still runs its first ~30 clips slower (about 6 ms for
+    the first, 1.1 ms each up to the 16th, then the 0.6 ms of a warm one here), most likely
+    page faults on the library code and data it shares with the parent. Each runs one torch
+    thread and
     ignores Ctrl-C, which the parent handles by cancelling the rest and discarding the build.
     Where fork does not exist, threads do the work.
     """

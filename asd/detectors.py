@@ -18,11 +18,12 @@ gives bit-identical scores.
 Decision threshold: the challenge baseline's rule, a gamma distribution fitted by maximum
 likelihood (shape, location and scale all free) to the detector's scores of its own training
 clips, at quantile ``threshold_quantile``; by default out-of-fold scores, each clip scored by
-a detector fitted without it (:func:`fit_threshold` says why). With the location free the gamma family is closed
-under shifts and positive scaling, so negative scores need no special treatment; the fit runs
-on standardised scores ((s - mean) / std, mapped back afterwards) purely so the optimiser sees
-the same numbers whatever the scale. Fewer than 3 clips, constant scores or a failed fit fall
-back to the empirical quantile (recorded as ``threshold_method``).
+a detector fitted without it (:func:`fit_threshold` says why). With the location free the
+gamma family is closed under shifts and positive scaling, so negative scores need no special
+treatment; the fit runs on standardised scores ((s - mean) / std, mapped back afterwards)
+purely so the optimiser sees the same numbers whatever the scale. Fewer than 3 clips,
+constant scores or a failed fit fall back to the empirical quantile (recorded as
+``threshold_method``).
 
 Edge cases (each logs a warning and records what happened in ``info``):
 
@@ -47,7 +48,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import scipy.stats
@@ -110,8 +111,8 @@ def _to_full_cholesky(prec_chol: np.ndarray, covariance_type: str, k: int, d: in
     raise ValueError(f"unknown covariance type {covariance_type!r}")
 
 
-
-def fit_threshold(det, emb: np.ndarray, cfg: DetectorConfig, refit) -> None:
+def fit_threshold(det: "Detector", emb: np.ndarray, cfg: DetectorConfig,
+                  refit: Callable[[np.ndarray], "Detector"]) -> None:
     """Set ``det.threshold``: :func:`gamma_threshold` of scores of its training clips ``emb``.
 
     ``cfg.threshold_scores`` says which scores: ``out_of_fold`` (default) scores each clip with
@@ -144,6 +145,7 @@ def fit_threshold(det, emb: np.ndarray, cfg: DetectorConfig, refit) -> None:
     det.threshold, det.info["threshold_method"] = gamma_threshold(scores,
                                                                   cfg.threshold_quantile)
     det.info["threshold_scores"] = how
+
 
 @dataclass
 class GMMDetector:

@@ -34,7 +34,8 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
     kernels = [p for p in model.parameters()  # a kernel whose layout shows: C > 1, not 1 x 1
                if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
-    was_channels_last = bool(kernels) and kernels[0].is_contiguous(memory_format=torch.channels_last)
+    was_channels_last = bool(kernels) and kernels[0].is_contiguous(
+        memory_format=torch.channels_last)
     model.to(memory_format=layout)
     out = []
     try:

@@ -49,7 +49,8 @@ def clip_faults(root: str | Path) -> pd.DataFrame:
                          "severity": [c.severity for c in clips]})
 
 
-def fault_aucs(clips: pd.DataFrame, systems: tuple[str, ...] = ("ours", "reference")) -> pd.DataFrame:
+def fault_aucs(clips: pd.DataFrame,
+               systems: tuple[str, ...] = ("ours", "reference")) -> pd.DataFrame:
     """One row per (dataset, machine, section, domain, fault, severity band, system): the AUC of
     that group's normal clips against its anomalous clips of that fault and band."""
     rows = []
