@@ -383,8 +383,8 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
     caller's main module. A fresh worker still runs its first ~30 clips slower (about 6 ms for
     the first, 1.1 ms each up to the 16th, then the 0.6 ms of a warm one here), most likely
     page faults on the library code and data it shares with the parent. Each runs one torch
-    thread and
-    ignores Ctrl-C, which the parent handles by cancelling the rest and discarding the build.
+    thread and ignores Ctrl-C, which the parent handles by cancelling the rest and discarding
+    the build.
     Where fork does not exist, threads do the work.
     """
     import torch
