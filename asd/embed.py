@@ -34,8 +34,8 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
     kernels = [p for p in model.parameters()  # a kernel whose layout shows: C > 1, not 1 x 1
                if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
-    was_channels_last = bool(kernels) and kernels[0].is_contiguous(
-        memory_format=torch.channels_last)
+    before = (torch.channels_last if kernels and kernels[0].is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
     model.to(memory_format=layout)
     out = []
     try:
@@ -46,10 +46,8 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
                 out.append(model(x).float().cpu().numpy())  # (B, D)
     finally:
         model.train(was_training)
-        if kernels and layout != (torch.channels_last if was_channels_last else
-                                  torch.contiguous_format):
-            model.to(memory_format=torch.channels_last if was_channels_last else
-                     torch.contiguous_format)  # the caller's layout, as it was
+        if kernels and before != layout:
+            model.to(memory_format=before)  # the caller's layout, as it was
     if not out:
         dim = getattr(getattr(model, "cfg", None), "embedding_dim", 0)
         return np.zeros((0, dim), dtype=np.float32)

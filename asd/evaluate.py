@@ -278,8 +278,9 @@ class Evaluation:
     figures: list[Path]
 
 
-def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
-    """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``."""
+def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
+    """One row per labelled test clip of ``cfg.data.root``: test_labels' columns, ``ours`` (the
+    submission of ``run``) and ``reference`` (asd.reference's score)."""
     from asd.cache import build_cache
     from asd.reference import reference_scores
 
@@ -297,6 +298,13 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
     clips = attach_scores(labels, submission).rename(columns={"score": "ours"})
     ref = reference_scores(cache.features, cache.index)  # (N,) NaN for training rows
     clips["reference"] = ref[clips["row"].to_numpy()]
+    return clips
+
+
+def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
+    """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``."""
+    run = Path(run)
+    clips = scored_clips(cfg, run)
     sections = section_table(clips)
     if sections.empty:
         raise SubmitError("no (machine, section, domain) has both normal and anomalous labelled "

@@ -5,13 +5,13 @@
 For a run submitted on a data root written by ``asd.synthetic``: the data set is planned again
 from its ``synthetic.json`` (which fault, at which severity, each anomalous test clip carries),
 the run's submission and the simple reference detector's scores are read as ``make evaluate``
-reads them, and for every labelled (dataset, machine, section, domain) the AUC of its normal
+reads them (``asd.evaluate.scored_clips``), and for every labelled (dataset, machine, section, domain) the AUC of its normal
 clips against the clips of each fault is computed. Prints, per machine type and fault, the mean
 of those AUCs (in %) for ours and for the reference, over all clips and over the subtle
 (severity < 0.5) and the clear (>= 0.5) halves, and how many anomalous clips each row holds.
 
-This is the per-fault view behind the README's demo "Known gap": it shows which kinds of
-faults the learned embedding picks up and which the reference's per-band mean and spread do.
+This is the per-fault view behind the README's demo section: it shows which kinds of faults
+the learned embedding picks up and which the reference's per-band mean and spread do.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+
+from asd import metrics
 
 SEVERITY = (("all", 0.0, 1.1), ("subtle", 0.0, 0.5), ("clear", 0.5, 1.1))
 
@@ -63,7 +64,7 @@ def fault_aucs(clips: pd.DataFrame,
                     continue
                 y = np.r_[np.zeros(len(normal)), np.ones(len(sel))]
                 for system in systems:
-                    auc = roc_auc_score(y, np.r_[normal[system], sel[system]])
+                    auc = metrics.auc(y, np.r_[normal[system], sel[system]])
                     rows.append(dict(zip(["dataset", "machine", "section", "domain"], key),
                                      fault=fault, band=band, system=system, auc=auc,
                                      n=len(sel)))
@@ -91,20 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run folder (default: the latest *-stage2 run in runs.dir)")
     ns = parser.parse_args(argv)
 
-    from asd.cache import build_cache
     from asd.config import load_config
-    from asd.evaluate import attach_scores, test_labels
-    from asd.reference import reference_scores
-    from asd.submit import SUBMISSION, read_submission, resolve_run
+    from asd.evaluate import scored_clips
+    from asd.submit import resolve_run
 
     cfg = load_config(ns.config, ns.overrides)
     run = resolve_run(cfg, ns.from_run)
-    cache = build_cache(cfg, progress=False)
-    labels = test_labels(cache.index, cfg.data.root)
-    clips = attach_scores(labels, read_submission(run / SUBMISSION)).rename(
-        columns={"score": "ours"})
-    clips["reference"] = reference_scores(cache.features, cache.index)[clips["row"].to_numpy()]
-    clips = clips.merge(clip_faults(cfg.data.root), on=["dataset", "machine", "file"],
+    clips = scored_clips(cfg, run).merge(clip_faults(cfg.data.root), on=["dataset", "machine", "file"],
                         how="left", validate="one_to_one")
     aucs = fault_aucs(clips)
     print(f"{run}: AUC (%) of normal against each fault's clips, mean over sections and domains")
