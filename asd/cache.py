@@ -22,8 +22,10 @@ one folder (e.g. the ranks of a DDP run): the second one finds the cache complet
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -36,7 +38,7 @@ from concurrent.futures import (FIRST_COMPLETED, BrokenExecutor, Executor, Proce
                                 ThreadPoolExecutor, wait)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -47,9 +49,10 @@ from asd.io import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 FORMAT = "asd-feature-cache-v1"
-EXTRACTOR = 1  # bump when asd.features changes the numbers it computes: old caches rebuild
+EXTRACTOR = 2  # bump when asd.features changes the numbers it computes: old caches rebuild
+# 2: on CPU the dB conversion is NumPy's (last-bit differences from 1)
 STD_FLOOR = 1e-3  # dB; a band constant over all training frames must not divide by zero
-CHUNK = 16  # clips per task: (16, 160256) float32 waves + the STFT of a chunk is about 60 MB
+CHUNK = 16  # clips per task: its rows (float32 + stored dtype, ~4 MB) are all a worker holds
 _STRING_COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "split", "label",
                    "attributes"]
 
@@ -111,8 +114,12 @@ class FeatureCache:
         return len(self.index)
 
     @classmethod
-    def open(cls, path: str | Path) -> "FeatureCache":
-        """Open a complete cache folder; CacheError naming the folder when it is not one."""
+    def open(cls, path: str | Path, index: Optional[pd.DataFrame] = None) -> "FeatureCache":
+        """Open a complete cache folder; CacheError naming the folder when it is not one.
+
+        ``index``: the table index.csv holds, when the caller has it (the builder that just
+        wrote it), instead of reading it back.
+        """
         path = Path(path)
         settings_file = path / "settings.json"
         if not path.is_dir():
@@ -135,7 +142,7 @@ class FeatureCache:
             with np.load(path / "stats.npz") as stats:
                 mean = stats["mean"].astype(np.float32)
                 std = stats["std"].astype(np.float32)
-            index = read_index(path / "index.csv")
+            index = read_index(path / "index.csv") if index is None else index
         except (OSError, ValueError, KeyError) as err:
             raise CacheError(f"feature cache {path}: cannot read its files ({err}); "
                              f"rebuild it") from None
@@ -224,7 +231,7 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
     """
     import torch
 
-    from asd.features import CPU_SUB_BATCH, _extractor, clip_samples, read_audio_into
+    from asd.features import _extractor, read_audio_into
 
     extractor = _extractor(fcfg)
     n_clips = len(paths)
@@ -233,16 +240,13 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
         _LOCAL.cfg = fcfg
         _LOCAL.feats = torch.empty(shape)  # (n, T, M) dB
         _LOCAL.stored = torch.empty(shape, dtype=getattr(torch, fcfg.dtype))
-        _LOCAL.waves = np.zeros((CPU_SUB_BATCH, clip_samples(fcfg)), dtype=np.float32)
-    feats, stored, waves = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips], _LOCAL.waves
+    feats, stored = _LOCAL.feats[:n_clips], _LOCAL.stored[:n_clips]
+    buffer = extractor.cpu_buffer()
     notes = []
-    # decode CPU_SUB_BATCH clips and extract them at once, while their samples are in the cache
-    for i in range(0, n_clips, CPU_SUB_BATCH):
-        group = paths[i:i + CPU_SUB_BATCH]
-        for j, p in enumerate(group):
-            notes += [(p, note) for note in read_audio_into(p, fcfg, waves[j])]
-        with torch.no_grad():
-            extractor(torch.from_numpy(waves[:len(group)]), out=feats[i:i + len(group)])
+    # each clip is decoded straight into the STFT's input and extracted while it is in the cache
+    for i, p in enumerate(paths):
+        notes += [(p, note) for note in read_audio_into(p, fcfg, buffer)]
+        extractor.from_buffer(feats[i])
     stored.copy_(feats)  # torch converts to float16 ~7x faster than numpy
     stats = _chunk_stats(feats, np.asarray(train, dtype=bool))  # overwrites feats
     data = stored.numpy()
@@ -252,9 +256,30 @@ def _extract_chunk(paths: list[str], start: int, target: str, offset: int, fcfg:
         pos, done = offset + start * data[0].nbytes, 0
         while done < len(view):
             done += os.pwrite(fd, view[done:], pos + done)
+        _start_writeback(fd, pos, len(view))
     finally:
         os.close(fd)
     return n_clips, stats, notes
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing these bytes to disk now, without waiting (Linux ``sync_file_range``), so
+    that the build's closing fsync finds little left to do; nothing where it is missing."""
+    func = _sync_file_range()
+    if func is not None:
+        func(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; a failure only leaves it to fsync
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
 
 
 def _chunk_stats(feats: Any, train: np.ndarray) -> tuple:
@@ -328,7 +353,7 @@ def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = Tr
         except OSError as err:  # a full disk: the folder stays incomplete, so it is never used
             raise CacheError(f"feature cache {folder}: the build failed ({err}); nothing of it "
                              f"is kept or used") from err
-    return FeatureCache.open(folder)
+    return FeatureCache.open(folder, index=index)  # index.csv holds just this table
 
 
 def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dict,
@@ -348,7 +373,9 @@ def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dic
         train = list(index["split"] == "train")
         chunks = [(paths[i:i + chunk_size], i, str(tmp), offset, fcfg, train[i:i + chunk_size])
                   for i in range(0, n, chunk_size)]
-        stats, notes = _run_chunks(chunks, n, workers, progress)
+        # the index is written while the workers extract: this process would only wait
+        stats, notes = _run_chunks(chunks, n, workers, progress,
+                                   meanwhile=lambda: write_index(index, folder / "index.csv"))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, folder / "features.npy")
@@ -359,7 +386,6 @@ def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dic
         raise CacheError(f"feature cache {folder}: the data root has no training clips, so there "
                          f"are no normalisation statistics")
     std = np.maximum(np.sqrt(m2 / count), STD_FLOOR)
-    write_index(index, folder / "index.csv")
     with atomic_path(folder / "stats.npz") as p:
         with open(p, "wb") as f:
             np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32),
@@ -370,10 +396,10 @@ def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dic
     log.info("feature cache %s complete", folder)
 
 
-def _run_chunks(chunks: list[tuple], n: int, workers: int,
-                progress: bool) -> tuple[tuple, list]:
+def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool,
+                meanwhile: Optional[Callable[[], None]] = None) -> tuple[tuple, list]:
     """Run the chunk tasks on ``workers`` worker processes (one thread when ``workers`` is 1),
-    at most two per worker in flight.
+    at most two per worker in flight; ``meanwhile`` runs here once the first ones are out.
 
     Processes, not threads: a clip's log-mel is a dozen small torch calls whose Python
     dispatch holds the GIL, so threads stop scaling early; processes scale as far as the cores
@@ -415,6 +441,9 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int,
                     if args is None:
                         break
                     running[pool.submit(_extract_chunk, *args)] = args[1]
+                if meanwhile is not None:
+                    meanwhile()
+                    meanwhile = None
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)

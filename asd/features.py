@@ -42,7 +42,6 @@ from asd.config import FeatureConfig
 
 log = logging.getLogger(__name__)
 
-CPU_SUB_BATCH = 1  # clips per STFT on CPU: their frames and spectra fit in the CPU cache
 MEL_BLOCKS = 8  # the banded mel matrix is applied as this many dense column blocks (4x fewer FLOPs)
 
 
@@ -274,6 +273,12 @@ class LogMelExtractor(nn.Module):
     frequency bins they touch. All in float32: bins more than about 90 dB below their frame's
     peak (pure synthetic tones over digital silence) can differ from librosa, which runs its FFT
     in float64, by up to ~0.01 dB; recordings and noise agree to ~1e-4 dB.
+
+    On CPU clips go one at a time through reused per-thread buffers, which stay in the CPU
+    cache (batches are memory-bound; a fresh buffer costs a page fault per 4 KiB); the mel
+    blocks are written straight into the output's columns and the dB conversion is NumPy's.
+    ``cpu_buffer`` + ``from_buffer`` let a caller decode a clip straight into the STFT's input
+    (the cache builder's loop). On other devices it is all torch, batched (``_forward_batched``).
     """
 
     def __init__(self, cfg: FeatureConfig):
@@ -296,25 +301,60 @@ class LogMelExtractor(nn.Module):
                                  weights.repeat_interleave(2, dim=0), persistent=False)
 
     def forward(self, wave: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, samples) -> (B, frames, mels) dB, written into ``out`` when given."""
+        """(B, samples) -> (B, frames, mels) dB, written into ``out`` when given (no autograd)."""
         cfg = self.cfg
-        n = clip_samples(cfg)
-        half = cfg.n_fft // 2
         wave = wave.to(torch.float32)  # (B, samples)
-        batch, length = wave.shape[0], min(wave.shape[-1], n)
-        # On CPU CPU_SUB_BATCH clips at a time (their STFT stays in the CPU cache; big batches
-        # are memory-bound) in reused per-thread buffers: fresh ones cost a page fault per 4 KiB.
-        step = CPU_SUB_BATCH if wave.device.type == "cpu" else max(batch, 1)
-        ws = self._workspace(step, wave.device)
         if out is None:
-            out = torch.empty(batch, cfg.frames, cfg.n_mels, device=wave.device)
-        for i in range(0, batch, step):
-            b = min(step, batch - i)
-            # centred STFT = zeros on both sides: the left ones stay in ws.padded, the right ones
-            # are the clip's zero padding up to clip_samples
-            ws.padded[:b, half:half + length] = wave[i:i + b, :length]
-            ws.padded[:b, half + length:] = 0.0
-            self._log_mel(ws, b, out[i:i + b])
+            out = torch.empty(wave.shape[0], cfg.frames, cfg.n_mels, device=wave.device)
+        if wave.device.type != "cpu":
+            return self._forward_batched(wave, out)
+        length = min(wave.shape[-1], clip_samples(cfg))
+        buf = self.cpu_buffer()
+        for i in range(wave.shape[0]):
+            buf[:length] = wave[i, :length].numpy()
+            buf[length:] = 0.0
+            self.from_buffer(out[i])
+        return out
+
+    def _forward_batched(self, wave: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``forward`` in torch on the whole batch at once: the path off the CPU."""
+        cfg = self.cfg
+        batch, length = wave.shape[0], min(wave.shape[-1], clip_samples(cfg))
+        half = cfg.n_fft // 2
+        ws = self._workspace(max(batch, 1), wave.device)
+        # centred STFT = zeros on both sides: the left ones stay in ws.padded, the right ones
+        # are the clip's zero padding up to clip_samples
+        ws.padded[:batch, half:half + length] = wave[:, :length]
+        ws.padded[:batch, half + length:] = 0.0
+        self._log_mel(ws, batch, out)
+        return out
+
+    def cpu_buffer(self) -> np.ndarray:
+        """This thread's CPU input buffer, float32 (``clip_samples(cfg)``,): put a clip's samples
+        in it (zeros after a short clip, e.g. with ``read_audio_into``), then ``from_buffer``."""
+        ws = self._workspace(1, torch.device("cpu"))
+        return ws.padded[0, self.cfg.n_fft // 2:].numpy()
+
+    def from_buffer(self, out: torch.Tensor) -> torch.Tensor:
+        """Log-mel of the clip in ``cpu_buffer()`` into ``out``, CPU float32 (frames, mels) dB."""
+        cfg = self.cfg
+        ws = self._workspace(1, torch.device("cpu"))
+        torch.mul(ws.padded[0].unfold(-1, cfg.n_fft, cfg.hop_length), self.window,
+                  out=ws.frames[0])
+        torch.fft.rfft(ws.frames[0], dim=-1, out=ws.spec[0])
+        self._parts(ws.spec[:1], ws.parts[:1])
+        parts = ws.parts[0]  # (T, 2K)
+        for i, (b0, b1, lo, hi) in enumerate(self.blocks):  # straight into out's columns
+            torch.mm(parts[:, 2 * lo:2 * hi], getattr(self, f"mel_block{i}"), out=out[:, b0:b1])
+        # power_to_db with ref = 1.0, in NumPy: half the time of torch's three calls here
+        db = out.numpy()
+        np.maximum(db, np.float32(cfg.amin), out=db)
+        np.log10(db, out=db)
+        np.multiply(db, np.float32(10.0), out=db)
+        # NumPy's float32 log10 is off by an ulp at amin (-100.00001 dB): the floor is exact
+        np.maximum(db, np.float32(10.0 * np.log10(cfg.amin)), out=db)
+        if cfg.top_db is not None:
+            np.maximum(db, db.max() - np.float32(cfg.top_db), out=db)
         return out
 
     def __getstate__(self) -> dict:
@@ -324,25 +364,31 @@ class LogMelExtractor(nn.Module):
 
     def _workspace(self, step: int, device: torch.device) -> "_Workspace":
         local = self.__dict__.setdefault("_local", threading.local())
-        ws = getattr(local, "ws", None)
+        key = "cpu" if device.type == "cpu" else "device"
+        ws = getattr(local, key, None)
         if ws is None or ws.size < step or ws.padded.device != device:
-            ws = local.ws = _Workspace(self, step, device)
+            ws = _Workspace(self, step, device)
+            setattr(local, key, ws)
         return ws
 
+    def _parts(self, spec: torch.Tensor, parts: torch.Tensor) -> None:
+        """(b, T, K) complex -> (b, T, 2K): re^2, im^2 interleaved (or |X|^p, 0)."""
+        if self.cfg.power == 2.0:
+            torch.square(torch.view_as_real(spec).flatten(-2), out=parts)
+        else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
+            pairs = parts.unflatten(-1, (-1, 2))
+            pairs[..., 0] = spec.abs().pow(self.cfg.power)
+            pairs[..., 1] = 0.0
+
     def _log_mel(self, ws: "_Workspace", b: int, out: torch.Tensor) -> None:
-        """ws.padded[:b] -> out (b, frames, mels) in dB."""
+        """ws.padded[:b] -> out (b, frames, mels) in dB, in torch (batched, any device)."""
         cfg = self.cfg
         frames = ws.frames[:b]  # (b, T, n_fft)
         torch.mul(ws.padded[:b].unfold(-1, cfg.n_fft, cfg.hop_length), self.window, out=frames)
         spec = ws.spec[:b]  # (b, T, K) complex
         torch.fft.rfft(frames, dim=-1, out=spec)
         parts = ws.parts[:b]  # (b, T, 2K): re^2, im^2, ...
-        if cfg.power == 2.0:
-            torch.square(torch.view_as_real(spec).flatten(-2), out=parts)
-        else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
-            pairs = parts.unflatten(-1, (-1, 2))
-            pairs[..., 0] = spec.abs().pow(cfg.power)
-            pairs[..., 1] = 0.0
+        self._parts(spec, parts)
         for i, (b0, b1, lo, hi) in enumerate(self.blocks):
             block = ws.blocks[i][:b]  # (b, T, bands)
             torch.matmul(parts[..., 2 * lo:2 * hi], getattr(self, f"mel_block{i}"), out=block)

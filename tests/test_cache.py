@@ -336,7 +336,10 @@ def test_synthetic_data_set_in_the_challenge_layout(tiny_cfg):
     index = index_dataset(tiny_cfg.data.root)
     pd.testing.assert_frame_equal(cache.index, index, check_dtype=False)
     assert cache.features.shape == (len(index), 313, 128)
-    unlabelled = cache.index[cache.index["dataset"] == "eval_data"]
+    # the builder hands back the table it wrote; index.csv reads back as exactly that table
+    reread = FeatureCache.open(cache.path)
+    pd.testing.assert_frame_equal(reread.index, cache.index)
+    unlabelled = reread.index[reread.index["dataset"] == "eval_data"]
     unlabelled = unlabelled[unlabelled["split"] == "test"]
     assert len(unlabelled) > 0 and unlabelled["label"].isna().all()  # None survives the CSV
     assert np.isfinite(cache.features[:]).all() and np.all(cache.std > 0.1)

@@ -142,6 +142,20 @@ def test_batched_extractor_equals_single_clips(cfg):
     assert clip_samples(fc) == 160256
 
 
+@pytest.mark.parametrize("overrides", [{}, {"features.power": 1.0, "features.top_db": 80.0}])
+def test_device_path_equals_cpu_path(cfg, overrides):
+    # the batched all-torch path runs off the CPU (GPU); run it here on the CPU to compare
+    fc = cfg.replace(**overrides).features
+    ex = LogMelExtractor(fc)
+    sig = signals()
+    batch = torch.from_numpy(np.stack([sig[k] for k in sig]).astype(np.float32)[:, :150000])
+    with torch.no_grad():
+        cpu = ex(batch)
+        device = ex._forward_batched(batch, torch.empty_like(cpu))
+    np.testing.assert_allclose(device.numpy(), cpu.numpy(), rtol=0, atol=1e-4)
+    assert not torch.equal(cpu, torch.zeros_like(cpu))
+
+
 # ---------------------------------------------------------------------------------------------
 # load_audio
 
