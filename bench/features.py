@@ -106,9 +106,11 @@ def child_build(root: str, cache_dir: str, workers: int | None) -> None:
     cfg = load_config(REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={cache_dir}"])
     _extractor(cfg.features)
     before = _status_kb("VmRSS")
+    children = child_pids()
     start = time.perf_counter()
     cache = build_cache(cfg, progress=False, workers=workers)
     seconds = time.perf_counter() - start
+    wait_for_children(children)  # a worker's peak joins RUSAGE_CHILDREN once it is reaped
     # VmHWM, not ru_maxrss: Linux carries the forking parent's peak over exec into ru_maxrss
     peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest reaped worker
