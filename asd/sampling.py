@@ -128,5 +128,6 @@ def _to_device_if_fits(features: np.ndarray, device: torch.device) -> torch.Tens
     out = torch.empty(features.shape, dtype=torch.from_numpy(features[:1]).dtype, device=device)
     step = 4096
     for start in range(0, len(features), step):  # chunked: no full host copy
-        out[start:start + step] = torch.from_numpy(np.ascontiguousarray(features[start:start + step])).to(device)
+        rows = np.ascontiguousarray(features[start:start + step])
+        out[start:start + step] = torch.from_numpy(rows).to(device)
     return out

@@ -5,10 +5,11 @@
 For a run submitted on a data root written by ``asd.synthetic``: the data set is planned again
 from its ``synthetic.json`` (which fault, at which severity, each anomalous test clip carries),
 the run's submission and the simple reference detector's scores are read as ``make evaluate``
-reads them (``asd.evaluate.scored_clips``), and for every labelled (dataset, machine, section, domain) the AUC of its normal
-clips against the clips of each fault is computed. Prints, per machine type and fault, the mean
-of those AUCs (in %) for ours and for the reference, over all clips and over the subtle
-(severity < 0.5) and the clear (>= 0.5) halves, and how many anomalous clips each row holds.
+reads them (``asd.evaluate.scored_clips``), and for every labelled (dataset, machine, section,
+domain) the AUC of its normal clips against the clips of each fault is computed. Prints, per
+machine type and fault, the mean of those AUCs (in %) for ours and for the reference, over all
+clips and over the subtle (severity < 0.5) and the clear (>= 0.5) halves, and how many
+anomalous clips each row holds.
 
 This is the per-fault view behind the README's demo section: it shows which kinds of faults
 the learned embedding picks up and which the reference's per-band mean and spread do.
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(ns.config, ns.overrides)
     run = resolve_run(cfg, ns.from_run)
-    clips = scored_clips(cfg, run).merge(clip_faults(cfg.data.root), on=["dataset", "machine", "file"],
-                        how="left", validate="one_to_one")
+    clips = scored_clips(cfg, run).merge(clip_faults(cfg.data.root),
+                                         on=["dataset", "machine", "file"], how="left",
+                                         validate="one_to_one")
     aucs = fault_aucs(clips)
     print(f"{run}: AUC (%) of normal against each fault's clips, mean over sections and domains")
     print(fault_table(aucs).to_string())

@@ -199,8 +199,9 @@ def memory(args) -> None:
                                   "--steps", str(steps), "--batch", str(args.batch)],
                                  capture_output=True, text=True, cwd=REPO, check=True)
             m = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"CPU Step 1, {steps:2d} steps of {args.batch}: peak RSS {m['peak_rss_mb']:.0f} MiB "
-                  f"(process-own memory {m['anon_mb']:.0f} MiB) for a {m['cache_mb']:.0f} MiB cache")
+            print(f"CPU Step 1, {steps:2d} steps of {args.batch}: peak RSS "
+                  f"{m['peak_rss_mb']:.0f} MiB (process-own memory {m['anon_mb']:.0f} MiB) "
+                  f"for a {m['cache_mb']:.0f} MiB cache")
 
 
 def main() -> None:

@@ -225,7 +225,8 @@ class MixupRunner(dl.Runner):
         super().on_loader_start(runner)  # calls model.train() on everything
         if self.job.step == "stage2":
             keep_frozen_in_eval(self.engine.unwrap_model(self.model), self.job.cfg.stage2.trainable)
-        self._meters = {k: metrics.AdditiveMetric(compute_on_call=False) for k in ("loss", "accuracy")}
+        self._meters = {k: metrics.AdditiveMetric(compute_on_call=False)
+                        for k in ("loss", "accuracy")}
         self._tic = time.perf_counter()
 
     def handle_batch(self, batch):
@@ -277,7 +278,8 @@ class MixupRunner(dl.Runner):
                 "sampler": self.loaders["train"].state_dict(),
             }
         save_checkpoint(
-            path, model=model.net, head=model.head, cfg=self.job.cfg, classes=pd.DataFrame(self.job.classes),
+            path, model=model.net, head=model.head, cfg=self.job.cfg,
+            classes=pd.DataFrame(self.job.classes),
             mean=self.cache.mean, std=self.cache.std,
             step={"stage": self.job.step, "epoch": self.epoch_step, "iteration": self.iteration,
                   "samples": self.sample_step, "world_size": self.engine.num_processes,
@@ -354,15 +356,16 @@ def make_engine(cfg: Config) -> dl.Engine:
     if e.name == "amp":
         return dl.GPUEngine(mixed_precision=e.amp_dtype)
     if torch.cuda.is_available():  # ddp: one process per GPU
-        return dl.DistributedDataParallelEngine(world_size=e.world_size, num_node_workers=e.world_size,
-                                                port=free_port())
+        return dl.DistributedDataParallelEngine(world_size=e.world_size,
+                                                num_node_workers=e.world_size, port=free_port())
     return dl.DistributedDataParallelEngine(  # ddp on CPU: gloo, one thread per process
         cpu=True, world_size=e.world_size, num_node_workers=e.world_size, port=free_port(),
         process_group_kwargs={"backend": "gloo"})
 
 
 def parse_args(step: str, argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m runners.{step}", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m runners.{step}",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config.yml", help="config file (default: config.yml)")
     if step == "stage2":
         p.add_argument("--from", dest="from_run", default=None,

@@ -38,7 +38,8 @@ def make_job(args) -> TrainJob | None:
         init = source_run / "model.pth"
         if not init.is_file():
             raise ConfigError(f"Step 1 run {source_run} has no model.pth (not finished? "
-                              f"`make stage1 ARGS=...` or `python -m runners.stage1 --resume {source_run}`)")
+                              f"`make stage1 ARGS=...` or "
+                              f"`python -m runners.stage1 --resume {source_run}`)")
         diffs = config_diffs(load_config(source_run / "config.yml").to_dict(), cfg.to_dict(),
                              MODEL_GROUPS, "Step 1 run", "config")
         if diffs:

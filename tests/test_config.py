@@ -67,8 +67,10 @@ def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path)
 
 
 def test_overrides_are_typed(repo):
-    cfg = load_config(repo / "config.yml", ["stage1.epochs=3", "stage1.lr=1e-2", "model.stage_channels=[8, 8, 8, 8]"])
-    assert cfg.stage1.epochs == 3 and cfg.stage1.lr == 0.01 and cfg.model.stage_channels == (8, 8, 8, 8)
+    cfg = load_config(repo / "config.yml",
+                      ["stage1.epochs=3", "stage1.lr=1e-2", "model.stage_channels=[8, 8, 8, 8]"])
+    assert cfg.stage1.epochs == 3 and cfg.stage1.lr == 0.01
+    assert cfg.model.stage_channels == (8, 8, 8, 8)
     assert cfg.replace(**{"stage2.iterations": 7}).stage2.iterations == 7
 
 
@@ -90,7 +92,8 @@ def test_bad_files(tmp_path, repo):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yml")
     bad = tmp_path / "bad.yml"
-    bad.write_text((repo / "config.yml").read_text().replace("  epochs: 150", "  epochs: 150\n  epoks: 1"))
+    text = (repo / "config.yml").read_text()
+    bad.write_text(text.replace("  epochs: 150", "  epochs: 150\n  epoks: 1"))
     with pytest.raises(ConfigError, match="stage1.epoks"):
         load_config(bad)
     bad.write_text("stage1: [1, 2\n")

@@ -106,8 +106,9 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
     assert not (run / "model.pth").exists()
     interrupted_at = load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"]
     assert 1 <= interrupted_at < 6
-    out = subprocess.run([sys.executable, "-m", "runners.stage1", "--resume", str(run), "--no-progress"],
-                         env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-m", "runners.stage1", "--resume", str(run),
+                          "--no-progress"], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(run)
     final = load_checkpoint(run / "model.pth")
@@ -119,8 +120,8 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
 @pytest.mark.slow
 def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
     args = cli(tiny_cfg, tmp_path) + ["engine.name=ddp", "engine.world_size=2", "stage1.epochs=1"]
-    out = subprocess.run([sys.executable, "-m", "runners.stage1", *args], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=600)
+    out = subprocess.run([sys.executable, "-m", "runners.stage1", *args], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = Path(out.stdout.strip().splitlines()[-1])
     loaded = load_model(run / "model.pth")
