@@ -7,9 +7,11 @@
    project's log-mel alone (``LogMelExtractor`` on 50 decoded clips in turn, one thread), plain
    librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
    OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
-   (index, decoding, log-mel, float16 array, stats) with one worker and with ``--workers``.
-   Prints clips/s (median and best of the repeats), the ratio to the faster librosa variant
-   and how the builder scales from one worker to all.
+   (index, decoding, log-mel, float16 array, stats, index and settings files; the call alone,
+   not reading the config before it or deleting the cache after it) with one worker and with
+   ``--workers``. Prints clips/s (median and best of the repeats), CPU ms per clip (the
+   workers' included), the ratio to the faster librosa variant and how the builder scales from
+   one worker to all.
 2. Memory: builds the cache of 500 and of 2,000 noise clips, each in a fresh child process, and
    prints the child's peak RSS (VmHWM), how far it rose above the RSS after imports, and the
    peak RSS of its largest worker process (forked, so it counts the pages it shares with the
