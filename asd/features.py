@@ -321,7 +321,7 @@ class LogMelExtractor(nn.Module):
         cfg = self.cfg
         batch, length = wave.shape[0], min(wave.shape[-1], clip_samples(cfg))
         half = cfg.n_fft // 2
-        ws = self._workspace(max(batch, 1), wave.device)
+        ws = self._workspace(max(batch, 1), wave.device, batched=True)
         # centred STFT = zeros on both sides: the left ones stay in ws.padded, the right ones
         # are the clip's zero padding up to clip_samples
         ws.padded[:batch, half:half + length] = wave[:, :length]
@@ -332,13 +332,13 @@ class LogMelExtractor(nn.Module):
     def cpu_buffer(self) -> np.ndarray:
         """This thread's CPU input buffer, float32 (``clip_samples(cfg)``,): put a clip's samples
         in it (zeros after a short clip, e.g. with ``read_audio_into``), then ``from_buffer``."""
-        ws = self._workspace(1, torch.device("cpu"))
+        ws = self._workspace(1, torch.device("cpu"), batched=False)
         return ws.padded[0, self.cfg.n_fft // 2:].numpy()
 
     def from_buffer(self, out: torch.Tensor) -> torch.Tensor:
         """Log-mel of the clip in ``cpu_buffer()`` into ``out``, CPU float32 (frames, mels) dB."""
         cfg = self.cfg
-        ws = self._workspace(1, torch.device("cpu"))
+        ws = self._workspace(1, torch.device("cpu"), batched=False)
         torch.mul(ws.padded[0].unfold(-1, cfg.n_fft, cfg.hop_length), self.window,
                   out=ws.frames[0])
         torch.fft.rfft(ws.frames[0], dim=-1, out=ws.spec[0])
@@ -362,12 +362,14 @@ class LogMelExtractor(nn.Module):
         state.pop("_local", None)  # per-thread buffers: neither picklable nor worth copying
         return state
 
-    def _workspace(self, step: int, device: torch.device) -> "_Workspace":
+    def _workspace(self, step: int, device: torch.device, batched: bool) -> "_Workspace":
+        """This thread's buffers for ``step`` clips on ``device``: the per-clip CPU path's, or
+        the batched path's (which also has the mel blocks' outputs)."""
         local = self.__dict__.setdefault("_local", threading.local())
-        key = "cpu" if device.type == "cpu" else "device"
+        key = "batched" if batched else "clip"
         ws = getattr(local, key, None)
         if ws is None or ws.size < step or ws.padded.device != device:
-            ws = _Workspace(self, step, device)
+            ws = _Workspace(self, step, device, batched)
             setattr(local, key, ws)
         return ws
 
@@ -402,7 +404,7 @@ class LogMelExtractor(nn.Module):
 class _Workspace:
     """Buffers of LogMelExtractor for ``size`` clips on one device, reused call after call."""
 
-    def __init__(self, ex: LogMelExtractor, size: int, device: torch.device):
+    def __init__(self, ex: LogMelExtractor, size: int, device: torch.device, batched: bool):
         cfg = ex.cfg
         k = cfg.n_fft // 2 + 1
         self.size = size
@@ -411,7 +413,7 @@ class _Workspace:
         self.spec = torch.empty(size, cfg.frames, k, dtype=torch.complex64, device=device)
         self.parts = torch.empty(size, cfg.frames, 2 * k, device=device)
         self.blocks = [torch.empty(size, cfg.frames, b1 - b0, device=device)
-                       for b0, b1, _, _ in ex.blocks]
+                       for b0, b1, _, _ in ex.blocks] if batched else []
 
 
 @functools.lru_cache(maxsize=8)
