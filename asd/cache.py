@@ -275,7 +275,7 @@ def _sync_file_range() -> Any:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         func = libc.sync_file_range
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not Linux: no such call, or no libc handle
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     func.restype = ctypes.c_int
