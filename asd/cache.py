@@ -359,8 +359,8 @@ def build_cache(cfg: Config, root: str | Path | None = None, progress: bool = Tr
 def _build(folder: Path, index: pd.DataFrame, fcfg: FeatureConfig, settings: dict,
            progress: bool, workers: int, chunk_size: int) -> None:
     (folder / "settings.json").unlink(missing_ok=True)  # from here on the folder is incomplete
-    for stale in folder.glob(".features.*.npy"):
-        stale.unlink()  # left by an interrupted build
+    for stale in [*folder.glob(".features.*.npy"), *folder.glob(".*.tmp")]:
+        stale.unlink()  # left by an interrupted build (its array, atomic_path's temporaries)
     n = len(index)
     log.info("building feature cache %s: %d clips, %d worker(s)", folder, n, workers)
     tmp = folder / f".features.{os.getpid()}.npy"

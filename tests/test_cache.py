@@ -216,15 +216,18 @@ def test_interrupted_build_is_never_used(cfg, monkeypatch):
 def test_leftovers_of_a_killed_build_are_rebuilt(cfg, monkeypatch):
     complete = build_cache(cfg, progress=False, workers=1)
     folder = complete.path
-    # a build killed after it started: the marker was removed first, a temp array is left
+    # a build killed after it started: the marker was removed first, a temp array is left, and
+    # the temporary of the index it was writing
     (folder / "settings.json").unlink()
     (folder / ".features.12345.npy").write_bytes(b"partial")
+    (folder / ".index.csv.abc123.tmp").write_text("path,fi")
     with pytest.raises(CacheError, match=f"{folder}.*incomplete"):
         FeatureCache.open(folder)
     calls = count_decodes(monkeypatch)
     again = build_cache(cfg, progress=False, workers=1)
     assert len(calls) == 12 and len(again) == 12
     assert not (folder / ".features.12345.npy").exists()
+    assert not (folder / ".index.csv.abc123.tmp").exists()
     # a marker that says incomplete, or a truncated features.npy, is refused too
     settings = json.loads((folder / "settings.json").read_text())
     (folder / "settings.json").write_text(json.dumps({**settings, "complete": False}))
