@@ -377,3 +377,25 @@ def test_rows_start_their_way_to_disk_as_they_are_written(tmp_path):
     finally:
         os.close(fd)
     assert path.read_bytes() == b"\0" * 4096 + b"\1" * 4096
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_while_the_index_is_written_fails_the_build(cfg, monkeypatch, workers):
+    # index.csv is written while the workers extract: its failure must end the build like
+    # theirs, with nothing kept that looks complete
+    import errno
+
+    real = asd.cache.write_index
+
+    def full(index, path):
+        with asd.cache.atomic_path(path) as tmp:
+            tmp.write_text("path,fi")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(asd.cache, "write_index", full)
+    with pytest.raises(CacheError, match="build failed.*No space left"):
+        build_cache(cfg, progress=False, workers=workers, chunk_size=2)
+    folder = cache_folder(cfg)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    monkeypatch.setattr(asd.cache, "write_index", real)
+    assert len(build_cache(cfg, progress=False, workers=workers)) == 12
