@@ -287,7 +287,6 @@ class LogMelExtractor(nn.Module):
         mel = mel_filterbank(cfg)  # (M, K)
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True,
                                                          dtype=torch.float32), persistent=False)
-        self.register_buffer("mel", torch.from_numpy(mel.T.copy()), persistent=False)  # (K, M)
         # Bands b0..b1 only touch bins k0..k1; each block's weights are repeated for the real and
         # imaginary parts, so |X|^2 @ W becomes (re^2, im^2 interleaved) @ W2: one pass fewer.
         self.blocks: list[tuple[int, int, int, int]] = []  # (band b0, b1, bin k0, k1)
@@ -339,13 +338,7 @@ class LogMelExtractor(nn.Module):
         """Log-mel of the clip in ``cpu_buffer()`` into ``out``, CPU float32 (frames, mels) dB."""
         cfg = self.cfg
         ws = self._workspace(1, torch.device("cpu"), batched=False)
-        torch.mul(ws.padded[0].unfold(-1, cfg.n_fft, cfg.hop_length), self.window,
-                  out=ws.frames[0])
-        torch.fft.rfft(ws.frames[0], dim=-1, out=ws.spec[0])
-        self._parts(ws.spec[:1], ws.parts[:1])
-        parts = ws.parts[0]  # (T, 2K)
-        for i, (b0, b1, lo, hi) in enumerate(self.blocks):  # straight into out's columns
-            torch.mm(parts[:, 2 * lo:2 * hi], getattr(self, f"mel_block{i}"), out=out[:, b0:b1])
+        self._mel_power(self._power_parts(ws, 1)[0], out)
         # power_to_db with ref = 1.0, in NumPy: half the time of torch's three calls here
         db = out.numpy()
         np.maximum(db, np.float32(cfg.amin), out=db)
@@ -364,37 +357,42 @@ class LogMelExtractor(nn.Module):
 
     def _workspace(self, step: int, device: torch.device, batched: bool) -> "_Workspace":
         """This thread's buffers for ``step`` clips on ``device``: the per-clip CPU path's, or
-        the batched path's (which also has the mel blocks' outputs)."""
+        the batched path's (apart, so a batch never reallocates the buffer that ``cpu_buffer``
+        handed out)."""
         local = self.__dict__.setdefault("_local", threading.local())
         key = "batched" if batched else "clip"
         ws = getattr(local, key, None)
         if ws is None or ws.size < step or ws.padded.device != device:
-            ws = _Workspace(self, step, device, batched)
+            ws = _Workspace(self, step, device)
             setattr(local, key, ws)
         return ws
 
-    def _parts(self, spec: torch.Tensor, parts: torch.Tensor) -> None:
-        """(b, T, K) complex -> (b, T, 2K): re^2, im^2 interleaved (or |X|^p, 0)."""
-        if self.cfg.power == 2.0:
-            torch.square(torch.view_as_real(spec).flatten(-2), out=parts)
-        else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
-            pairs = parts.unflatten(-1, (-1, 2))
-            pairs[..., 0] = spec.abs().pow(self.cfg.power)
-            pairs[..., 1] = 0.0
-
-    def _log_mel(self, ws: "_Workspace", b: int, out: torch.Tensor) -> None:
-        """ws.padded[:b] -> out (b, frames, mels) in dB, in torch (batched, any device)."""
+    def _power_parts(self, ws: "_Workspace", b: int) -> torch.Tensor:
+        """ws.padded[:b] -> (b, T, 2K) in ws.parts: re^2, im^2 interleaved (or |X|^p, 0)."""
         cfg = self.cfg
         frames = ws.frames[:b]  # (b, T, n_fft)
         torch.mul(ws.padded[:b].unfold(-1, cfg.n_fft, cfg.hop_length), self.window, out=frames)
         spec = ws.spec[:b]  # (b, T, K) complex
         torch.fft.rfft(frames, dim=-1, out=spec)
-        parts = ws.parts[:b]  # (b, T, 2K): re^2, im^2, ...
-        self._parts(spec, parts)
+        parts = ws.parts[:b]
+        if cfg.power == 2.0:
+            torch.square(torch.view_as_real(spec).flatten(-2), out=parts)
+        else:  # |X|^p as the "real part", zero "imaginary part": the same blocks apply
+            pairs = parts.unflatten(-1, (-1, 2))
+            pairs[..., 0] = spec.abs().pow(cfg.power)
+            pairs[..., 1] = 0.0
+        return parts
+
+    def _mel_power(self, parts: torch.Tensor, out: torch.Tensor) -> None:
+        """(..., T, 2K) -> mel power (..., T, M), each block straight into its columns of out."""
         for i, (b0, b1, lo, hi) in enumerate(self.blocks):
-            block = ws.blocks[i][:b]  # (b, T, bands)
-            torch.matmul(parts[..., 2 * lo:2 * hi], getattr(self, f"mel_block{i}"), out=block)
-            out[..., b0:b1] = block
+            torch.matmul(parts[..., 2 * lo:2 * hi], getattr(self, f"mel_block{i}"),
+                         out=out[..., b0:b1])
+
+    def _log_mel(self, ws: "_Workspace", b: int, out: torch.Tensor) -> None:
+        """ws.padded[:b] -> out (b, frames, mels) in dB, in torch (batched, any device)."""
+        cfg = self.cfg
+        self._mel_power(self._power_parts(ws, b), out)
         out.clamp_(min=cfg.amin).log10_().mul_(10.0)  # power_to_db with ref = 1.0
         if cfg.top_db is not None:
             peak = out.amax(dim=(-2, -1), keepdim=True)
@@ -404,7 +402,7 @@ class LogMelExtractor(nn.Module):
 class _Workspace:
     """Buffers of LogMelExtractor for ``size`` clips on one device, reused call after call."""
 
-    def __init__(self, ex: LogMelExtractor, size: int, device: torch.device, batched: bool):
+    def __init__(self, ex: LogMelExtractor, size: int, device: torch.device):
         cfg = ex.cfg
         k = cfg.n_fft // 2 + 1
         self.size = size
@@ -412,8 +410,6 @@ class _Workspace:
         self.frames = torch.empty(size, cfg.frames, cfg.n_fft, device=device)
         self.spec = torch.empty(size, cfg.frames, k, dtype=torch.complex64, device=device)
         self.parts = torch.empty(size, cfg.frames, 2 * k, device=device)
-        self.blocks = [torch.empty(size, cfg.frames, b1 - b0, device=device)
-                       for b0, b1, _, _ in ex.blocks] if batched else []
 
 
 @functools.lru_cache(maxsize=8)
