@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -40,15 +40,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def proc_status(field: str) -> Optional[str]:
+    """A field of /proc/self/status (Linux): "0022" for Umask, "1234 kB" for VmRSS; None
+    where there is no such file or field."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def _umask() -> int:
     """The process's umask. Linux shows it in /proc/self/status; setting it to read it back
     (the portable way) briefly gives files that other threads create meanwhile mode 0666."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    value = proc_status("Umask")
+    if value:
+        return int(value, 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -38,12 +38,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _status_kb(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process in KiB, from /proc/self/status (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+def status_kb(field: str) -> int:
+    """A memory field of /proc/self/status in KiB (VmRSS now, VmHWM peak, RssAnon); 0 where
+    Linux's /proc is missing."""
+    from asd.io import proc_status
+
+    value = proc_status(field)
+    return int(value.split()[0]) if value else 0
 
 
 def cpu_seconds() -> float:
@@ -107,14 +108,14 @@ def child_build(root: str, cache_dir: str, workers: int | None) -> None:
 
     cfg = load_config(REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={cache_dir}"])
     _extractor(cfg.features)
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     children = child_pids()
     start = time.perf_counter()
     cache = build_cache(cfg, progress=False, workers=workers)
     seconds = time.perf_counter() - start
     wait_for_children(children)  # a worker's peak joins RUSAGE_CHILDREN once it is reaped
     # VmHWM, not ru_maxrss: Linux carries the forking parent's peak over exec into ru_maxrss
-    peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest reaped worker
     print(json.dumps({"clips": len(cache), "before_kb": before, "peak_kb": peak,
                       "worker_kb": worker, "seconds": seconds}))

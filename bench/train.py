@@ -35,6 +35,7 @@ from asd.losses import SubClusterAdaCos, kl_loss, mixup
 from asd.model import EmbeddingNet
 from asd.optim import build_optimizer
 from asd.sampling import MixupBatches
+from bench.features import status_kb
 
 REPO = Path(__file__).resolve().parents[1]
 N_CLASSES = 42  # source classes of the full data set
@@ -162,13 +163,6 @@ def speed(args) -> None:
               f"{dr / dp:.1f}x faster data path alone")
 
 
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return -1
-
-
 def memory_child(cache: str, steps: int, batch: int) -> None:
     """In a fresh process: Step 1 steps over the full-size cache; prints peak memory as JSON."""
     cfg = load_config(REPO / "config.yml")
@@ -177,11 +171,11 @@ def memory_child(cache: str, steps: int, batch: int) -> None:
     mean = np.full(cfg.features.n_mels, -40, np.float32)
     std = np.full(cfg.features.n_mels, 10, np.float32)
     labels = np.arange(n) % N_CLASSES
-    base = _status_kb("RssAnon")
+    base = status_kb("RssAnon")
     run_project(cfg, features, mean, std, labels, batch, steps)
     print(json.dumps({"clips": n, "cache_mb": features.nbytes / 2**20,
-                      "peak_rss_mb": _status_kb("VmHWM") / 1024,
-                      "anon_mb": _status_kb("RssAnon") / 1024,
+                      "peak_rss_mb": status_kb("VmHWM") / 1024,
+                      "anon_mb": status_kb("RssAnon") / 1024,
                       "anon_before_mb": base / 1024}))
 
 
