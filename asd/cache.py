@@ -406,11 +406,10 @@ def _run_chunks(chunks: list[tuple], n: int, workers: int, progress: bool,
     let them (``python -m bench.features`` prints N workers against 1). They are forked (as
     PyTorch's DataLoader workers are), so they start in milliseconds with everything imported
     and the mel matrix built; a spawn or forkserver pool costs seconds and re-imports the
-    caller's main module. A fresh worker still runs its first ~30 clips slower (about 6 ms for
-    the first, 1.1 ms each up to the 16th, then the 0.6 ms of a warm one here), most likely
-    page faults on the library code and data it shares with the parent. Each runs one torch
-    thread and ignores Ctrl-C, which the parent handles by cancelling the rest and discarding
-    the build.
+    caller's main module. A fresh worker's first chunk is still slower than the rest (most
+    likely page faults on the library code and data it shares with the parent). Each runs one
+    torch thread and ignores Ctrl-C, which the parent handles by cancelling the rest and
+    discarding the build.
     Where fork does not exist, threads do the work.
     """
     import torch

@@ -121,8 +121,8 @@ def fit_threshold(det: "Detector", emb: np.ndarray, cfg: DetectorConfig,
     scores them with ``det`` itself, as the challenge baseline did with its autoencoder. A GMM
     with a component per few clips, or a One-Class SVM on three, scores its own training clips
     far lower than new normal ones, so a ``training`` threshold flags most normal test clips
-    (58 % of the source and 97 % of the target normal test clips of the demo, against 10 % and
-    64 % out of fold). Out of fold errs the other way where a fold's model is much weaker
+    (``make submit`` prints the share flagged per machine and domain; the README compares the
+    two on the demo). Out of fold errs the other way where a fold's model is much weaker
     than the whole one (full covariances from few clips per component): fewer than
     1 - quantile of new normal clips are flagged then. Fewer than 3 clips: ``training``. The
     choice is in ``info["threshold_scores"]``.
