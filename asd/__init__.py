@@ -4,3 +4,10 @@ Nothing in this package imports Catalyst: the two training steps live in ``runne
 """
 
 __version__ = "0.1.0"
+
+
+class AsdError(ValueError):
+    """A problem the user must fix (a bad file, config key or run folder); the message names it.
+
+    Every command turns it into one line on stderr and exit status 2 (``asd.cli.run_command``).
+    """

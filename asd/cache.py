@@ -21,6 +21,8 @@ one folder (e.g. the ranks of a DDP run): the second one finds the cache complet
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import contextlib
 import ctypes
 import dataclasses
@@ -57,7 +59,7 @@ _STRING_COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "s
                    "attributes"]
 
 
-class CacheError(ValueError):
+class CacheError(AsdError):
     """A cache folder that cannot be used (incomplete, inconsistent); the message names it."""
 
 

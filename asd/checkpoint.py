@@ -12,6 +12,8 @@ python ints). Files are written atomically, so a killed writer never leaves half
 
 from __future__ import annotations
 
+from asd import AsdError
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +26,7 @@ from torch import nn
 from asd.config import Config, ConfigError, config_diffs, from_dict
 from asd.io import atomic_path
 from asd.losses import SubClusterAdaCos
-from asd.model import EmbeddingNet
+from asd.model import build_model
 
 FORMAT = "asd-checkpoint-v1"
 REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "step")
@@ -32,7 +34,7 @@ REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "st
 MODEL_GROUPS = ("features", "model", "loss")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AsdError):
     """A checkpoint that is missing, unreadable, foreign, incomplete or does not fit its config."""
 
 
@@ -40,7 +42,7 @@ class CheckpointError(ValueError):
 class LoadedModel:
     """A trained model rebuilt from a checkpoint; model and head are in eval mode."""
 
-    model: EmbeddingNet
+    model: nn.Module
     head: SubClusterAdaCos
     cfg: Config
     classes: pd.DataFrame
@@ -171,14 +173,6 @@ def check_compatible(data: dict, cfg: Config, path: str | Path = "<checkpoint>")
     if diffs:
         raise CheckpointError(f"checkpoint {path} was trained with other settings: "
                               + "; ".join(diffs))
-
-
-def build_model(cfg: Config, n_classes: int) -> tuple[EmbeddingNet, SubClusterAdaCos]:
-    """Fresh EmbeddingNet and SubClusterAdaCos head for ``cfg`` and ``n_classes`` classes."""
-    model = EmbeddingNet(cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels)
-    head = SubClusterAdaCos(n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim,
-                            cfg.loss.max_angle)
-    return model, head
 
 
 def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:

@@ -7,6 +7,8 @@ and applies ``key.sub=value`` overrides (values parsed as YAML, so ``1e-3``, ``[
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import dataclasses
 import types
 import typing
@@ -17,7 +19,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(AsdError):
     """A config file or override that cannot be used; the message names the key."""
 
 
@@ -52,6 +54,7 @@ class ModelConfig:
     time_pool: int
     embedding_dim: int
     leaky_relu_slope: float
+    backbone: str = "resnet"  # a stored config from before the key existed means Table 1's
 
 
 @dataclass(frozen=True)

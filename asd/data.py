@@ -19,6 +19,8 @@ copy the evaluator's ``ground_truth_data/*.csv`` there; the synthetic generator 
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import logging
 import os
 import re
@@ -49,7 +51,7 @@ _NAME = re.compile(
 )
 
 
-class DataError(ValueError):
+class DataError(AsdError):
     """A data set that cannot be read as expected; the message names the path and the problem."""
 
 

@@ -24,6 +24,8 @@ variable ``ASD_ZENODO_URL``. Only urllib is used.
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import hashlib
 import http.client
 import json
@@ -51,7 +53,7 @@ RETRIES = 3  # extra attempts per file after a broken connection; each resumes w
 USER_AGENT = "asd-download/1 (DCASE 2021 Task 2 reproduction; urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(AsdError):
     """A record, download or archive that failed; the message names the file or URL."""
 
 

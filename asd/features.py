@@ -24,6 +24,8 @@ empty file, or one holding NaN or infinite samples, raises ``AudioError`` naming
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import functools
 import logging
 import struct
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 MEL_BLOCKS = 8  # the banded mel matrix is applied as this many dense column blocks (4x fewer FLOPs)
 
 
-class AudioError(ValueError):
+class AudioError(AsdError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 

@@ -18,6 +18,8 @@ writes it.
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import json
 import logging
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "sc
                  "threshold", "decision", "path"]
 
 
-class InspectError(ValueError):
+class InspectError(AsdError):
     """A run folder that lacks what a view needs; the message names the file."""
 
 

@@ -27,11 +27,13 @@ Choices the report leaves open:
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
 
-from asd.config import ModelConfig
+from asd.config import Config, ConfigError, ModelConfig
+from asd.losses import SubClusterAdaCos
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
@@ -170,3 +172,34 @@ class EmbeddingNet(nn.Module):
 def describe(model: EmbeddingNet) -> str:
     """Same as ``model.summary()``."""
     return model.summary()
+
+
+# Embedding nets by ``model.backbone``: a function of the config giving a module that maps
+# (B, 1, frames, mels) log-mels to (B, model.embedding_dim) embeddings. Its direct children are
+# the parts ``stage2.trainable`` can name.
+BACKBONES: dict[str, Callable[[Config], nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    """Decorator: make ``fn(cfg) -> nn.Module`` the embedding net of ``model.backbone: name``."""
+    def add(fn: Callable[[Config], nn.Module]) -> Callable[[Config], nn.Module]:
+        BACKBONES[name] = fn
+        return fn
+    return add
+
+
+@register_backbone("resnet")
+def resnet(cfg: Config) -> EmbeddingNet:
+    """The report's Table 1."""
+    return EmbeddingNet(cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels)
+
+
+def build_model(cfg: Config, n_classes: int) -> tuple[nn.Module, SubClusterAdaCos]:
+    """The embedding net named by ``model.backbone`` and a fresh sub-cluster AdaCos head."""
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(f"config key 'model.backbone': unknown backbone "
+                          f"{cfg.model.backbone!r} (known: {', '.join(sorted(BACKBONES))})")
+    net = BACKBONES[cfg.model.backbone](cfg)
+    head = SubClusterAdaCos(n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim,
+                            cfg.loss.max_angle)
+    return net, head

@@ -13,6 +13,8 @@ themselves are never changed. Prints the run folder as the last line.
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import argparse
 import logging
 import os
@@ -32,7 +34,7 @@ INJECTED_TAG = "injected-parameters"
 KERNEL = "python3"
 
 
-class NotebookError(ValueError):
+class NotebookError(AsdError):
     """A notebook that cannot be run as asked; the message names the file."""
 
 

@@ -14,6 +14,8 @@ audio stops with a message naming the file and a non-zero exit status.
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import argparse
 import logging
 from pathlib import Path
@@ -29,7 +31,7 @@ SPLIT_FOLDERS = ("train", "test", "source_test", "target_test")
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
 
 
-class ScoreError(ValueError):
+class ScoreError(AsdError):
     """A recording or run that cannot be scored; the message names it."""
 
 

@@ -27,6 +27,8 @@ Prints a summary and the run folder as the last line.
 
 from __future__ import annotations
 
+from asd import AsdError
+
 import argparse
 import contextlib
 import dataclasses
@@ -53,7 +55,7 @@ SUBMISSION = "submission"
 SCORES = "scores.csv"
 
 
-class SubmitError(ValueError):
+class SubmitError(AsdError):
     """A run or data root that cannot be submitted; the message says which and why."""
 
 

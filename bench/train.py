@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from asd.config import load_config
-from asd.losses import SubClusterAdaCos, kl_loss, mixup
-from asd.model import EmbeddingNet
+from asd.losses import kl_loss, mixup
+from asd.model import build_model
 from asd.optim import build_optimizer
 from asd.sampling import MixupBatches
 from bench.features import status_kb
@@ -83,8 +83,8 @@ def mix_collate(items):
 
 def build(cfg):
     torch.manual_seed(0)
-    net = EmbeddingNet(cfg.model).to(memory_format=torch.channels_last)
-    head = SubClusterAdaCos(N_CLASSES, cfg.loss.n_subclusters, cfg.model.embedding_dim)
+    net, head = build_model(cfg, N_CLASSES)
+    net = net.to(memory_format=torch.channels_last)
     opt = build_optimizer(list(net.parameters()) + list(head.parameters()), "adamp", 1e-3, 1e-5)
     return net, head, opt
 

@@ -42,7 +42,7 @@ from asd.data import assign_classes
 from asd.io import atomic_write_text
 from asd.runs import latest_run
 from asd.losses import SubClusterAdaCos, kl_loss, mixup
-from asd.model import EmbeddingNet
+from asd.model import EmbeddingNet, build_model
 from asd.optim import build_optimizer
 from asd.sampling import MixupBatches
 
@@ -184,9 +184,7 @@ class MixupRunner(dl.Runner):
 
     def get_model(self):
         cfg = self.job.cfg
-        net = EmbeddingNet(cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels)
-        head = SubClusterAdaCos(self.job.n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim,
-                                max_angle=cfg.loss.max_angle)
+        net, head = build_model(cfg, self.job.n_classes)
         if self.job.init_checkpoint is not None:
             ckpt = load_checkpoint(self.job.init_checkpoint)
             net.load_state_dict(ckpt["model"])
@@ -406,7 +404,7 @@ def check_clips(cache: FeatureCache, classes: dict, step: str) -> None:
 
 def check_trainable(cfg: Config) -> None:
     """ConfigError before any run folder is made when stage2.trainable names no model part."""
-    net = EmbeddingNet(cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels)
+    net, _ = build_model(cfg, 1)
     freeze_for_stage2(EmbeddingClassifier(net, nn.Identity()), cfg.stage2.trainable)
 
 

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from asd.checkpoint import (CheckpointError, build_model, check_compatible, load_checkpoint,
-                            load_model, save_checkpoint)
+from asd.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_model,
+                            save_checkpoint)
 from asd.config import load_config
+from asd.model import build_model
 
 TINY = ["features.frames=64", "features.n_mels=32", "model.stem_channels=4",
         "model.stage_channels=[4, 4, 8, 8]", "model.time_pool=2", "model.embedding_dim=6",

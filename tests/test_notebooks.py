@@ -21,7 +21,8 @@ from asd import inspect
 from asd import notebooks as nbs
 from asd import submit as sm
 from asd.cache import build_cache
-from asd.checkpoint import build_model, save_checkpoint
+from asd.checkpoint import save_checkpoint
+from asd.model import build_model
 from asd.config import save_config
 from asd.data import class_table, save_classes
 from asd.runs import new_run

@@ -10,7 +10,8 @@ import torch
 from asd import score as sc
 from asd import submit as sm
 from asd.cache import build_cache
-from asd.checkpoint import build_model, save_checkpoint
+from asd.checkpoint import save_checkpoint
+from asd.model import build_model
 from asd.config import load_config
 from asd.data import class_table, save_classes
 from asd.runs import new_run

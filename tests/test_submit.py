@@ -15,7 +15,8 @@ import torch
 from asd import evaluate as ev
 from asd import submit as sm
 from asd.cache import build_cache
-from asd.checkpoint import build_model, load_model, save_checkpoint
+from asd.checkpoint import load_model, save_checkpoint
+from asd.model import build_model
 from asd.data import class_table, save_classes
 from asd.detectors import DetectorSet, GMMDetector, l2_normalise
 from asd.runs import new_run

@@ -1,0 +1,64 @@
+"""The command line shared by every ``python -m asd.*`` and ``python -m runners.*`` command.
+
+``run_command`` turns an ``AsdError`` (or an ``OSError``, such as a full disk) into one line on
+stderr and exit status 2, and Ctrl-C into one line and status 130. ``make_parser`` gives every
+command the same ``--config``, ``--from`` and ``key.sub=value`` arguments, and
+``load_args_config`` reads a run folder's own ``config.yml`` when no ``--config`` is given, so
+a run folder is enough to go on from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from asd import AsdError
+from asd.config import Config, load_config
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_CONFIG = "config.yml"
+
+
+def make_parser(prog: str, doc: str, *, from_help: Optional[str] = None,
+                overrides: bool = True) -> argparse.ArgumentParser:
+    """A parser with ``--config``, optionally ``--from``, and ``key.sub=value`` overrides."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.strip().splitlines()[0])
+    p.add_argument("--config", default=None,
+                   help=f"config file (default: the run's own config.yml where a run folder is "
+                        f"given, else {DEFAULT_CONFIG})")
+    if from_help:
+        p.add_argument("--from", dest="from_run", default=None, help=from_help)
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return p
+
+
+def load_args_config(args: argparse.Namespace, run: str | Path | None = None) -> Config:
+    """``--config`` if given, else ``run``'s ``config.yml`` if there is one, else the default;
+    the overrides apply on top in every case."""
+    overrides = getattr(args, "overrides", ())
+    if args.config is None and run is not None and (Path(run) / "config.yml").is_file():
+        return load_config(Path(run) / "config.yml", overrides)
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
+
+
+def run_command(main: Callable[[argparse.Namespace], Optional[int]],
+                parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> int:
+    """Parse ``argv``, call ``main(args)`` and return its exit status.
+
+    A ``KeyboardInterrupt`` raised with a message (e.g. how to resume) prints that message.
+    """
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main(args) or 0
+    except (AsdError, OSError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt as err:
+        print(f"{parser.prog}: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
