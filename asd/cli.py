@@ -62,3 +62,15 @@ def run_command(main: Callable[[argparse.Namespace], Optional[int]],
     except KeyboardInterrupt as err:
         print(f"{parser.prog}: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def load_run(args: argparse.Namespace, kind: str = "stage2") -> tuple[Path, Config]:
+    """The finished run of ``--from`` (default: the latest finished ``*-<kind>`` run of the
+    config's ``runs.dir``) and the config to use with it (``load_args_config``)."""
+    from asd.runs import finished_run, latest_run
+
+    if args.from_run:
+        run = finished_run(args.from_run)
+    else:
+        run = latest_run(load_args_config(args).runs.dir, kind)
+    return run, load_args_config(args, run)

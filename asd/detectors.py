@@ -53,6 +53,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import scipy.stats
 
+from asd import AsdError
 from asd.config import DetectorConfig
 from asd.io import atomic_path, atomic_write_text
 
@@ -434,32 +435,32 @@ class DetectorSet:
         try:
             meta = json.loads(index.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{index} is not valid JSON: {err}") from None
+            raise AsdError(f"{index} is not valid JSON: {err}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{index} is not an {FORMAT} file")
+            raise AsdError(f"{index} is not an {FORMAT} file")
         out = cls()
         if not isinstance(meta.get("detectors"), list):
-            raise ValueError(f"{index}: expected a list under 'detectors'")
+            raise AsdError(f"{index}: expected a list under 'detectors'")
         for e in meta["detectors"]:
             try:
                 name, key, kind = e["file"], (e["machine"], e["section"], e["domain"]), e["kind"]
             except (KeyError, TypeError) as err:
-                raise ValueError(f"{index}: a detector entry lacks {err}") from None
+                raise AsdError(f"{index}: a detector entry lacks {err}") from None
             if not isinstance(name, str) or Path(name).name != name:  # only files beside it
-                raise ValueError(f"{index}: detector file {name!r} is not a file name")
+                raise AsdError(f"{index}: detector file {name!r} is not a file name")
             path = folder / name
             kind = _KINDS.get(kind) if isinstance(kind, str) else None
             if kind is None:
-                raise ValueError(f"{index}: unknown detector kind {e['kind']!r}")
+                raise AsdError(f"{index}: unknown detector kind {e['kind']!r}")
             try:
                 with np.load(path, allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
             except (OSError, ValueError) as err:
-                raise ValueError(f"cannot read detector file {path}: {err}") from None
+                raise AsdError(f"cannot read detector file {path}: {err}") from None
             try:
                 det = kind.from_saved(arrays, e["params"], float(e["threshold"]), e["info"])
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"detector file {path} or its entry in {index} is not usable "
+                raise AsdError(f"detector file {path} or its entry in {index} is not usable "
                                  f"({type(err).__name__}: {err})") from None
             out.detectors[key] = det
         return out

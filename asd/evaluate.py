@@ -18,7 +18,6 @@ Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and ``RUN/figures/r
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from asd import metrics
-from asd.config import Config, ConfigError, load_config
+from asd.cli import load_run, make_parser, run_command
+from asd.config import Config, load_config
 from asd.io import atomic_path, atomic_write_text
-from asd.submit import SUBMISSION, SubmitError, check_features, read_submission, resolve_run
+from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
 
 log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
 
@@ -333,30 +333,19 @@ def report(ev: Evaluation) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asd.evaluate",
-                                     description="AUC / pAUC tables of a submitted run; prints "
-                                                 "the run folder last.")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    parser.add_argument("--config", default="config.yml", help="config file (default: config.yml)")
-    parser.add_argument("--from", dest="from_run", default=None,
-                        help="run folder (default: the latest *-stage2 run in runs.dir)")
-    parser.add_argument("--no-figures", action="store_true", help="skip the ROC figures")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from asd.cache import CacheError
-    from asd.data import DataError
-    from asd.features import AudioError
-
-    try:
-        cfg = load_config(ns.config, ns.overrides)
-        run = resolve_run(cfg, ns.from_run)
-        ev = evaluate(cfg, run, figures=not ns.no_figures)
-    except (ConfigError, SubmitError, DataError, CacheError, AudioError, OSError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")  # OSError: e.g. a full disk
+def _main(args) -> None:
+    run, cfg = load_run(args)
+    ev = evaluate(cfg, run, figures=not args.no_figures)
     print(report(ev))
     print(ev.run)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("asd.evaluate", "AUC / pAUC tables of a submitted run; prints the run "
+                         "folder last.",
+                         from_help="run folder (default: the latest finished *-stage2 run)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the ROC figures")
+    return run_command(_main, parser, argv)
 
 
 if __name__ == "__main__":

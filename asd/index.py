@@ -1,4 +1,4 @@
-"""``python -m asd.index [ROOT] [--config C] [key.sub=value ...]``: clip counts of a data root.
+"""Clip counts of a data root: ``python -m asd.index [ROOT] [--config C] [key.sub=value ...]``.
 
 Prints one row per (dataset, machine, section, domain, split) with the number of normal,
 anomalous and unlabelled clips. ROOT defaults to the config's ``data.root``.
@@ -6,11 +6,10 @@ anomalous and unlabelled clips. ROOT defaults to the config's ``data.root``.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import pandas as pd
 
+from asd.cli import make_parser, run_command
+from asd.config import load_config
 from asd.data import DataError, index_dataset
 
 
@@ -27,44 +26,37 @@ def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
 def split_args(items: list[str]) -> tuple[str | None, list[str]]:
     """Separate a positional ROOT (no '=') from ``key.sub=value`` overrides."""
     roots = [a for a in items if "=" not in a]
-    overrides = [a for a in items if "=" in a]
     if len(roots) > 1:
-        raise SystemExit(f"expected at most one ROOT, got {roots}")
-    return (roots[0] if roots else None), overrides
+        raise DataError(f"expected at most one ROOT, got {roots}")
+    return (roots[0] if roots else None), [a for a in items if "=" in a]
 
 
 def resolve_root(root: str | None, config: str | None, overrides: list[str]) -> str:
     """ROOT if given (the config is then only checked when named), else the config's data.root."""
-    from asd.config import load_config
-
     if root is not None and config is None and not overrides:
         return root
     cfg = load_config(config or "config.yml", overrides)
     return root if root is not None else cfg.data.root
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asd.index",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
-                        help="data root (default: data.root of the config) and config overrides")
-    parser.add_argument("--config", default=None, help="config file (default: config.yml)")
-    ns = parser.parse_args(argv)
-    root, overrides = split_args(ns.args)
-    try:
-        root = resolve_root(root, ns.config, overrides)
-        df = index_dataset(root)
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(args) -> None:
+    root, overrides = split_args(args.args)
+    root = resolve_root(root, args.config, overrides)
+    df = index_dataset(root)
     table = counts_table(df)
     table["dataset"] = table["dataset"].replace("", "-")
     print(f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "
           f"{int(df['class'].max()) + 1} classes (machine, section, domain) with training clips")
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(table.to_string(index=False))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("asd.index", __doc__, overrides=False)
+    parser.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
+                        help="data root (default: data.root of the config) and config overrides")
+    return run_command(_main, parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

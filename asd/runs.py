@@ -1,15 +1,18 @@
 """Run folders: numbered and named (``runs/003-stage1/``), found again by kind.
 
-A run folder holds the resolved ``config.yml``, logs, checkpoints and, later, embeddings,
-detectors, the submission CSVs and the results table.
+A run folder holds the resolved ``config.yml``, logs, checkpoints and, once its step has
+finished, ``model.pth``; later embeddings, detectors, the submission CSVs and the results.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from asd.config import Config, ConfigError, save_config
+
+log = logging.getLogger(__name__)
 
 _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
@@ -44,9 +47,33 @@ def new_run(cfg: Config, kind: str) -> Path:
     return run
 
 
-def latest_run(runs_dir: str | Path, kind: str) -> Path:
-    """The newest ``*-<kind>`` run folder, or a clear error when there is none."""
+def is_finished(run: str | Path) -> bool:
+    """A run whose step went to the end (it wrote ``model.pth``)."""
+    return (Path(run) / "model.pth").is_file()
+
+
+def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
+    """The newest ``*-<kind>`` run folder (the newest finished one unless ``finished=False``);
+    newer unfinished runs are named in a warning. A clear error when there is none."""
     runs = list_runs(runs_dir, kind)
-    if not runs:
-        raise ConfigError(f"no '{kind}' run found in {runs_dir}; run that step first or pass FROM=")
-    return runs[-1]
+    done = [r for r in runs if is_finished(r)] if finished else runs
+    if not done:
+        what = "finished " if finished and runs else ""
+        raise ConfigError(f"no {what}'{kind}' run found in {runs_dir}; run that step first "
+                          f"or pass FROM=")
+    skipped = [r.name for r in runs[runs.index(done[-1]) + 1:]]
+    if skipped:
+        log.warning("skipping unfinished run(s) %s (resume them with RESUME=); using %s",
+                    ", ".join(skipped), done[-1])
+    return done[-1]
+
+
+def finished_run(run: str | Path) -> Path:
+    """``run`` if it is a finished run folder, else a ConfigError saying what it lacks."""
+    run = Path(run)
+    if not (run / "config.yml").is_file():
+        raise ConfigError(f"{run} is not a run folder (no config.yml)")
+    if not is_finished(run):
+        raise ConfigError(f"{run / 'model.pth'} does not exist; the run has not finished "
+                          f"(finish it with RESUME={run})")
+    return run

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from asd.cli import run_command
 from asd.io import atomic_path
 
 log = logging.getLogger("asd.score")  # not "__main__" under python -m
@@ -114,6 +115,18 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _main(args) -> None:
+    table = score_files(args.run, args.files, args.machine, args.section, args.domain,
+                        args.device)
+    with pd.option_context("display.max_rows", None, "display.width", 250,
+                           "display.max_colwidth", None):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
+            table.to_csv(tmp, index=False, float_format="%.10g")
+        print(f"wrote {args.csv}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asd.score",
                                      description="Score new recordings of a machine and section "
@@ -126,25 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="domain (default: from the name)")
     parser.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from asd.checkpoint import CheckpointError
-
-    try:
-        table = score_files(ns.run, ns.files, ns.machine, ns.section, ns.domain, ns.device)
-    except (ScoreError, CheckpointError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    with pd.option_context("display.max_rows", None, "display.width", 250,
-                           "display.max_colwidth", None):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if ns.csv:
-        try:
-            with atomic_path(ns.csv) as tmp:
-                table.to_csv(tmp, index=False, float_format="%.10g")
-        except OSError as err:  # e.g. a full disk; a previous file of that name is unchanged
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
-        print(f"wrote {ns.csv}")
-    return 0
+    return run_command(_main, parser, argv)
 
 
 if __name__ == "__main__":

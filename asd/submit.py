@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from asd import AsdError
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -42,10 +41,10 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from asd.config import Config, ConfigError, FeatureConfig, config_diffs, load_config
+from asd.cli import load_run, make_parser, run_command
+from asd.config import Config, FeatureConfig, config_diffs
 from asd.detectors import DetectorSet, fit_section
 from asd.io import atomic_path
-from asd.runs import latest_run
 
 log = logging.getLogger("asd.submit")  # not "__main__" under python -m
 
@@ -61,17 +60,6 @@ class SubmitError(AsdError):
 
 # ----------------------------------------------------------------------------------------------
 # Run and features
-
-
-def resolve_run(cfg: Config, from_run: str | Path | None, kind: str = "stage2") -> Path:
-    """``from_run`` or the latest ``*-<kind>`` run of ``cfg.runs.dir``; must hold model.pth."""
-    run = Path(from_run) if from_run else latest_run(cfg.runs.dir, kind)
-    if not run.is_dir():
-        raise SubmitError(f"run folder {run} does not exist")
-    if not (run / "model.pth").is_file():
-        raise SubmitError(f"{run / 'model.pth'} does not exist; the run has not finished "
-                          f"(train it to the end first)")
-    return run
 
 
 def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | str = "run") -> None:
@@ -346,32 +334,19 @@ def summary(sub: Submission) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asd.submit",
-                                     description="Fit the detectors of a trained run and write "
-                                                 "the challenge CSVs; prints the run folder last.")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    parser.add_argument("--config", default="config.yml", help="config file (default: config.yml)")
-    parser.add_argument("--from", dest="from_run", default=None,
-                        help="run folder (default: the latest *-stage2 run in runs.dir)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from asd.cache import CacheError
-    from asd.checkpoint import CheckpointError
-    from asd.data import DataError
-    from asd.features import AudioError
-
-    try:
-        cfg = load_config(ns.config, ns.overrides)
-        run = resolve_run(cfg, ns.from_run)
-        sub = submit(cfg, run, device=ns.device, progress=True)
-    except (ConfigError, SubmitError, CheckpointError, DataError, CacheError, AudioError,
-            OSError) as err:  # OSError: e.g. a full disk, named by asd.io.atomic_path
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+def _main(args) -> None:
+    run, cfg = load_run(args)
+    sub = submit(cfg, run, device=args.device, progress=True)
     print(summary(sub))
     print(sub.run)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("asd.submit", "Fit the detectors of a trained run and write the "
+                         "challenge CSVs; prints the run folder last.",
+                         from_help="run folder (default: the latest finished *-stage2 run)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    return run_command(_main, parser, argv)
 
 
 if __name__ == "__main__":

@@ -480,7 +480,8 @@ def resume_dir(args: argparse.Namespace, step: str) -> Path:
         return run
     from asd.config import load_config
 
-    return latest_run(load_config(args.config, args.overrides).runs.dir, step)
+    return latest_run(load_config(args.config or "config.yml", args.overrides).runs.dir, step,
+                      finished=False)
 
 
 def run_main(step: str, make_job, argv=None) -> None:
