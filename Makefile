@@ -1,13 +1,14 @@
 # The user interface of the project: `make help` lists the targets.
 # Every target takes CONFIG=path/to/config.yml and ARGS="key.sub=value ..." (config overrides);
-# stage2, submit and evaluate take FROM=runs/<run> (default: the latest suitable run);
+# stage2, submit, evaluate and notebooks take FROM=runs/<run> (default: the latest finished
+# run), and then read that run's own config.yml unless CONFIG= is given;
 # stage1 and stage2 take RESUME=runs/<run> to finish an interrupted run.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CONFIG ?= config.yml
+CONFIG ?=
 ARGS ?=
 FROM ?=
 RESUME ?=
@@ -15,6 +16,7 @@ SYNTH ?=
 DEMO_CONFIG ?= configs/demo.yml
 FROM_ARG = $(if $(FROM),--from $(FROM),)
 RESUME_ARG = $(if $(RESUME),--resume $(RESUME),)
+CONFIG_ARG = $(if $(CONFIG),--config $(CONFIG),)
 # The demo's synthetic data set: all seven machines, small sections (see README "Demo").
 DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 
@@ -22,7 +24,8 @@ DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 .PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench tensorboard notebooks clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo "Variables: CONFIG=file.yml  ARGS=\"key.sub=value ...\"  FROM=runs/NNN-stepN  RESUME=runs/NNN-stepN"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,28 +36,28 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed ## Create .venv and install the pinned requirements (pip<24.1 for Catalyst)
 
 synth: install ## Write the synthetic data set in the challenge layout into data.root
-	$(PY) -m asd.synthetic --config $(CONFIG) $(SYNTH) $(ARGS)
+	$(PY) -m asd.synthetic $(CONFIG_ARG) $(SYNTH) $(ARGS)
 
 index: install ## Print the clip counts of data.root per machine, section, domain, split, label
-	$(PY) -m asd.index --config $(CONFIG) $(ARGS)
+	$(PY) -m asd.index $(CONFIG_ARG) $(ARGS)
 
 data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into data.root
-	$(PY) -m asd.download --config $(CONFIG) $(ARGS)
+	$(PY) -m asd.download $(CONFIG_ARG) $(ARGS)
 
 cache: install ## Build (or reuse) the log-mel feature cache of data.root
-	$(PY) -m asd.features --config $(CONFIG) $(ARGS)
+	$(PY) -m asd.features $(CONFIG_ARG) $(ARGS)
 
 stage1: install ## Step 1: train on source clips (150 epochs); prints the run folder
-	$(PY) -m runners.stage1 --config $(CONFIG) $(RESUME_ARG) $(ARGS)
+	$(PY) -m runners.stage1 $(CONFIG_ARG) $(RESUME_ARG) $(ARGS)
 
 stage2: install ## Step 2: fine-tune the last stage on source x target (5000 iterations); FROM=
-	$(PY) -m runners.stage2 --config $(CONFIG) $(FROM_ARG) $(RESUME_ARG) $(ARGS)
+	$(PY) -m runners.stage2 $(CONFIG_ARG) $(FROM_ARG) $(RESUME_ARG) $(ARGS)
 
 submit: install ## Fit GMM / One-Class SVM detectors and write the challenge CSVs; FROM=
-	$(PY) -m asd.submit --config $(CONFIG) $(FROM_ARG) $(ARGS)
+	$(PY) -m asd.submit $(CONFIG_ARG) $(FROM_ARG) $(ARGS)
 
 evaluate: install ## AUC / pAUC tables of a submitted run against the labels; FROM=
-	$(PY) -m asd.evaluate --config $(CONFIG) $(FROM_ARG) $(ARGS)
+	$(PY) -m asd.evaluate $(CONFIG_ARG) $(FROM_ARG) $(ARGS)
 
 demo: install ## The whole pipeline on generated data with configs/demo.yml, then the results table
 	$(MAKE) --no-print-directory synth SYNTH="$(DEMO_SYNTH)" CONFIG=$(DEMO_CONFIG)
@@ -71,10 +74,10 @@ bench: install ## Speed of the feature extractor and the training data path agai
 	$(PY) -m bench.train --memory
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost
-	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(CONFIG)').runs.dir)") --host 127.0.0.1
+	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1
 
 notebooks: install ## Execute the notebooks against a run (FROM=) and write HTML copies into it
-	$(PY) -m asd.notebooks --config $(CONFIG) $(FROM_ARG)
+	$(PY) -m asd.notebooks $(CONFIG_ARG) $(FROM_ARG) $(ARGS)
 
 clean: ## Remove caches of Python and pytest (not data, runs or .venv)
 	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache

@@ -212,31 +212,52 @@ def ground_truth_dir(root: str | Path) -> Path:
     return Path(root) / "eval_data" / GROUND_TRUTH
 
 
+def csv_name(kind: str, machine: str, section: str, domain: str) -> str:
+    """A challenge CSV name: ``<kind>_<machine>_section_<XX>_<domain>_test.csv``, where kind is
+    ``anomaly_score``, ``decision_result`` (submission) or ``ground_truth`` (evaluator)."""
+    return f"{kind}_{machine}_section_{section}_{domain}_test.csv"
+
+
 def ground_truth_name(machine: str, section: str, domain: str) -> str:
     """``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, the official evaluator's name."""
-    return f"ground_truth_{machine}_section_{section}_{domain}_test.csv"
+    return csv_name("ground_truth", machine, section, domain)
+
+
+def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.DataFrame:
+    """Every ``<kind>_*_test.csv`` of ``folder`` (no header, ``file name,value`` rows):
+    DataFrame[machine, section, domain, file, <value>]; ``values`` lists the allowed ones
+    (else numbers). DataError naming the file for a foreign name or row."""
+    pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})_(source|target)_test\.csv$")
+    frames = []
+    for f in sorted(Path(folder).glob(f"{kind}_*.csv")):
+        m = pattern.match(f.name)
+        if m is None:
+            raise DataError(f"{f}: expected a name like "
+                            f"{csv_name(kind, '<machine>', 'XX', '<domain>')}")
+        df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
+        if not (df[value].isin(values).all() if values else df[value].dtype.kind in "fi"):
+            allowed = "|".join(map(str, values)) if values else value
+            raise DataError(f"{f}: expected rows 'file name,{allowed}' without a header")
+        frames.append(df.assign(machine=m[1], section=m[2], domain=m[3]))
+    if not frames:
+        raise DataError(f"{folder}: no {kind}_*.csv files")
+    out = pd.concat(frames, ignore_index=True)
+    return out[["machine", "section", "domain", "file", value]]
 
 
 def load_ground_truth(root: str | Path) -> pd.DataFrame:
     """Ground-truth rows of ``root``: DataFrame[machine, section, domain, file, anomaly (0|1)]."""
-    folder = ground_truth_dir(root)
-    pattern = re.compile(r"^ground_truth_(.+)_section_(\d{2})_(source|target)_test\.csv$")
-    frames = []
-    for f in sorted(folder.glob("ground_truth_*.csv")):
-        m = pattern.match(f.name)
-        if m is None:
-            raise DataError(f"{f}: expected a name like "
-                            f"ground_truth_<machine>_section_XX_<domain>_test.csv")
-        gt = pd.read_csv(f, header=None, names=["file", "anomaly"], dtype={"file": str})
-        if not gt["anomaly"].isin([0, 1]).all():
-            raise DataError(f"{f}: expected rows 'file name,0|1'")
-        gt.insert(0, "domain", m[3])
-        gt.insert(0, "section", m[2])
-        gt.insert(0, "machine", m[1])
-        frames.append(gt)
-    if not frames:
-        raise DataError(f"{folder}: no ground_truth_*.csv files; expected the evaluation labels "
-                        f"in the official evaluator's format")
-    out = pd.concat(frames, ignore_index=True)
-    return out.astype({"machine": object, "section": object, "domain": object, "file": object,
-                       "anomaly": int})
+    return read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
+
+
+def with_ground_truth(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """``index`` with the ``label`` of its unlabelled clips taken from the evaluation ground
+    truth of ``root`` where that folder exists (clips it does not list stay None)."""
+    unknown = index["label"].isna().to_numpy()
+    if not unknown.any() or not ground_truth_dir(root).is_dir():
+        return index
+    keys = ["machine", "section", "domain", "file"]
+    found = index[keys].merge(load_ground_truth(root), on=keys, how="left")["anomaly"]
+    label = index["label"].to_numpy(dtype=object).copy()
+    label[unknown] = found.map({0: "normal", 1: "anomaly"}).to_numpy(dtype=object)[unknown]
+    return index.assign(label=[v if isinstance(v, str) else None for v in label])

@@ -28,6 +28,7 @@ import pandas as pd
 from asd import metrics
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, load_config
+from asd.data import with_ground_truth
 from asd.io import atomic_path, atomic_write_text
 from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
 
@@ -59,25 +60,15 @@ RESULT_COLUMNS = ["dataset", "level", "machine", "section", "domain", "system", 
 
 
 def test_labels(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
-    """Labelled test clips of ``index``: its test rows with ``anomaly`` (0/1) from the name or
-    from the evaluation ground truth of ``root``; unlabelled clips are left out."""
-    from asd.data import ground_truth_dir, load_ground_truth
-
-    test = index[index["split"] == "test"].copy()
-    test["row"] = np.flatnonzero(index["split"].to_numpy() == "test")
-    label = test["label"].map({"normal": 0, "anomaly": 1})
-    if ground_truth_dir(root).is_dir() and label.isna().any():
-        gt = load_ground_truth(root)
-        keys = ["machine", "section", "domain", "file"]
-        found = test[keys].merge(gt, on=keys, how="left")["anomaly"].to_numpy()
-        label = label.where(label.notna(), pd.Series(found, index=test.index))
-    test["anomaly"] = label
+    """Labelled test clips of ``index``: its test rows (``row``: position in ``index``) with
+    ``anomaly`` (0/1) from the name or from the evaluation ground truth of ``root``."""
+    rows = np.flatnonzero(index["split"].to_numpy() == "test")
+    test = with_ground_truth(index, root).iloc[rows].assign(row=rows)
+    test["anomaly"] = test["label"].map({"normal": 0, "anomaly": 1})
     missing = test["anomaly"].isna()
     if missing.any():
         log.info("%d test clips without labels are not evaluated", int(missing.sum()))
-    test = test[~missing].copy()
-    test["anomaly"] = test["anomaly"].astype(int)
-    return test.reset_index(drop=True)
+    return test[~missing].astype({"anomaly": int}).reset_index(drop=True)
 
 
 def attach_scores(labels: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:

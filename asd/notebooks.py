@@ -1,21 +1,20 @@
 """Execute the notebooks against a run and keep HTML copies with their outputs in the run.
 
-``python -m asd.notebooks [--config C] [--from RUN]`` (``make notebooks FROM=RUN``)
+``python -m asd.notebooks [--config C] [--from RUN] [key.sub=value ...]`` (``make notebooks``)
 
 Every ``notebooks/NN-*.ipynb`` of the repository runs top to bottom in a fresh Jupyter kernel
-(nbclient), with ``RUN`` and ``CONFIG`` set in a cell placed right after the cell tagged
-``parameters`` (as papermill does); the kernel works in the caller's folder, so the config's
-relative paths mean what they mean for ``make``. Each executed notebook is written as
-``RUN/notebooks/NN-*.html`` (nbconvert), atomically; a notebook whose cell fails is still
-written (with the error in it), and the command then exits with status 1. The notebook files
-themselves are never changed. Prints the run folder as the last line.
+(nbclient), with ``RUN``, ``CONFIG`` (None: the run's own config.yml) and ``OVERRIDES`` set in
+a cell placed right after the cell tagged ``parameters`` (as papermill does); the kernel works
+in the caller's folder, so the config's relative paths mean what they mean for ``make``. Each
+executed notebook is written as ``RUN/notebooks/NN-*.html`` (nbconvert), atomically; a notebook
+whose cell fails is still written (with the error in it), and the command then exits with
+status 1. The notebook files themselves are never changed. Prints the run folder last.
 """
 
 from __future__ import annotations
 
 from asd import AsdError
 
-import argparse
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asd.config import ConfigError, load_config
+from asd.cli import load_run, make_parser, run_command
 from asd.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -106,12 +105,14 @@ def run_notebook(path: str | Path, values: dict, html: str | Path, cwd: str | Pa
     return Outcome(notebook=path, html=html, error=error, executed=nb)
 
 
-def run_all(run: str | Path, config: str | Path, notebooks: list[Path] | None = None,
-            timeout: int = 1200) -> list[Outcome]:
-    """Run every notebook against ``run``; HTML copies go to ``RUN/notebooks/``."""
-    run, config = Path(run).resolve(), Path(config).resolve()
+def run_all(run: str | Path, config: str | Path | None = None, overrides: list[str] = (),
+            notebooks: list[Path] | None = None, timeout: int = 1200) -> list[Outcome]:
+    """Run every notebook against ``run`` (read with ``config``, default the run's own, and
+    ``overrides``); HTML copies go to ``RUN/notebooks/``."""
+    run = Path(run).resolve()
     notebooks = notebooks or find_notebooks()
-    values = {"RUN": str(run), "CONFIG": str(config)}
+    values = {"RUN": str(run), "CONFIG": str(Path(config).resolve()) if config else None,
+              "OVERRIDES": list(overrides)}
     outcomes = []
     for path in notebooks:
         log.info("running %s against %s", path.name, run)
@@ -123,32 +124,14 @@ def run_all(run: str | Path, config: str | Path, notebooks: list[Path] | None = 
     return outcomes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asd.notebooks",
-                                     description="Execute the notebooks against a run and write "
-                                                 "HTML copies into RUN/notebooks/; prints the run "
-                                                 "folder last.")
-    parser.add_argument("--config", default="config.yml", help="config file (default: config.yml)")
-    parser.add_argument("--from", dest="from_run", default=None,
-                        help="run folder (default: the latest *-stage2 run in runs.dir)")
-    parser.add_argument("--notebooks", nargs="*", default=None, metavar="NOTEBOOK",
-                        help="only these notebooks (default: every notebooks/NN-*.ipynb)")
-    parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _main(args) -> int:
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's alt-text notes per figure
-    from asd.inspect import InspectError, resolve_run
-
-    try:
-        load_config(ns.config)
-        run = resolve_run(ns.from_run, ns.config)
-        notebooks = [Path(p) for p in ns.notebooks] if ns.notebooks else find_notebooks()
-        missing = [p for p in notebooks if not p.is_file()]
-        if missing:
-            raise NotebookError(f"notebook {missing[0]} does not exist")
-        outcomes = run_all(run, ns.config, notebooks, timeout=ns.timeout)
-    except (ConfigError, InspectError, NotebookError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    run, _ = load_run(args)  # checks the config and overrides before any kernel starts
+    notebooks = [Path(p) for p in args.notebooks] if args.notebooks else find_notebooks()
+    missing = [p for p in notebooks if not p.is_file()]
+    if missing:
+        raise NotebookError(f"notebook {missing[0]} does not exist")
+    outcomes = run_all(run, args.config, args.overrides, notebooks, timeout=args.timeout)
     failed = [o for o in outcomes if o.error]
     for o in outcomes:
         print(f"{'FAILED' if o.error else 'ok':6} {o.notebook.name} -> {o.html}")
@@ -157,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     print(run)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("asd.notebooks", "Execute the notebooks against a run and write HTML "
+                         "copies into RUN/notebooks/; prints the run folder last.",
+                         from_help="run folder (default: the latest finished *-stage2 run)")
+    parser.add_argument("--notebooks", nargs="*", default=None, metavar="NOTEBOOK",
+                        help="only these notebooks (default: every notebooks/NN-*.ipynb)")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    return run_command(_main, parser, argv)
 
 
 if __name__ == "__main__":

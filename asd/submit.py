@@ -43,6 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, FeatureConfig, config_diffs
+from asd.data import csv_name, read_csvs
 from asd.detectors import DetectorSet, fit_section
 from asd.io import atomic_path
 
@@ -213,8 +214,8 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
 
 def csv_names(machine: str, section: str, domain: str) -> tuple[str, str]:
     """(anomaly score file, decision result file) names of one (machine, section, domain)."""
-    stem = f"{machine}_section_{section}_{domain}_test.csv"
-    return f"anomaly_score_{stem}", f"decision_result_{stem}"
+    return (csv_name("anomaly_score", machine, section, domain),
+            csv_name("decision_result", machine, section, domain))
 
 
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
@@ -250,27 +251,16 @@ def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
 
 
 def read_submission(folder: str | Path) -> pd.DataFrame:
-    """Read the anomaly-score CSVs back: DataFrame[machine, section, domain, file, score]."""
-    import re
-
-    folder = Path(folder)
-    pattern = re.compile(r"^anomaly_score_(.+)_section_(\d{2})_(source|target)_test\.csv$")
-    frames = []
-    for f in sorted(folder.glob("anomaly_score_*.csv")):
-        m = pattern.match(f.name)
-        if m is None:
-            raise SubmitError(f"{f}: not an anomaly_score_<machine>_section_XX_<domain>_test.csv "
-                              f"name")
-        df = pd.read_csv(f, header=None, names=["file", "score"], dtype={"file": str})
-        if df["score"].dtype.kind not in "fi":
-            raise SubmitError(f"{f}: expected rows 'file name,score' without a header")
-        df.insert(0, "domain", m[3])
-        df.insert(0, "section", m[2])
-        df.insert(0, "machine", m[1])
-        frames.append(df)
-    if not frames:
-        raise SubmitError(f"{folder}: no anomaly_score_*.csv files; run asd.submit first")
-    return pd.concat(frames, ignore_index=True)
+    """Read the submission back: DataFrame[machine, section, domain, file, score, decision]."""
+    scores = read_csvs(folder, "anomaly_score", "score")
+    decisions = read_csvs(folder, "decision_result", "decision", [0, 1])
+    keys = ["machine", "section", "domain", "file"]
+    out = scores.merge(decisions, on=keys, how="left")
+    if out["decision"].isna().any():
+        lost = out[out["decision"].isna()].iloc[0]
+        raise SubmitError(f"{folder}: {lost['file']} ({lost['machine']} section "
+                          f"{lost['section']} {lost['domain']}) has a score but no decision")
+    return out.astype({"decision": int})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The notebooks and the read-only run views they use (asd.inspect, asd.notebooks).
+"""The notebooks and the read-only run views they use (asd.runview, asd.notebooks).
 
 Fast tests check the committed notebooks (no outputs, one parameter cell, runs read only through
-``asd``) and ``asd.inspect`` on a submitted run with a random tiny model and hand-written logs.
+``asd``) and ``asd.runview`` on a submitted run with a random tiny model and hand-written logs.
 The slow test trains a tiny run end to end (Step 1, Step 2, submit, evaluate) and executes every
 notebook against it with ``python -m asd.notebooks``.
 """
@@ -17,7 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from asd import inspect
+from asd import AsdError, runview
+from asd.config import load_config
+from asd.runs import latest_run
 from asd import notebooks as nbs
 from asd import submit as sm
 from asd.cache import build_cache
@@ -92,8 +94,8 @@ def test_notebook_has_one_parameter_cell_and_reads_runs_through_asd(path):
     assert re.search(r"^CONFIG = ", tagged[0].source, re.M)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     for direct in ("read_csv", "np.load", "torch.load", "open(", "glob("):
-        assert direct not in code, f"{path.name} reads files itself ({direct}); use asd.inspect"
-    assert "from asd import inspect" in code
+        assert direct not in code, f"{path.name} reads files itself ({direct}); use asd.runview"
+    assert "from asd import" in code and "runview" in code
 
 
 def test_inject_parameters_goes_right_after_the_parameter_cell():
@@ -109,15 +111,15 @@ def test_inject_parameters_goes_right_after_the_parameter_cell():
         nbs.inject_parameters(nb, {"RUN": "r"})
 
 
-# ---------------------------------------------------------------------------- asd.inspect
+# ---------------------------------------------------------------------------- asd.runview
 
 
 def test_run_chain_and_one_iteration_axis(fake):
     _, config, run1, run2, _ = fake
-    assert inspect.resolve_run(None, config) == run2  # the latest stage2 run
-    assert inspect.run_chain(run2) == [run1, run2]
-    assert inspect.run_chain(run1) == [run1]
-    log = inspect.training_log(run2)
+    assert runview.open_run(None, config)[0] == run2  # the latest stage2 run
+    assert runview.run_chain(run2) == [run1, run2]
+    assert runview.run_chain(run1) == [run1]
+    log = runview.training_log(run2)
     assert log["stage"].tolist() == ["stage1"] * 3 + ["stage2"] * 2
     assert log["global_iteration"].tolist() == [12, 24, 36, 38, 40]  # Step 2 continues at 36
     assert log["loss"].tolist() == [2.0, 1.5, 1.2, 1.4, 1.3]
@@ -126,7 +128,7 @@ def test_run_chain_and_one_iteration_axis(fake):
 
 def test_a_resumed_log_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     write_log(tmp_path, [(1, 2, 3.0), (2, 4, 2.0), (2, 4, 1.9), (3, 6, 1.0)])
-    log = inspect.read_log(tmp_path)
+    log = runview.read_log(tmp_path)
     assert log["step"].tolist() == [1, 2, 3] and log["loss"].tolist() == [3.0, 1.9, 1.0]
 
 
@@ -136,22 +138,22 @@ def test_missing_files_are_clear_errors(fake, tmp_path):
     broken.mkdir()
     (broken / "config.yml").write_text((run2 / "config.yml").read_text())
     (broken / "init.txt").write_text(f"{tmp_path / 'gone' / 'model.pth'}\n")
-    with pytest.raises(inspect.InspectError, match="init.txt names .*gone"):
-        inspect.run_chain(broken)
+    with pytest.raises(runview.ViewError, match="init.txt names .*gone"):
+        runview.run_chain(broken)
     (broken / "init.txt").unlink()
-    with pytest.raises(inspect.InspectError, match="logs/train.csv does not exist"):
-        inspect.training_log(broken)
-    with pytest.raises(inspect.InspectError, match="embeddings.npz does not exist.*asd.submit"):
-        inspect.embeddings(broken)
-    with pytest.raises(inspect.InspectError, match="submission does not exist"):
-        inspect.scores(broken)
-    with pytest.raises(inspect.InspectError, match="not a run folder"):
-        inspect.resolve_run(tmp_path / "nowhere")
+    with pytest.raises(runview.ViewError, match="logs/train.csv does not exist"):
+        runview.training_log(broken)
+    with pytest.raises(runview.ViewError, match="embeddings.npz does not exist.*asd.submit"):
+        runview.embeddings(broken)
+    with pytest.raises(runview.ViewError, match="submission does not exist"):
+        runview.scores(broken)
+    with pytest.raises(AsdError, match="not a run folder"):
+        runview.open_run(tmp_path / "nowhere")
 
 
 def test_embeddings_come_with_their_clips(fake):
     cfg, _, _, run2, _ = fake
-    emb = inspect.embeddings(run2)
+    emb = runview.embeddings(run2)
     with np.load(run2 / "embeddings.npz") as z:
         assert np.array_equal(emb.values, z["embeddings"])
         assert list(sm.clip_keys(emb.clips)) == list(z["clips"])
@@ -165,8 +167,8 @@ def test_embeddings_come_with_their_clips(fake):
 
 def test_scores_agree_with_the_submission(fake):
     *_, run2, sub = fake
-    table = inspect.scores(run2)
-    assert list(table.columns) == inspect.SCORE_COLUMNS
+    table = runview.scores(run2)
+    assert list(table.columns) == runview.SCORE_COLUMNS
     expected = sub.scores.sort_values(["dataset", "machine", "section", "domain", "file"])
     assert len(table) == len(expected)
     assert np.allclose(table["score"], expected["score"], rtol=1e-12)
@@ -177,14 +179,14 @@ def test_scores_agree_with_the_submission(fake):
     assert (dev["label"] == np.where(dev["file"].str.contains("_anomaly_"), "anomaly",
                                      "normal")).all()
     assert table["label"].notna().all() and all(Path(p).is_file() for p in table["path"])
-    res = inspect.section_results(table)
+    res = runview.section_results(table)
     assert len(res) == table.groupby(["dataset", "machine", "section", "domain"]).ngroups
     assert res["auc"].between(0, 1).all()
 
 
 def test_subcluster_centres_follow_the_class_table(fake):
     *_, run2, _ = fake
-    centres = inspect.subcluster_centres(run2)
+    centres = runview.subcluster_centres(run2)
     classes = pd.read_csv(run2 / "classes.csv", dtype={"section": str})
     assert centres.n_subclusters == 4
     assert centres.values.shape == (4 * len(classes), 16)
@@ -204,7 +206,7 @@ def test_errors_are_the_most_confident_per_machine_and_kind():
                      "domain": "source", "file": f"f{i}", "label": label, "score": score,
                      "threshold": 1.0, "decision": int(score > 1.0), "path": ""})
     rows.append({**rows[0], "label": None, "score": 50.0, "decision": 1, "file": "unlabelled"})
-    worst = inspect.errors(pd.DataFrame(rows), n=2)
+    worst = runview.errors(pd.DataFrame(rows), n=2)
     assert worst["error"].tolist() == ["false alarm", "false alarm", "miss", "miss"]
     assert worst["file"].tolist() == ["f6", "f1", "f4", "f5"]
     assert (worst["margin"] > 0).all()
@@ -212,12 +214,12 @@ def test_errors_are_the_most_confident_per_machine_and_kind():
 
 @pytest.mark.parametrize("n", [2, 3, 5, 16, 91, 200])
 def test_tsne_perplexity_is_below_the_number_of_points(n):
-    p = inspect.tsne_perplexity(n)
+    p = runview.tsne_perplexity(n)
     assert 0 < p < n and p <= 30
 
 
 def test_published_table2_is_the_reports():
-    t = inspect.published_table2().set_index(["system", "machine"])
+    t = runview.published_table2().set_index(["system", "machine"])
     assert tuple(t.loc[("report", "valve")]) == (74.20, 67.47)
     assert tuple(t.loc[("report", "all")]) == (66.12, 58.18)
 
@@ -238,9 +240,9 @@ def trained(tiny_cfg, tmp_path_factory):
     small = ["stage1.epochs=2", "stage1.batch_size=8", "stage2.iterations=4",
              "stage2.batch_size=8", "stage2.log_every=2", "stage2.checkpoint_every=2"]
     stage1.main(["--config", str(config), "--no-progress", *small])
-    run1 = inspect.latest_run(config, "stage1")
+    run1 = latest_run(load_config(config).runs.dir, "stage1")
     stage2.main(["--config", str(config), "--no-progress", "--from", str(run1), *small])
-    run2 = inspect.latest_run(config, "stage2")
+    run2 = latest_run(load_config(config).runs.dir, "stage2")
     assert sm.main(["--config", str(config), "--from", str(run2), "--device", "cpu"]) == 0
     assert evaluate.main(["--config", str(config), "--from", str(run2)]) == 0
     return config, run1, run2
@@ -250,7 +252,9 @@ def trained(tiny_cfg, tmp_path_factory):
 def test_every_notebook_runs_against_a_tiny_trained_run(trained, capsys):
     config, run1, run2 = trained
     capsys.readouterr()
-    assert nbs.main(["--config", str(config), "--from", str(run2)]) == 0
+    # no --config: the run's own config.yml says where its data lives (the repository's
+    # config.yml points at data that is not there)
+    assert nbs.main(["--from", str(run2)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(run2)
     for path in NOTEBOOKS:

@@ -27,7 +27,7 @@ import torch
 from asd.cache import CacheError, FeatureCache, cache_folder
 from asd.checkpoint import load_checkpoint
 from asd.config import load_config
-from asd.inspect import read_log
+from asd.runview import read_log
 from robust_helpers import cli, cli_killed, kill_when, popen, snapshot, temp_files, write_config
 
 pytestmark = pytest.mark.slow

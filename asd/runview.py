@@ -12,7 +12,7 @@ returns plain pandas / NumPy objects:
 - :func:`subcluster_centres`: the learned sub-cluster AdaCos centres of ``RUN/model.pth``;
 - :func:`errors`: the most confident false alarms and misses of a :func:`scores` table.
 
-Missing or foreign files raise :class:`InspectError` naming the file and the step that
+Missing or foreign files raise :class:`ViewError` naming the file and the step that
 writes it.
 """
 
@@ -20,15 +20,18 @@ from __future__ import annotations
 
 from asd import AsdError
 
+import argparse
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from asd.config import Config, load_config
+from asd.detectors import l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "sc
                  "threshold", "decision", "path"]
 
 
-class InspectError(AsdError):
+class ViewError(AsdError):
     """A run folder that lacks what a view needs; the message names the file."""
 
 
@@ -45,29 +48,21 @@ class InspectError(AsdError):
 # Runs
 
 
-def latest_run(config: str | Path = "config.yml", kind: str = "stage2") -> Path:
-    """The newest ``*-<kind>`` run under ``runs.dir`` of ``config``."""
-    from asd.runs import latest_run as _latest
+def open_run(run: str | Path | None = None, config: str | Path | None = None,
+             overrides: Iterable[str] = ()) -> tuple[Path, Config]:
+    """The finished run a notebook looks at and the config to read its data with, as
+    ``make submit FROM=run CONFIG=config ARGS=overrides`` would pick them: ``run`` (default:
+    the latest finished ``*-stage2`` run) and its own ``config.yml`` unless ``config`` is given."""
+    from asd.cli import load_run
 
-    return _latest(load_config(config).runs.dir, kind)
-
-
-def resolve_run(run: str | Path | None = None, config: str | Path = "config.yml",
-                kind: str = "stage2") -> Path:
-    """``run`` when given (it must be a run folder), else :func:`latest_run` of ``config``."""
-    if run is None:
-        return latest_run(config, kind)
-    run = Path(run)
-    if not (run / "config.yml").is_file():
-        raise InspectError(f"{run} is not a run folder (no config.yml)")
-    return run
+    return load_run(argparse.Namespace(from_run=run, config=config, overrides=list(overrides)))
 
 
 def run_config(run: str | Path) -> Config:
     """The resolved config a run was trained with (``RUN/config.yml``)."""
     path = Path(run) / "config.yml"
     if not path.is_file():
-        raise InspectError(f"{path} does not exist; {run} is not a run folder")
+        raise ViewError(f"{path} does not exist; {run} is not a run folder")
     return load_config(path)
 
 
@@ -82,10 +77,10 @@ def run_chain(run: str | Path) -> list[Path]:
         init = Path(init_file.read_text().strip())
         parent = init.parent
         if not init.name or not (parent / "config.yml").is_file():
-            raise InspectError(f"{init_file} names {init}, which is not the model.pth of a run "
+            raise ViewError(f"{init_file} names {init}, which is not the model.pth of a run "
                                f"folder (moved or deleted?)")
         if any(parent.resolve() == p.resolve() for p in chain):
-            raise InspectError(f"{init_file}: the runs name each other in a loop")
+            raise ViewError(f"{init_file}: the runs name each other in a loop")
         chain.insert(0, parent)
     return chain
 
@@ -102,11 +97,11 @@ def read_log(run: str | Path) -> pd.DataFrame:
     """
     path = Path(run) / "logs" / "train.csv"
     if not path.is_file():
-        raise InspectError(f"{path} does not exist; the run has not logged an epoch yet")
+        raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
     df = pd.read_csv(path)
     missing = [c for c in ["step", "iteration", *LOG_COLUMNS] if c not in df.columns]
     if missing:
-        raise InspectError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
+        raise ViewError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
                            f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
     df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "iteration"])
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
@@ -143,29 +138,16 @@ def data_root(run: str | Path, root: str | Path | None = None) -> Path:
 
 
 def clip_index(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
-    """The clips of the data root (``asd.data.index_dataset``) under the run's class ids.
-
-    Evaluation test clips take their label from ``eval_data/ground_truth/`` where it exists,
-    so ``label`` is None only for clips nobody has labelled.
-    """
-    from asd.data import (assign_classes, ground_truth_dir, index_dataset, load_classes,
-                          load_ground_truth)
+    """The clips of the data root (``asd.data.index_dataset``) under the run's class ids;
+    evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
+    from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
 
     root = data_root(run, root)
     index = index_dataset(root)
     classes = Path(run) / "classes.csv"
     if classes.is_file():
         index = assign_classes(index, load_classes(classes))
-    unknown = index["label"].isna().to_numpy()
-    if unknown.any() and ground_truth_dir(root).is_dir():
-        keys = ["machine", "section", "domain", "file"]
-        gt = index[keys].merge(load_ground_truth(root), on=keys, how="left")["anomaly"]
-        found = gt.map({0: "normal", 1: "anomaly"}).to_numpy(dtype=object)
-        label = np.array(index["label"].tolist(), dtype=object)
-        label[unknown] = found[unknown]
-        index["label"] = pd.Series([v if isinstance(v, str) else None for v in label],
-                                   dtype=object)
-    return index
+    return with_ground_truth(index, root)
 
 
 @dataclass
@@ -180,31 +162,26 @@ class Embeddings:
         return l2_normalise(self.values)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
     """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of :func:`clip_index`."""
     from asd.submit import EMBEDDINGS, clip_keys
 
     path = Path(run) / EMBEDDINGS
     if not path.is_file():
-        raise InspectError(f"{path} does not exist; run asd.submit (make submit) on this run")
+        raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
     try:
         with np.load(path, allow_pickle=False) as z:
             values, keys = z["embeddings"], z["clips"]
     except (OSError, ValueError, KeyError) as err:
-        raise InspectError(f"{path}: not an embeddings file of asd.submit ({err})") from None
+        raise ViewError(f"{path}: not an embeddings file of asd.submit ({err})") from None
     if len(values) != len(keys):
-        raise InspectError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
+        raise ViewError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
     index = clip_index(run, root)
     row = pd.Series(np.arange(len(index)), index=clip_keys(index))
     pos = row.reindex(keys.astype(str))
     if pos.isna().any():
         lost = pos.index[pos.isna()][0]
-        raise InspectError(f"{path} holds clip {lost}, which is not under the data root "
+        raise ViewError(f"{path} holds clip {lost}, which is not under the data root "
                            f"{data_root(run, root)}; pass the root asd.submit used")
     clips = index.iloc[pos.to_numpy(dtype=int)].reset_index(drop=True)
     return Embeddings(values=values.astype(np.float32, copy=False), clips=clips)
@@ -227,18 +204,15 @@ class Centres:
 
 def subcluster_centres(run: str | Path) -> Centres:
     """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
-    from asd.checkpoint import CheckpointError, load_checkpoint
+    from asd.checkpoint import load_checkpoint
 
     path = Path(run) / "model.pth"
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as err:
-        raise InspectError(str(err)) from None
+    ckpt = load_checkpoint(path)
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
     n = len(classes)
     if n == 0 or len(centres) % n:
-        raise InspectError(f"{path}: {len(centres)} centres do not split into {n} classes")
+        raise ViewError(f"{path}: {len(centres)} centres do not split into {n} classes")
     s = len(centres) // n
     table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), n)
@@ -254,27 +228,12 @@ def thresholds(run: str | Path) -> dict[tuple[str, str, str], float]:
     """Decision thresholds per (machine, section, domain) from ``RUN/detectors/detectors.json``."""
     path = Path(run) / "detectors" / "detectors.json"
     if not path.is_file():
-        raise InspectError(f"{path} does not exist; run asd.submit (make submit) on this run")
+        raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
     try:
         entries = json.loads(path.read_text())["detectors"]
         return {(e["machine"], e["section"], e["domain"]): float(e["threshold"]) for e in entries}
     except (ValueError, KeyError, TypeError) as err:
-        raise InspectError(f"{path}: not a detectors.json of asd.submit ({err})") from None
-
-
-def _read_decisions(folder: Path) -> pd.DataFrame:
-    frames = []
-    for f in sorted(folder.glob("decision_result_*_test.csv")):
-        stem = f.name[len("decision_result_"):-len("_test.csv")]
-        machine, _, rest = stem.rpartition("_section_")
-        section, _, domain = rest.partition("_")
-        df = pd.read_csv(f, header=None, names=["file", "decision"], dtype={"file": str})
-        if not df["decision"].isin([0, 1]).all():
-            raise InspectError(f"{f}: expected rows 'file name,0|1' without a header")
-        frames.append(df.assign(machine=machine, section=section, domain=domain))
-    if not frames:
-        raise InspectError(f"{folder}: no decision_result_*.csv files; run asd.submit first")
-    return pd.concat(frames, ignore_index=True)
+        raise ViewError(f"{path}: not a detectors.json of asd.submit ({err})") from None
 
 
 def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
@@ -285,21 +244,13 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     domain's, as ``asd.submit`` does), ``dataset``, ``label`` ("normal" | "anomaly" | None) and
     ``path`` from the data root's index.
     """
-    from asd.submit import SUBMISSION, SubmitError, read_submission
+    from asd.submit import SUBMISSION, read_submission
 
     folder = Path(run) / SUBMISSION
     if not folder.is_dir():
-        raise InspectError(f"{folder} does not exist; run asd.submit (make submit) on this run")
-    try:
-        sub = read_submission(folder)
-    except SubmitError as err:
-        raise InspectError(str(err)) from None
+        raise ViewError(f"{folder} does not exist; run asd.submit (make submit) on this run")
+    sub = read_submission(folder)
     keys = ["machine", "section", "domain", "file"]
-    sub = sub.merge(_read_decisions(folder), on=keys, how="left")
-    if sub["decision"].isna().any():
-        lost = sub[sub["decision"].isna()].iloc[0]
-        raise InspectError(f"{folder}: {lost['file']} ({lost['machine']} section "
-                           f"{lost['section']} {lost['domain']}) has a score but no decision")
     limits = thresholds(run)
     other = {"source": "target", "target": "source"}
     sub["threshold"] = [limits.get((m, s, d), limits.get((m, s, other.get(d, d)), np.nan))
@@ -309,7 +260,7 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     out = sub.merge(test, on=keys, how="left")
     lost = out[out["path"].isna()]
     if len(lost):
-        raise InspectError(f"{folder}: {len(lost)} scored clips are not test clips under the data "
+        raise ViewError(f"{folder}: {len(lost)} scored clips are not test clips under the data "
                            f"root {data_root(run, root)}, e.g. {lost.iloc[0]['file']}; pass the "
                            f"root asd.submit used")
     out["decision"] = out["decision"].astype(int)
