@@ -71,7 +71,7 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS)."""
     from asd.checkpoint import load_model
     from asd.detectors import DetectorSet
-    from asd.embed import embed
+    from asd.embed import embed, inference_batch
     from asd.features import AudioError, load_audio, log_mel
     from asd.submit import DETECTORS
 
@@ -104,7 +104,8 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
             mels.append(log_mel(wave, fcfg.sample_rate, fcfg))  # (T, F)
         except AudioError as err:
             raise ScoreError(str(err)) from None
-    emb = embed(loaded.model, np.stack(mels), loaded.mean, loaded.std, batch_size=64,
+    emb = embed(loaded.model, np.stack(mels), loaded.mean, loaded.std,
+                inference_batch(loaded.cfg.detectors.batch_size, device),
                 device=device)  # (N, D)
     rows = []
     for (f, m, s, d), e in zip(clips, emb):

@@ -100,7 +100,7 @@ def features_digest(features, samples: int = 64) -> str:
 def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size: int,
                    device: str = "cpu", progress: bool = False) -> np.ndarray:
     """Embeddings (N, D) of every clip, reusing ``RUN/embeddings.npz`` while it still fits."""
-    from asd.embed import embed
+    from asd.embed import embed, inference_batch
 
     path = run / EMBEDDINGS
     keys = clip_keys(index)
@@ -120,7 +120,8 @@ def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size:
         from tqdm import tqdm
 
         wrap = lambda s: tqdm(s, desc="embeddings", unit="batch", file=sys.stderr)  # noqa: E731
-    emb = embed(loaded.model, features, loaded.mean, loaded.std, batch_size, device, wrap=wrap)
+    emb = embed(loaded.model, features, loaded.mean, loaded.std,
+                inference_batch(batch_size, device), device, wrap=wrap)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, embeddings=emb, clips=keys, model_sha256=np.array(model_sha),
                  features_sha256=np.array(feat_sha))
@@ -151,7 +152,7 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
                                                        classes["section"], classes["domain"])}
     train = index["split"].to_numpy() == "train"
     dets = DetectorSet()
-    # Many small (D x D) factorisations: BLAS threads cost more than they give (~4x here).
+    # Many small (D x D) factorisations: BLAS threads cost more than they give.
     with threadpool_limits(1):
         _fit_all(emb, index, centres, n_subclusters, cfg, class_of, train, dets)
     return dets
