@@ -1,47 +1,28 @@
 """Post-hoc anomaly detectors on embeddings (report 2.5, DESIGN.md "Detectors").
 
-Per (machine, section), on L2-normalised embeddings (the detectors normalise themselves, so
-callers pass raw embeddings):
+Per (machine, section), on L2-normalised embeddings (the detectors normalise themselves):
+the source domain gets a :class:`GMMDetector` (S components, full covariance, ``reg_covar`` on
+the diagonal, means started at that class's learned sub-cluster centres; score = minus the
+largest per-component log-density, mixture weights ignored as in the method's original code),
+the target domain a :class:`OCSVMDetector` (score = minus the signed distance to the
+hyperplane). Higher score = more anomalous for both; the sign lives here, never in callers.
+Both score with their own NumPy code from the fitted arrays, so a saved detector (``.npz``
+arrays + ``detectors.json``, never pickle) scores bit for bit as the fitted one.
 
-- source domain: :class:`GMMDetector`, a Gaussian mixture with S components (full covariance,
-  ``reg_covar`` added to the diagonal) whose means start at that class's learned sub-cluster
-  centres; score = minus the largest per-component log-density (mixture weights ignored, as in
-  the method's original code).
-- target domain: :class:`OCSVMDetector`, a One-Class SVM; score = minus its decision function
-  (the signed distance to the separating hyperplane).
+Decision threshold (:func:`fit_threshold`): the challenge baseline's gamma fit (shape,
+location and scale free) of training-clip scores at ``threshold_quantile``; fewer than 3
+clips, constant scores or a failed fit fall back to the empirical quantile.
 
-Higher score = more anomalous for both; the sign lives here, never in callers. Both score
-through their own NumPy code from the fitted arrays, so a detector saved with
-:meth:`DetectorSet.save` (``.npz`` arrays + ``detectors.json``, never pickle) and loaded again
-gives bit-identical scores.
-
-Decision threshold: the challenge baseline's rule, a gamma distribution fitted by maximum
-likelihood (shape, location and scale all free) to the detector's scores of its own training
-clips, at quantile ``threshold_quantile``; by default out-of-fold scores, each clip scored by
-a detector fitted without it (:func:`fit_threshold` says why). With the location free the
-gamma family is closed under shifts and positive scaling, so negative scores need no special
-treatment; the fit runs on standardised scores ((s - mean) / std, mapped back afterwards)
-purely so the optimiser sees the same numbers whatever the scale. Fewer than 3 clips,
-constant scores or a failed fit fall back to the empirical quantile (recorded as
-``threshold_method``).
-
-Edge cases (each logs a warning and records what happened in ``info``):
-
-- fewer training clips n than components S: the mixture gets n components, initialised at the
-  n centres nearest the data (ranked by their largest cosine similarity to any training clip,
-  ties to the lower centre index);
-- one training clip: a single Gaussian centred on it with covariance ``reg_covar * I`` (what EM
-  gives for one point; scikit-learn refuses to fit one sample);
-- EM that does not converge within ``gmm_max_iter``: the last estimate is kept (it is still a
-  valid mixture), ``info["converged"]`` is false;
-- no centres for the section (a data root with a section the run never trained on): means
-  initialised by scikit-learn's k-means instead;
-- a section without training clips of one domain: :meth:`DetectorSet.lookup` scores that
-  domain's test clips with the other domain's detector.
+Edge cases, each warned and recorded in ``info``: fewer training clips n than components (n
+components, at the n centres nearest the data); one training clip (one Gaussian on it with
+covariance ``reg_covar * I``, what EM gives); EM not converged (the last estimate is kept);
+no centres for the section (k-means start); a section without training clips of one domain
+(:meth:`DetectorSet.lookup` scores it with the other domain's detector).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -116,17 +97,12 @@ def fit_threshold(det: "Detector", emb: np.ndarray, cfg: DetectorConfig,
                   refit: Callable[[np.ndarray], "Detector"]) -> None:
     """Set ``det.threshold``: :func:`gamma_threshold` of scores of its training clips ``emb``.
 
-    ``cfg.threshold_scores`` says which scores: ``out_of_fold`` (default) scores each clip with
-    a detector refitted (``refit(emb_subset)``) without its fold, clip i in fold
-    i % ``cfg.threshold_folds`` (leave-one-out when fewer clips than folds); ``training``
-    scores them with ``det`` itself, as the challenge baseline did with its autoencoder. A GMM
-    with a component per few clips, or a One-Class SVM on three, scores its own training clips
-    far lower than new normal ones, so a ``training`` threshold flags most normal test clips
-    (``make submit`` prints the share flagged per machine and domain; the README compares the
-    two on the demo). Out of fold errs the other way where a fold's model is much weaker
-    than the whole one (full covariances from few clips per component): fewer than
-    1 - quantile of new normal clips are flagged then. Fewer than 3 clips: ``training``. The
-    choice is in ``info["threshold_scores"]``.
+    ``cfg.threshold_scores``: ``out_of_fold`` (default) scores clip i with a detector refitted
+    (``refit(emb_subset)``) without fold i % ``cfg.threshold_folds`` (leave-one-out for fewer
+    clips than folds); ``training`` scores them with ``det`` itself, the baseline's rule. A
+    GMM with a component per few clips, or a One-Class SVM on three, scores its own training
+    clips far below new normal ones, so in-sample thresholds flag most normal test clips
+    (``make submit`` prints the share flagged). Fewer than 3 clips: ``training``.
     """
     n = len(emb)
     if cfg.threshold_scores == "training" or n < 3:
@@ -246,22 +222,6 @@ class GMMDetector:
         """Anomaly scores (N,): minus the best component's log-density."""
         return -self.log_densities(emb).max(axis=1)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {"means": self.means, "precisions_cholesky": self.precisions_cholesky,
-               "weights": self.weights}
-        if self.means_init is not None:
-            out["means_init"] = self.means_init
-        return out
-
-    def params(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_saved(cls, arrays: dict, params: dict, threshold: float, info: dict
-                   ) -> "GMMDetector":
-        return cls(means=arrays["means"], precisions_cholesky=arrays["precisions_cholesky"],
-                   weights=arrays["weights"], means_init=arrays.get("means_init"),
-                   threshold=threshold, info=info)
 
 
 def _gamma_value(gamma: str) -> float | str:
@@ -337,22 +297,18 @@ class OCSVMDetector:
         """Anomaly scores (N,): minus the decision function."""
         return -self.decision_function(emb)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"support_vectors": self.support_vectors, "dual_coef": self.dual_coef}
-
-    def params(self) -> dict:
-        return {"intercept": self.intercept, "kernel": self.kernel, "gamma": self.gamma,
-                "degree": self.degree, "coef0": self.coef0}
-
-    @classmethod
-    def from_saved(cls, arrays: dict, params: dict, threshold: float, info: dict
-                   ) -> "OCSVMDetector":
-        return cls(support_vectors=arrays["support_vectors"], dual_coef=arrays["dual_coef"],
-                   threshold=threshold, info=info, **params)
 
 
 Detector = GMMDetector | OCSVMDetector
 _KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
+
+
+def _split_fields(det: Detector) -> tuple[dict[str, np.ndarray], dict]:
+    """A detector's fields as (arrays for its .npz, scalar parameters for detectors.json)."""
+    values = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)
+              if f.name not in ("threshold", "info") and getattr(det, f.name) is not None}
+    arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+    return arrays, {k: v for k, v in values.items() if k not in arrays}
 
 
 def fit_section(source: np.ndarray | None, target: np.ndarray | None,
@@ -416,11 +372,12 @@ class DetectorSet:
         entries = []
         for (machine, section, domain), det in sorted(self.detectors.items()):
             name = _stem(machine, section, domain) + ".npz"
+            arrays, params = _split_fields(det)
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **det.arrays())
+                np.savez(f, **arrays)
             entries.append({"machine": machine, "section": section, "domain": domain,
                             "kind": det.kind, "file": name, "threshold": det.threshold,
-                            "params": det.params(), "info": det.info})
+                            "params": params, "info": det.info})
         # the index goes last: a reader never sees it before the arrays it names
         atomic_write_text(folder / "detectors.json",
                           json.dumps({"format": FORMAT, "detectors": entries}, indent=1))
@@ -458,7 +415,8 @@ class DetectorSet:
             except (OSError, ValueError) as err:
                 raise AsdError(f"cannot read detector file {path}: {err}") from None
             try:
-                det = kind.from_saved(arrays, e["params"], float(e["threshold"]), e["info"])
+                det = kind(**arrays, **e["params"], threshold=float(e["threshold"]),
+                           info=e["info"])
             except (KeyError, TypeError, ValueError) as err:
                 raise AsdError(f"detector file {path} or its entry in {index} is not usable "
                                  f"({type(err).__name__}: {err})") from None
