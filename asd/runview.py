@@ -7,8 +7,8 @@ returns plain pandas / NumPy objects:
   after the last Step 1 iteration), from ``logs/train.csv`` of each run of :func:`run_chain`;
 - :func:`embeddings`: ``RUN/embeddings.npz`` (written by ``asd.submit``) with each clip's
   dataset, machine, section, domain, split and label;
-- :func:`scores`: one row per test clip from the challenge CSVs in ``RUN/submission/``, the
-  thresholds in ``RUN/detectors/detectors.json`` and the labels of the data root;
+- :func:`scores`: one row per test clip from ``RUN/scores.csv`` (``asd.submit``) with the
+  labels of the data root;
 - :func:`subcluster_centres`: the learned sub-cluster AdaCos centres of ``RUN/model.pth``;
 - :func:`errors`: the most confident false alarms and misses of a :func:`scores` table.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 from asd import AsdError
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,50 +223,28 @@ def subcluster_centres(run: str | Path) -> Centres:
 # Scores
 
 
-def thresholds(run: str | Path) -> dict[tuple[str, str, str], float]:
-    """Decision thresholds per (machine, section, domain) from ``RUN/detectors/detectors.json``."""
-    path = Path(run) / "detectors" / "detectors.json"
+def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
+    """One row per scored test clip (columns SCORE_COLUMNS) from ``RUN/scores.csv`` (written by
+    ``asd.submit`` with the challenge CSVs: score, threshold, decision 1 = anomaly), with
+    ``dataset``, ``label`` ("normal" | "anomaly" | None) and ``path`` from the data root."""
+    from asd.submit import SCORES
+
+    path = Path(run) / SCORES
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
-    try:
-        entries = json.loads(path.read_text())["detectors"]
-        return {(e["machine"], e["section"], e["domain"]): float(e["threshold"]) for e in entries}
-    except (ValueError, KeyError, TypeError) as err:
-        raise ViewError(f"{path}: not a detectors.json of asd.submit ({err})") from None
-
-
-def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
-    """One row per scored test clip (columns SCORE_COLUMNS).
-
-    ``score`` and ``decision`` (1 = anomaly) come from the challenge CSVs of ``RUN/submission``,
-    ``threshold`` from the detectors (a domain without its own detector uses the other
-    domain's, as ``asd.submit`` does), ``dataset``, ``label`` ("normal" | "anomaly" | None) and
-    ``path`` from the data root's index.
-    """
-    from asd.submit import SUBMISSION, read_submission
-
-    folder = Path(run) / SUBMISSION
-    if not folder.is_dir():
-        raise ViewError(f"{folder} does not exist; run asd.submit (make submit) on this run")
-    sub = read_submission(folder)
-    keys = ["machine", "section", "domain", "file"]
-    limits = thresholds(run)
-    other = {"source": "target", "target": "source"}
-    sub["threshold"] = [limits.get((m, s, d), limits.get((m, s, other.get(d, d)), np.nan))
-                        for m, s, d in zip(sub["machine"], sub["section"], sub["domain"])]
+    keys = ["dataset", "machine", "section", "domain", "file"]
+    sub = pd.read_csv(path, dtype={k: str for k in keys}, keep_default_na=False)
     index = clip_index(run, root)
-    test = index[index["split"] == "test"][["dataset", "path", "label", *keys]]
+    test = index[index["split"] == "test"][["path", "label", *keys]]
     out = sub.merge(test, on=keys, how="left")
     lost = out[out["path"].isna()]
     if len(lost):
-        raise ViewError(f"{folder}: {len(lost)} scored clips are not test clips under the data "
-                           f"root {data_root(run, root)}, e.g. {lost.iloc[0]['file']}; pass the "
-                           f"root asd.submit used")
-    out["decision"] = out["decision"].astype(int)
+        raise ViewError(f"{path}: {len(lost)} scored clips are not test clips under the data "
+                        f"root {data_root(run, root)}, e.g. {lost.iloc[0]['file']}; pass the "
+                        f"root asd.submit used")
     out["label"] = pd.Series([v if isinstance(v, str) else None for v in out["label"]],
                              dtype=object)
-    out = out.sort_values(["dataset", "machine", "section", "domain", "file"], kind="stable")
-    return out[SCORE_COLUMNS].reset_index(drop=True)
+    return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
 
 
 def section_results(table: pd.DataFrame) -> pd.DataFrame:

@@ -145,7 +145,7 @@ def test_missing_files_are_clear_errors(fake, tmp_path):
         runview.training_log(broken)
     with pytest.raises(runview.ViewError, match="embeddings.npz does not exist.*asd.submit"):
         runview.embeddings(broken)
-    with pytest.raises(runview.ViewError, match="submission does not exist"):
+    with pytest.raises(runview.ViewError, match="scores.csv does not exist"):
         runview.scores(broken)
     with pytest.raises(AsdError, match="not a run folder"):
         runview.open_run(tmp_path / "nowhere")
