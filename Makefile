@@ -12,6 +12,7 @@ ARGS ?=
 FROM ?=
 RESUME ?=
 SYNTH ?=
+DATA_ARGS ?=
 DEMO_CONFIG ?= configs/demo.yml
 FROM_ARG = $(if $(FROM),--from $(FROM),)
 RESUME_ARG = $(if $(RESUME),--resume $(RESUME),)
@@ -39,7 +40,7 @@ index: install ## Print the clip counts of data.root per machine, section, domai
 	$(PY) -m asd.index --config $(CONFIG) $(ARGS)
 
 data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into data.root
-	$(PY) -m asd.download --config $(CONFIG) $(ARGS)
+	$(PY) -m asd.download --config $(CONFIG) $(DATA_ARGS) $(ARGS)
 
 cache: install ## Build (or reuse) the log-mel feature cache of data.root
 	$(PY) -m asd.features --config $(CONFIG) $(ARGS)
