@@ -201,11 +201,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--machines", default=None, help="comma-separated machine types (default: all)")
     p.add_argument("--keep-archives", action="store_true",
                    help="keep the zip files in <root>/.download after unpacking")
+    p.add_argument("--list", action="store_true", help="print the files and their sizes only")
 
     def run(args):
-        print(download(args.root or load_args_config(args).data.root, base_url=args.base_url,
-                       machines=args.machines.split(",") if args.machines else None,
-                       keep_archives=args.keep_archives))
+        machines = args.machines.split(",") if args.machines else None
+        url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if args.list:  # what `make data` would fetch, from the records' own metadata
+            files = [f for r in RECORDS for f in record_files(r, url)
+                     if machines is None or f.machine in (None, *machines)]
+            for f in files:
+                print(f"{f.record.record_id} {f.key} {f.size / 1e9:.3f} GB")
+            return print(f"total {sum(f.size for f in files) / 1e9:.2f} GB in {len(files)} files")
+        print(download(args.root or load_args_config(args).data.root, base_url=url,
+                       machines=machines, keep_archives=args.keep_archives))
 
     return run_command(run, p, argv)
 

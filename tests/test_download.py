@@ -137,6 +137,11 @@ def zenodo():
 
 def test_make_data_fetches_all_four_records(zenodo, tmp_path, capsys):
     root = tmp_path / "data"
+    assert main(["--list", "--base-url", zenodo.url, "--machines", "fan"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 5 and listed[-1].startswith("total 0.00 GB in 4 files")
+    assert listed[0] == "4562016 dev_data_fan.zip 0.000 GB" and not root.exists()
+    zenodo.requests.clear()
     assert main(["--root", str(root), "--base-url", zenodo.url]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(root)
     index = index_dataset(root)
@@ -148,7 +153,8 @@ def test_make_data_fetches_all_four_records(zenodo, tmp_path, capsys):
     assert sorted(p.name for p in ground_truth_dir(root).iterdir()) == sorted(
         f"ground_truth_{m}_section_03_{d}_test.csv" for m in MACHINES for d in ("source", "target"))
     # stray entries stay out; archives are deleted, only the markers remain
-    assert not (root / "__MACOSX").exists() and not (root / "dev_data" / "fan" / "readme.txt").exists()
+    assert not (root / "__MACOSX").exists()
+    assert not (root / "dev_data" / "fan" / "readme.txt").exists()
     assert sorted(p.name for p in (root / STATE).iterdir()) == sorted(
         f"{k}.done" for files in zenodo.files.values() for k in files)
     assert not list(root.glob(".unpack-*"))
