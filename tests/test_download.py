@@ -265,5 +265,5 @@ def test_make_data_passes_data_args(repo):
     out = subprocess.run(["make", "-n", "-C", str(repo), "data", "VENV=/nonexistent",
                           "DATA_ARGS=--machines fan --keep-archives", "ARGS=data.root=D"],
                          capture_output=True, text=True, check=True).stdout
-    assert re.search(r"-m asd\.download\s+(--config \S+\s+)?--machines fan --keep-archives data\.root=D",
-                     out), out
+    command = r"-m asd\.download\s+(--config \S+\s+)?--machines fan --keep-archives data\.root=D"
+    assert re.search(command, out), out
