@@ -13,6 +13,7 @@ ARGS ?=
 FROM ?=
 RESUME ?=
 SYNTH ?=
+DATA_ARGS ?=
 DEMO_CONFIG ?= configs/demo.yml
 FROM_ARG = $(if $(FROM),--from $(FROM),)
 RESUME_ARG = $(if $(RESUME),--resume $(RESUME),)
@@ -42,7 +43,7 @@ index: install ## Print the clip counts of data.root per machine, section, domai
 	$(PY) -m asd.index $(CONFIG_ARG) $(ARGS)
 
 data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into data.root
-	$(PY) -m asd.download $(CONFIG_ARG) $(ARGS)
+	$(PY) -m asd.download $(CONFIG_ARG) $(DATA_ARGS) $(ARGS)
 
 cache: install ## Build (or reuse) the log-mel feature cache of data.root
 	$(PY) -m asd.features $(CONFIG_ARG) $(ARGS)

@@ -71,6 +71,18 @@ def test_labels(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     return test[~missing].astype({"anomaly": int}).reset_index(drop=True)
 
 
+def missing_ground_truth(root: str | Path) -> str | None:
+    """The warning to print when ``root`` has evaluation test clips but no ground truth."""
+    from asd.data import ground_truth_dir
+
+    folder = ground_truth_dir(root)
+    tests = [p for p in Path(root, "eval_data").glob("*/*test") if any(p.glob("*.wav"))]
+    if tests and not any(folder.glob("ground_truth_*.csv")):
+        return (f"no evaluation ground truth in {folder}: the eval sections are not scored; "
+                f"`make data` (python -m asd.download) fetches it")
+    return None
+
+
 def attach_scores(labels: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
     """``labels`` with the submission's ``score``; a labelled clip without a score is an error."""
     keys = ["machine", "section", "domain", "file"]
@@ -267,6 +279,7 @@ class Evaluation:
     clips: pd.DataFrame    # one row per labelled test clip: labels and both systems' scores
     results: pd.DataFrame  # RESULT_COLUMNS
     figures: list[Path]
+    absent: str | None = None  # why the eval table is missing (missing_ground_truth)
 
 
 def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
@@ -295,6 +308,9 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
 def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
     """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``."""
     run = Path(run)
+    absent = missing_ground_truth(cfg.data.root)
+    if absent:
+        log.warning(absent)
     clips = scored_clips(cfg, run)
     sections = section_table(clips)
     if sections.empty:
@@ -303,9 +319,10 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
     results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
     with atomic_path(run / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
-    atomic_write_text(run / "results.md", render_markdown(results, run))
+    atomic_write_text(run / "results.md", render_markdown(results, run)
+                      + (f"\n## eval_data\n\nabsent: {absent}\n" if absent else ""))
     written = roc_figures(clips, run / "figures") if figures else []
-    return Evaluation(run=run, clips=clips, results=results, figures=written)
+    return Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
 
 
 def report(ev: Evaluation) -> str:
@@ -319,6 +336,8 @@ def report(ev: Evaluation) -> str:
                     official_line(ev.results, dataset),
                     "per domain, harmonic means over machines and sections:",
                     domain_table(ev.results, dataset).to_string(index=False), ""]
+    if ev.absent:
+        out += [f"eval_data: absent ({ev.absent})", ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "
                f"{len(ev.figures)} ROC figures in {ev.run / 'figures'}")
     return "\n".join(out)
