@@ -17,7 +17,7 @@ from asd.checkpoint import load_checkpoint, load_model
 from asd.config import load_config
 from asd.optim import ChannelsLastAdamP
 from runners import stage1, stage2
-from runners.common import EmbeddingClassifier, MixupRunner
+from runners.common import MixupRunner
 
 SMALL = ["stage1.epochs=2", "stage1.batch_size=8", "stage2.iterations=4", "stage2.batch_size=8",
          "stage2.log_every=2", "stage2.checkpoint_every=2"]
@@ -37,9 +37,9 @@ def trained(tiny_cfg, tmp_path_factory):
     """A finished tiny Step 1 and Step 2 (shared by the tests below)."""
     tmp = tmp_path_factory.mktemp("trained")
     args = cli(tiny_cfg, tmp)
-    stage1.main(args)
+    assert stage1.main(args) == 0
     run1 = sorted((tmp / "runs").glob("*-stage1"))[-1]
-    stage2.main(args + ["--from", str(run1)])
+    assert stage2.main(args + ["--from", str(run1)]) == 0
     run2 = sorted((tmp / "runs").glob("*-stage2"))[-1]
     return args, run1, run2
 
@@ -69,9 +69,8 @@ def test_stage2_freezes_all_but_last_stage(trained):
 
 def test_optimizer_is_the_reports(tiny_cfg):
     cfg = load_config(Path(__file__).resolve().parents[1] / "config.yml")
-    runner = MixupRunner.__new__(MixupRunner)
-    for step in (cfg.stage1, cfg.stage2):
-        runner.step_cfg = step
+    for kind in (stage1.Stage1, stage2.Stage2):
+        runner = MixupRunner(kind(cfg=cfg, run_dir=Path(), cache=Path(), classes={}, n_source=0))
         opt = runner.get_optimizer(torch.nn.Linear(2, 2))
         assert isinstance(opt, ChannelsLastAdamP)
         group = opt.param_groups[0]
@@ -80,7 +79,7 @@ def test_optimizer_is_the_reports(tiny_cfg):
 
 def test_same_seed_same_first_losses(trained, tiny_cfg, tmp_path):
     _, run1, _ = trained
-    stage1.main(cli(tiny_cfg, tmp_path) + ["stage1.epochs=1"])
+    assert stage1.main(cli(tiny_cfg, tmp_path) + ["stage1.epochs=1"]) == 0
     (again,) = (tmp_path / "runs").glob("*-stage1")
     first = pd.read_csv(run1 / "logs" / "train.csv")["loss"].iloc[0]
     second = pd.read_csv(again / "logs" / "train.csv")["loss"].iloc[0]
