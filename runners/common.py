@@ -11,7 +11,6 @@ the loggers and the progress bar; its own checkpoints ignore ``resume`` and chok
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 import time
@@ -19,41 +18,27 @@ import warnings
 from pathlib import Path
 from typing import ClassVar, Optional
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from catalyst import dl, metrics
 from torch import nn
 
-from asd.cache import FeatureCache, build_cache
-from asd.checkpoint import check_classes, load_checkpoint, resume_state, save_checkpoint
-from asd.cli import load_args_config, make_parser, run_command
-from asd.config import Config, ConfigError, load_config
-from asd.data import class_table, load_classes, save_classes
-from asd.io import atomic_write_text
+from asd.cache import FeatureCache
+from asd.checkpoint import load_checkpoint, save_checkpoint
+from asd.cli import make_parser, run_command
+from asd.config import Config, ConfigError
 from asd.losses import kl_loss, mixup
 from asd.model import build_model
 from asd.optim import build_optimizer
-from asd.runs import latest_run, new_run
-from asd.sampling import MixupBatches, check_clips, training_rows
+from asd.sampling import MixupBatches, training_rows
+from asd.training import TrainRun, prepare
 
 # handle_batch does the backward pass and the optimiser step itself, on purpose.
 warnings.filterwarnings("ignore", message=r"No ``I(Backward|Optimizer)Callback")
 
 
-@dataclasses.dataclass
-class Step:
-    """One training step of the report; subclasses say what differs. Small and picklable: a
-    spawned DDP process builds everything else from it."""
-
-    cfg: Config
-    run_dir: Path
-    cache: Path  # the feature cache folder
-    classes: dict  # the run's class table, as dict of lists
-    n_source: int  # source training clips of the run's classes
-    init: Optional[Path] = None  # the model the step starts from (None: fresh weights)
-    resume: bool = False  # continue from checkpoints/last.pth where there is one
-    progress: bool = True
+class Step(TrainRun):
+    """One training step of the report; subclasses say what differs."""
 
     name: ClassVar[str]
     domains: ClassVar[tuple[str, str]]  # where the first and the second clip of a pair come from
@@ -68,20 +53,15 @@ class Step:
 
     def checkpoint_every(self) -> int:
         """Epochs between two checkpoints."""
-
-    @classmethod
-    def start(cls, args) -> tuple[Config, Optional[pd.DataFrame], Optional[Path]]:
-        """A new run's config, class table (None: the data's) and initial model, checked."""
+        return self.settings.checkpoint_every
 
     def init_model(self, model: "Classifier") -> None:
-        """Initial weights and what trains."""
+        """Initial weights (``init``'s, else fresh) and what trains (all)."""
         if self.init is not None:
-            ckpt = load_checkpoint(self.init)
-            model.net.load_state_dict(ckpt["model"])
-            model.head.load_state_dict(ckpt["head"])
+            model.load(load_checkpoint(self.init))
 
     def set_modes(self, net: nn.Module) -> None:
-        """Called after Catalyst puts the whole model in training mode at every epoch."""
+        """Parts kept in eval mode; Catalyst puts the whole model in training mode each epoch."""
 
 
 class Classifier(nn.Module):
@@ -93,6 +73,10 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.head(self.net(x).float(), target)  # (B, 1, T, F) -> (B, C) log-probs
+
+    def load(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        self.head.load_state_dict(ckpt["head"])
 
 
 class CSVLogger(dl.CSVLogger):
@@ -140,9 +124,7 @@ class Checkpoints(dl.Callback):
     def on_experiment_start(self, runner: "MixupRunner") -> None:
         if self.step.resume and self.last.is_file():
             ckpt = load_checkpoint(self.last)
-            model = runner.engine.unwrap_model(runner.model)
-            model.net.load_state_dict(ckpt["model"])
-            model.head.load_state_dict(ckpt["head"])
+            runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
             runner.epoch_step = int(ckpt["step"]["epoch"])
@@ -234,6 +216,7 @@ class MixupRunner(dl.Runner):
     def on_loader_start(self, runner):
         super().on_loader_start(runner)  # puts the whole model in training mode
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
+        # Catalyst does not average batch_metrics over an epoch: meters do, for loader_metrics
         self.meters = {k: metrics.AdditiveMetric(compute_on_call=False)
                        for k in ("loss", "accuracy")}
         self.tic = time.perf_counter()
@@ -300,48 +283,6 @@ def train(step: Step) -> Path:
         raise KeyboardInterrupt(f"at epoch {max(runner.epoch_step, 1)} of {runner.num_epochs}; "
                                 f"finish with make {step.name} RESUME={step.run_dir}") from None
     return step.run_dir
-
-
-def resume_dir(args: argparse.Namespace, name: str) -> Path:
-    """The run folder ``--resume`` names, or the latest ``*-<name>`` run."""
-    if args.resume == "latest":
-        return latest_run(load_args_config(args).runs.dir, name)
-    if not (Path(args.resume) / "config.yml").is_file():
-        raise ConfigError(f"{args.resume} is not a run folder (no config.yml)")
-    return Path(args.resume)
-
-
-def prepare(kind: type[Step], args: argparse.Namespace) -> tuple[Path, Optional[Step]]:
-    """The run folder and the step to train there (None: finished), checked before any run
-    folder is made.
-
-    A resumed run keeps its own config.yml (overrides apply on top), classes and initial model.
-    """
-    if args.resume:
-        run_dir = resume_dir(args, kind.name)
-        cfg = load_config(run_dir / "config.yml", args.overrides)
-        if resume_state(run_dir, cfg, kind.name) is None:
-            return run_dir, None
-        table = load_classes(run_dir / "classes.csv")
-        init_txt = run_dir / "init.txt"
-        init = Path(init_txt.read_text().strip()) if init_txt.is_file() else None
-    else:
-        run_dir = None
-        cfg, table, init = kind.start(args)
-    if init is not None:
-        check_classes(load_checkpoint(init), table, init)
-    cache = build_cache(cfg, progress=not args.no_progress)
-    table = class_table(cache.index) if table is None else table
-    _, rows = training_rows(cache.index, table)
-    check_clips(rows, sorted(set(kind.domains)), table, cache.settings.get("root"), kind.name)
-    if run_dir is None:
-        run_dir = new_run(cfg, kind.name)
-        save_classes(table, run_dir / "classes.csv")
-        if init is not None:
-            atomic_write_text(run_dir / "init.txt", f"{init.resolve()}\n")
-    return run_dir, kind(cfg=cfg, run_dir=run_dir, cache=cache.path, init=init,
-                         classes=table.to_dict("list"), n_source=len(rows["source"]),
-                         resume=bool(args.resume), progress=not args.no_progress)
 
 
 def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:

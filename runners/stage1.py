@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from asd.cli import load_args_config
 from runners.common import Step, main as step_main
 
 
@@ -25,13 +24,6 @@ class Stage1(Step):
     def schedule(self) -> tuple[int, int, int]:
         steps = max(1, math.ceil(self.n_source / self.settings.batch_size))
         return self.settings.epochs, steps, self.settings.epochs * steps
-
-    def checkpoint_every(self) -> int:
-        return self.settings.checkpoint_every
-
-    @classmethod
-    def start(cls, args):
-        return load_args_config(args), None, None  # fresh weights, the data's classes
 
 
 def main(argv: Optional[list[str]] = None) -> int:

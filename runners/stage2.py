@@ -1,8 +1,7 @@
 """Step 2 of the report: fine-tune on source x target pairs with a frozen backbone (5000 it.).
 
-Starts from a Step 1 run's ``model.pth``; only the parts of the net named by
-``stage2.trainable`` (the last residual stage) and the sub-cluster AdaCos centres train; every
-other weight and batch-norm statistic stays as Step 1 left it.
+Starts from a finished Step 1 run's ``model.pth``; only the parts of the net that
+``stage2.trainable`` names (the last residual stage) and the AdaCos centres train.
 
     python -m runners.stage2 [--from runs/NNN-stage1] [--config config.yml] [key.sub=value ...]
     python -m runners.stage2 --resume [RUN]

@@ -149,3 +149,34 @@ def test_engines_are_catalysts(tiny_cfg):
     assert isinstance(make_engine(tiny_cfg), dl.CPUEngine)
     ddp = make_engine(tiny_cfg.replace(**{"engine.name": "ddp", "engine.world_size": 2}))
     assert isinstance(ddp, dl.DistributedDataParallelEngine)
+
+
+def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monkeypatch):
+    """A backbone is one registered function and one config line; stage2.trainable names its
+    parts; Step 1, Step 2 and submit run with it."""
+    from collections import OrderedDict
+
+    from asd import model, submit
+
+    monkeypatch.setattr(model, "BACKBONES", dict(model.BACKBONES))  # "tiny" goes afterwards
+
+    @model.register_backbone("tiny")
+    def tiny(cfg):  # (B, 1, T, F) -> (B, D)
+        return torch.nn.Sequential(OrderedDict(
+            conv=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
+                                     torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
+            pool=torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()),
+            head=torch.nn.Linear(4, cfg.model.embedding_dim)))
+
+    args = cli(tiny_cfg, tmp_path) + ["model.backbone=tiny", "stage2.trainable=[head]"]
+    assert stage1.main(args) == 0
+    (run1,) = (tmp_path / "runs").glob("*-stage1")
+    assert stage2.main(args + ["--from", str(run1)]) == 0
+    (run2,) = (tmp_path / "runs").glob("*-stage2")
+    before, after = load_checkpoint(run1 / "model.pth"), load_checkpoint(run2 / "model.pth")
+    assert set(before["model"]) == set(tiny(tiny_cfg).state_dict())
+    changed = {k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])}
+    assert changed == {"head.weight", "head.bias"}
+    assert submit.main(["--config", str(tmp_path / "config.yml"), "--from", str(run2),
+                        "--device", "cpu"]) == 0
+    assert list((run2 / "submission").glob("anomaly_score_*.csv"))
