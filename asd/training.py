@@ -20,7 +20,7 @@ from asd.cli import load_args_config
 from asd.config import Config, ConfigError, load_config
 from asd.data import class_table, load_classes, save_classes
 from asd.io import atomic_write_text
-from asd.runs import latest_run, new_run
+from asd.runs import list_runs, new_run
 from asd.sampling import check_clips, training_rows
 
 
@@ -46,9 +46,13 @@ class TrainRun:
 
 
 def resume_dir(args: argparse.Namespace, name: str) -> Path:
-    """The run folder ``--resume`` names, or the latest ``*-<name>`` run."""
+    """The run folder ``--resume`` names, or the latest ``*-<name>`` run, finished or not."""
     if args.resume == "latest":
-        return latest_run(load_args_config(args).runs.dir, name)
+        runs_dir = load_args_config(args).runs.dir
+        runs = list_runs(runs_dir, name)
+        if not runs:
+            raise ConfigError(f"no '{name}' run found in {runs_dir} to resume")
+        return runs[-1]
     if not (Path(args.resume) / "config.yml").is_file():
         raise ConfigError(f"{args.resume} is not a run folder (no config.yml)")
     return Path(args.resume)

@@ -224,6 +224,14 @@ def test_resume_accepts_other_engine_settings(runs, tmp_path, capsys):
     assert code == 0 and (run / "model.pth").is_file()
 
 
+def test_resume_without_a_run_takes_the_latest_unfinished_one(runs, config, tmp_path, capsys):
+    runs_dir = load_config(config).runs.dir
+    run = Path(shutil.copytree(runs.stage1, Path(runs_dir) / "007-stage1"))
+    (run / "model.pth").unlink()
+    code, err = call(stage1.main, ["--config", config, "--resume", "--no-progress"], capsys)
+    assert code == 0 and (run / "model.pth").is_file(), err
+
+
 def test_resume_of_an_invalid_or_foreign_run(runs, tmp_path, capsys):
     run = resumable(runs.stage1, tmp_path)
     edited(run / "config.yml", "stage1", "epochs", "ten")
