@@ -1,4 +1,5 @@
-"""Checkpoints that rebuild a trained model from the file alone, loadable with weights_only=True.
+"""Checkpoints that rebuild a trained model from the file alone, loadable with weights_only=True,
+and the checks a training step makes on them before any run folder is made or changed.
 
 A checkpoint is a dict of tensors, dicts, lists, tuples, str, int, float, bool and None only:
 
@@ -12,8 +13,7 @@ python ints). Files are written atomically, so a killed writer never leaves half
 
 from __future__ import annotations
 
-from asd import AsdError
-
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd.config import Config, ConfigError, config_diffs, from_dict
-from asd.io import atomic_path
+from asd import AsdError
+from asd.config import Config, ConfigError, config_diffs, from_dict, load_config
+from asd.io import atomic_path, atomic_write_text
 from asd.losses import SubClusterAdaCos
 from asd.model import build_model
 
@@ -32,6 +33,8 @@ FORMAT = "asd-checkpoint-v1"
 REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "step")
 # config groups a trained model depends on; a checkpoint is only usable where these agree
 MODEL_GROUPS = ("features", "model", "loss")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(AsdError):
@@ -198,3 +201,80 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
                               f"{std.shape}, expected ({cfg.features.n_mels},)")
     return LoadedModel(model=model.to(device).eval(), head=head.to(device).eval(), cfg=cfg,
                        classes=classes, mean=mean, std=std, step=dict(data["step"]), path=path)
+
+
+def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) -> None:
+    """CheckpointError unless the checkpoint was trained on exactly ``classes``."""
+    mine = {k: list(map(str, v)) for k, v in _classes(classes).items()}
+    if {k: list(map(str, v)) for k, v in data["classes"].items()} != mine:
+        raise CheckpointError(f"checkpoint {path} was trained on other classes than the run's "
+                              f"classes.csv ({len(data['classes'].get('class', []))} vs "
+                              f"{len(mine['class'])} classes)")
+
+
+def step1_model(run: Path, cfg: Config) -> Path:
+    """The ``model.pth`` of a finished Step 1 run that a Step 2 run with ``cfg`` can start from
+    (same features, model and loss settings); ConfigError or CheckpointError naming it else."""
+    if not (run / "config.yml").is_file():
+        raise ConfigError(f"{run} is not a run folder (no config.yml)")
+    model = run / "model.pth"
+    if not model.is_file():
+        raise ConfigError(f"Step 1 run {run} has no model.pth (not finished? "
+                          f"`make stage1 RESUME={run}`)")
+    diffs = config_diffs(load_config(run / "config.yml").to_dict(), cfg.to_dict(), MODEL_GROUPS,
+                         "Step 1 run", "config")
+    if diffs:
+        raise ConfigError(f"the config differs from the Step 1 run {run} ({'; '.join(diffs)}); "
+                          "Step 2 must use the same features, model and loss")
+    stage = load_checkpoint(model)["step"].get("stage")
+    if stage != "stage1":
+        raise ConfigError(f"{run} is not a Step 1 run (its model.pth is from {stage}); Step 2 "
+                          "starts from a finished Step 1 run")
+    return model
+
+
+def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[int]:
+    """For ``--resume``: None when the run is finished, else the epoch its last checkpoint
+    ends (0: none yet, start again), checked before any training.
+
+    Removes the temporary files of a writer killed mid-save (never read), refuses a checkpoint
+    that cannot be read with weights_only (CheckpointError naming it) and one written with other
+    settings than the run's config now holds (ConfigError naming the keys: the file was edited),
+    and drops the log rows of later epochs (the resumed run logs them again). When every epoch
+    was done (killed before ``model.pth`` was written), writes ``model.pth`` from the checkpoint
+    exactly as the finished run would have.
+    """
+    if (run_dir / "model.pth").is_file():
+        return None
+    last = run_dir / "checkpoints" / "last.pth"
+    for stale in last.parent.glob(f".{last.name}.*.tmp"):
+        stale.unlink()
+    ckpt = load_checkpoint(last) if last.is_file() else None
+    if ckpt is not None:
+        diffs = config_diffs(ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step), "checkpoint",
+                             "config.yml")
+        if diffs:
+            raise ConfigError(f"{run_dir / 'config.yml'} differs from the settings {last} was "
+                              f"trained with ({'; '.join(diffs)}); put them back or start a new "
+                              "run")
+    epoch = int(ckpt["step"]["epoch"]) if ckpt else 0
+    trim_log(run_dir / "logs" / "train.csv", epoch)
+    if ckpt is not None and ckpt["step"].get("done"):
+        stats = ckpt["feature_stats"]
+        save_checkpoint(run_dir / "model.pth", model=ckpt["model"], head=ckpt["head"], cfg=cfg,
+                        classes=ckpt["classes"], mean=stats["mean"], std=stats["std"],
+                        step=ckpt["step"])
+        log.info("%s: all steps were done; wrote model.pth from %s", run_dir, last)
+        return None
+    return epoch
+
+
+def trim_log(path: Path, epoch: int) -> None:
+    """Keep the header and the complete rows of epochs up to ``epoch`` of a CSV log."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+                        and int(line.split(",", 1)[0]) <= epoch and line.endswith("\n")]
+    if keep != lines:
+        atomic_write_text(path, "".join(keep))

@@ -60,7 +60,7 @@ def run_command(main: Callable[[argparse.Namespace], Optional[int]],
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as err:
-        print(f"{parser.prog}: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
+        print(f"{parser.prog}: interrupted{f' {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -1,4 +1,5 @@
-"""The optimiser of both steps: AdamP (lr 1e-3, weight decay 1e-5 in the report)."""
+"""The optimiser of both steps (AdamP, lr 1e-3, weight decay 1e-5 in the report) and the parts
+of the embedding net it updates."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from typing import Iterable
 
 import torch
 from adamp import AdamP
+from torch import nn
+
+from asd.config import ConfigError
 
 
 class ChannelsLastAdamP(AdamP):
@@ -33,3 +37,15 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def set_trainable(net: nn.Module, trainable: Iterable[str]) -> None:
+    """Only the named parts (direct children) of ``net`` keep gradients; ConfigError naming the
+    parts the backbone has when ``trainable`` names another."""
+    parts = dict(net.named_children())
+    unknown = [t for t in trainable if t not in parts]
+    if unknown:
+        raise ConfigError(f"stage2.trainable names {unknown}, not a part of the model "
+                          f"(parts: {', '.join(parts)})")
+    for name, part in parts.items():
+        part.requires_grad_(name in trainable)

@@ -14,9 +14,35 @@ import logging
 from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
+from asd.config import ConfigError
+from asd.data import assign_classes
+
 log = logging.getLogger(__name__)
+
+
+def training_rows(index: pd.DataFrame, classes: pd.DataFrame | dict,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Class id of every cache row under a run's class table (-1: a class the run does not
+    know), and the training rows of the run's classes per domain (``source``, ``target``)."""
+    labels = assign_classes(index, pd.DataFrame(classes))["class"].to_numpy()  # (N,)
+    train = (index["split"] == "train").to_numpy() & (labels >= 0)
+    domain = index["domain"].to_numpy()
+    return labels, {d: np.flatnonzero(train & (domain == d)) for d in ("source", "target")}
+
+
+def check_clips(rows: dict[str, np.ndarray], domains: Sequence[str], classes: pd.DataFrame | dict,
+                root: str, step: str) -> None:
+    """ConfigError unless every domain a step draws from has training clips of its classes."""
+    for domain in domains:
+        if len(rows[domain]) == 0:
+            c = pd.DataFrame(classes)
+            known = sorted({f"{m} {s}" for m, s in zip(c["machine"], c["section"])})
+            raise ConfigError(f"the data root {root} has no {domain} training clips of the run's "
+                              f"classes ({', '.join(known)}); {step} needs them (was the run "
+                              "made on other data?)")
 
 
 class MixupBatches:

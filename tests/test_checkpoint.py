@@ -135,3 +135,14 @@ def test_unsafe_contents_are_refused_and_nothing_written(tmp_path, cfg, classes,
     with pytest.raises(ValueError, match="reserved"):
         save(tmp_path / "x.pth", cfg, classes, *trained, extra={"model": {}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trim_log_keeps_complete_rows_up_to_the_epoch(tmp_path):
+    from asd.checkpoint import trim_log
+
+    log = tmp_path / "train.csv"
+    log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")  # the last row cut mid-write
+    trim_log(log, 2)
+    assert log.read_text() == "step,loss\n1,0.5\n2,0.4\n"
+    trim_log(log, 0)
+    assert log.read_text() == "step,loss\n"

@@ -7,7 +7,8 @@ stderr that names the file and the key (no traceback):
   file, an override of a key that does not exist;
 - Step 2 ``--from`` a Step 1 run with other feature or model settings (the keys are named),
   trained on other data (no clips of its classes here), or whose classes.csv does not match
-  its model.pth; ``stage2.trainable`` naming no part of the model (no run folder is made);
+  its model.pth; ``--from`` a Step 2 run or an unfinished Step 1 run; ``stage2.trainable``
+  naming no part of the model (no run folder is made);
 - submit / evaluate with feature settings other than the run's;
 - ``--resume`` of a run whose config.yml was edited since its checkpoint (the keys are named;
   engine settings may change), or whose Step 1 model has gone.
@@ -98,7 +99,7 @@ def test_bad_configs_in_every_command(config, tmp_path, capsys):
     for name, (main, extra) in MAINS.items():
         for case, (args, words) in cases.items():
             code, err = call(main, [*args, *extra], capsys)
-            assert code != 0, (name, case)
+            assert code == 2 if name.startswith("stage") else code != 0, (name, case)
             for w in words:
                 assert w in err, (name, case, err)
     assert not (tmp_path / "runs").exists()  # nothing was started
@@ -128,8 +129,31 @@ def test_step2_from_a_step1_run_with_other_settings(runs, config, tmp_path, over
                                                     capsys):
     code, err = call(stage2.main, ["--config", config, "--from", runs.stage1, "--no-progress",
                                    override], capsys)
-    assert code != 0 and words in err and str(runs.stage1) in err
+    assert code == 2 and words in err and str(runs.stage1) in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_step2_from_what_is_not_a_finished_step1_run(runs, config, tmp_path, capsys):
+    code, err = call(stage2.main, ["--config", config, "--from", runs.stage2, "--no-progress"],
+                     capsys)
+    assert code == 2 and f"{runs.stage2} is not a Step 1 run" in err
+    assert len(err.strip().splitlines()) == 1
+    unfinished = resumable(runs.stage1, tmp_path)
+    code, err = call(stage2.main, ["--config", config, "--from", unfinished, "--no-progress"],
+                     capsys)
+    assert code == 2 and f"Step 1 run {unfinished} has no model.pth" in err
+    assert f"make stage1 RESUME={unfinished}" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_step2_from_a_run_folder_alone(runs, tmp_path, capsys):
+    """No --config: the Step 1 run's own config.yml, with the overrides on top."""
+    code, _ = call(stage2.main, ["--from", runs.stage1, "--no-progress",
+                                 f"runs.dir={tmp_path / 'runs'}"], capsys)
+    assert code == 0
+    (run,) = (tmp_path / "runs").glob("*-stage2")
+    expected = load_config(runs.stage1 / "config.yml", [f"runs.dir={tmp_path / 'runs'}"])
+    assert load_config(run / "config.yml") == expected
 
 
 def test_step2_from_a_step1_run_on_other_data(runs, config, tmp_path, capsys):
@@ -139,13 +163,13 @@ def test_step2_from_a_step1_run_on_other_data(runs, config, tmp_path, capsys):
     classes.to_csv(run1 / "classes.csv", index=False)
     # classes.csv alone edited: it no longer matches the model's
     code, err = call(stage2.main, ["--config", config, "--from", run1, "--no-progress"], capsys)
-    assert code != 0 and f"checkpoint {run1 / 'model.pth'} was trained on other classes" in err
+    assert code == 2 and f"checkpoint {run1 / 'model.pth'} was trained on other classes" in err
     # model and classes both from other machines: no clips of its classes in this data root
     ckpt = torch.load(run1 / "model.pth", weights_only=True)
     ckpt["classes"]["machine"] = list(classes["machine"])
     torch.save(ckpt, run1 / "model.pth")
     code, err = call(stage2.main, ["--config", config, "--from", run1, "--no-progress"], capsys)
-    assert code != 0 and "has no source training clips of the run's classes" in err
+    assert code == 2 and "has no source training clips of the run's classes" in err
     assert "pump 00" in err
     refused(cli("runners.stage2", "--config", config, "--from", run1, "--no-progress"),
             "has no source training clips")
@@ -155,7 +179,7 @@ def test_step2_from_a_step1_run_on_other_data(runs, config, tmp_path, capsys):
 def test_step2_trainable_must_name_a_part(runs, config, tmp_path, capsys):
     code, err = call(stage2.main, ["--config", config, "--from", runs.stage1, "--no-progress",
                                    "stage2.trainable=[stage9]"], capsys)
-    assert code != 0 and "stage2.trainable names ['stage9']" in err
+    assert code == 2 and "stage2.trainable names ['stage9']" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -188,7 +212,7 @@ def test_resume_of_an_edited_run(runs, tmp_path, step, group, key, value, capsys
     edited(run / "config.yml", group, key, value)
     main = stage1.main if step == "stage1" else stage2.main
     code, err = call(main, ["--resume", run, "--no-progress"], capsys)
-    assert code != 0 and f"{run / 'config.yml'} differs from the settings" in err
+    assert code == 2 and f"{run / 'config.yml'} differs from the settings" in err
     assert f"{group}.{key}: checkpoint {old!r}, config.yml {value!r}" in err
     assert not (run / "model.pth").exists()
 
@@ -200,17 +224,25 @@ def test_resume_accepts_other_engine_settings(runs, tmp_path, capsys):
     assert code == 0 and (run / "model.pth").is_file()
 
 
+def test_resume_without_a_run_takes_the_latest_unfinished_one(runs, config, tmp_path, capsys):
+    runs_dir = load_config(config).runs.dir
+    run = Path(shutil.copytree(runs.stage1, Path(runs_dir) / "007-stage1"))
+    (run / "model.pth").unlink()
+    code, err = call(stage1.main, ["--config", config, "--resume", "--no-progress"], capsys)
+    assert code == 0 and (run / "model.pth").is_file(), err
+
+
 def test_resume_of_an_invalid_or_foreign_run(runs, tmp_path, capsys):
     run = resumable(runs.stage1, tmp_path)
     edited(run / "config.yml", "stage1", "epochs", "ten")
     refused(cli("runners.stage1", "--resume", run, "--no-progress"),
             str(run / "config.yml"), "'stage1.epochs': expected an integer")
     code, err = call(stage1.main, ["--resume", tmp_path, "--no-progress"], capsys)
-    assert code != 0 and f"{tmp_path} is not a run folder (no config.yml)" in err
+    assert code == 2 and f"{tmp_path} is not a run folder (no config.yml)" in err
     # Step 2 whose Step 1 model is gone
     run2 = resumable(runs.stage2, tmp_path)
     (run2 / "checkpoints" / "last.pth").unlink()  # it would start again from the Step 1 model
     gone = tmp_path / "gone" / "model.pth"
     (run2 / "init.txt").write_text(f"{gone}\n")
     code, err = call(stage2.main, ["--resume", run2, "--no-progress"], capsys)
-    assert code != 0 and f"checkpoint {gone} does not exist" in err
+    assert code == 2 and f"checkpoint {gone} does not exist" in err

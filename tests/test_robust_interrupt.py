@@ -1,4 +1,5 @@
 """SIGKILL during the cache build, Step 1, Step 2 and submit; the rerun (or --resume) finishes.
+Ctrl-C (SIGINT) during training: one line saying how to finish, exit status 130.
 
 Killed at precise moments: as soon as a file appears (polled), or from inside the process in
 the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
@@ -18,6 +19,8 @@ the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
 from __future__ import annotations
 
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +113,31 @@ def test_step2_killed_then_resumed(runs, config):
     assert out.stdout.strip().splitlines()[-1] == str(run)
     assert_same_model(run / "model.pth", runs.stage2 / "model.pth")
     assert_same_log(run, runs.stage2)
+
+
+def test_step1_ctrl_c_then_resumed(runs, config):
+    proc = popen("runners.stage1", "--config", config, "--no-progress", "stage1.epochs=20")
+    runs_dir = Path(load_config(config).runs.dir)
+    deadline = time.time() + 300
+    while not list(runs_dir.glob("*-stage1/checkpoints/last.pth")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    (run,) = runs_dir.glob("*-stage1")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and said[0] == err.strip().splitlines()[-1]
+    assert said[0].startswith("python -m runners.stage1: interrupted at epoch ")
+    assert said[0].endswith(f"; finish with make stage1 RESUME={run}")
+    epoch = load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"]
+    assert 1 <= epoch < 20 and not (run / "model.pth").exists()
+
+    out = cli("runners.stage1", "--resume", run, "--no-progress", check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(run)
+    assert load_checkpoint(run / "model.pth")["step"]["epoch"] == 20
+    assert read_log(run)["step"].tolist() == list(range(1, 21))
+    assert len((run / "logs" / "train.csv").read_text().splitlines()) == 21
 
 
 @pytest.mark.parametrize("step", ["stage1", "stage2"])

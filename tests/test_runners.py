@@ -17,7 +17,7 @@ from asd.checkpoint import load_checkpoint, load_model
 from asd.config import load_config
 from asd.optim import ChannelsLastAdamP
 from runners import stage1, stage2
-from runners.common import EmbeddingClassifier, MixupRunner
+from runners.common import MixupRunner
 
 SMALL = ["stage1.epochs=2", "stage1.batch_size=8", "stage2.iterations=4", "stage2.batch_size=8",
          "stage2.log_every=2", "stage2.checkpoint_every=2"]
@@ -37,9 +37,9 @@ def trained(tiny_cfg, tmp_path_factory):
     """A finished tiny Step 1 and Step 2 (shared by the tests below)."""
     tmp = tmp_path_factory.mktemp("trained")
     args = cli(tiny_cfg, tmp)
-    stage1.main(args)
+    assert stage1.main(args) == 0
     run1 = sorted((tmp / "runs").glob("*-stage1"))[-1]
-    stage2.main(args + ["--from", str(run1)])
+    assert stage2.main(args + ["--from", str(run1)]) == 0
     run2 = sorted((tmp / "runs").glob("*-stage2"))[-1]
     return args, run1, run2
 
@@ -69,9 +69,8 @@ def test_stage2_freezes_all_but_last_stage(trained):
 
 def test_optimizer_is_the_reports(tiny_cfg):
     cfg = load_config(Path(__file__).resolve().parents[1] / "config.yml")
-    runner = MixupRunner.__new__(MixupRunner)
-    for step in (cfg.stage1, cfg.stage2):
-        runner.step_cfg = step
+    for kind in (stage1.Stage1, stage2.Stage2):
+        runner = MixupRunner(kind(cfg=cfg, run_dir=Path(), cache=Path(), classes={}, n_source=0))
         opt = runner.get_optimizer(torch.nn.Linear(2, 2))
         assert isinstance(opt, ChannelsLastAdamP)
         group = opt.param_groups[0]
@@ -80,7 +79,7 @@ def test_optimizer_is_the_reports(tiny_cfg):
 
 def test_same_seed_same_first_losses(trained, tiny_cfg, tmp_path):
     _, run1, _ = trained
-    stage1.main(cli(tiny_cfg, tmp_path) + ["stage1.epochs=1"])
+    assert stage1.main(cli(tiny_cfg, tmp_path) + ["stage1.epochs=1"]) == 0
     (again,) = (tmp_path / "runs").glob("*-stage1")
     first = pd.read_csv(run1 / "logs" / "train.csv")["loss"].iloc[0]
     second = pd.read_csv(again / "logs" / "train.csv")["loss"].iloc[0]
@@ -150,3 +149,34 @@ def test_engines_are_catalysts(tiny_cfg):
     assert isinstance(make_engine(tiny_cfg), dl.CPUEngine)
     ddp = make_engine(tiny_cfg.replace(**{"engine.name": "ddp", "engine.world_size": 2}))
     assert isinstance(ddp, dl.DistributedDataParallelEngine)
+
+
+def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monkeypatch):
+    """A backbone is one registered function and one config line; stage2.trainable names its
+    parts; Step 1, Step 2 and submit run with it."""
+    from collections import OrderedDict
+
+    from asd import model, submit
+
+    monkeypatch.setattr(model, "BACKBONES", dict(model.BACKBONES))  # "tiny" goes afterwards
+
+    @model.register_backbone("tiny")
+    def tiny(cfg):  # (B, 1, T, F) -> (B, D)
+        return torch.nn.Sequential(OrderedDict(
+            conv=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
+                                     torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
+            pool=torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()),
+            head=torch.nn.Linear(4, cfg.model.embedding_dim)))
+
+    args = cli(tiny_cfg, tmp_path) + ["model.backbone=tiny", "stage2.trainable=[head]"]
+    assert stage1.main(args) == 0
+    (run1,) = (tmp_path / "runs").glob("*-stage1")
+    assert stage2.main(args + ["--from", str(run1)]) == 0
+    (run2,) = (tmp_path / "runs").glob("*-stage2")
+    before, after = load_checkpoint(run1 / "model.pth"), load_checkpoint(run2 / "model.pth")
+    assert set(before["model"]) == set(tiny(tiny_cfg).state_dict())
+    changed = {k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])}
+    assert changed == {"head.weight", "head.bias"}
+    assert submit.main(["--config", str(tmp_path / "config.yml"), "--from", str(run2),
+                        "--device", "cpu"]) == 0
+    assert list((run2 / "submission").glob("anomaly_score_*.csv"))

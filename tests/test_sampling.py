@@ -84,3 +84,24 @@ def test_normalisation_uses_cache_stats():
 def test_empty_domain_is_an_error():
     with pytest.raises(ValueError, match="no training clips"):
         make(SOURCE, [])
+
+
+def test_training_rows_of_the_run_classes():
+    import pandas as pd
+
+    from asd.config import ConfigError
+    from asd.sampling import check_clips, training_rows
+
+    index = pd.DataFrame({
+        "machine": ["fan"] * 4 + ["pump"], "section": ["00"] * 5,
+        "domain": ["source", "target", "source", "source", "source"],
+        "split": ["train", "train", "test", "train", "train"]})
+    classes = pd.DataFrame({"class": [0, 1], "machine": ["fan", "fan"], "section": ["00", "00"],
+                            "domain": ["source", "target"]})
+    labels, rows = training_rows(index, classes)
+    assert labels.tolist() == [0, 1, 0, 0, -1]  # pump 00 is no class of the run
+    assert rows["source"].tolist() == [0, 3] and rows["target"].tolist() == [1]
+    check_clips(rows, ["source", "target"], classes, "data", "stage2")
+    with pytest.raises(ConfigError, match="no target training clips of the run's classes"):
+        check_clips({**rows, "target": rows["target"][:0]}, ["source", "target"], classes,
+                    "data", "stage2")
