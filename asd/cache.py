@@ -161,14 +161,12 @@ def _build(tmp: Path, index: pd.DataFrame, fcfg: FeatureConfig, workers: int, ch
         workers, mp_context=multiprocessing.get_context("fork"), initializer=signal.signal,
         initargs=(signal.SIGINT, signal.SIG_IGN))  # Ctrl-C is the parent's to handle
     try:
-        with tqdm(total=n, unit="clip", desc="log-mel cache", disable=not progress) as bar:
-            futures = [pool.submit(_extract_chunk, paths[i:i + chunk_size],
-                                   train[i:i + chunk_size], fcfg, str(tmp / "features.npy"),
-                                   offset + i * row_bytes) for i in range(0, n, chunk_size)]
-            results = []
-            for fut in futures:  # in chunk order, so the statistics are the same bits always
-                results.append(fut.result())
-                bar.update(min(chunk_size, n - bar.n))
+        futures = [pool.submit(_extract_chunk, paths[i:i + chunk_size], train[i:i + chunk_size],
+                               fcfg, str(tmp / "features.npy"), offset + i * row_bytes)
+                   for i in range(0, n, chunk_size)]
+        # in chunk order, so that the statistics are the same bits whatever the workers
+        results = [f.result() for f in tqdm(futures, desc=f"log-mel cache, {chunk_size} clips a "
+                                            f"chunk", unit="chunk", disable=not progress)]
     except BrokenExecutor as err:  # a worker was killed (out of memory, ...)
         raise CacheError(f"a feature worker process died ({err}); nothing is kept") from err
     finally:
@@ -179,26 +177,29 @@ def _build(tmp: Path, index: pd.DataFrame, fcfg: FeatureConfig, workers: int, ch
     count, sums, squares = (sum(r[k] for r in results) for k in range(3))
     mean = sums / count
     std = np.maximum(np.sqrt(np.maximum(squares / count - mean ** 2, 0.0)), STD_FLOOR)
-    np.savez(tmp / "stats.npz", mean=mean.astype(np.float32), std=std.astype(np.float32),
-             frames=np.int64(count))
+    np.savez(tmp / "stats.npz", mean=np.float32(mean), std=np.float32(std), frames=np.int64(count))
     return [note for r in results for note in r[3]]
 
 
 def _extract_chunk(paths: list[str], train: list[bool], fcfg: FeatureConfig, target: str,
                    offset: int) -> tuple[int, np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Rows of ``paths`` into ``target`` at ``offset``: (training frames, sums, squares, notes)."""
-    feats = np.empty((len(paths), fcfg.frames, fcfg.n_mels), dtype=np.float32)  # (n, T, M)
+    rows = torch.empty(len(paths), fcfg.frames, fcfg.n_mels, dtype=getattr(torch, fcfg.dtype))
+    sums, squares = torch.zeros(2, fcfg.n_mels, dtype=torch.float64)
     notes = []
     with torch.no_grad():
         for i, p in enumerate(paths):
             wave, clip_notes = read_audio(p, fcfg)
             notes += [(p, note) for note in clip_notes]
-            feats[i] = log_mel_batch(torch.from_numpy(wave)[None], fcfg)[0].numpy()
+            db = log_mel_batch(torch.from_numpy(wave)[None], fcfg)[0]  # (T, M)
+            rows[i] = db
+            if train[i]:  # from the float32 numbers, not the stored ones
+                sums += db.sum(0, dtype=torch.float64)
+                squares += db.square().sum(0, dtype=torch.float64)
     with open(target, "r+b") as f:
         f.seek(offset)
-        f.write(feats.astype(fcfg.dtype).data)
-    x = feats[np.asarray(train, dtype=bool)].reshape(-1, fcfg.n_mels).astype(np.float64)
-    return len(x), x.sum(axis=0), np.square(x).sum(axis=0), notes
+        f.write(rows.numpy().data)
+    return sum(train) * fcfg.frames, sums.numpy(), squares.numpy(), notes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,8 @@
 """Log-mel features (report 2.1): reading a clip and its log-mel spectrogram.
 
-Periodic Hann STFT centred with zero padding, librosa's Slaney mel filterbank, dB as
-``librosa.power_to_db(ref=1.0, amin, top_db)``: equal to librosa's log-mel within 1e-3 dB.
-A clip is cropped or zero-padded to ``cfg.frames`` frames first, so the frames kept are
-librosa's frames of the clip. ``python -m asd.features`` is ``make cache`` (``asd.cache.main``).
+Periodic Hann STFT centred with zero padding, librosa's Slaney mel filterbank and
+``power_to_db(ref=1.0, amin, top_db)``: librosa's log-mel within 1e-3 dB, of the clip cropped or
+zero-padded to ``cfg.frames`` frames. ``python -m asd.features`` is ``make cache`` (asd.cache).
 """
 
 from __future__ import annotations
@@ -102,8 +101,8 @@ def log_mel_batch(waves: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     window = torch.hann_window(cfg.n_fft, periodic=True, device=waves.device)
     spec = torch.stft(waves, cfg.n_fft, cfg.hop_length, window=window, center=True,
                       pad_mode="constant", return_complex=True)[..., :cfg.frames]  # (B, K, T)
-    if cfg.power == 2.0:
-        power = spec.real.square() + spec.imag.square()
+    if cfg.power == 2.0:  # |X|^2 without abs()'s square root, one temporary
+        power = spec.real.square().addcmul_(spec.imag, spec.imag)
     else:
         power = spec.abs().pow(cfg.power)
     mel = torch.from_numpy(mel_filterbank(cfg)).to(waves.device)  # (M, K)
