@@ -163,8 +163,7 @@ def _build(tmp: Path, index: pd.DataFrame, fcfg: FeatureConfig, workers: int, ch
     try:
         futures = [pool.submit(_extract_chunk, paths[i:i + chunk_size], train[i:i + chunk_size],
                                fcfg, str(tmp / "features.npy"), offset + i * row_bytes)
-                   for i in range(0, n, chunk_size)]
-        # in chunk order, so that the statistics are the same bits whatever the workers
+                   for i in range(0, n, chunk_size)]  # results in order: the same bits always
         results = [f.result() for f in tqdm(futures, desc=f"log-mel cache, {chunk_size} clips a "
                                             f"chunk", unit="chunk", disable=not progress)]
     except BrokenExecutor as err:  # a worker was killed (out of memory, ...)
@@ -173,9 +172,8 @@ def _build(tmp: Path, index: pd.DataFrame, fcfg: FeatureConfig, workers: int, ch
         torch.set_num_threads(threads)
         pool.shutdown(cancel_futures=True)
     index.to_csv(tmp / "index.csv", index=False)
-    # every machine has training clips (index_dataset checks), so count > 0
     count, sums, squares = (sum(r[k] for r in results) for k in range(3))
-    mean = sums / count
+    mean = sums / count  # count > 0: index_dataset insists on training clips
     std = np.maximum(np.sqrt(np.maximum(squares / count - mean ** 2, 0.0)), STD_FLOOR)
     np.savez(tmp / "stats.npz", mean=np.float32(mean), std=np.float32(std), frames=np.int64(count))
     return [note for r in results for note in r[3]]

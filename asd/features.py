@@ -96,8 +96,10 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
 
 def log_mel_batch(waves: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel dB of clips at ``cfg.sample_rate``, on their device.  # (B, n) -> (B, T, M)"""
-    n = (cfg.frames - 1) * cfg.hop_length + cfg.n_fft - cfg.n_fft // 2  # behind cfg.frames
-    waves = torch.nn.functional.pad(waves[:, :n].float(), (0, max(0, n - waves.shape[1])))
+    n = (cfg.frames - 1) * cfg.hop_length  # the centred STFT adds the last frame's right half
+    waves = waves[:, :n + cfg.n_fft - cfg.n_fft // 2].float()  # the samples cfg.frames see
+    if waves.shape[1] < n:
+        waves = torch.nn.functional.pad(waves, (0, n - waves.shape[1]))
     window = torch.hann_window(cfg.n_fft, periodic=True, device=waves.device)
     spec = torch.stft(waves, cfg.n_fft, cfg.hop_length, window=window, center=True,
                       pad_mode="constant", return_complex=True)[..., :cfg.frames]  # (B, K, T)
@@ -107,8 +109,8 @@ def log_mel_batch(waves: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
         power = spec.abs().pow(cfg.power)
     mel = torch.from_numpy(mel_filterbank(cfg)).to(waves.device)  # (M, K)
     db = torch.matmul(power.transpose(1, 2), mel.T)  # (B, T, M)
-    db.clamp_(min=cfg.amin).log10_().mul_(10.0)  # power_to_db with ref = 1.0
-    floor = 10.0 * float(np.log10(cfg.amin))  # exact: float32 log10 can land an ulp below it
+    db.clamp_(min=cfg.amin).log10_().mul_(10.0)  # power_to_db with ref = 1.0, and the floor
+    floor = 10.0 * float(np.log10(cfg.amin))  # made exact (float32 log10 can be an ulp below)
     if cfg.top_db is not None:
         floor = torch.clamp(db.amax(dim=(1, 2), keepdim=True) - cfg.top_db, min=floor)
     return db.clamp_(min=floor)
