@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -22,11 +22,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for the whole team
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        # created here, like any new file, with mode 0666 less the umask: results are shared
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -36,39 +35,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise
         raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def proc_status(field: str) -> Optional[str]:
-    """A field of /proc/self/status (Linux): "0022" for Umask, "1234 kB" for VmRSS; None
-    where there is no such file or field."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name == field:
-                return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _umask() -> int:
-    """The process's umask. Linux shows it in /proc/self/status; setting it to read it back
-    (the portable way) briefly gives files that other threads create meanwhile mode 0666."""
-    value = proc_status("Umask")
-    if value:
-        return int(value, 8)
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)

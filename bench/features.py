@@ -4,7 +4,7 @@
 
 1. Speed: writes a synthetic data set (asd.synthetic, about ``--clips`` clips of 10 s) into a
    temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), the
-   project's log-mel alone (``LogMelExtractor`` on 50 decoded clips in turn, one thread), plain
+   project's log-mel alone (``log_mel_batch`` on 50 decoded clips in turn, one thread), plain
    librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
    OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
    (index, decoding, log-mel, float16 array, stats, index and settings files; the call alone,
@@ -12,9 +12,10 @@
    ``--workers``. Prints clips/s (median and best of the repeats), CPU ms per clip (the
    workers' included), the ratio to the faster librosa variant and how the builder scales from
    one worker to all.
-2. Memory: builds the cache of 500 and of 2,000 noise clips, each in a fresh child process, and
-   prints the child's peak RSS (VmHWM), how far it rose above the RSS after imports, and the
-   peak RSS of its largest worker process (forked, so it counts the pages it shares with the
+2. Memory: first of all (while this process is small: a child's peak RSS starts from its
+   parent's), builds the cache of 500 and of 2,000 noise clips, each in a fresh child process,
+   and prints the child's peak RSS, how far it rose above its peak after imports, and the peak
+   RSS of its largest worker process (forked, so it counts the pages it shares with the
    builder). Streaming to disk, neither peak may grow with the number of clips.
 
 Numbers depend on the machine and its load; compare the two columns of one run.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -38,41 +40,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def status_kb(field: str) -> int:
-    """A memory field of /proc/self/status in KiB (VmRSS now, VmHWM peak, RssAnon); 0 where
-    Linux's /proc is missing."""
-    from asd.io import proc_status
-
-    value = proc_status(field)
-    return int(value.split()[0]) if value else 0
-
-
 def cpu_seconds() -> float:
     """User + system CPU time of this process and of its finished children (the cache workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def child_pids() -> set[str]:
-    """Pids of this process's children, unreaped ones included (Linux: the children of each
-    thread are in /proc/self/task/*/children; elsewhere an empty set)."""
-    pids: set[str] = set()
-    for p in Path("/proc/self/task").glob("*/children"):
-        try:
-            pids.update(p.read_text().split())
-        except OSError:  # the thread ended while we looked
-            pass
-    return pids
-
-
-def wait_for_children(before: set[str], timeout: float = 5.0) -> None:
-    """Until the children started since ``before`` are gone: a child's CPU time joins
-    RUSAGE_CHILDREN only once it is reaped (the resource tracker of the data generator's
-    pool stays: it is in ``before``)."""
-    deadline = time.perf_counter() + timeout
-    while child_pids() - before and time.perf_counter() < deadline:
-        time.sleep(0.002)
 
 
 def noise_root(root: Path, n: int) -> Path:
@@ -99,24 +71,22 @@ def synthetic_root(root: Path, clips: int) -> Path:
 
 
 def child_build(root: str, cache_dir: str, workers: int | None) -> None:
-    """Run in a fresh process: build the cache, print RSS after imports and the peak (KiB)."""
+    """Run in a fresh process: build the cache, print the peak RSS after imports and at the end
+    (KiB; Linux's ru_maxrss)."""
     import torch  # noqa: F401 - counted in the baseline, as in any real run
 
     from asd.cache import build_cache
     from asd.config import load_config
-    from asd.features import _extractor
+    from asd.features import mel_filterbank
 
     cfg = load_config(REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={cache_dir}"])
-    _extractor(cfg.features)
-    before = status_kb("VmRSS")
-    children = child_pids()
+    mel_filterbank(cfg.features)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    cache = build_cache(cfg, progress=False, workers=workers)
+    cache = build_cache(cfg, progress=False, workers=workers)  # its workers are reaped
     seconds = time.perf_counter() - start
-    wait_for_children(children)  # a worker's peak joins RUSAGE_CHILDREN once it is reaped
-    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak over exec into ru_maxrss
-    peak = status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest reaped worker
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest worker
     print(json.dumps({"clips": len(cache), "before_kb": before, "peak_kb": peak,
                       "worker_kb": worker, "seconds": seconds}))
 
@@ -149,23 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         child_build(*ns.child, ns.workers)
         return 0
 
-    import librosa
-    import soundfile as sf
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    from asd.cache import _default_workers, build_cache
-    from asd.config import load_config
-    from asd.data import index_dataset
-
-    workers = ns.workers or _default_workers()
+    cores = len(os.sched_getaffinity(0))
+    workers = ns.workers or cores
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp_name:
         tmp = Path(tmp_name)
+        sizes = [int(s) for s in ns.memory.split(",") if s.strip()]
+        memory = measure_memory(tmp, sizes, ns.workers) if sizes else []
+
+        import librosa
+        import soundfile as sf
+        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+        from asd.cache import build_cache
+        from asd.config import load_config
+        from asd.data import index_dataset
+
         t = time.perf_counter()
         root = synthetic_root(tmp / "synth", ns.clips)
         paths = list(index_dataset(root)["path"])
         n = len(paths)
         print(f"{n} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
-              f"({workers} builder worker(s); machine: {_default_workers()} usable cores)")
+              f"({workers} builder worker(s); machine: {cores} usable cores)")
         fc = load_config(REPO / "config.yml").features
 
         def decode():
@@ -186,11 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import torch
 
-        from asd.features import _extractor, load_audio
+        from asd.features import load_audio, log_mel_batch
 
-        extractor = _extractor(fc)
         held = [torch.from_numpy(load_audio(p, fc))[None] for p in paths[:50]]
-        out = torch.empty(1, fc.frames, fc.n_mels)
 
         def log_mel_only():
             threads = torch.get_num_threads()
@@ -198,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with torch.no_grad():
                     for i in range(n):
-                        extractor(held[i % len(held)], out=out)
+                        log_mel_batch(held[i % len(held)], fc)
             finally:
                 torch.set_num_threads(threads)
 
@@ -207,12 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             the config and deleting the cache afterwards are not feature extraction."""
             cfg = load_config(REPO / "config.yml", [f"data.root={root}",
                                                     f"data.cache_dir={tmp / f'cache{k}'}"])
-            children = child_pids()
             start, start_cpu = time.perf_counter(), cpu_seconds()
-            build_cache(cfg, progress=False, workers=n_workers)
-            wall = time.perf_counter() - start
-            wait_for_children(children)  # the workers exit in the background; their CPU counts
-            spent = wall, cpu_seconds() - start_cpu
+            build_cache(cfg, progress=False, workers=n_workers)  # its workers are reaped
+            spent = time.perf_counter() - start, cpu_seconds() - start_cpu
             shutil.rmtree(tmp / f"cache{k}")
             return spent
 
@@ -259,13 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x "
               f"(median)")
 
-        sizes = [int(s) for s in ns.memory.split(",") if s.strip()]
-        if sizes:
-            for r in measure_memory(tmp, sizes, ns.workers):
-                print(f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
-                      f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
-                      f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
-                      f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s")
+        for r in memory:
+            print(f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
+                  f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
+                  f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
+                  f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 import asd.cache
 import asd.features
@@ -61,14 +61,20 @@ def cfg(repo, tmp_path):
 
 def count_decodes(monkeypatch) -> list:
     calls = []
-    real = asd.features.read_audio_into
+    real = asd.cache.read_audio
 
-    def counting(path, fc, out):
+    def counting(path, fc):
         calls.append(path)
-        return real(path, fc, out)
+        return real(path, fc)
 
-    monkeypatch.setattr(asd.features, "read_audio_into", counting)
+    monkeypatch.setattr(asd.cache, "read_audio", counting)
     return calls
+
+
+def temporaries(cfg) -> list[str]:
+    """What a build leaves in cache_dir besides complete cache folders and their lock files."""
+    return sorted(p.name for p in Path(cfg.data.cache_dir).iterdir()
+                  if not p.name.endswith(".lock") and not (p / "settings.json").is_file())
 
 
 def test_build_contents_match_log_mel_and_index(cfg):
@@ -94,7 +100,8 @@ def test_build_contents_match_log_mel_and_index(cfg):
     assert settings["complete"] is True and settings["clips"] == n
     assert settings["features"]["n_mels"] == 128
     assert sorted(p.name for p in cache.path.iterdir()) == [
-        ".lock", "features.npy", "index.csv", "settings.json", "stats.npz"]
+        "features.npy", "index.csv", "settings.json", "stats.npz"]
+    assert temporaries(cfg) == []
 
 
 def test_worker_processes_give_the_same_bytes_as_one(cfg, tmp_path):
@@ -124,29 +131,11 @@ def _dies_in_a_worker(*args):  # module level: the process pool pickles it by na
 def test_a_dying_worker_process_fails_the_build_and_keeps_nothing(cfg, monkeypatch):
     real = asd.cache._extract_chunk
     monkeypatch.setattr(asd.cache, "_extract_chunk", _dies_in_a_worker)
-    with pytest.raises(CacheError, match="worker process died.*nothing of this build is kept"):
+    with pytest.raises(CacheError, match="worker process died.*nothing is kept"):
         build_cache(cfg, progress=False, workers=2, chunk_size=2)
-    folder = cache_folder(cfg)
-    assert not (folder / "settings.json").exists() and not list(folder.glob(".features.*"))
+    assert not cache_folder(cfg).exists() and temporaries(cfg) == []
     monkeypatch.setattr(asd.cache, "_extract_chunk", real)
     assert len(build_cache(cfg, progress=False, workers=2)) == 12
-
-
-def test_chunk_statistics_are_exact_for_any_mix_of_training_rows():
-    rng = np.random.default_rng(0)
-    feats = torch.from_numpy((rng.normal(-40, 15, (5, 313, 8)) + 30 * rng.random(8))
-                             .astype(np.float32))
-    train = np.array([True, False, True, True, False])
-    x = feats.numpy()[train].reshape(-1, 8).astype(np.float64)
-    count, mean, m2 = asd.cache._chunk_stats(feats.clone(), train)
-    assert count == len(x)
-    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(m2, np.square(x - x.mean(axis=0)).sum(axis=0), rtol=1e-5)
-    every = feats.numpy().reshape(-1, 8).astype(np.float64)  # all rows: no copy, in place
-    count, mean, m2 = asd.cache._chunk_stats(feats.clone(), np.ones(5, bool))
-    assert count == len(every)
-    np.testing.assert_allclose(m2, np.square(every - every.mean(axis=0)).sum(axis=0), rtol=1e-5)
-    assert asd.cache._chunk_stats(feats, np.zeros(5, bool))[0] == 0
 
 
 def test_second_build_reuses_without_decoding(cfg, monkeypatch):
@@ -204,9 +193,8 @@ def test_interrupted_build_is_never_used(cfg, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, progress=False, workers=1, chunk_size=4)
     folder = cache_folder(cfg)
-    assert not (folder / "settings.json").exists() and not (folder / "features.npy").exists()
-    assert not list(folder.glob(".features.*"))  # the temporary array is removed
-    with pytest.raises(CacheError, match="incomplete"):
+    assert not folder.exists() and temporaries(cfg) == []  # the temporary folder is removed
+    with pytest.raises(CacheError, match="does not exist"):
         FeatureCache.open(folder)
     monkeypatch.setattr(asd.cache, "_extract_chunk", real)
     cache = build_cache(cfg, progress=False, workers=1)
@@ -216,18 +204,18 @@ def test_interrupted_build_is_never_used(cfg, monkeypatch):
 def test_leftovers_of_a_killed_build_are_rebuilt(cfg, monkeypatch):
     complete = build_cache(cfg, progress=False, workers=1)
     folder = complete.path
-    # a build killed after it started: the marker was removed first, a temp array is left, and
-    # the temporary of the index it was writing
+    # a rebuild killed after it started: the stale cache lost its settings.json first, and the
+    # temporary folder it was filling is left
     (folder / "settings.json").unlink()
-    (folder / ".features.12345.npy").write_bytes(b"partial")
-    (folder / ".index.csv.abc123.tmp").write_text("path,fi")
+    left = folder.parent / f".{folder.name}.12345.tmp"
+    left.mkdir()
+    (left / "features.npy").write_bytes(b"partial")
     with pytest.raises(CacheError, match=f"{folder}.*incomplete"):
         FeatureCache.open(folder)
     calls = count_decodes(monkeypatch)
     again = build_cache(cfg, progress=False, workers=1)
     assert len(calls) == 12 and len(again) == 12
-    assert not (folder / ".features.12345.npy").exists()
-    assert not (folder / ".index.csv.abc123.tmp").exists()
+    assert temporaries(cfg) == []
     # a marker that says incomplete, or a truncated features.npy, is refused too
     settings = json.loads((folder / "settings.json").read_text())
     (folder / "settings.json").write_text(json.dumps({**settings, "complete": False}))
@@ -264,11 +252,11 @@ def test_killed_build_process_leaves_no_usable_cache(cfg, repo):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     folder = cache_folder(cfg)
-    assert list(folder.glob(".features.*.npy"))  # the half-written array, under its temp name
-    with pytest.raises(CacheError, match="incomplete"):
+    assert temporaries(cfg) == [f".{folder.name}.{proc.pid}.tmp"]  # half-built, never used
+    with pytest.raises(CacheError, match="does not exist"):
         FeatureCache.open(folder)
     cache = build_cache(cfg, progress=False, workers=1)
-    assert len(cache) == 12 and not list(folder.glob(".features.*.npy"))
+    assert len(cache) == 12 and temporaries(cfg) == []
 
 
 def test_bad_clip_fails_the_build_naming_it(cfg):
@@ -277,8 +265,7 @@ def test_bad_clip_fails_the_build_naming_it(cfg):
     bad.write_bytes(b"not audio at all" * 100)
     with pytest.raises(AudioError, match=str(bad)):
         build_cache(cfg, progress=False, workers=2, chunk_size=2)
-    folder = cache_folder(cfg)
-    assert not (folder / "settings.json").exists() and not list(folder.glob(".features.*"))
+    assert not cache_folder(cfg).exists() and temporaries(cfg) == []
 
 
 def test_concurrent_builders_build_once(cfg, monkeypatch):
@@ -302,23 +289,6 @@ def test_converted_clips_are_summarised_in_one_warning(cfg):
                                                        r"\.wav: 12\.000 s gives 376 frames"):
         cache = build_cache(cfg, progress=False, workers=1)
     assert cache.settings["converted_clips"] == 1
-
-
-def test_normalise_numpy_and_torch(cfg):
-    cache = build_cache(cfg, progress=False, workers=1)
-    x = cache.features[:3]  # (3, 313, 128) float16
-    z = cache.normalise(x)
-    assert z.dtype == np.float32 and z.shape == x.shape
-    np.testing.assert_allclose(z, (x.astype(np.float32) - cache.mean) / cache.std, rtol=1e-6)
-    zt = cache.normalise(torch.from_numpy(np.array(x)))
-    assert zt.dtype == torch.float32
-    np.testing.assert_allclose(zt.numpy(), z, rtol=1e-5, atol=1e-6)
-    train = cache.normalise(cache.features[np.flatnonzero(cache.index["split"] == "train")])
-    flat = train.reshape(-1, 128)
-    np.testing.assert_allclose(flat.mean(axis=0), 0, atol=2e-3)
-    np.testing.assert_allclose(flat.std(axis=0), 1, atol=2e-3)
-    with pytest.raises(TypeError, match="numpy array or torch tensor"):
-        cache.normalise([1.0, 2.0])
 
 
 def test_open_errors_name_the_folder(tmp_path):
@@ -364,40 +334,14 @@ def test_real_recordings_cache(real_audio, repo, tmp_path):
     assert set(cache.index["machine"]) >= {"ToyCar", "bearing", "valve"}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
-def test_rows_start_their_way_to_disk_as_they_are_written(tmp_path):
-    # the closing fsync then has little left; found through ctypes, so check it is found and
-    # that the kernel accepts the call as the builder makes it (it ignores the result)
-    sync_file_range = asd.cache._sync_file_range()
-    assert sync_file_range is not None
-    path = tmp_path / "rows.bin"
-    path.write_bytes(b"\0" * 8192)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"\1" * 4096, 4096)
-        assert sync_file_range(fd, 4096, 4096, 2) == 0  # SYNC_FILE_RANGE_WRITE
-        asd.cache._start_writeback(fd, 4096, 4096)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_full_disk_while_the_index_is_written_fails_the_build(cfg, monkeypatch, workers):
-    # index.csv is written while the workers extract: its failure must end the build like
-    # theirs, with nothing kept that looks complete
-    import errno
+def test_a_full_disk_fails_the_build_and_keeps_nothing(cfg, monkeypatch, workers):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    real = asd.cache.write_index
-
-    def full(index, path):
-        with asd.cache.atomic_path(path) as tmp:
-            tmp.write_text("path,fi")
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(asd.cache, "write_index", full)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # index.csv, after the features
     with pytest.raises(CacheError, match="build failed.*No space left"):
         build_cache(cfg, progress=False, workers=workers, chunk_size=2)
-    folder = cache_folder(cfg)
-    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
-    monkeypatch.setattr(asd.cache, "write_index", real)
+    assert not cache_folder(cfg).exists() and temporaries(cfg) == []
+    monkeypatch.undo()
     assert len(build_cache(cfg, progress=False, workers=workers)) == 12

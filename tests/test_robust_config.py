@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from asd import evaluate, features, index, submit
+from asd import cache, evaluate, index, submit
 from asd.config import load_config
 from robust_helpers import cli, refused
 from runners import stage1, stage2
@@ -56,7 +56,7 @@ def call(main, argv, capsys) -> tuple[int, str]:
 
 MAINS = {
     "index": (index.main, []),
-    "features": (features.main, []),
+    "features": (cache.main, []),
     "stage1": (stage1.main, ["--no-progress"]),
     "stage2": (stage2.main, ["--no-progress"]),
     "submit": (submit.main, ["--device", "cpu"]),

@@ -4,8 +4,8 @@ Ctrl-C (SIGINT) during training: one line saying how to finish, exit status 130.
 Killed at precise moments: as soon as a file appears (polled), or from inside the process in
 the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
 
-- cache: the half-built folder is never used; the rerun rebuilds it and its arrays equal an
-  uninterrupted build's, byte for byte;
+- cache: the half-built temporary folder is never used; the rerun removes it and rebuilds, and
+  its arrays equal an uninterrupted build's, byte for byte;
 - Step 1 / Step 2: the checkpoint being written when the process died is never read (the
   previous one is, and the leftover temporary file is removed); ``--resume`` finishes and the
   final weights, the AdaCos scale and the training log equal the uninterrupted run's exactly
@@ -70,13 +70,12 @@ def test_cache_build_killed_then_rebuilt(runs, tmp_path):
     cfg = load_config(config)
     folder = cache_folder(cfg)
     proc = popen("asd.features", "--config", config, "--workers", "1")
-    kill_when(proc, Path(cfg.data.cache_dir), "*/.features.*.npy")
-    assert not (folder / "settings.json").exists()
-    with pytest.raises(CacheError, match="incomplete"):
+    kill_when(proc, Path(cfg.data.cache_dir), ".*.tmp/features.npy")  # the build's own folder
+    with pytest.raises(CacheError, match="does not exist"):  # the half-built one is not it
         FeatureCache.open(folder)
     out = cli("asd.features", "--config", config, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(folder)
-    assert not temp_files(folder)
+    assert not temp_files(folder) and not list(folder.parent.glob(".*.tmp"))
     rebuilt = FeatureCache.open(folder)
     reference = FeatureCache.open(cache_folder(load_config(runs.config)))  # built in one go
     assert np.array_equal(rebuilt.features, reference.features)
