@@ -46,7 +46,7 @@ data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into da
 	$(PY) -m asd.download $(CONFIG_ARG) $(DATA_ARGS) $(ARGS)
 
 cache: install ## Build (or reuse) the log-mel feature cache of data.root
-	$(PY) -m asd.features $(CONFIG_ARG) $(ARGS)
+	$(PY) -m asd.cache $(CONFIG_ARG) $(ARGS)
 
 stage1: install ## Step 1: train on source clips (150 epochs); prints the run folder
 	$(PY) -m runners.stage1 $(CONFIG_ARG) $(RESUME_ARG) $(ARGS)

@@ -201,8 +201,8 @@ def _extract_chunk(paths: list[str], train: list[bool], fcfg: FeatureConfig, tar
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asd.features [--config C] [--root R] [--workers N] [key.sub=value ...]``."""
-    parser = make_parser("asd.features", __doc__)
+    """``python -m asd.cache [--config C] [--root R] [--workers N] [key.sub=value ...]``."""
+    parser = make_parser("asd.cache", __doc__)
     parser.add_argument("--root", help="data root (default: data.root)")
     parser.add_argument("--workers", type=int, help="worker processes (default: usable cores)")
     return run_command(_main, parser, argv)
@@ -213,3 +213,7 @@ def _main(args: argparse.Namespace) -> None:
     print(f"{len(cache)} clips, features {tuple(cache.features.shape)} {cache.features.dtype}")
     print(cache.path)
 
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 Periodic Hann STFT centred with zero padding, librosa's Slaney mel filterbank and
 ``power_to_db(ref=1.0, amin, top_db)``: librosa's log-mel within 1e-3 dB, of the clip cropped or
-zero-padded to ``cfg.frames`` frames. ``python -m asd.features`` is ``make cache`` (asd.cache).
+zero-padded to ``cfg.frames`` frames. ``make cache`` is ``python -m asd.cache``.
 """
 
 from __future__ import annotations
@@ -128,8 +128,3 @@ def log_mel(wave: np.ndarray, sample_rate: int, cfg: FeatureConfig) -> np.ndarra
     with torch.no_grad():
         return log_mel_batch(torch.from_numpy(wave)[None], cfg)[0].numpy()  # (T, M)
 
-
-if __name__ == "__main__":  # `python -m asd.features` is `make cache`: the cache's command line
-    from asd.cache import main
-
-    raise SystemExit(main())

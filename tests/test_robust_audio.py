@@ -196,7 +196,7 @@ def test_entry_points_in_subprocesses(cases, base_root, runs, tmp_path):
     """Exit codes and stderr of the real commands: a clean message, never a traceback."""
     root = case_root(base_root, tmp_path, cases["truncated_data"])
     bad = root / SLOT
-    refused(cli("asd.features", "--config", runs.config, "--root", root,
+    refused(cli("asd.cache", "--config", runs.config, "--root", root,
                 f"data.cache_dir={tmp_path / 'cache'}"), str(bad), "truncated WAV file")
     refused(cli("asd.score", runs.stage2, bad), str(bad), "truncated WAV file")
 

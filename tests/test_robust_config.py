@@ -107,7 +107,7 @@ def test_bad_configs_in_every_command(config, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module,case", [
-    ("asd.index", "unknown key"), ("asd.features", "wrong type"),
+    ("asd.index", "unknown key"), ("asd.cache", "wrong type"),
     ("runners.stage1", "missing file"), ("runners.stage2", "unknown override"),
     ("asd.submit", "out of range"), ("asd.evaluate", "missing key"),
 ])

@@ -244,7 +244,7 @@ def test_full_disk_while_building_the_cache(runs, tmp_path):
     first, second = sorted((root / "dev_data" / "fan" / "source_test").iterdir())
     shutil.copy(second, first)  # the data changed: the cache must be rebuilt
 
-    out = cli("asd.features", "--config", config, "--workers", "1",
+    out = cli("asd.cache", "--config", config, "--workers", "1",
               preexec_fn=file_size_limit(100_000))  # features.npy needs 721 kB
     refused(out, f"feature cache {folder}: the build failed", "File too large")
     after = snapshot(folder)
@@ -253,7 +253,7 @@ def test_full_disk_while_building_the_cache(runs, tmp_path):
     assert not temp_files(folder)
     with pytest.raises(CacheError, match="incomplete"):  # stale: its files changed since
         FeatureCache.open(folder)
-    cli("asd.features", "--config", config, "--workers", "1", check=True)
+    cli("asd.cache", "--config", config, "--workers", "1", check=True)
     assert len(FeatureCache.open(folder)) == 9
 
 

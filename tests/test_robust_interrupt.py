@@ -69,11 +69,11 @@ def test_cache_build_killed_then_rebuilt(runs, tmp_path):
                           [f"data.cache_dir={tmp_path / 'cache'}"])
     cfg = load_config(config)
     folder = cache_folder(cfg)
-    proc = popen("asd.features", "--config", config, "--workers", "1")
+    proc = popen("asd.cache", "--config", config, "--workers", "1")
     kill_when(proc, Path(cfg.data.cache_dir), ".*.tmp/features.npy")  # the build's own folder
     with pytest.raises(CacheError, match="does not exist"):  # the half-built one is not it
         FeatureCache.open(folder)
-    out = cli("asd.features", "--config", config, check=True)
+    out = cli("asd.cache", "--config", config, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(folder)
     assert not temp_files(folder) and not list(folder.parent.glob(".*.tmp"))
     rebuilt = FeatureCache.open(folder)
