@@ -27,10 +27,7 @@ class ConfigError(AsdError):
 
 
 # Every number must be > 0 (a batch size of 0 is refused naming the key, not as an error deep in
-# training) unless its annotation names another range. Choices are Literal annotations.
-AtLeast0 = Annotated[float, ">= 0"]
-AnyInt = Annotated[int, "any"]
-Optimizer = Literal["adamp", "adam", "sgd"]
+# training) unless ``Annotated`` names another range; ``Literal`` lists the choices of a string.
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ class FeatureConfig:
     n_fft: int
     hop_length: int
     n_mels: int
-    fmin: AtLeast0
+    fmin: Annotated[float, ">= 0"]
     fmax: float
     power: float
     amin: float
@@ -63,7 +60,7 @@ class ModelConfig:
     blocks_per_stage: int
     time_pool: int
     embedding_dim: int
-    leaky_relu_slope: AtLeast0
+    leaky_relu_slope: Annotated[float, ">= 0"]
     backbone: str = "resnet"  # a stored config from before the key existed means Table 1's
 
 
@@ -77,10 +74,10 @@ class LossConfig:
 class Stage1Config:
     epochs: int
     batch_size: int
-    optimizer: Optimizer
+    optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
-    weight_decay: AtLeast0
-    seed: AnyInt
+    weight_decay: Annotated[float, ">= 0"]
+    seed: Annotated[int, "any"]
     checkpoint_every: int
 
 
@@ -88,10 +85,10 @@ class Stage1Config:
 class Stage2Config:
     iterations: int
     batch_size: int
-    optimizer: Optimizer
+    optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
-    weight_decay: AtLeast0
-    seed: AnyInt
+    weight_decay: Annotated[float, ">= 0"]
+    seed: Annotated[int, "any"]
     trainable: tuple[str, ...]
     log_every: int
     checkpoint_every: int
@@ -109,7 +106,7 @@ class EngineConfig:
 @dataclass(frozen=True)
 class DetectorConfig:
     gmm_covariance: Literal["full", "diag", "tied", "spherical"]
-    gmm_reg_covar: AtLeast0
+    gmm_reg_covar: Annotated[float, ">= 0"]
     gmm_max_iter: int
     ocsvm_kernel: Literal["rbf", "linear", "poly", "sigmoid"]
     ocsvm_nu: Annotated[float, "in (0, 1]"]
@@ -259,12 +256,11 @@ def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:
 
 
 def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, key by key inside a group."""
     out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
+    for group, keys in top.items():
+        both = isinstance(keys, dict) and isinstance(base.get(group), dict)
+        out[group] = {**base[group], **keys} if both else keys
     return out
 
 
