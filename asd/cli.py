@@ -1,10 +1,9 @@
 """The command line shared by every ``python -m asd.*`` and ``python -m runners.*`` command.
 
 ``run_command`` turns an ``AsdError`` (or an ``OSError``, such as a full disk) into one line on
-stderr and exit status 2, and Ctrl-C into one line and status 130. ``make_parser`` gives every
-command the same ``--config``, ``--from`` and ``key.sub=value`` arguments, and
-``load_args_config`` reads a run folder's own ``config.yml`` when no ``--config`` is given, so
-a run folder is enough to go on from.
+stderr and exit status 2, and Ctrl-C into one line and status 130. Every command has the same
+``--config``, ``--from`` and ``key.sub=value`` arguments; a run folder's own ``config.yml`` is
+used when no ``--config`` is given, so a run folder is enough to go on from.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Callable, Optional
 
 from asd import AsdError
 from asd.config import Config, load_config
+from asd.runs import finished_run, latest_run
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -67,8 +67,6 @@ def run_command(main: Callable[[argparse.Namespace], Optional[int]],
 def load_run(args: argparse.Namespace, kind: str = "stage2") -> tuple[Path, Config]:
     """The finished run of ``--from`` (default: the latest finished ``*-<kind>`` run of the
     config's ``runs.dir``) and the config to use with it (``load_args_config``)."""
-    from asd.runs import finished_run, latest_run
-
     if args.from_run:
         run = finished_run(args.from_run)
     else:

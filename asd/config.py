@@ -1,26 +1,33 @@
 """Typed configuration: ``config.yml`` groups map one-to-one onto frozen dataclasses.
 
-Loading rejects unknown keys, missing keys and wrong types with an error that names the key,
-and applies ``key.sub=value`` overrides (values parsed as YAML, so ``1e-3``, ``[1, 2]`` and
-``null`` work). Every default lives in ``config.yml``; the dataclasses only give types.
+Loading rejects unknown, missing and wrongly typed keys with an error that names the key, and
+applies ``key.sub=value`` overrides parsed as YAML (``1e-3``, ``[1, 2]``, ``null``). Every default
+lives in ``config.yml``; the dataclasses only give types.
 """
 
 from __future__ import annotations
 
-from asd import AsdError
-
+import contextlib
+import copy
 import dataclasses
-import types
+import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import yaml
+
+from asd import AsdError
+from asd.io import atomic_write_text
 
 
 class ConfigError(AsdError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+# Every number must be > 0 (a batch size of 0 is refused naming the key, not as an error deep in
+# training) unless ``Annotated`` names another range; ``Literal`` lists the choices of a string.
 
 
 @dataclass(frozen=True)
@@ -35,13 +42,13 @@ class FeatureConfig:
     n_fft: int
     hop_length: int
     n_mels: int
-    fmin: float
+    fmin: Annotated[float, ">= 0"]
     fmax: float
     power: float
     amin: float
     top_db: Optional[float]
     frames: int
-    dtype: str
+    dtype: Literal["float16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class ModelConfig:
     blocks_per_stage: int
     time_pool: int
     embedding_dim: int
-    leaky_relu_slope: float
+    leaky_relu_slope: Annotated[float, ">= 0"]
     backbone: str = "resnet"  # a stored config from before the key existed means Table 1's
 
 
@@ -67,10 +74,10 @@ class LossConfig:
 class Stage1Config:
     epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
-    weight_decay: float
-    seed: int
+    weight_decay: Annotated[float, ">= 0"]
+    seed: Annotated[int, "any"]
     checkpoint_every: int
 
 
@@ -78,10 +85,10 @@ class Stage1Config:
 class Stage2Config:
     iterations: int
     batch_size: int
-    optimizer: str
+    optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
-    weight_decay: float
-    seed: int
+    weight_decay: Annotated[float, ">= 0"]
+    seed: Annotated[int, "any"]
     trainable: tuple[str, ...]
     log_every: int
     checkpoint_every: int
@@ -89,26 +96,25 @@ class Stage2Config:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str
-    amp_dtype: str
+    name: Literal["cpu", "gpu", "amp", "ddp"]
+    amp_dtype: Literal["fp16", "bf16"]
     world_size: int
-    num_threads: int
+    num_threads: Annotated[int, ">= 0"]
     cache_on_device: bool
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    gmm_covariance: str
-    gmm_reg_covar: float
+    gmm_covariance: Literal["full", "diag", "tied", "spherical"]
+    gmm_reg_covar: Annotated[float, ">= 0"]
     gmm_max_iter: int
-    ocsvm_kernel: str
-    ocsvm_nu: float
+    ocsvm_kernel: Literal["rbf", "linear", "poly", "sigmoid"]
+    ocsvm_nu: Annotated[float, "in (0, 1]"]
     ocsvm_gamma: str
-    threshold_quantile: float
+    threshold_quantile: Annotated[float, "in (0, 1)"]
     batch_size: int
-    # Added after the first runs were made: the default stands in where a stored config lacks
-    # them, so those runs still load (``_build``); config.yml sets them like every other key.
-    threshold_scores: str = "out_of_fold"
+    # defaults only for stored configs older than these keys; config.yml sets them
+    threshold_scores: Literal["out_of_fold", "training"] = "out_of_fold"
     threshold_folds: int = 5
 
 
@@ -141,44 +147,9 @@ class Config:
         return _build(Config, data, "")
 
 
-_CHOICES = {
-    "features.dtype": ("float16", "float32"),
-    "stage1.optimizer": ("adamp", "adam", "sgd"),
-    "stage2.optimizer": ("adamp", "adam", "sgd"),
-    "engine.name": ("cpu", "gpu", "amp", "ddp"),
-    "engine.amp_dtype": ("fp16", "bf16"),
-    "detectors.gmm_covariance": ("full", "diag", "tied", "spherical"),
-    "detectors.ocsvm_kernel": ("rbf", "linear", "poly", "sigmoid"),
-    "detectors.threshold_scores": ("out_of_fold", "training"),
-}
-# Numbers with a valid range: a batch size of 0 is refused here, naming the key, instead of
-# surfacing as a ZeroDivisionError inside training. Keys of list items drop their [i].
-_RANGES = {
-    **dict.fromkeys(["features.sample_rate", "features.n_fft", "features.hop_length",
-                     "features.n_mels", "features.fmax", "features.power", "features.amin",
-                     "features.top_db", "features.frames", "model.stem_channels",
-                     "model.stem_kernel", "model.stem_stride", "model.stage_channels",
-                     "model.blocks_per_stage", "model.time_pool", "model.embedding_dim",
-                     "loss.n_subclusters", "loss.max_angle", "stage1.epochs", "stage1.batch_size",
-                     "stage1.lr", "stage1.checkpoint_every", "stage2.iterations",
-                     "stage2.batch_size", "stage2.lr", "stage2.log_every",
-                     "stage2.checkpoint_every", "engine.world_size", "detectors.gmm_max_iter",
-                     "detectors.threshold_folds", "detectors.batch_size"], "> 0"),
-    **dict.fromkeys(["features.fmin", "model.leaky_relu_slope", "stage1.weight_decay",
-                     "stage2.weight_decay", "engine.num_threads", "detectors.gmm_reg_covar"],
-                    ">= 0"),
-    "detectors.threshold_quantile": "in (0, 1)",
-    "detectors.ocsvm_nu": "in (0, 1]",
-}
-_IN_RANGE = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+_IN_RANGE = {"any": lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
              "in (0, 1)": lambda v: 0 < v < 1, "in (0, 1]": lambda v: 0 < v <= 1}
-
-
-def _check_range(value: int | float, key: str) -> int | float:
-    rule = _RANGES.get(key.split("[")[0])
-    if rule is not None and not _IN_RANGE[rule](value):
-        raise ConfigError(f"config key '{key}': expected a value {rule}, got {value!r}")
-    return value
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def _plain(value: Any) -> Any:
@@ -191,91 +162,77 @@ def _plain(value: Any) -> Any:
 
 def _check(value: Any, hint: Any, key: str) -> Any:
     """Return ``value`` converted to the annotated type, or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
+    rule = "> 0"
+    if typing.get_origin(hint) is Annotated:
+        hint, rule = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if value is None:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, key)
-    if origin is tuple:
-        (inner, _) = typing.get_args(hint)
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"config key '{key}': expected one of {typing.get_args(hint)}, "
+                              f"got {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        inner = typing.get_args(hint)[0]
         return tuple(_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        return _check_range(value, key)
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return _check_range(float(value), key)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"config key '{key}': expected one of {_CHOICES[key]}, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint!r} for {key}")  # a bug in this module
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    kinds = (int, float) if hint is float else hint
+    if not isinstance(value, kinds) or (isinstance(value, bool) and hint is not bool):
+        raise ConfigError(f"config key '{key}': expected {_EXPECTED[hint]}, got {value!r}")
+    if hint in (int, float):
+        value = hint(value)
+        if not _IN_RANGE[rule](value):
+            raise ConfigError(f"config key '{key}': expected a value {rule}, got {value!r}")
+    return value
+
+
+def _known(prefix: str, name: str, names: Iterable[str]) -> str:
+    """``did you mean 'stage1.epochs'? known: ...`` for an unknown key ``prefix + name``."""
+    names = list(names)
+    close = difflib.get_close_matches(name, names, n=1)
+    return (f"did you mean '{prefix}{close[0]}'? " if close else "") + f"known: {', '.join(names)}"
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
+    """An instance of the dataclass ``cls`` from ``data``, whose keys start with ``prefix``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+        raise ConfigError(f"config key '{prefix[:-1] or '<top level>'}': expected a mapping, "
+                          f"got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(names)})")
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)
-                if f.default is not dataclasses.MISSING}
-    missing = [n for n in names if n not in data and n not in defaults]
-    if missing:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"missing config key '{where}{missing[0]}'")
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
+                          f"({_known(prefix, unknown[0], fields)})")
+    hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
-    for name in names:
-        key = f"{prefix}.{name}" if prefix else name
-        hint = hints[name]
-        if name not in data:  # a key newer than this config (a run's stored one): its default
-            values[name] = defaults[name]
-        elif dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data[name], key)
+    for name, field in fields.items():
+        if name not in data:  # a stored config older than the key: its default, if it has one
+            if field.default is dataclasses.MISSING:
+                raise ConfigError(f"missing config key '{prefix}{name}'")
+            values[name] = field.default
+        elif dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], data[name], f"{prefix}{name}.")
         else:
-            values[name] = _check(data[name], hint, key)
+            values[name] = _check(data[name], hints[name], prefix + name)
     return cls(**values)
 
 
-def _apply_override(data: dict, override: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
-    key, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
-    _set(data, key.strip(), value)
-
-
 def _set(data: dict, key: str, value: Any) -> None:
+    """``data[group][name] = value`` for ``key`` "group.name"; the group must not be replaced."""
     parts = key.split(".")
     node = data
     for depth, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
-            known = ", ".join(node) if isinstance(node, dict) else "none"
+            prefix = ".".join(parts[:depth]) + "." if depth else ""
+            known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
             raise ConfigError(f"override of unknown config key '{key}' "
-                              f"('{'.'.join(parts[:depth + 1])}' does not exist; known: {known})")
+                              f"('{prefix}{part}' does not exist; {known})")
         if depth < len(parts) - 1:
             node = node[part]
     if isinstance(node[parts[-1]], dict):
@@ -285,21 +242,25 @@ def _set(data: dict, key: str, value: Any) -> None:
 
 def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:
     """Build a Config from a nested dict plus ``key.sub=value`` overrides."""
-    data = _plain(data)
-    if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping of groups at the top level")
+    data = copy.deepcopy(data)
     for override in overrides:
-        _apply_override(data, override)
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+        key, raw = override.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
+        _set(data, key.strip(), value)
     return _build(Config, data, "")
 
 
 def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, key by key inside a group."""
     out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
+    for group, keys in top.items():
+        both = isinstance(keys, dict) and isinstance(base.get(group), dict)
+        out[group] = {**base[group], **keys} if both else keys
     return out
 
 
@@ -313,8 +274,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of groups at the top level")
     base = data.pop("extends", None)
@@ -326,13 +286,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def load_config(path: str | Path = "config.yml", overrides: Iterable[str] = ()) -> Config:
-    """Load ``path`` (YAML, loaded safely) and apply overrides; errors name the file and key.
-
-    A file may start with ``extends: config.yml`` to change only a few keys of another file
-    (``configs/demo.yml`` does).
-    """
-    path = Path(path)
-    data = _read(path)
+    """Load ``path`` (safe YAML; ``extends: config.yml`` changes a few keys of another file) and
+    apply overrides; errors name the file and key."""
+    data = _read(Path(path))
     try:
         return from_dict(data, overrides)
     except ConfigError as err:
@@ -341,10 +297,8 @@ def load_config(path: str | Path = "config.yml", overrides: Iterable[str] = ()) 
 
 def config_diffs(a: dict, b: dict, groups: Iterable[str], a_name: str, b_name: str,
                  skip: Iterable[str] = ()) -> list[str]:
-    """``"group.key: <a_name> value, <b_name> value"`` for each key of ``groups`` whose value
-    differs between two configs as dicts (``Config.to_dict()``), keys in ``skip`` aside; the
-    one wording of every "trained with other settings" refusal."""
-    skip = set(skip)
+    """``"group.key: <a_name> value, <b_name> value"`` for each key of ``groups`` (but ``skip``)
+    that differs between two ``Config.to_dict()``: every "other settings" refusal's wording."""
     return [f"{g}.{k}: {a_name} {a.get(g, {}).get(k)!r}, {b_name} {v!r}"
             for g in groups for k, v in b[g].items()
             if f"{g}.{k}" not in skip and a.get(g, {}).get(k) != v]
@@ -352,6 +306,4 @@ def config_diffs(a: dict, b: dict, groups: Iterable[str], a_name: str, b_name: s
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically (temporary name, then rename)."""
-    from asd.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,27 +1,18 @@
 """The data set index: parse DCASE clip names, walk a data root, assign class ids.
 
-Layouts read (``ROOT`` is what the caller passes):
+Layouts: DCASE 2021 ``ROOT/{dev_data,eval_data}/<machine>/{train,source_test,target_test}/``,
+DCASE 2022/2023 with ``{train,test}/``, or a ROOT holding machine folders (``dataset`` is "").
+Evaluation test names carry no label; attributes (the name's tail) may hold ``_`` and ``.``.
 
-- DCASE 2021: ``ROOT/{dev_data,eval_data}/<machine>/{train,source_test,target_test}/*.wav``
-- DCASE 2022/2023: ``ROOT/{dev_data,eval_data}/<machine>/{train,test}/*.wav``
-- a root that directly holds machine folders (``<machine>/train/...``); ``dataset`` is "" then.
-
-Names (split on ``_``):
-``section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav``;
-training and development test names carry the label, evaluation test names do not, and the
-attribute part (2022 on: test names too) may itself contain ``_`` and ``.``.
-
-Ground truth of the evaluation test clips lives in ``ROOT/eval_data/ground_truth/`` in the format
-of the official DCASE 2021 evaluator: ``ground_truth_<machine>_section_<XX>_<domain>_test.csv``,
-one ``file name,0|1`` row per clip (1 = anomaly), sorted by name, no header. For the real data
-copy the evaluator's ``ground_truth_data/*.csv`` there; the synthetic generator writes them there.
+Evaluation ground truth: ``ROOT/eval_data/ground_truth/`` in the official DCASE 2021 evaluator's
+format (``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, one ``file name,0|1`` row per
+clip, 1 = anomaly, no header): copy the evaluator's ``ground_truth_data/*.csv`` there for the
+real data; the synthetic generator writes them there.
 """
 
 from __future__ import annotations
 
-from asd import AsdError
-
-import logging
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -30,13 +21,11 @@ from typing import Optional
 
 import pandas as pd
 
+from asd import AsdError
 from asd.io import atomic_path
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("dev_data", "eval_data")
 DOMAINS = ("source", "target")
-LABELS = ("normal", "anomaly")
 GROUND_TRUTH = "ground_truth"  # folder inside eval_data/ (not a machine)
 # test folders and the domain their clips must carry (None: the 2022/2023 mixed test/ folder)
 _FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
@@ -80,51 +69,42 @@ def parse_name(file_name: str | Path) -> ClipName:
     if m["split"] == "train" and m["label"] != "normal":
         raise DataError(f"{file_name}: a training clip name must say 'train_normal'; "
                         f"expected {_EXPECTED}")
-    return ClipName(section=m["section"], domain=domain, split=m["split"], label=m["label"],
-                    index=int(m["index"]), attributes=m["attributes"] or "")
+    return ClipName(m["section"], domain, m["split"], m["label"], int(m["index"]),
+                    m["attributes"] or "")
 
 
 def _machine_folders(root: Path) -> list[tuple[str, Path]]:
     """(dataset, machine folder) pairs under ``root``, in sorted order."""
     datasets = [d for d in DATASETS if (root / d).is_dir()]
     if datasets:
-        pairs = []
-        for d in datasets:
-            for p in sorted((root / d).iterdir()):
-                if p.is_dir() and not p.name.startswith((".", GROUND_TRUTH)):
-                    pairs.append((d, p))
-        return pairs
-    machines = [p for p in sorted(root.iterdir())
+        return [(d, p) for d in datasets for p in sorted((root / d).iterdir())
+                if p.is_dir() and not p.name.startswith((".", GROUND_TRUTH))]
+    machines = [("", p) for p in sorted(root.iterdir())
                 if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir()]
     if not machines:
         raise DataError(f"{root}: expected dev_data/ or eval_data/ (or machine folders holding "
                         f"train/) inside, found neither")
-    return [("", p) for p in machines]
+    return machines
 
 
 def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
-    expected_split = "train" if folder.name == "train" else "test"
-    expected_domain = _FOLDERS[folder.name]
-    # os.scandir, not Path.iterdir: its entries know their type without a stat call (every
-    # command indexes the data root when it starts)
-    with os.scandir(folder) as entries:
+    split = "train" if folder.name == "train" else "test"
+    domain = _FOLDERS[folder.name]
+    with os.scandir(folder) as entries:  # entries know their type without a stat call each
         names = sorted(e.name for e in entries if e.name.lower().endswith(".wav")
                        and not e.name.startswith(".") and e.is_file())
-    base = str(folder.absolute())
-    rows = []
+    base, rows = folder.absolute(), []
     for name in names:
-        f = os.path.join(base, name)
-        clip = parse_name(f)
-        if clip.split != expected_split:
-            raise DataError(f"{f}: a '{clip.split}' clip inside {folder.name}/; "
-                            f"expected only *_{expected_split}_* names there")
-        if expected_domain is not None and clip.domain != expected_domain:
-            raise DataError(f"{f}: a '{clip.domain}' clip inside {folder.name}/; "
-                            f"expected only {expected_domain} clips there")
-        rows.append({"path": f, "file": name, "dataset": dataset,
-                     "machine": machine.name, "section": clip.section, "domain": clip.domain,
-                     "split": clip.split, "label": clip.label, "index": clip.index,
-                     "attributes": clip.attributes, "_folder": folder.name})
+        path = os.path.join(base, name)
+        clip = parse_name(path)
+        if clip.split != split:
+            raise DataError(f"{path}: a '{clip.split}' clip inside {folder.name}/; "
+                            f"expected only *_{split}_* names there")
+        if domain is not None and clip.domain != domain:
+            raise DataError(f"{path}: a '{clip.domain}' clip inside {folder.name}/; "
+                            f"expected only {domain} clips there")
+        rows.append({"path": path, "file": name, "dataset": dataset, "machine": machine.name,
+                     **dataclasses.asdict(clip), "_folder": folder.name})
     return rows
 
 
@@ -153,13 +133,9 @@ def index_dataset(root: str | Path) -> pd.DataFrame:
                 rows += _folder_rows(dataset, machine, machine / name)
     if not rows:
         raise DataError(f"{root}: no .wav files found; expected <dataset>/<machine>/train/*.wav")
-    df = pd.DataFrame(rows)
-    df = df.sort_values(["dataset", "machine", "_folder", "file"], kind="stable")
+    df = pd.DataFrame(rows).sort_values(["dataset", "machine", "_folder", "file"], kind="stable")
     df = df.drop(columns="_folder").reset_index(drop=True)
-    df["label"] = pd.Series(df["label"].tolist(), dtype=object)  # keep None, not NaN
-    df["label"] = df["label"].where(df["label"].notna(), None)
-    df["index"] = df["index"].astype(int)
-    df["class"] = -1
+    df["label"] = pd.Series([v if isinstance(v, str) else None for v in df["label"]], dtype=object)
     return assign_classes(df, class_table(df))
 
 
@@ -167,21 +143,15 @@ def class_table(index_df: pd.DataFrame) -> pd.DataFrame:
     """Classes: (machine, section, domain) of the training clips, ids 0..C-1 in sorted order."""
     train = index_df[index_df["split"] == "train"]
     keys = sorted(set(zip(train["machine"], train["section"], train["domain"])))
-    table = pd.DataFrame(keys, columns=["machine", "section", "domain"])
-    table.insert(0, "class", range(len(table)))
-    return table[CLASS_COLUMNS].astype({"class": int, "machine": object, "section": object,
-                                         "domain": object})
+    rows = [(c, *k) for c, k in enumerate(keys)]
+    return pd.DataFrame(rows, columns=CLASS_COLUMNS, dtype=object).astype({"class": int})
 
 
 def assign_classes(index_df: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``index_df`` with the ids of ``classes`` in its ``class`` column (-1: absent)."""
-    lookup = {(m, s, d): int(c) for c, m, s, d in
-              zip(classes["class"], classes["machine"], classes["section"], classes["domain"])}
-    out = index_df.copy()
-    out["class"] = [lookup.get(k, -1) for k in
-                    zip(out["machine"], out["section"], out["domain"])]
-    out["class"] = out["class"].astype(int)
-    return out
+    lookup = {tuple(k): c for c, *k in classes[CLASS_COLUMNS].itertuples(index=False)}
+    keys = zip(index_df["machine"], index_df["section"], index_df["domain"])
+    return index_df.assign(**{"class": [lookup.get(k, -1) for k in keys]}).astype({"class": int})
 
 
 def save_classes(table: pd.DataFrame, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """Clip counts of a data root: ``python -m asd.index [ROOT] [--config C] [key.sub=value ...]``.
 
-Prints one row per (dataset, machine, section, domain, split) with the number of normal,
-anomalous and unlabelled clips. ROOT defaults to the config's ``data.root``.
+Normal, anomalous and unlabelled clips per (dataset, machine, section, domain, split); ROOT
+defaults to the config's ``data.root``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from asd.data import DataError, index_dataset
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     """Clip counts per (dataset, machine, section, domain, split) and label, with a total column."""
-    df = index_df.assign(label=index_df["label"].where(index_df["label"].notna(), "unlabelled"))
     keys = ["dataset", "machine", "section", "domain", "split"]
-    table = df.groupby(keys + ["label"]).size().unstack("label", fill_value=0)
+    table = pd.crosstab([index_df[k] for k in keys], index_df["label"].fillna("unlabelled"))
     table = table.reindex(columns=[c for c in ("normal", "anomaly", "unlabelled") if c in table])
-    table["total"] = table.sum(axis=1)
-    return table.reset_index()
+    return table.assign(total=table.sum(axis=1)).reset_index()
 
 
 def split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -43,12 +41,10 @@ def _main(args) -> None:
     root, overrides = split_args(args.args)
     root = resolve_root(root, args.config, overrides)
     df = index_dataset(root)
-    table = counts_table(df)
-    table["dataset"] = table["dataset"].replace("", "-")
+    table = counts_table(df).replace({"dataset": {"": "-"}})
     print(f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "
           f"{int(df['class'].max()) + 1} classes (machine, section, domain) with training clips")
-    with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(table.to_string(index=False))
+    print(table.to_string(index=False))  # every row, never wrapped
 
 
 def main(argv: list[str] | None = None) -> int:

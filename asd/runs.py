@@ -19,14 +19,8 @@ _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
 def list_runs(runs_dir: str | Path, kind: str | None = None) -> list[Path]:
     """Run folders under ``runs_dir``, oldest first; only ``*-<kind>`` ones when kind is given."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
-    found = []
-    for p in runs_dir.iterdir():
-        m = _RUN.match(p.name)
-        if p.is_dir() and m and (kind is None or m.group(2) == kind):
-            found.append((int(m.group(1)), p))
+    found = [(int(m[1]), p) for p in Path(runs_dir).glob("*")
+             if (m := _RUN.match(p.name)) and p.is_dir() and kind in (None, m[2])]
     return [p for _, p in sorted(found)]
 
 
@@ -34,8 +28,7 @@ def new_run(cfg: Config, kind: str) -> Path:
     """Create the next numbered run folder ``<runs.dir>/NNN-<kind>`` and write the config."""
     runs_dir = Path(cfg.runs.dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    existing = [int(_RUN.match(p.name).group(1)) for p in runs_dir.iterdir() if _RUN.match(p.name)]
-    number = max(existing, default=0) + 1
+    number = max((int(_RUN.match(p.name)[1]) for p in list_runs(runs_dir)), default=0) + 1
     while True:
         run = runs_dir / f"{number:03d}-{kind}"
         try:

@@ -1,27 +1,12 @@
-"""Read-only views of a run folder, for the notebooks in ``notebooks/``.
+"""Read-only views of a run folder for the notebooks, as plain pandas / NumPy objects: training
+curves, embeddings with their clips, sub-cluster centres, scores with labels, the worst errors.
 
-Nothing here writes into a run. Every function takes a run folder (``runs/NNN-stage2``) and
-returns plain pandas / NumPy objects:
-
-- :func:`training_log`: the Step 1 and Step 2 curves on one iteration axis (Step 2 continues
-  after the last Step 1 iteration), from ``logs/train.csv`` of each run of :func:`run_chain`;
-- :func:`embeddings`: ``RUN/embeddings.npz`` (written by ``asd.submit``) with each clip's
-  dataset, machine, section, domain, split and label;
-- :func:`scores`: one row per test clip from ``RUN/scores.csv`` (``asd.submit``) with the
-  labels of the data root;
-- :func:`subcluster_centres`: the learned sub-cluster AdaCos centres of ``RUN/model.pth``;
-- :func:`errors`: the most confident false alarms and misses of a :func:`scores` table.
-
-Missing or foreign files raise :class:`ViewError` naming the file and the step that
-writes it.
+A missing or foreign file raises :class:`ViewError` naming the file and the step that writes it.
 """
 
 from __future__ import annotations
 
-from asd import AsdError
-
 import argparse
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -29,10 +14,14 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from asd import AsdError
+from asd.checkpoint import load_checkpoint
+from asd.cli import load_run
 from asd.config import Config, load_config
+from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
 from asd.detectors import l2_normalise
-
-log = logging.getLogger(__name__)
+from asd.evaluate import PUBLISHED, section_table
+from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
 LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
 SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "score",
@@ -43,17 +32,10 @@ class ViewError(AsdError):
     """A run folder that lacks what a view needs; the message names the file."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Runs
-
-
 def open_run(run: str | Path | None = None, config: str | Path | None = None,
              overrides: Iterable[str] = ()) -> tuple[Path, Config]:
-    """The finished run a notebook looks at and the config to read its data with, as
-    ``make submit FROM=run CONFIG=config ARGS=overrides`` would pick them: ``run`` (default:
-    the latest finished ``*-stage2`` run) and its own ``config.yml`` unless ``config`` is given."""
-    from asd.cli import load_run
-
+    """The finished run (default: the latest ``*-stage2``) and the config to read its data with
+    (default: its own ``config.yml``), as ``make submit FROM= CONFIG= ARGS=`` picks them."""
     return load_run(argparse.Namespace(from_run=run, config=config, overrides=list(overrides)))
 
 
@@ -66,34 +48,24 @@ def run_config(run: str | Path) -> Config:
 
 
 def run_chain(run: str | Path) -> list[Path]:
-    """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2.
-
-    A Step 2 run names its Step 1 model in ``RUN/init.txt``; a run without it starts the chain.
-    """
+    """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2,
+    whose ``init.txt`` names the Step 1 model it started from."""
     chain = [Path(run)]
-    while (chain[0] / "init.txt").is_file():
-        init_file = chain[0] / "init.txt"
+    while (init_file := chain[0] / "init.txt").is_file():
         init = Path(init_file.read_text().strip())
-        parent = init.parent
-        if not init.name or not (parent / "config.yml").is_file():
+        if not init.name or not (init.parent / "config.yml").is_file():
             raise ViewError(f"{init_file} names {init}, which is not the model.pth of a run "
-                               f"folder (moved or deleted?)")
-        if any(parent.resolve() == p.resolve() for p in chain):
+                            f"folder (moved or deleted?)")
+        if any(init.parent.resolve() == p.resolve() for p in chain):
             raise ViewError(f"{init_file}: the runs name each other in a loop")
-        chain.insert(0, parent)
+        chain.insert(0, init.parent)
     return chain
 
 
-# ----------------------------------------------------------------------------------------------
-# Training curves
-
-
 def read_log(run: str | Path) -> pd.DataFrame:
-    """One run's ``logs/train.csv`` (Catalyst's CSV logger): a row per logged epoch.
-
-    Columns ``step`` (epoch), ``iteration`` (mini-batches so far), ``loss``, ``accuracy``,
-    ``s``, ``lr``, ``samples_per_s``. A resumed run may log an epoch twice: the last row wins.
-    """
+    """One run's ``logs/train.csv`` (Catalyst's CSV logger), a row per logged epoch: ``step``
+    (epoch), ``iteration`` (mini-batches so far) and LOG_COLUMNS. Of an epoch logged twice (a
+    resumed run), the last row wins."""
     path = Path(run) / "logs" / "train.csv"
     if not path.is_file():
         raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
@@ -101,52 +73,33 @@ def read_log(run: str | Path) -> pd.DataFrame:
     missing = [c for c in ["step", "iteration", *LOG_COLUMNS] if c not in df.columns]
     if missing:
         raise ViewError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
-                           f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
+                        f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
     df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "iteration"])
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
 
 
 def training_log(run: str | Path) -> pd.DataFrame:
-    """The curves of every run of :func:`run_chain` on one axis.
-
-    Columns: ``stage`` (the run kind, e.g. "stage1"), ``run`` (folder name), ``step``,
-    ``iteration`` (within its run), ``global_iteration`` (a later run continues after the last
-    iteration of the one before), ``loss``, ``accuracy``, ``s``, ``lr``, ``samples_per_s``.
-    """
+    """The logs of every run of :func:`run_chain`, with ``stage`` (e.g. "stage1"), ``run``
+    (folder name) and ``global_iteration``: a later run continues after the one before."""
     parts, offset = [], 0
     for r in run_chain(run):
-        df = read_log(r)
-        df.insert(0, "run", r.name)
-        df.insert(0, "stage", r.name.split("-", 1)[-1])
+        df = read_log(r).assign(stage=r.name.split("-", 1)[-1], run=r.name)
         df["global_iteration"] = df["iteration"] + offset
-        if len(df):
-            offset = int(df["global_iteration"].iloc[-1])
+        offset = int(df["global_iteration"].iloc[-1]) if len(df) else offset
         parts.append(df)
     cols = ["stage", "run", "step", "iteration", "global_iteration", *LOG_COLUMNS]
     return pd.concat(parts, ignore_index=True)[cols]
 
 
-# ----------------------------------------------------------------------------------------------
-# Clips, embeddings, centres
-
-
-def data_root(run: str | Path, root: str | Path | None = None) -> Path:
-    """``root`` or the ``data.root`` the run was trained on."""
-    return Path(root) if root is not None else Path(run_config(run).data.root)
-
-
-def clip_index(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
-    """The clips of the data root (``asd.data.index_dataset``) under the run's class ids;
+def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame]:
+    """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
-    from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
-
-    root = data_root(run, root)
+    root = Path(root if root is not None else run_config(run).data.root)
     index = index_dataset(root)
-    classes = Path(run) / "classes.csv"
-    if classes.is_file():
-        index = assign_classes(index, load_classes(classes))
-    return with_ground_truth(index, root)
+    if (Path(run) / "classes.csv").is_file():
+        index = assign_classes(index, load_classes(Path(run) / "classes.csv"))
+    return root, with_ground_truth(index, root)
 
 
 @dataclass
@@ -154,7 +107,7 @@ class Embeddings:
     """Embeddings of a run and the clips they belong to (row i of both)."""
 
     values: np.ndarray  # (N, D) float32, as the model outputs them (not normalised)
-    clips: pd.DataFrame  # clip_index rows in the order of ``values``
+    clips: pd.DataFrame  # the clips' index rows (asd.data.COLUMNS) in the order of ``values``
 
     def normalised(self) -> np.ndarray:
         """L2-normalised rows (N, D), as the detectors and the AdaCos head see them."""
@@ -162,9 +115,7 @@ class Embeddings:
 
 
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
-    """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of :func:`clip_index`."""
-    from asd.submit import EMBEDDINGS, clip_keys
-
+    """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of the data root."""
     path = Path(run) / EMBEDDINGS
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
@@ -175,13 +126,11 @@ def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
         raise ViewError(f"{path}: not an embeddings file of asd.submit ({err})") from None
     if len(values) != len(keys):
         raise ViewError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
-    index = clip_index(run, root)
-    row = pd.Series(np.arange(len(index)), index=clip_keys(index))
-    pos = row.reindex(keys.astype(str))
+    root, index = _clips(run, root)
+    pos = pd.Series(np.arange(len(index)), index=clip_keys(index)).reindex(keys.astype(str))
     if pos.isna().any():
-        lost = pos.index[pos.isna()][0]
-        raise ViewError(f"{path} holds clip {lost}, which is not under the data root "
-                           f"{data_root(run, root)}; pass the root asd.submit used")
+        raise ViewError(f"{path} holds clip {pos.index[pos.isna()][0]}, which is not under the "
+                        f"data root {root}; pass the root asd.submit used")
     clips = index.iloc[pos.to_numpy(dtype=int)].reset_index(drop=True)
     return Embeddings(values=values.astype(np.float32, copy=False), clips=clips)
 
@@ -203,8 +152,6 @@ class Centres:
 
 def subcluster_centres(run: str | Path) -> Centres:
     """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
-    from asd.checkpoint import load_checkpoint
-
     path = Path(run) / "model.pth"
     ckpt = load_checkpoint(path)
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
@@ -219,75 +166,52 @@ def subcluster_centres(run: str | Path) -> Centres:
     return Centres(values=centres, table=table, n_subclusters=s)
 
 
-# ----------------------------------------------------------------------------------------------
-# Scores
-
-
 def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
-    """One row per scored test clip (columns SCORE_COLUMNS) from ``RUN/scores.csv`` (written by
-    ``asd.submit`` with the challenge CSVs: score, threshold, decision 1 = anomaly), with
-    ``dataset``, ``label`` ("normal" | "anomaly" | None) and ``path`` from the data root."""
-    from asd.submit import SCORES
-
+    """One row per scored test clip (SCORE_COLUMNS) of ``RUN/scores.csv`` (``asd.submit``: score,
+    threshold, decision 1 = anomaly), with ``label`` (None: unknown) and ``path`` of the root."""
     path = Path(run) / SCORES
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
     keys = ["dataset", "machine", "section", "domain", "file"]
     sub = pd.read_csv(path, dtype={k: str for k in keys}, keep_default_na=False)
-    index = clip_index(run, root)
-    test = index[index["split"] == "test"][["path", "label", *keys]]
-    out = sub.merge(test, on=keys, how="left")
+    root, index = _clips(run, root)
+    out = sub.merge(index[index["split"] == "test"][["path", "label", *keys]], on=keys, how="left")
     lost = out[out["path"].isna()]
     if len(lost):
         raise ViewError(f"{path}: {len(lost)} scored clips are not test clips under the data "
-                        f"root {data_root(run, root)}, e.g. {lost.iloc[0]['file']}; pass the "
-                        f"root asd.submit used")
+                        f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used")
     out["label"] = pd.Series([v if isinstance(v, str) else None for v in out["label"]],
                              dtype=object)
     return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
 
 
 def section_results(table: pd.DataFrame) -> pd.DataFrame:
-    """AUC and pAUC per (dataset, machine, section, domain) of a :func:`scores` table.
-
-    Only labelled clips count, and only groups holding both labels (``asd.evaluate``'s rule).
-    Columns: dataset, machine, section, domain, auc, pauc, n_normal, n_anomaly.
-    """
-    from asd.evaluate import section_table
-
-    labelled = table[table["label"].notna()].copy()
-    labelled["anomaly"] = (labelled["label"] == "anomaly").astype(int)
-    labelled = labelled.rename(columns={"score": "ours"})
+    """AUC, pAUC and clip counts per (dataset, machine, section, domain) of a :func:`scores`
+    table, by ``asd.evaluate``'s rule: labelled clips only, groups holding both labels."""
+    labelled = table[table["label"].notna()].rename(columns={"score": "ours"})
+    labelled = labelled.assign(anomaly=(labelled["label"] == "anomaly").astype(int))
     res = section_table(labelled, systems=("ours",))
     return res[["dataset", "machine", "section", "domain", "auc", "pauc", "n_normal",
                 "n_anomaly"]].reset_index(drop=True)
 
 
 def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
-    """The ``n`` most confident false alarms and misses per machine of a :func:`scores` table.
+    """The ``n`` most confident false alarms (normal, decided anomalous) and misses (anomalous,
+    decided normal) per machine of a :func:`scores` table, with ``error`` and ``margin``.
 
-    A false alarm is a normal clip decided anomalous, a miss an anomalous clip decided normal.
-    Confidence is the distance to the threshold in standard deviations of the scores of the
-    clip's (dataset, machine, section, domain) group, so sections and domains whose detectors
-    score on different scales compare fairly. Adds ``error`` ("false alarm" | "miss") and
-    ``margin`` (>= 0); sorted by machine, error and decreasing margin.
+    The margin is the distance to the threshold in standard deviations of the scores of the
+    clip's (dataset, machine, section, domain), so detectors scoring on different scales compare
+    fairly. Sorted by machine, error and decreasing margin.
     """
     t = table[table["label"].notna()].copy()
     spread = t.groupby(["dataset", "machine", "section", "domain"])["score"].transform("std")
-    spread = spread.fillna(0.0).where(spread > 0, 1.0)
-    t["margin"] = (t["score"] - t["threshold"]) / spread
+    t["margin"] = ((t["score"] - t["threshold"]) / spread.where(spread > 0, 1.0)).abs()
     false_alarm = (t["label"] == "normal") & (t["decision"] == 1)
     miss = (t["label"] == "anomaly") & (t["decision"] == 0)
-    t["error"] = np.where(false_alarm, "false alarm", np.where(miss, "miss", ""))
-    t = t[false_alarm | miss].copy()
-    t["margin"] = t["margin"].abs()
-    t = t.sort_values(["machine", "error", "margin"], ascending=[True, True, False],
-                      kind="stable")
+    t["error"] = np.where(false_alarm, "false alarm", "miss")
+    t = t[false_alarm | miss].sort_values(["machine", "error", "margin"],
+                                          ascending=[True, True, False], kind="stable")
     return t.groupby(["machine", "error"], sort=False).head(n).reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Plot helpers
 
 
 def tsne_perplexity(n_samples: int, wanted: float = 30.0) -> float:
@@ -299,18 +223,13 @@ def tsne_perplexity(n_samples: int, wanted: float = 30.0) -> float:
 
 def published_table2() -> pd.DataFrame:
     """The report's Table 2 and the two baselines (AUC / pAUC in %) from ``asd.evaluate``."""
-    from asd.evaluate import PUBLISHED
-
-    rows = []
-    for system, table in PUBLISHED.items():
-        for machine, (auc, pauc) in table.items():
-            rows.append({"system": system, "machine": machine, "auc": auc, "pauc": pauc})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"system": system, "machine": machine, "auc": auc, "pauc": pauc}
+                         for system, table in PUBLISHED.items()
+                         for machine, (auc, pauc) in table.items()])
 
 
 def mel_centres_hz(fcfg) -> np.ndarray:
     """Centre frequency (Hz) of every mel band of ``fcfg`` (a FeatureConfig), for axis ticks."""
     import librosa
 
-    return librosa.mel_frequencies(fcfg.n_mels + 2, fmin=fcfg.fmin, fmax=fcfg.fmax,
-                                   htk=False)[1:-1]
+    return librosa.mel_frequencies(fcfg.n_mels + 2, fmin=fcfg.fmin, fmax=fcfg.fmax)[1:-1]

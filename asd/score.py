@@ -1,32 +1,29 @@
 """Score new recordings of a known machine and section with a submitted run.
 
-``python -m asd.score RUN FILE... [--machine M] [--section XX] [--domain D] [--csv OUT]``
-
-Each recording goes through the cache's audio handling (:func:`asd.features.load_audio`, then
-:func:`asd.features.log_mel`), is normalised with the run's training statistics, embedded with
-the run's model and scored by the detector ``asd.submit`` saved for its (machine, section,
-domain), with that detector's threshold. Section and domain come from a challenge file name
-(:func:`asd.data.parse_name`), the machine from the folder above the split folder
-(``<machine>/test/<file>``) or the parent folder; the options override them, so recordings
-named any way can be scored. An unknown machine or section, a missing domain or unreadable
-audio stops with a message naming the file and a non-zero exit status.
+``python -m asd.score RUN FILE... [--machine M] [--section XX] [--domain D] [--csv OUT]``: each
+recording's log-mel (as the cache computes it) is embedded by the run's model and scored by the
+detector ``asd.submit`` saved for its (machine, section, domain), against its threshold. Section
+and domain come from a challenge file name, the machine from the folder above the split folder
+(``<machine>/test/<file>``) or the parent folder; the options override them.
 """
 
 from __future__ import annotations
 
-from asd import AsdError
-
 import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from asd import AsdError
+from asd.checkpoint import load_model
 from asd.cli import run_command
+from asd.data import DataError, parse_name
+from asd.detectors import DetectorSet
+from asd.embed import embed, inference_batch
+from asd.features import load_audio, log_mel
 from asd.io import atomic_path
-
-log = logging.getLogger("asd.score")  # not "__main__" under python -m
+from asd.submit import DETECTORS
 
 SPLIT_FOLDERS = ("train", "test", "source_test", "target_test")
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
@@ -36,19 +33,10 @@ class ScoreError(AsdError):
     """A recording or run that cannot be scored; the message names it."""
 
 
-def machine_of(path: Path) -> str:
-    """The machine folder of a clip: above a split folder (train/, test/...), else the parent."""
-    parent = path.absolute().parent
-    return parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
-
-
 def describe_clip(path: str | Path, machine: str | None = None, section: str | None = None,
                   domain: str | None = None) -> tuple[str, str, str]:
     """(machine, section, domain) of a recording: the options, else its name and folders."""
-    from asd.data import DataError, parse_name
-
     path = Path(path)
-    parsed = None
     if section is None or domain is None:
         try:
             parsed = parse_name(path.name)
@@ -57,11 +45,10 @@ def describe_clip(path: str | Path, machine: str | None = None, section: str | N
                                 if v is None)
             raise ScoreError(f"{path}: not a challenge file name, so its section and domain are "
                              f"unknown; give {need}") from None
-    machine = machine or machine_of(path)
-    section = section if section is not None else parsed.section
-    domain = domain if domain is not None else parsed.domain
-    if domain not in ("source", "target"):
-        raise ScoreError(f"{path}: domain {domain!r} is neither 'source' nor 'target'")
+        section, domain = section or parsed.section, domain or parsed.domain
+    parent = path.absolute().parent
+    if machine is None:
+        machine = parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
     return machine, section, domain
 
 
@@ -69,49 +56,30 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
                 section: str | None = None, domain: str | None = None,
                 device: str = "cpu") -> pd.DataFrame:
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS)."""
-    from asd.checkpoint import load_model
-    from asd.detectors import DetectorSet
-    from asd.embed import embed, inference_batch
-    from asd.features import AudioError, load_audio, log_mel
-    from asd.submit import DETECTORS
-
     run = Path(run)
     if not run.is_dir():
         raise ScoreError(f"run folder {run} does not exist")
     if section is not None and not (len(section) == 2 and section.isdigit()):
         raise ScoreError(f"--section {section!r}: expected two digits such as 00")
-    try:
-        dets = DetectorSet.load(run / DETECTORS)
-    except FileNotFoundError as err:
-        raise ScoreError(str(err)) from None
+    dets = DetectorSet.load(run / DETECTORS)
     known = dets.sections()
-    clips = []
-    for f in files:
-        m, s, d = describe_clip(f, machine, section, domain)
+    clips = [describe_clip(f, machine, section, domain) for f in files]
+    for f, (m, s, _) in zip(files, clips):
         if (m, s) not in known:
-            listed = ", ".join(f"{a} {b}" for a, b in known)
-            what = (f"machine {m!r}" if m not in {a for a, _ in known}
-                    else f"section {s!r} of {m}")
-            raise ScoreError(f"{f}: {what} is unknown to run {run} (it knows: {listed}); "
-                             f"give --machine/--section for recordings outside the layout")
-        clips.append((str(f), m, s, d))
+            what = f"machine {m!r}" if m not in {a for a, _ in known} else f"section {s!r} of {m}"
+            raise ScoreError(f"{f}: {what} is unknown to run {run} (it knows: "
+                             f"{', '.join(f'{a} {b}' for a, b in known)}); give "
+                             f"--machine/--section for recordings outside the layout")
     loaded = load_model(run / "model.pth", device=device)
     fcfg = loaded.cfg.features
-    mels = []
-    for f, *_ in clips:
-        try:
-            wave = load_audio(f, fcfg)
-            mels.append(log_mel(wave, fcfg.sample_rate, fcfg))  # (T, F)
-        except AudioError as err:
-            raise ScoreError(str(err)) from None
+    mels = [log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg) for f in files]  # (T, F) each
     emb = embed(loaded.model, np.stack(mels), loaded.mean, loaded.std,
-                inference_batch(loaded.cfg.detectors.batch_size, device),
-                device=device)  # (N, D)
+                inference_batch(loaded.cfg.detectors.batch_size, device), device=device)  # (N, D)
     rows = []
-    for (f, m, s, d), e in zip(clips, emb):
+    for f, (m, s, d), e in zip(files, clips, emb):
         det, _ = dets.lookup(m, s, d)
         score = float(det.score(e[None])[0])
-        rows.append({"file": f, "machine": m, "section": s, "domain": d, "score": score,
+        rows.append({"file": str(f), "machine": m, "section": s, "domain": d, "score": score,
                      "threshold": float(det.threshold), "decision": int(score > det.threshold)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -130,8 +98,7 @@ def _main(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asd.score",
-                                     description="Score new recordings of a machine and section "
-                                                 "that a submitted run knows.")
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="run folder (after asd.submit)")
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (.wav)")
     parser.add_argument("--machine", help="machine type (default: from the folders)")

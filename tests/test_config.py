@@ -116,3 +116,13 @@ def test_roundtrip(tmp_path, cfg):
 
     save_config(cfg, tmp_path / "c.yml")
     assert load_config(tmp_path / "c.yml") == cfg
+
+
+def test_a_typo_names_the_nearest_key(repo, tmp_path):
+    with pytest.raises(ConfigError, match=r"did you mean 'stage1\.epochs'\?"):
+        load_config(repo / "config.yml", ["stage1.epoch=3"])
+    bad = tmp_path / "bad.yml"
+    bad.write_text((repo / "config.yml").read_text().replace("detectors:", "detector:"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'detector' \(did you mean "
+                                          r"'detectors'\?"):
+        load_config(bad)
