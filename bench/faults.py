@@ -93,12 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run folder (default: the latest *-stage2 run in runs.dir)")
     ns = parser.parse_args(argv)
 
-    from asd.config import load_config
+    from asd.cli import load_run
     from asd.evaluate import scored_clips
-    from asd.submit import resolve_run
 
-    cfg = load_config(ns.config, ns.overrides)
-    run = resolve_run(cfg, ns.from_run)
+    run, cfg = load_run(ns)
     clips = scored_clips(cfg, run).merge(clip_faults(cfg.data.root),
                                          on=["dataset", "machine", "file"], how="left",
                                          validate="one_to_one")
