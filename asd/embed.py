@@ -30,8 +30,6 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     slices, e.g. ``tqdm`` for a progress bar on the command line.
     """
     n = len(features)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     mean = torch.as_tensor(np.asarray(mean, dtype=np.float32), device=device)  # (F,)
     std = torch.as_tensor(np.asarray(std, dtype=np.float32), device=device)  # (F,)
     slices = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

@@ -1,19 +1,13 @@
-"""AUC / pAUC tables of a submitted run against the labels (DESIGN.md "Evaluation").
+"""AUC / pAUC tables of a submitted run against the labels; prints the run folder last.
 
 ``python -m asd.evaluate [--config C] [--from RUN] [key.sub=value ...]``
 
 Reads the run's challenge CSVs (``RUN/submission/``, as the official evaluator does) and the
-labels of the test clips of ``data.root``: in the names for the development sections, and in
-``eval_data/ground_truth/*.csv`` (the official evaluator's format) for evaluation sections when
-that folder exists. Per (machine, section, domain), with only that domain's test clips: AUC and
-pAUC (p = 0.1). Summaries are harmonic means: per machine over its sections and domains (the
-report's Table 2), over everything for AUC and for pAUC, and the official score (all AUC and
-pAUC values together). The same is computed for the simple reference detector
-(:mod:`asd.reference`) on the same clips, and the tables show the report's and both challenge
-baselines' published numbers beside ours.
-
-Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and ``RUN/figures/roc_<machine>.png``
-(all atomically); prints the tables and the run folder as the last line.
+labels of the test clips of ``data.root`` (names, or ``eval_data/ground_truth/``). Per (machine,
+section, domain), on that domain's test clips: AUC and pAUC (p = 0.1); harmonic means per
+machine (the report's Table 2), per domain and over everything, and the official score; the
+same for the simple reference detector (:mod:`asd.reference`), published numbers beside them.
+Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and ``RUN/figures/roc_*.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ import pandas as pd
 from asd import metrics
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, load_config
-from asd.data import with_ground_truth
+from asd.data import ground_truth_dir, with_ground_truth
 from asd.io import atomic_path, atomic_write_text
 from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
 
@@ -49,32 +43,13 @@ PUBLISHED = {
         "slider": (59.26, 56.00), "ToyCar": (56.04, 56.37), "ToyTrain": (57.46, 51.61),
         "valve": (56.51, 52.64), "all": (59.24, 55.95)},
 }
-SYSTEMS = ("ours", "reference")  # reference = asd.reference's simple detector
-SYSTEM_NAMES = {"ours": "ours", "reference": "simple reference"}
+SYSTEM_NAMES = {"ours": "ours", "reference": "simple reference"}  # reference: asd.reference
 RESULT_COLUMNS = ["dataset", "level", "machine", "section", "domain", "system", "auc", "pauc",
                   "score", "n_normal", "n_anomaly"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Labels and scores
-
-
-def test_labels(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
-    """Labelled test clips of ``index``: its test rows (``row``: position in ``index``) with
-    ``anomaly`` (0/1) from the name or from the evaluation ground truth of ``root``."""
-    rows = np.flatnonzero(index["split"].to_numpy() == "test")
-    test = with_ground_truth(index, root).iloc[rows].assign(row=rows)
-    test["anomaly"] = test["label"].map({"normal": 0, "anomaly": 1})
-    missing = test["anomaly"].isna()
-    if missing.any():
-        log.info("%d test clips without labels are not evaluated", int(missing.sum()))
-    return test[~missing].astype({"anomaly": int}).reset_index(drop=True)
-
-
 def missing_ground_truth(root: str | Path) -> str | None:
     """The warning to print when ``root`` has evaluation test clips but no ground truth."""
-    from asd.data import ground_truth_dir
-
     folder = ground_truth_dir(root)
     tests = [p for p in Path(root, "eval_data").glob("*/*test") if any(p.glob("*.wav"))]
     if tests and not any(folder.glob("ground_truth_*.csv")):
@@ -83,107 +58,68 @@ def missing_ground_truth(root: str | Path) -> str | None:
     return None
 
 
-def attach_scores(labels: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
-    """``labels`` with the submission's ``score``; a labelled clip without a score is an error."""
-    keys = ["machine", "section", "domain", "file"]
-    if submission.duplicated(keys).any():
-        raise SubmitError("the submission lists a clip twice: "
-                          + " ".join(submission[submission.duplicated(keys)].iloc[0][keys]))
-    out = labels.merge(submission[keys + ["score"]], on=keys, how="left")
-    lost = out[out["score"].isna()]
-    if len(lost):
-        m, s, d = lost.iloc[0][["machine", "section", "domain"]]
-        raise SubmitError(f"the submission lacks {len(lost)} labelled test clips, e.g. "
-                          f"{lost.iloc[0]['file']} of {m} section {s} {d}; submit this data "
-                          f"root again")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables
-
-
-def section_table(clips: pd.DataFrame, systems=SYSTEMS) -> pd.DataFrame:
-    """Per (dataset, machine, section, domain) and system: AUC, pAUC and clip counts.
-
-    ``clips`` holds one row per labelled test clip with ``anomaly`` and one score column per
-    system. Groups with only normal or only anomalous clips are skipped with a warning.
-    """
+def section_table(clips: pd.DataFrame, systems=tuple(SYSTEM_NAMES)) -> pd.DataFrame:
+    """Result rows per (dataset, machine, section, domain) and system of labelled test ``clips``
+    (``anomaly`` and a score column per system); one-label groups are skipped (warned)."""
     rows = []
-    for (dataset, machine, section, domain), g in clips.groupby(
-            ["dataset", "machine", "section", "domain"], sort=True):
+    for key, g in clips.groupby(["dataset", "machine", "section", "domain"], sort=True):
+        dataset, machine, section, domain = key
         y = g["anomaly"].to_numpy()
         n_anom = int(y.sum())
         if n_anom in (0, len(y)):
             log.warning("%s %s section %s %s: only one label among its %d test clips; skipped",
-                        dataset, machine, section, domain, len(y))
+                        *key, len(y))
             continue
-        for system in systems:
-            s = g[system].to_numpy()
-            if np.isnan(s).any():
-                continue
-            a, p = metrics.auc(y, s), metrics.pauc(y, s)
-            rows.append({"dataset": dataset, "level": "section", "machine": machine,
-                         "section": section, "domain": domain, "system": system, "auc": a,
-                         "pauc": p, "score": metrics.hmean([a, p]),
-                         "n_normal": len(y) - n_anom, "n_anomaly": n_anom})
+        for system in [name for name in systems if not g[name].isna().any()]:
+            a, p = metrics.auc(y, g[system]), metrics.pauc(y, g[system])
+            rows.append((dataset, "section", machine, section, domain, system, a, p,
+                         metrics.hmean([a, p]), len(y) - n_anom, n_anom))  # RESULT_COLUMNS
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
 def summary_rows(sections: pd.DataFrame) -> pd.DataFrame:
-    """Harmonic means per (dataset, system): per machine (level "machine"), per domain over all
-    machines (level "domain", machine "all") and over everything (level "all", whose ``score``
-    is the official score: all AUC and pAUC values together)."""
+    """Harmonic means per (dataset, system) over each machine (level "machine"), each domain
+    (level "domain", machine "all") and everything (level "all": ``score`` is the official one)."""
     rows = []
     for (dataset, system), g in sections.groupby(["dataset", "system"], sort=True):
         parts = [("machine", m, "", gm) for m, gm in g.groupby("machine", sort=True)]
         parts += [("domain", "all", d, gd) for d, gd in g.groupby("domain", sort=True)]
         parts.append(("all", "all", "", g))
         for level, machine, domain, gm in parts:
-            rows.append({"dataset": dataset, "level": level,
-                         "machine": machine, "section": "", "domain": domain, "system": system,
-                         "auc": metrics.hmean(gm["auc"]), "pauc": metrics.hmean(gm["pauc"]),
-                         "score": metrics.official_score(gm["auc"], gm["pauc"]),
-                         "n_normal": int(gm["n_normal"].sum()),
-                         "n_anomaly": int(gm["n_anomaly"].sum())})
+            rows.append((dataset, level, machine, "", domain, system, metrics.hmean(gm["auc"]),
+                         metrics.hmean(gm["pauc"]), metrics.official_score(gm["auc"], gm["pauc"]),
+                         int(gm["n_normal"].sum()), int(gm["n_anomaly"].sum())))
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
-def _pct(a: float, p: float) -> str:
-    return f"{100 * a:.2f} / {100 * p:.2f}"
+def _systems_table(results: pd.DataFrame, dataset: str, levels: list, by: list) -> pd.DataFrame:
+    """Per ``by`` group of the ``levels`` rows of ``dataset``: each system's AUC / pAUC (%)."""
+    table = []
+    rows = results[(results["dataset"] == dataset) & results["level"].isin(levels)]
+    for key, group in rows.groupby(by, sort=True):
+        cells = {name: "-" for name in SYSTEM_NAMES.values()}
+        cells.update({SYSTEM_NAMES[row.system]: f"{100 * row.auc:.2f} / {100 * row.pauc:.2f}"
+                      for row in group.itertuples()})
+        table.append({**dict(zip(by, key)), **cells})
+    return pd.DataFrame(table)
 
 
 def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Table 2 layout for one dataset: machine rows, AUC / pAUC (%) of ours, the reference
     detector and (development data only) the published systems."""
-    summ = results[(results["dataset"] == dataset) & results["level"].isin(["machine", "all"])]
-    machines = sorted((m for m in summ["machine"].unique() if m != "all"), key=str.lower)
-    machines.append("all")  # the report's order: fan, gearbox, pump, slider, ToyCar, ...
-    rows = []
-    for machine in machines:
-        row = {"machine": machine}
-        for system in SYSTEMS:
-            r = summ[(summ["machine"] == machine) & (summ["system"] == system)]
-            row[SYSTEM_NAMES[system]] = _pct(r["auc"].iloc[0], r["pauc"].iloc[0]) if len(r) else "-"
-        if dataset == "dev_data":
-            for name, table in PUBLISHED.items():
-                row[name] = (f"{table[machine][0]:.2f} / {table[machine][1]:.2f}"
-                             if machine in table else "-")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table = _systems_table(results, dataset, ["machine", "all"], ["machine"]).set_index("machine")
+    # the report's order: fan, gearbox, pump, slider, ToyCar, ToyTrain, valve, all
+    table = table.loc[sorted(table.index.drop("all"), key=str.lower) + ["all"]].reset_index()
+    if dataset == "dev_data":
+        for name, published in PUBLISHED.items():
+            table[name] = [f"{published[m][0]:.2f} / {published[m][1]:.2f}"
+                           if m in published else "-" for m in table["machine"]]
+    return table
 
 
 def domain_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Source and target rows: AUC / pAUC (%) over all machines and sections of that domain."""
-    summ = results[(results["dataset"] == dataset) & (results["level"] == "domain")]
-    rows = []
-    for domain, g in summ.groupby("domain", sort=True):
-        row = {"domain": domain}
-        for system in SYSTEMS:
-            r = g[g["system"] == system]
-            row[SYSTEM_NAMES[system]] = _pct(r["auc"].iloc[0], r["pauc"].iloc[0]) if len(r) else "-"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return _systems_table(results, dataset, ["domain"], ["domain"])
 
 
 def official_line(results: pd.DataFrame, dataset: str) -> str:
@@ -191,8 +127,8 @@ def official_line(results: pd.DataFrame, dataset: str) -> str:
     parts = [f"{SYSTEM_NAMES[r.system]} {100 * r.score:.2f}" for r in summ.itertuples()]
     line = "official score (harmonic mean of all AUC and pAUC values): " + ", ".join(parts)
     if dataset == "dev_data":
-        approx = ", ".join(f"{name} ~{metrics.hmean(t['all']):.2f}"
-                           for name, t in PUBLISHED.items())
+        approx = ", ".join(f"{name} ~{metrics.hmean(means['all']):.2f}"
+                           for name, means in PUBLISHED.items())
         line += f"; published (from their two means): {approx}"
     return line
 
@@ -213,64 +149,41 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
         out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
                 official_line(results, dataset), "", "### Per domain", "",
                 _markdown(domain_table(results, dataset)), "", "### Per section and domain", ""]
-        sec = results[(results["dataset"] == dataset) & (results["level"] == "section")]
-        wide = sec.pivot_table(index=["machine", "section", "domain", "n_normal", "n_anomaly"],
-                               columns="system", values=["auc", "pauc"]).reset_index()
-        counts = [f"{a}/{b}" for a, b in zip(wide["n_normal"], wide["n_anomaly"])]
-        detail = pd.DataFrame({"machine": wide["machine"], "section": wide["section"],
-                               "domain": wide["domain"], "clips (normal/anomaly)": counts})
-        for system in SYSTEMS:
-            if ("auc", system) in wide.columns:
-                detail[SYSTEM_NAMES[system]] = [_pct(a, p) for a, p in
-                                                zip(wide[("auc", system)], wide[("pauc", system)])]
+        detail = _systems_table(results, dataset, ["section"],
+                                ["machine", "section", "domain", "n_normal", "n_anomaly"])
+        counts = detail.pop("n_normal").astype(str) + "/" + detail.pop("n_anomaly").astype(str)
+        detail.insert(3, "clips (normal/anomaly)", counts)
         out += [_markdown(detail), ""]
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------------------------
-# Figures
-
-
 def roc_figures(clips: pd.DataFrame, folder: Path) -> list[Path]:
     """One ROC figure per machine: a curve per (section, domain), ours solid, reference dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
     from sklearn.metrics import roc_curve
 
     written = []
     for machine, g in clips.groupby("machine", sort=True):
-        fig, ax = plt.subplots(figsize=(5.5, 5))
-        for i, ((dataset, section, domain), gs) in enumerate(
-                g.groupby(["dataset", "section", "domain"], sort=True)):
+        ax = Figure(figsize=(5.5, 5), layout="tight").subplots()
+        for i, ((_, section, domain), gs) in enumerate(g.groupby(["dataset", "section", "domain"])):
             y = gs["anomaly"].to_numpy()
             if y.min() == y.max():
                 continue
             colour = f"C{i % 10}"
-            fpr, tpr, _ = roc_curve(y, gs["ours"].to_numpy())
-            ax.plot(fpr, tpr, color=colour, label=f"{section} {domain} "
+            ax.plot(*roc_curve(y, gs["ours"])[:2], color=colour, label=f"{section} {domain} "
                     f"(AUC {100 * metrics.auc(y, gs['ours']):.1f})")
-            if "reference" in gs and not gs["reference"].isna().any():
-                fpr, tpr, _ = roc_curve(y, gs["reference"].to_numpy())
-                ax.plot(fpr, tpr, color=colour, linestyle="--", linewidth=0.8)
+            if not gs["reference"].isna().any():
+                ax.plot(*roc_curve(y, gs["reference"])[:2], color=colour, linestyle="--",
+                        linewidth=0.8)
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
         ax.axvline(metrics.MAX_FPR, color="grey", linestyle=":", linewidth=0.8)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
                ylim=(0, 1), title=f"{machine}: ours (solid), simple reference (dashed)")
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = folder / f"roc_{machine}.png"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(folder / f"roc_{machine}.png")
+        with atomic_path(written[-1]) as tmp:
+            ax.figure.savefig(tmp, format="png", dpi=100)
     return written
-
-
-# ----------------------------------------------------------------------------------------------
-# The whole step
 
 
 @dataclass
@@ -283,7 +196,8 @@ class Evaluation:
 
 
 def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
-    """One row per labelled test clip of ``cfg.data.root``: test_labels' columns, ``ours`` (the
+    """One row per labelled test clip of ``cfg.data.root``: its index row (``row``: position in
+    the index), ``anomaly`` (0/1, from the name or the evaluation ground truth), ``ours`` (the
     submission of ``run``) and ``reference`` (asd.reference's score)."""
     from asd.cache import build_cache
     from asd.reference import reference_scores
@@ -294,15 +208,30 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     if (run / "config.yml").is_file():
         check_features(cfg.features, load_config(run / "config.yml").features, run)
     submission = read_submission(run / SUBMISSION)
+    keys = ["machine", "section", "domain", "file"]
+    if submission.duplicated(keys).any():
+        raise SubmitError("the submission lists a clip twice: "
+                          + " ".join(submission[submission.duplicated(keys)].iloc[0][keys]))
     cache = build_cache(cfg, progress=False)
-    labels = test_labels(cache.index, cfg.data.root)
-    if labels.empty:
+    rows = np.flatnonzero(cache.index["split"].to_numpy() == "test")
+    test = with_ground_truth(cache.index, cfg.data.root).iloc[rows].assign(row=rows)
+    test["anomaly"] = test["label"].map({"normal": 0, "anomaly": 1})
+    missing = test["anomaly"].isna()
+    if missing.any():
+        log.info("%d test clips without labels are not evaluated", int(missing.sum()))
+    if missing.all():
         raise SubmitError(f"{cfg.data.root}: no labelled test clips (no dev_data labels and no "
                           f"eval_data/ground_truth/)")
-    clips = attach_scores(labels, submission).rename(columns={"score": "ours"})
+    clips = test[~missing].astype({"anomaly": int}).reset_index(drop=True).merge(
+        submission[keys + ["score"]].rename(columns={"score": "ours"}), on=keys, how="left")
+    lost = clips[clips["ours"].isna()]
+    if len(lost):
+        first = lost.iloc[0]
+        raise SubmitError(f"the submission lacks {len(lost)} labelled test clips, e.g. "
+                          f"{first.file} of {first.machine} section {first.section} "
+                          f"{first.domain}; submit this data root again")
     ref = reference_scores(cache.features, cache.index)  # (N,) NaN for training rows
-    clips["reference"] = ref[clips["row"].to_numpy()]
-    return clips
+    return clips.assign(reference=ref[clips["row"].to_numpy()])
 
 
 def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
@@ -351,8 +280,7 @@ def _main(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("asd.evaluate", "AUC / pAUC tables of a submitted run; prints the run "
-                         "folder last.",
+    parser = make_parser("asd.evaluate", __doc__,
                          from_help="run folder (default: the latest finished *-stage2 run)")
     parser.add_argument("--no-figures", action="store_true", help="skip the ROC figures")
     return run_command(_main, parser, argv)

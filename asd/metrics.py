@@ -1,11 +1,10 @@
 """Challenge metrics: AUC, pAUC (p = 0.1) and their harmonic means.
 
-Labels are 1 for anomalous and 0 for normal clips; scores are higher for more anomalous clips.
-pAUC is exactly ``sklearn.metrics.roc_auc_score(y, score, max_fpr=0.1)``, the challenge
-definition, which is McClish-standardised: a perfect ranking gives 1.0, a random one about
-0.5 and a fully reversed one 0.5 * (1 - p / (2 - p)) = 9 / 19 = 0.4737 for p = 0.1 (not 0).
-Harmonic means floor every value at machine epsilon first, as the official evaluator does, so
-a single 0 gives a tiny mean instead of an error.
+Labels: 1 anomalous, 0 normal; higher scores = more anomalous. pAUC is exactly
+``sklearn.metrics.roc_auc_score(y, score, max_fpr=0.1)``, the challenge definition, which is
+McClish-standardised: perfect 1.0, random about 0.5, fully reversed 0.5 * (1 - p / (2 - p)) =
+9 / 19 = 0.4737 for p = 0.1 (not 0). Harmonic means floor every value at machine epsilon first,
+as the official evaluator does, so a single 0 gives a tiny mean instead of an error.
 """
 
 from __future__ import annotations
