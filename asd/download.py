@@ -1,17 +1,9 @@
 """``make data``: fetch the DCASE 2021 Task 2 data from Zenodo and unpack it into data.root.
 
-Records (DESIGN.md "Scale"); the eval archive names are taken in either word order:
-4562016 ``dev_data_<machine>.zip`` -> ``dev_data/<machine>/{train,source_test,target_test}``;
-4660992 ``eval_data_<machine>_train.zip`` -> ``eval_data/<machine>/train``;
-4884786 ``eval_data_<machine>_test.zip`` -> ``eval_data/<machine>/{source_test,target_test}``;
-5257674, the ground truth the official evaluator (github.com/y-kawagu/dcase2021_task2_evaluator)
-points to: its 42 ``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, as CSVs or in a
-zip, -> ``eval_data/ground_truth/``, the folder ``make evaluate`` reads.
-
-Names, sizes and MD5s (``md5:<hex>`` or bare hex) come from ``<base-url>/records/<id>``. pooch
-fetches, verifies and unzips each file, through a downloader that keeps ``.download/<name>.part``
-between runs and resumes it (HTTP Range). Only the machine's folders leave the unpacked tree
-(``__MACOSX/`` and the like stay behind); ``<name>.done`` then marks the file finished.
+``RECORDS``: development, additional training and evaluation test archives per machine, and the
+official evaluator's 42 ground-truth CSVs (DESIGN.md "Scale"), listed with names, sizes and MD5s
+at ``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file, resuming
+``.download/<name>.part`` (HTTP Range); only the machine's folders leave the unpacked tree.
 """
 
 from __future__ import annotations
@@ -23,23 +15,20 @@ import re
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pooch
 import requests
+from tqdm import tqdm
 
 from asd import AsdError
 from asd.cli import load_args_config, make_parser, run_command
 from asd.data import GROUND_TRUTH
 
-log = logging.getLogger(__name__)
-
 DEFAULT_BASE_URL = "https://zenodo.org/api"
 BASE_URL_ENV = "ASD_ZENODO_URL"
 STATE = ".download"  # folder inside the root: .part files, archives and .done markers
-RETRIES = 3  # further attempts per file; each resumes the .part file
 _M = r"(?P<machine>[A-Za-z0-9]+)"
 _TRUTH = r"ground_truth_(?P<machine>.+)_section_\d{2}_(source|target)_test\.csv"
 
@@ -48,18 +37,10 @@ class DownloadError(AsdError):
     """A record, download or archive that failed; the message names the file or URL."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """A Zenodo record: the file names to take (group "machine") and where their contents go:
-    ``dataset/<machine>/<folders>``, or the ground-truth CSVs into ``dataset`` (no folders)."""
-
-    record_id: int
-    title: str
-    names: tuple[str, ...]
-    dataset: str
-    folders: tuple[str, ...]
-
-
+# A Zenodo record: the file names to take (group "machine"; eval names in either word order) and
+# where they go: ``dataset/<machine>/<folders>``, or the CSVs into ``dataset`` (no folders).
+Record = collections.namedtuple("Record", "record_id title names dataset folders")
+RemoteFile = collections.namedtuple("RemoteFile", "record key machine url size md5")
 RECORDS = (
     Record(4562016, "development", (rf"dev_data_{_M}\.zip",), "dev_data",
            ("train", "source_test", "target_test")),
@@ -70,11 +51,13 @@ RECORDS = (
     Record(5257674, "evaluation ground truth", (r".+\.zip", _TRUTH), f"eval_data/{GROUND_TRUTH}",
            ()),
 )
-RemoteFile = collections.namedtuple("RemoteFile", "record key machine url size md5")
 
 
-def record_files(record: Record, base_url: str, timeout: float = 60.0) -> list[RemoteFile]:
-    """The files of ``record`` whose names it takes, from ``<base_url>/records/<id>``."""
+def record_files(record: Record, base_url: Optional[str], machines: Optional[Sequence[str]],
+                 timeout: float = 60.0) -> list[RemoteFile]:
+    """The files of ``record`` whose names it takes (of ``machines``; None: all), from
+    ``<base_url>/records/<id>`` (None: ``$ASD_ZENODO_URL``, else Zenodo)."""
+    base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     url = f"{base_url.rstrip('/')}/records/{record.record_id}"
     try:
         resp = requests.get(url, timeout=timeout)
@@ -82,8 +65,7 @@ def record_files(record: Record, base_url: str, timeout: float = 60.0) -> list[R
         files, out = resp.json()["files"], []
         for entry in files:
             key = entry["key"]
-            match = next(filter(None, (re.fullmatch(n, key) for n in record.names)), None)
-            if match:
+            if match := next(filter(None, (re.fullmatch(n, key) for n in record.names)), None):
                 link = (entry.get("links") or {}).get("self") or f"{url}/files/{key}/content"
                 md5 = re.sub(r"^md5:", "", entry["checksum"], flags=re.I).lower()  # or bare hex
                 out.append(RemoteFile(record, key, match.groupdict().get("machine"), link,
@@ -95,14 +77,12 @@ def record_files(record: Record, base_url: str, timeout: float = 60.0) -> list[R
     if not out:
         raise DownloadError(f"{url}: none of the {record.title} record's files "
                             f"({', '.join(e['key'] for e in files)}) has the expected name")
-    return out
+    return [f for f in out if machines is None or f.machine in (None, *machines)]
 
 
 def resuming_downloader(part: Path, size: int, progress: bool, timeout: float):
     """A pooch downloader that keeps ``part`` between attempts and runs and resumes it with an
     HTTP Range request; a server that ignores Range (status 200) restarts it."""
-    from tqdm import tqdm
-
     def fetch(url: str, output_file: str, _pooch) -> None:
         start = part.stat().st_size if part.exists() else 0
         if start != size:
@@ -165,25 +145,23 @@ def fetch(remote: RemoteFile, root: Path, machines: Optional[Sequence[str]],
         (state / f"{remote.key}.done").write_text(remote.md5 + "\n")
     if not keep_archives:
         (state / remote.key).unlink(missing_ok=True)
-    log.info("%s: in place under %s", remote.key, root / remote.record.dataset)
+    logging.getLogger(__name__).info("%s: in place under %s", remote.key,
+                                     root / remote.record.dataset)
 
 
 def download(root: str | Path, base_url: Optional[str] = None,
              machines: Optional[Sequence[str]] = None, keep_archives: bool = False,
              records: Sequence[Record] = RECORDS, progress: bool = True, timeout: float = 60.0,
-             retries: int = RETRIES) -> Path:
+             retries: int = 3) -> Path:
     """Fetch, verify and unpack every file of ``records`` into ``root``; skip finished ones."""
     root = Path(root)
     (root / STATE).mkdir(parents=True, exist_ok=True)
     for record in records:
         try:
-            for remote in record_files(record, base_url or os.environ.get(BASE_URL_ENV)
-                                       or DEFAULT_BASE_URL, timeout):
+            for remote in record_files(record, base_url, machines, timeout):
                 done = root / STATE / f"{remote.key}.done"
-                if (machines is not None and remote.machine not in (None, *machines)
-                        or done.is_file() and done.read_text().strip() == remote.md5):
-                    continue
-                fetch(remote, root, machines, keep_archives, progress, timeout, retries)
+                if not (done.is_file() and done.read_text().strip() == remote.md5):
+                    fetch(remote, root, machines, keep_archives, progress, timeout, retries)
         except DownloadError as err:
             if record.folders:
                 raise
@@ -205,14 +183,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def run(args):
         machines = args.machines.split(",") if args.machines else None
-        url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if args.list:  # what `make data` would fetch, from the records' own metadata
-            files = [f for r in RECORDS for f in record_files(r, url)
-                     if machines is None or f.machine in (None, *machines)]
+            files = [f for r in RECORDS for f in record_files(r, args.base_url, machines)]
             for f in files:
                 print(f"{f.record.record_id} {f.key} {f.size / 1e9:.3f} GB")
             return print(f"total {sum(f.size for f in files) / 1e9:.2f} GB in {len(files)} files")
-        print(download(args.root or load_args_config(args).data.root, base_url=url,
+        print(download(args.root or load_args_config(args).data.root, base_url=args.base_url,
                        machines=machines, keep_archives=args.keep_archives))
 
     return run_command(run, p, argv)

@@ -13,20 +13,17 @@ Sizes below are Table 1's, written T x F x C (time x mel x channels); tensors ar
     head     linear                                                           128
 
 Choices the report leaves open:
-- Table 1 gives the residual blocks stride 1, yet every stage halves T and F (rounding up). We
-  downsample at the start of each stage with a 3x3 stride-2 max-pool (padding 1), which gives
-  exactly 157 -> 79 -> 40 -> 20 -> 10 and 64 -> 32 -> 16 -> 8 -> 4.
-- A residual block is conv 3x3, BN, leaky ReLU, conv 3x3, BN, plus the shortcut, then leaky ReLU
-  after the sum; the shortcut is a 1x1 conv + BN where the channel count changes, else identity.
-- Batch norm follows every convolution (the stem and the shortcuts too), so convolutions have no
-  bias. Batch norm acts on the output of its own convolution (a port of the original code applies
-  it to the block's input in the first block; that is a bug we do not copy).
+- Table 1's residual blocks have stride 1, yet every stage halves T and F (rounding up): each
+  stage starts with a 3x3 stride-2 max-pool (padding 1), giving exactly 157 -> 79 -> 40 -> 20 -> 10.
+- A residual block is conv 3x3, BN, leaky ReLU, conv 3x3, BN, plus the shortcut (1x1 conv + BN
+  where the width changes, else identity), then leaky ReLU.
+- Batch norm follows every convolution (which has no bias), on that convolution's own output (a
+  port of the original code applies it to the first block's input: a bug we do not copy).
 - The flatten takes (C, F) in PyTorch's (B, C, 1, F) order.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -37,10 +34,8 @@ from asd.losses import SubClusterAdaCos
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-    )
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
+                                   bias=False), nn.BatchNorm2d(c_out))
 
 
 class ResidualBlock(nn.Module):
@@ -54,19 +49,13 @@ class ResidualBlock(nn.Module):
         self.act = nn.LeakyReLU(slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, T, F) -> (B, C_out, T, F)
-        y = self.act(self.conv1(x))
-        y = self.conv2(y)
-        return self.act(y + self.shortcut(x))
+        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
-class Stage(nn.Sequential):
+def _stage(c_in: int, c_out: int, blocks: int, slope: float) -> nn.Sequential:
     """Max-pool 3x3 stride 2 (halves T and F, rounding up), then ``blocks`` residual blocks."""
-
-    def __init__(self, c_in: int, c_out: int, blocks: int, slope: float):
-        layers = [nn.MaxPool2d(3, stride=2, padding=1)]
-        for i in range(blocks):
-            layers.append(ResidualBlock(c_in if i == 0 else c_out, c_out, slope))
-        super().__init__(*layers)
+    return nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), *(
+        ResidualBlock(c_in if i == 0 else c_out, c_out, slope) for i in range(blocks)))
 
 
 def _conv_len(n: int, kernel: int, stride: int, padding: int) -> int:
@@ -81,41 +70,32 @@ class EmbeddingNet(nn.Module):
         self.cfg, self.frames, self.mels = cfg, frames, mels
         slope = cfg.leaky_relu_slope
         k, st = cfg.stem_kernel, cfg.stem_stride
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, cfg.stem_channels, k, stride=st, padding=k // 2, bias=False),
-            nn.BatchNorm2d(cfg.stem_channels),
-            nn.LeakyReLU(slope),
-        )
+        self.stem = nn.Sequential(*_conv_bn(1, cfg.stem_channels, k, st), nn.LeakyReLU(slope))
         t, f = _conv_len(frames, k, st, k // 2), _conv_len(mels, k, st, k // 2)
         c = cfg.stem_channels
         for i, width in enumerate(cfg.stage_channels, start=1):
-            self.add_module(f"stage{i}", Stage(c, width, cfg.blocks_per_stage, slope))
+            self.add_module(f"stage{i}", _stage(c, width, cfg.blocks_per_stage, slope))
             t, f, c = _conv_len(t, 3, 2, 1), _conv_len(f, 3, 2, 1), width
         if t < cfg.time_pool:
             raise ValueError(f"model.time_pool={cfg.time_pool} exceeds the {t} time steps left "
                              f"after the last stage for {frames} input frames")
-        self.n_stages = len(cfg.stage_channels)
         self.pool = nn.MaxPool2d((cfg.time_pool, 1), stride=1)
-        t = t - cfg.time_pool + 1
-        self.flat_dim = t * f * c
-        self.head = nn.Linear(self.flat_dim, cfg.embedding_dim)
+        self.head = nn.Linear((t - cfg.time_pool + 1) * f * c, cfg.embedding_dim)
 
-    def _layers(self):
-        yield "stem", self.stem
-        for i in range(1, self.n_stages + 1):
-            yield f"stage{i}", getattr(self, f"stage{i}")
-        yield "pool", self.pool
-        yield "flatten", nn.Flatten(1)
-        yield "head", self.head
+    def _layers(self):  # stem, stage1.., pool, flatten, head
+        for name, layer in self.named_children():
+            if name == "head":
+                yield "flatten", nn.Flatten(1)
+            yield name, layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, D)
         for _, layer in self._layers():
             x = layer(x)
         return x
 
-    def shapes(self, x: torch.Tensor) -> "OrderedDict[str, tuple[int, ...]]":
+    def shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Output shape after each layer (PyTorch order, batch dimension dropped) for input x."""
-        out = OrderedDict(input=tuple(x.shape[1:]))
+        out = {"input": tuple(x.shape[1:])}
         for name, layer in self._layers():
             x = layer(x)
             out[name] = tuple(x.shape[1:])
@@ -123,55 +103,21 @@ class EmbeddingNet(nn.Module):
 
     def summary(self) -> str:
         """Table 1 as built: each layer's output size (T x F x C) and parameter count."""
-        was_training = self.training
-        self.eval()  # no batch-norm statistics change for a shape probe
-        try:
-            p = next(self.parameters())
-            with torch.no_grad():
-                shapes = self.shapes(torch.zeros(1, 1, self.frames, self.mels,
-                                                 device=p.device, dtype=p.dtype))
-        finally:
-            self.train(was_training)
-        cfg = self.cfg
-        what = {
-            "input": "log-mel spectrogram",
-            "stem": f"conv {cfg.stem_kernel}x{cfg.stem_kernel} stride {cfg.stem_stride}, BN, "
-                    "leaky ReLU",
-            "pool": f"max-pool {cfg.time_pool}x1 stride 1",
-            "flatten": "flatten",
-            "head": "linear",
-        }
-        for i in range(1, self.n_stages + 1):
-            what[f"stage{i}"] = (f"max-pool 3x3 stride 2, {cfg.blocks_per_stage} x residual "
-                                 "(3x3, 3x3) stride 1")
+        was_training, p = self.training, next(self.parameters())
+        with torch.no_grad():  # in eval mode: the probe leaves batch-norm statistics alone
+            x = torch.zeros(1, 1, self.frames, self.mels, device=p.device, dtype=p.dtype)
+            shapes = self.eval().shapes(x)
+        self.train(was_training)
         modules = dict(self._layers())
-        rows = []
+        lines = ["EmbeddingNet (report Table 1, modified ResNet)",
+                 f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}"]
         for name, shape in shapes.items():
-            size = (f"{shape[1]} x {shape[2]} x {shape[0]}" if len(shape) == 3
-                    else " x ".join(map(str, shape)))
+            size = f"{shape[1]} x {shape[2]} x {shape[0]}" if len(shape) == 3 else str(shape[0])
             n = sum(q.numel() for q in modules[name].parameters()) if name in modules else 0
-            rows.append((name, what[name], size, f"{n:,}"))
-        header = ("layer", "operation", "output (T x F x C)", "parameters")
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-
-        def line(r):
-            return "  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]),
-                              r[2].rjust(widths[2]), r[3].rjust(widths[3])])
-
+            lines.append(f"{name:8} {size:>18}  {n:>10,}")
         total = sum(q.numel() for q in self.parameters())
         trainable = sum(q.numel() for q in self.parameters() if q.requires_grad)
-        return "\n".join([
-            "EmbeddingNet (report Table 1, modified ResNet)",
-            line(header),
-            "  ".join("-" * w for w in widths),
-            *(line(r) for r in rows),
-            f"total parameters: {total:,} (trainable: {trainable:,})",
-        ])
-
-
-def describe(model: EmbeddingNet) -> str:
-    """Same as ``model.summary()``."""
-    return model.summary()
+        return "\n".join([*lines, f"total parameters: {total:,} (trainable: {trainable:,})"])
 
 
 # Embedding nets by ``model.backbone``: a function of the config giving a module that maps
@@ -199,7 +145,5 @@ def build_model(cfg: Config, n_classes: int) -> tuple[nn.Module, SubClusterAdaCo
     if cfg.model.backbone not in BACKBONES:
         raise ConfigError(f"config key 'model.backbone': unknown backbone "
                           f"{cfg.model.backbone!r} (known: {', '.join(sorted(BACKBONES))})")
-    net = BACKBONES[cfg.model.backbone](cfg)
-    head = SubClusterAdaCos(n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim,
-                            cfg.loss.max_angle)
-    return net, head
+    return BACKBONES[cfg.model.backbone](cfg), SubClusterAdaCos(
+        n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim, cfg.loss.max_angle)

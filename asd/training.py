@@ -1,8 +1,6 @@
-"""The run folder of a training step, new or resumed, checked before any training starts.
-
-Everything that can be refused is refused here, before a run folder is made or changed: a
-config or Step 1 run that does not fit, a data root without clips of the run's classes, a
-checkpoint written with other settings. The training loop itself is in ``runners/``.
+"""The run folder of a training step, new or resumed: everything that can be refused (a config
+or Step 1 run that does not fit, a data root without the run's clips, a checkpoint written with
+other settings) is refused before a run folder is made or changed. The loop is in ``runners/``.
 """
 
 from __future__ import annotations
@@ -38,30 +36,20 @@ class TrainRun:
     progress: bool = True
 
     @classmethod
-    def start(cls, args: argparse.Namespace,
-              ) -> tuple[Config, Optional[pd.DataFrame], Optional[Path]]:
-        """A new run's config, class table (None: the data's) and initial model (None: fresh
-        weights), checked before its folder is made."""
+    def start(cls, args) -> tuple[Config, Optional[pd.DataFrame], Optional[Path]]:
+        """A new run's config, class table (None: the data's) and initial model (None: fresh)."""
         return load_args_config(args), None, None
-
-
-def resume_dir(args: argparse.Namespace, name: str) -> Path:
-    """The run folder ``--resume`` names, or the latest ``*-<name>`` run, finished or not."""
-    if args.resume == "latest":
-        return latest_run(load_args_config(args).runs.dir, name, finished=False)
-    if not (Path(args.resume) / "config.yml").is_file():
-        raise ConfigError(f"{args.resume} is not a run folder (no config.yml)")
-    return Path(args.resume)
 
 
 def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optional[TrainRun]]:
     """The run folder and the ``kind`` of run (a TrainRun with a ``name`` and the ``domains``
-    it draws pairs from) to train there; None when the run is finished.
-
-    A resumed run keeps its own config.yml (overrides apply on top), classes and initial model.
-    """
+    it draws pairs from) to train there, None when it is finished. A resumed run (``--resume``
+    names it, else the latest, finished or not) keeps its config.yml, classes and initial model."""
     if args.resume:
-        run_dir = resume_dir(args, kind.name)
+        run_dir = Path(args.resume) if args.resume != "latest" else latest_run(
+            load_args_config(args).runs.dir, kind.name, finished=False)
+        if not (run_dir / "config.yml").is_file():
+            raise ConfigError(f"{run_dir} is not a run folder (no config.yml)")
         cfg = load_config(run_dir / "config.yml", args.overrides)
         if resume_state(run_dir, cfg, kind.name) is None:
             return run_dir, None

@@ -1,21 +1,17 @@
 """The Catalyst runner of both training steps, its checkpoint callback and their command line.
 
-``MixupRunner.handle_batch`` is the report's training step: mixup of two clips and their one-hot
-labels -> embedding net -> sub-cluster AdaCos class probabilities (eq. 1) -> KL loss. What
-differs between Step 1 and Step 2 is a ``Step`` (``runners.stage1``, ``runners.stage2``).
-Catalyst supplies the loop, the engines (CPU, GPU, mixed precision, distributed data parallel),
-the loggers and the progress bar; its own checkpoints ignore ``resume`` and choke on DDP's
-``module.`` prefix, so ``Checkpoints`` writes the project's weights-only format.
+``MixupRunner.handle_batch`` is the report's training step: mixup -> embedding net -> sub-cluster
+AdaCos log-probabilities (eq. 1) -> KL loss; what differs between Step 1 and Step 2 is a ``Step``
+(``runners.stage1``, ``runners.stage2``). ``Checkpoints`` writes the project's weights-only
+format (Catalyst's own ignore ``resume`` and keep DDP's ``module.`` prefix).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import time
 import warnings
-from pathlib import Path
 from typing import ClassVar, Optional
 
 import torch
@@ -48,12 +44,8 @@ class Step(TrainRun):
     def settings(self):
         return getattr(self.cfg, self.name)
 
-    def schedule(self) -> tuple[int, int, int]:
-        """(epochs, steps per epoch, total steps)."""
-
-    def checkpoint_every(self) -> int:
-        """Epochs between two checkpoints."""
-        return self.settings.checkpoint_every
+    def schedule(self) -> tuple[int, int, int, int]:
+        """(epochs, steps per epoch, total steps, epochs between two checkpoints)."""
 
     def init_model(self, model: "Classifier") -> None:
         """Initial weights (``init``'s, else fresh) and what trains (all)."""
@@ -80,8 +72,7 @@ class Classifier(nn.Module):
 
 
 class CSVLogger(dl.CSVLogger):
-    """A resumed run appends rows without a second header; no file for Catalyst's empty
-    ``_epoch_`` metrics."""
+    """No second header in a resumed run's log; no file for Catalyst's empty ``_epoch_`` rows."""
 
     def _make_header(self, metrics, loader_key):
         if self.loggers[loader_key].tell() == 0:
@@ -94,8 +85,7 @@ class CSVLogger(dl.CSVLogger):
 
 
 class TensorboardLogger(dl.TensorboardLogger):
-    """A resumed run's event files start with a purge step: TensorBoard then drops the earlier
-    points of the epochs logged again (no doubled curves)."""
+    """A resumed run's event files purge the epochs logged again (no doubled curves)."""
 
     purge_step: Optional[int] = None
 
@@ -108,18 +98,13 @@ class TensorboardLogger(dl.TensorboardLogger):
 
 
 class Checkpoints(dl.Callback):
-    """``checkpoints/last.pth`` every few epochs and at the end, then ``model.pth``; a resumed
-    run starts from ``last.pth``.
-
-    Catalyst calls callbacks before the runner writes an epoch's log row, so epoch k's
-    checkpoint is written when epoch k + 1 starts: a checkpoint is never ahead of the log.
-    """
+    """``checkpoints/last.pth`` every few epochs and at the end, then ``model.pth``; resumes from
+    ``last.pth``. Epoch k's is written as epoch k + 1 starts, after its log row: never ahead."""
 
     def __init__(self, step: Step) -> None:
         super().__init__(order=dl.CallbackOrder.External)
-        self.step = step
+        self.step, self.first = step, 0  # first: the epoch this process started after
         self.last = step.run_dir / "checkpoints" / "last.pth"
-        self.first = 0  # the epoch this process started after
 
     def on_experiment_start(self, runner: "MixupRunner") -> None:
         if self.step.resume and self.last.is_file():
@@ -127,35 +112,35 @@ class Checkpoints(dl.Callback):
             runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
-            runner.epoch_step = int(ckpt["step"]["epoch"])
-            runner.batch_step = int(ckpt["step"]["iteration"]) * runner.engine.num_processes
-            runner.sample_step = int(ckpt["step"]["samples"])
+            done = ckpt["step"]
+            runner.epoch_step, runner.sample_step = int(done["epoch"]), int(done["samples"])
+            runner.batch_step = int(done["iteration"]) * runner.engine.num_processes
         if self.step.resume and "tensorboard" in runner.loggers:  # main process only
             runner.loggers["tensorboard"].purge_step = runner.epoch_step + 1
         self.first = runner.epoch_step
 
     def on_epoch_start(self, runner: "MixupRunner") -> None:
         done = runner.epoch_step - 1
-        if done > self.first and done % self.step.checkpoint_every() == 0:
-            self.save(runner, done, self.last, with_state=True)
+        if done > self.first and done % self.step.schedule()[3] == 0:
+            self.save(runner, done)
 
     def on_experiment_end(self, runner: "MixupRunner") -> None:
-        self.save(runner, runner.epoch_step, self.last, with_state=True)
-        self.save(runner, runner.epoch_step, self.step.run_dir / "model.pth", with_state=False)
+        self.save(runner, runner.epoch_step, final=True)
 
-    def save(self, runner: "MixupRunner", epoch: int, path: Path, with_state: bool) -> None:
+    def save(self, runner: "MixupRunner", epoch: int, final: bool = False) -> None:
+        """``last.pth`` with the resume state; at the end also ``model.pth`` without it."""
         if runner.engine.is_main_process:
-            model = runner.engine.unwrap_model(runner.model)
+            model, world = runner.engine.unwrap_model(runner.model), runner.engine.num_processes
+            step = {"stage": self.step.name, "epoch": epoch,
+                    "iteration": runner.batch_step // world, "samples": runner.sample_step,
+                    "world_size": world, "done": epoch >= runner.num_epochs}
+            parts = dict(model=model.net, head=model.head, cfg=self.step.cfg, step=step,
+                         classes=self.step.classes, mean=runner.cache.mean, std=runner.cache.std)
             state = {"optimizer": runner.optimizer.state_dict(),
                      "sampler": runner.loaders["train"].state_dict()}
-            world = runner.engine.num_processes
-            save_checkpoint(
-                path, model=model.net, head=model.head, cfg=self.step.cfg,
-                classes=self.step.classes, mean=runner.cache.mean, std=runner.cache.std,
-                step={"stage": self.step.name, "epoch": epoch,
-                      "iteration": runner.batch_step // world, "samples": runner.sample_step,
-                      "world_size": world, "done": epoch >= runner.num_epochs},
-                extra=state if with_state else None)
+            save_checkpoint(self.last, **parts, extra=state)
+            if final:
+                save_checkpoint(self.step.run_dir / "model.pth", **parts)
         runner.engine.wait_for_everyone()
 
 
@@ -165,13 +150,7 @@ class MixupRunner(dl.Runner):
     def __init__(self, step: Step) -> None:
         super().__init__()
         self.step = step
-        self.cache: Optional[FeatureCache] = None
-        self.meters: dict = {}
-        self.tic = 0.0
-
-    @property
-    def num_epochs(self) -> int:
-        return self.step.schedule()[0]
+        self.cache, self.meters, self.tic = None, {}, 0.0  # set by get_loaders, on_loader_start
 
     def get_loggers(self):
         logdir = str(self.step.run_dir / "logs")
@@ -182,13 +161,13 @@ class MixupRunner(dl.Runner):
         step, world = self.step, self.engine.num_processes
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
-        _, steps_per_epoch, total = step.schedule()
+        _, steps_per_epoch, total, _ = step.schedule()
         if step.settings.batch_size % world:
             raise ConfigError(f"{step.name}.batch_size={step.settings.batch_size} is not "
                               f"divisible by engine.world_size={world}")
-        first, second = (rows[domain] for domain in step.domains)
         return {"train": MixupBatches(
-            self.cache.features, self.cache.mean, self.cache.std, labels, first, second,
+            self.cache.features, self.cache.mean, self.cache.std, labels,
+            *(rows[domain] for domain in step.domains),
             batch_size=step.settings.batch_size // world, steps_per_epoch=steps_per_epoch,
             total_steps=total, seed=step.settings.seed + 7919 * self.engine.process_index,
             device=self.engine.device, cache_on_device=step.cfg.engine.cache_on_device)}
@@ -239,8 +218,8 @@ class MixupRunner(dl.Runner):
 
     def on_loader_end(self, runner):
         samples = self.loader_batch_len * self.loader_batch_size * self.engine.num_processes
-        self.loader_metrics.update({key: m.compute()[0] for key, m in self.meters.items()})
         self.loader_metrics.update({
+            **{key: meter.compute()[0] for key, meter in self.meters.items()},
             "s": float(self.engine.unwrap_model(self.model).head.s),
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": samples / max(time.perf_counter() - self.tic, 1e-9),
@@ -251,38 +230,21 @@ class MixupRunner(dl.Runner):
 
 def make_engine(cfg: Config) -> dl.Engine:
     """The Catalyst engine named by ``engine.name``."""
-    e = cfg.engine
+    e, cuda = cfg.engine, torch.cuda.is_available()
     if e.name == "cpu":
         if e.num_threads > 0:
             torch.set_num_threads(e.num_threads)
         return dl.CPUEngine()
-    if e.name in ("gpu", "amp") and not torch.cuda.is_available():
-        raise ConfigError(f"engine.name={e.name} needs a CUDA GPU, and none is visible")
-    if e.name == "gpu":
-        return dl.GPUEngine()
-    if e.name == "amp":
-        return dl.GPUEngine(mixed_precision=e.amp_dtype)
+    if e.name in ("gpu", "amp"):
+        if not cuda:
+            raise ConfigError(f"engine.name={e.name} needs a CUDA GPU, and none is visible")
+        return dl.GPUEngine(mixed_precision=e.amp_dtype if e.name == "amp" else None)
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    if torch.cuda.is_available():  # one process per GPU
-        return dl.DistributedDataParallelEngine(world_size=e.world_size,
-                                                num_node_workers=e.world_size, port=port)
-    return dl.DistributedDataParallelEngine(  # on CPU: gloo, one thread per process
-        cpu=True, world_size=e.world_size, num_node_workers=e.world_size, port=port,
-        process_group_kwargs={"backend": "gloo"})
-
-
-def train(step: Step) -> Path:
-    """Run a step to its end and return its run folder; Ctrl-C says how to finish it."""
-    runner = MixupRunner(step)
-    try:
-        runner.train(loaders={}, engine=make_engine(step.cfg), seed=step.settings.seed,
-                     num_epochs=runner.num_epochs, hparams=step.cfg.to_dict())
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"at epoch {max(runner.epoch_step, 1)} of {runner.num_epochs}; "
-                                f"finish with make {step.name} RESUME={step.run_dir}") from None
-    return step.run_dir
+    on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
+    return dl.DistributedDataParallelEngine(world_size=e.world_size,  # one process per GPU or CPU
+                                            num_node_workers=e.world_size, port=port, **on_cpu)
 
 
 def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:
@@ -293,8 +255,16 @@ def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:
                              f"latest *-{kind.name} run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    def run(args: argparse.Namespace) -> None:
+    def run(args) -> None:
         run_dir, step = prepare(kind, args)
-        print(train(step) if step is not None else run_dir)
+        if step is not None:  # None: the run is finished
+            runner, epochs = MixupRunner(step), step.schedule()[0]
+            try:
+                runner.train(loaders={}, engine=make_engine(step.cfg), seed=step.settings.seed,
+                             num_epochs=epochs, hparams=step.cfg.to_dict())
+            except KeyboardInterrupt:  # one line that says how to finish the run
+                raise KeyboardInterrupt(f"at epoch {max(runner.epoch_step, 1)} of {epochs}; "
+                                        f"finish with make {kind.name} RESUME={run_dir}") from None
+        print(run_dir)
 
     return run_command(run, parser, argv)

@@ -3,7 +3,7 @@
     python -m runners.stage1 [--config config.yml] [key.sub=value ...]
     python -m runners.stage1 --resume [RUN]      # finish an interrupted run
 
-Prints the run folder (``runs/NNN-stage1``) as its last line.
+Both print the run folder (``runs/NNN-stage1``) as their last line.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from runners.common import Step, main as step_main
 
 
 class Stage1(Step):
-    """Pairs of source clips; an epoch is as many mixed samples as there are source training
-    clips, rounded up to whole batches."""
+    """Pairs of source clips; an epoch: a mixed sample per source clip, in whole batches."""
 
     name = "stage1"
     domains = ("source", "source")
 
-    def schedule(self) -> tuple[int, int, int]:
-        steps = max(1, math.ceil(self.n_source / self.settings.batch_size))
-        return self.settings.epochs, steps, self.settings.epochs * steps
+    def schedule(self) -> tuple[int, int, int, int]:
+        s = self.settings
+        steps = max(1, math.ceil(self.n_source / s.batch_size))
+        return s.epochs, steps, s.epochs * steps, s.checkpoint_every
 
 
 def main(argv: Optional[list[str]] = None) -> int:

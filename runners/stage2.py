@@ -4,9 +4,7 @@ Starts from a finished Step 1 run's ``model.pth``; only the parts of the net tha
 ``stage2.trainable`` names (the last residual stage) and the AdaCos centres train.
 
     python -m runners.stage2 [--from runs/NNN-stage1] [--config config.yml] [key.sub=value ...]
-    python -m runners.stage2 --resume [RUN]
-
-Prints the run folder (``runs/NNN-stage2``) as its last line.
+    python -m runners.stage2 --resume [RUN]      # prints the run folder as its last line
 """
 
 from __future__ import annotations
@@ -33,12 +31,10 @@ class Stage2(Step):
     domains = ("source", "target")
     from_help = "Step 1 run to start from (default: the latest *-stage1 run)"
 
-    def schedule(self) -> tuple[int, int, int]:
+    def schedule(self) -> tuple[int, int, int, int]:
         s = self.settings
-        return math.ceil(s.iterations / s.log_every), s.log_every, s.iterations
-
-    def checkpoint_every(self) -> int:
-        return max(1, self.settings.checkpoint_every // self.settings.log_every)
+        return (math.ceil(s.iterations / s.log_every), s.log_every, s.iterations,
+                max(1, s.checkpoint_every // s.log_every))
 
     @classmethod
     def start(cls, args):

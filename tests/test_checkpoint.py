@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from asd.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_model,
-                            save_checkpoint)
+from asd.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from asd.config import load_config
 from asd.model import build_model
 
@@ -118,15 +117,6 @@ def test_weights_that_do_not_fit_the_config(tmp_path, cfg, classes, trained):
     torch.save(data, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="bad.pth: stored config"):
         load_model(tmp_path / "bad.pth")
-
-
-def test_check_compatible_names_differences(tmp_path, cfg, classes, trained):
-    path = save(tmp_path / "model.pth", cfg, classes, *trained)
-    data = load_checkpoint(path)
-    check_compatible(data, cfg, path)
-    check_compatible(data, cfg.replace(**{"stage2.iterations": 7}), path)  # training may differ
-    with pytest.raises(CheckpointError, match="loss.n_subclusters"):
-        check_compatible(data, cfg.replace(**{"loss.n_subclusters": 3}), path)
 
 
 def test_unsafe_contents_are_refused_and_nothing_written(tmp_path, cfg, classes, trained):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asd.config import load_config
-from asd.model import EmbeddingNet, describe
+from asd.model import EmbeddingNet
 
 # Table 1, T x F x C (time x mel x channels); PyTorch holds (C, T, F).
 TABLE1 = {
@@ -77,7 +77,6 @@ def test_batch_norm_after_every_convolution(net):
 
 def test_summary_shows_sizes_and_parameter_count(net):
     text = net.summary()
-    assert text == describe(net)
     total = sum(p.numel() for p in net.parameters())
     assert f"{total:,}" in text
     for t, f, c in TABLE1.values():
