@@ -201,7 +201,6 @@ def _extract_chunk(paths: list[str], train: list[bool], fcfg: FeatureConfig, tar
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asd.cache [--config C] [--root R] [--workers N] [key.sub=value ...]``."""
     parser = make_parser("asd.cache", __doc__)
     parser.add_argument("--root", help="data root (default: data.root)")
     parser.add_argument("--workers", type=int, help="worker processes (default: usable cores)")
@@ -212,7 +211,6 @@ def _main(args: argparse.Namespace) -> None:
     cache = build_cache(load_args_config(args), root=args.root, workers=args.workers)
     print(f"{len(cache)} clips, features {tuple(cache.features.shape)} {cache.features.dtype}")
     print(cache.path)
-
 
 
 if __name__ == "__main__":

@@ -7,10 +7,8 @@ clips an :class:`OCSVMDetector` (score = minus the signed distance to the hyperp
 score = more anomalous. Both score with NumPy from their arrays, so a saved detector (``.npz`` +
 ``detectors.json``, no pickle) scores bit for bit as the fitted one.
 
-Edge cases, warned and recorded in ``info``: fewer clips than components (one component per
-clip, at the centres nearest the data); one clip (one Gaussian on it, covariance ``reg_covar *
-I``, what EM gives); EM not converged (last estimate kept); no centres (k-means start); a domain
-without training clips (:meth:`DetectorSet.lookup` uses the other domain's detector).
+Edge cases are warned and recorded in ``info``; a domain without training clips is scored by
+the other domain's detector (:meth:`DetectorSet.lookup`).
 """
 
 from __future__ import annotations
@@ -69,12 +67,10 @@ class _Fitted:
 
     @classmethod
     def fit(cls, emb: np.ndarray, cfg: DetectorConfig, *args):
-        """Fit on training embeddings (N, D) (``args``: see ``_fit_model``); the threshold is
-        :func:`gamma_threshold` of their scores. ``out_of_fold`` (``cfg.threshold_scores``)
-        scores clip i with a refit without fold i % ``cfg.threshold_folds``: a detector scores
-        its own few training clips far below new normal ones, so an in-sample threshold flags
-        most normal test clips. ``training`` (the baseline's rule; < 3 clips) scores in-sample.
-        """
+        """Fit on training embeddings (N, D); threshold: :func:`gamma_threshold` of their
+        scores. ``out_of_fold`` scores clip i with a refit without fold i % ``threshold_folds``:
+        a detector scores its own few training clips far below new normal ones, so an in-sample
+        threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -161,25 +157,14 @@ class GMMDetector(_Fitted):
     def log_densities(self, emb: np.ndarray) -> np.ndarray:
         """Per-component Gaussian log-density of each normalised embedding.  # (N, K)"""
         x = l2_normalise(emb)  # (N, D)
-        out = np.empty((len(x), len(self.means)))
-        for k, (mu, chol) in enumerate(zip(self.means, self.precisions_cholesky)):
-            y = (x - mu) @ chol  # (N, D), |y|^2 = Mahalanobis^2
-            out[:, k] = (-0.5 * (x.shape[1] * math.log(2 * math.pi) + (y * y).sum(axis=1))
-                         + np.log(np.diag(chol)).sum())
-        return out
+        d_log_2pi = x.shape[1] * math.log(2 * math.pi)
+        return np.stack([-0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
+                         + np.log(np.diag(chol)).sum()
+                         for mu, chol in zip(self.means, self.precisions_cholesky)], axis=1)
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus the best component's log-density."""
         return -self.log_densities(emb).max(axis=1)
-
-
-def _gamma_value(gamma: str) -> float | str:
-    """Config's ocsvm_gamma ('scale', 'auto' or a number) as scikit-learn takes it."""
-    try:
-        return gamma if gamma in ("scale", "auto") else float(gamma)
-    except ValueError:
-        raise ValueError(f"detectors.ocsvm_gamma: expected 'scale', 'auto' or a number, "
-                         f"got {gamma!r}") from None
 
 
 @dataclass
@@ -202,9 +187,14 @@ class OCSVMDetector(_Fitted):
         """The config's kernel, nu and gamma."""
         from sklearn.svm import OneClassSVM
 
+        gamma = cfg.ocsvm_gamma
+        try:
+            gamma = gamma if gamma in ("scale", "auto") else float(gamma)
+        except ValueError:
+            raise ValueError(f"detectors.ocsvm_gamma: expected 'scale', 'auto' or a number, "
+                             f"got {gamma!r}") from None
         x = l2_normalise(emb)  # (N, D)
-        svm = OneClassSVM(kernel=cfg.ocsvm_kernel, nu=cfg.ocsvm_nu,
-                          gamma=_gamma_value(cfg.ocsvm_gamma)).fit(x)
+        svm = OneClassSVM(kernel=cfg.ocsvm_kernel, nu=cfg.ocsvm_nu, gamma=gamma).fit(x)
         return cls(support_vectors=np.asarray(svm.support_vectors_, dtype=np.float64),
                    dual_coef=np.asarray(svm.dual_coef_, dtype=np.float64).ravel(),
                    intercept=float(np.ravel(svm.intercept_)[0]), kernel=cfg.ocsvm_kernel,

@@ -117,11 +117,6 @@ def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return table
 
 
-def domain_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Source and target rows: AUC / pAUC (%) over all machines and sections of that domain."""
-    return _systems_table(results, dataset, ["domain"], ["domain"])
-
-
 def official_line(results: pd.DataFrame, dataset: str) -> str:
     summ = results[(results["dataset"] == dataset) & (results["level"] == "all")]
     parts = [f"{SYSTEM_NAMES[r.system]} {100 * r.score:.2f}" for r in summ.itertuples()]
@@ -148,7 +143,7 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
     for dataset in sorted(results["dataset"].unique()):
         out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
                 official_line(results, dataset), "", "### Per domain", "",
-                _markdown(domain_table(results, dataset)), "", "### Per section and domain", ""]
+                _markdown(_systems_table(results, dataset, ["domain"], ["domain"])), "", "### Per section and domain", ""]
         detail = _systems_table(results, dataset, ["section"],
                                 ["machine", "section", "domain", "n_normal", "n_anomaly"])
         counts = detail.pop("n_normal").astype(str) + "/" + detail.pop("n_anomaly").astype(str)
@@ -226,10 +221,8 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
         submission[keys + ["score"]].rename(columns={"score": "ours"}), on=keys, how="left")
     lost = clips[clips["ours"].isna()]
     if len(lost):
-        first = lost.iloc[0]
         raise SubmitError(f"the submission lacks {len(lost)} labelled test clips, e.g. "
-                          f"{first.file} of {first.machine} section {first.section} "
-                          f"{first.domain}; submit this data root again")
+                          f"{' '.join(lost.iloc[0][keys])}; submit this data root again")
     ref = reference_scores(cache.features, cache.index)  # (N,) NaN for training rows
     return clips.assign(reference=ref[clips["row"].to_numpy()])
 
@@ -264,7 +257,8 @@ def report(ev: Evaluation) -> str:
                     machine_table(ev.results, dataset).to_string(index=False),
                     official_line(ev.results, dataset),
                     "per domain, harmonic means over machines and sections:",
-                    domain_table(ev.results, dataset).to_string(index=False), ""]
+                    _systems_table(ev.results, dataset, ["domain"], ["domain"])
+                    .to_string(index=False), ""]
     if ev.absent:
         out += [f"eval_data: absent ({ev.absent})", ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "

@@ -51,9 +51,8 @@ def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | st
                          {"features": dataclasses.asdict(wanted)}, ["features"], "run", "config",
                          skip=["features.dtype"])
     if diffs:
-        raise SubmitError(f"the feature settings of the config differ from those {run_dir} was "
-                          f"trained with ({'; '.join(diffs)}); use the run's settings "
-                          f"(its config.yml) for the features")
+        raise SubmitError(f"the config's feature settings differ from those {run_dir} was "
+                          f"trained with (its config.yml): {'; '.join(diffs)}")
 
 
 def clip_keys(index: pd.DataFrame) -> np.ndarray:
@@ -147,14 +146,10 @@ def csv_names(machine: str, section: str, domain: str) -> tuple[str, str]:
 
 
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``.
-
-    Per (machine, section, domain) ``anomaly_score_<machine>_section_<XX>_<domain>_test.csv``
-    (``file name,score``) and ``decision_result_..._test.csv`` (``file name,0|1``): no header,
-    rows sorted by file name, as the official evaluator matches them to its ground truth by
-    position. All are renamed into place only once all are complete (a full disk leaves the
-    previous CSVs as they were); stale ones are removed. Returns the written paths.
-    """
+    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``:
+    per (machine, section, domain) ``csv_names`` (``file name,score`` / ``file name,0|1``), no
+    header, rows sorted by file name (the official evaluator matches them by position). All are
+    renamed into place once all are complete; stale ones are removed. Returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -214,9 +209,8 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     index = assign_classes(cache.index, classes)
     pairs = index.groupby(["machine", "section"])["dataset"].nunique()
     if (pairs > 1).any():
-        machine, section = pairs[pairs > 1].index[0]
-        raise SubmitError(f"{machine} section {section} appears in more than one dataset; the "
-                          f"challenge file names (machine, section, domain) would clash")
+        raise SubmitError("{} section {} appears in more than one dataset; the challenge file "
+                          "names would clash".format(*pairs[pairs > 1].index[0]))
     emb = run_embeddings(run, loaded, cache.features, index, cfg.detectors.batch_size, device,
                          progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
@@ -249,8 +243,7 @@ def _main(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("asd.submit", "Fit the detectors of a trained run and write the "
-                         "challenge CSVs; prints the run folder last.",
+    parser = make_parser("asd.submit", __doc__,
                          from_help="run folder (default: the latest finished *-stage2 run)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     return run_command(_main, parser, argv)
