@@ -231,7 +231,8 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
 def test_factory_events_rate_and_levels():
     """Every clip hears the factory: AMBIENCE_RATE events per second on average, each at a level
     within AMBIENCE_DB of the machine (unit RMS before the clip's gain)."""
-    from asd.synthetic import AMBIENCE_DB, AMBIENCE_RATE, SAMPLE_RATE, _ambience, _ambience_events
+    from asd.synthetic import SAMPLE_RATE
+    from asd.synthetic.sources import AMBIENCE_DB, AMBIENCE_RATE, _ambience, _ambience_events
 
     n = 10 * SAMPLE_RATE
     counts, levels = [], []

@@ -1,0 +1,216 @@
+"""Signal building blocks (tones, coloured noise, impacts, gates) and the factory around a machine.
+
+Every function takes its random numbers from the generator it is given, in a fixed order, so a
+clip's samples depend only on its own stream.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import scipy.fft
+from scipy.signal import oaconvolve
+
+from asd.synthetic.designs import SAMPLE_RATE, TWO_PI
+
+@functools.lru_cache(maxsize=8)
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time in s (n,), rfft frequencies in Hz (n//2+1,), their log2), float32."""
+    t = (np.arange(n) / SAMPLE_RATE).astype(np.float32)
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE).astype(np.float32)
+    f[0] = f[1]  # no log(0) in the shapes below
+    return t, f, np.log2(f)
+
+
+def _db(x: float) -> float:
+    return float(10.0 ** (x / 20.0))
+
+
+def _drift(n: int, r: np.random.Generator, sd: float, points: int = 12) -> np.ndarray:
+    """Slow random variation around 1 (n,): a speed that wanders a little."""
+    ctrl = 1.0 + r.normal(0.0, sd, points)
+    step = 64  # interpolate coarsely, then hold: the wander is far slower than 250 Hz
+    coarse = np.interp(np.arange(0, n + step, step), np.linspace(0, n - 1, points), ctrl)
+    return np.repeat(coarse.astype(np.float32), step)[:n]
+
+
+def _cycles(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
+    """Running phase in cycles (n,), float64, of an instantaneous frequency track in Hz."""
+    return np.cumsum(freq.astype(np.float64)) * (1.0 / SAMPLE_RATE) + r.uniform(0, 1)
+
+
+def _phase(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
+    """Running phase in radians (n,), float64."""
+    return _cycles(freq, r) * TWO_PI
+
+
+_TABLE = 4096  # samples per period of the wavetable in _tones
+
+
+def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
+           spread_db: float = 1.5) -> np.ndarray:
+    """Harmonics k*freq (k = 1..len(amps), amplitude about amps[k-1], random phases): (n,).
+
+    Each harmonic's level varies by ``spread_db`` (standard deviation) from clip to clip.
+
+    One period is built by an inverse FFT and read with linear interpolation (a wavetable),
+    so the cost does not grow with the number of harmonics; those above 0.45 fs are left out.
+    """
+    top = float(freq.max())
+    spec = np.zeros(_TABLE // 2 + 1, np.complex128)
+    for k, a in enumerate(amps, start=1):
+        if k * top > 0.45 * SAMPLE_RATE:
+            break
+        a *= 10.0 ** (r.normal(0.0, spread_db) / 20.0)
+        spec[k] = a * np.exp(1j * (r.uniform(0, TWO_PI) - np.pi / 2)) * (_TABLE / 2)
+    table = scipy.fft.irfft(spec, _TABLE).astype(np.float32)  # sum a_k sin(k x + phi_k)
+    table = np.append(table, table[0])
+    cyc = _cycles(freq, r)
+    pos = (cyc - np.floor(cyc)) * _TABLE
+    i = np.minimum(pos.astype(np.int32), _TABLE - 1)
+    lo = table[i]
+    return lo + (pos - i).astype(np.float32) * (table[i + 1] - lo)
+
+
+def _tilt(lf: np.ndarray, slope_db_oct: float, ref: float = 1000.0) -> np.ndarray:
+    """Spectral tilt in dB per octave around ``ref``; lf = log2 of the frequencies."""
+    return np.exp2((lf - np.float32(np.log2(ref))) * np.float32(slope_db_oct / 6.0206))
+
+
+def _peak(lf: np.ndarray, fc: float, width_oct: float, gain_db: float) -> np.ndarray:
+    """A smooth resonance: gain_db at fc, a Gaussian in log-frequency."""
+    z = (lf - np.float32(np.log2(fc))) * np.float32(1.0 / width_oct)
+    return np.exp2(np.float32(gain_db / 6.0206) * np.exp(np.float32(-0.5) * z * z))
+
+
+def _band(lf: np.ndarray, fc: float, width_oct: float) -> np.ndarray:
+    z = (lf - np.float32(np.log2(fc))) * np.float32(1.0 / width_oct)
+    return np.exp(np.float32(-0.5) * z * z)
+
+
+def _noise_spec(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray:
+    """Complex spectrum of Gaussian noise with amplitude response ``shape``, about unit RMS."""
+    m = shape.shape[0]
+    spec = r.standard_normal(2 * m, dtype=np.float32).view(np.complex64) * shape
+    spec[0] = 0
+    power = 4.0 * float(np.dot(shape, shape)) / n ** 2  # expected, by Parseval (real signal)
+    return spec * np.float32(1.0 / np.sqrt(power + 1e-20))
+
+
+def _noise(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray:
+    return scipy.fft.irfft(_noise_spec(shape, r, n), n).astype(np.float32)
+
+
+def _kernel(freqs: Sequence[float], decay_s: float, r: np.random.Generator,
+            length_s: float = 0.04) -> np.ndarray:
+    """An impact: decaying partials at ``freqs`` with a short noise burst, peak 1."""
+    t = np.arange(int(length_s * SAMPLE_RATE)) / SAMPLE_RATE
+    env = np.exp(-t / decay_s)
+    k = sum(np.sin(TWO_PI * fr * t + r.uniform(0, TWO_PI)) / (i + 1)
+            for i, fr in enumerate(freqs))
+    k = k * env + 0.3 * r.standard_normal(t.size) * np.exp(-t / (decay_s / 4))
+    return (k / np.abs(k).max()).astype(np.float32)
+
+
+def _impacts(n: int, times: np.ndarray, amps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Place ``kernel`` at ``times`` (s) with ``amps``: (n,)."""
+    pos = np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
+    keep = (pos >= 0) & (pos < n)
+    imp = np.zeros(n, np.float32)
+    np.add.at(imp, pos[keep], np.asarray(amps, np.float32)[keep])
+    return oaconvolve(imp, kernel)[:n].astype(np.float32)
+
+
+def _periodic(rate: float, duration: float, r: np.random.Generator, jitter: float) -> np.ndarray:
+    """Event times (s) at ``rate`` Hz from a random start, each shifted by jitter/rate * N(0, 1)."""
+    k = np.arange(int(duration * rate) + 2)
+    return (k + r.uniform(0, 1)) / rate + r.normal(0, jitter / rate, k.size)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.float32(np.sqrt(np.mean(x * x)) + 1e-12)
+
+
+def _gate(n: int, starts: np.ndarray, ends: np.ndarray, ramp_s: float = 0.005) -> np.ndarray:
+    """1 inside [start, end) intervals (s), 0 outside, with linear ramps: (n,)."""
+    edge = np.zeros(n + 1, np.float32)
+    for times, sign in ((starts, 1.0), (ends, -1.0)):
+        pos = np.clip(np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64), 0, n)
+        np.add.at(edge, pos, sign)
+    g = np.clip(np.cumsum(edge)[:n], 0.0, 1.0)
+    w = max(1, int(ramp_s * SAMPLE_RATE))
+    c = np.concatenate([[0.0], np.cumsum(g, dtype=np.float64)])
+    smooth = (c[w:] - c[:-w]) / w
+    return np.concatenate([smooth, g[len(smooth):]]).astype(np.float32)
+
+
+def _bursts(n: int, r: np.random.Generator, cover: float, mean_s: float) -> np.ndarray:
+    """Random on/off gate covering about ``cover`` of the clip in bursts of ``mean_s``: (n,)."""
+    duration = n / SAMPLE_RATE
+    count = max(1, int(round(cover * duration / mean_s)))
+    starts = np.sort(r.uniform(0, duration, count))
+    return _gate(n, starts, starts + r.uniform(0.5, 1.5, count) * mean_s, ramp_s=0.02)
+
+
+def _bearing(n: int, f_rot: float, d: SimpleNamespace, r: np.random.Generator) -> np.ndarray:
+    """A faint train of high-frequency impulses at the outer-race rate, modulated per turn."""
+    times = _periodic(d.bpfo * f_rot, n / SAMPLE_RATE, r, 0.03)
+    amps = np.abs(1 + 0.3 * r.standard_normal(times.size)) * (
+        1 + 0.5 * np.sin(TWO_PI * f_rot * times))
+    kernel = _kernel([d.bearing_fc, 1.37 * d.bearing_fc], 0.0012, r, length_s=0.01)
+    return _unit(_impacts(n, times, amps, kernel))
+
+
+
+AMBIENCE_RATE = 0.3  # factory events per second, in every clip (Poisson)
+AMBIENCE_DB = (-24.0, -10.0)  # an event's RMS over its span, relative to the machine
+
+
+def _ambience(n: int, r: np.random.Generator) -> np.ndarray:
+    """The factory around the machine (n,): events at random times, the same for every clip.
+
+    The real recordings were mixed with noise recorded in factories, which is not stationary:
+    distant metal clanks, compressed-air hiss, reversing beepers, passing vehicles. Each clip
+    gets a Poisson number of such events (``AMBIENCE_RATE``), each of random kind, place and
+    level (``AMBIENCE_DB``), whatever its section, domain or condition, normal or anomalous.
+    """
+    out = np.zeros(n, np.float32)
+    for start, event in _ambience_events(n, r):
+        out[start:start + len(event)] += event
+    return out
+
+
+def _ambience_events(n: int, r: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """(first sample, samples at their level) of each factory event of a clip of n samples."""
+    _, _, lf = _grid(n)
+    events = []
+    for _ in range(int(r.poisson(AMBIENCE_RATE * n / SAMPLE_RATE))):
+        kind = int(r.integers(4))
+        start = int(r.integers(n))
+        if kind == 0:  # clank: a struck metal part somewhere else
+            f1 = r.uniform(150.0, 1500.0)
+            event = _kernel([f1, 2.76 * f1, 5.40 * f1], r.uniform(0.03, 0.12), r, length_s=0.4)
+        elif kind == 1:  # compressed-air hiss
+            length = min(n, int(r.uniform(0.2, 1.0) * SAMPLE_RATE))
+            noise = _noise(_band(lf, r.uniform(2000.0, 6000.0), 0.5), r, n)[:length]
+            env = np.minimum(1.0, np.arange(length) / 160.0) * np.exp(
+                -np.arange(length) / (0.5 * length))
+            event = noise * env.astype(np.float32)
+        elif kind == 2:  # reversing beeper: a few pulses of a tone with its third harmonic
+            f0, pulses = r.uniform(1000.0, 2500.0), int(r.integers(2, 6))
+            length = min(n, int(0.5 * pulses * SAMPLE_RATE))
+            t = np.arange(length) / SAMPLE_RATE
+            on = (np.floor(t / 0.25) % 2 == 0).astype(np.float32)
+            event = on * (np.sin(TWO_PI * f0 * t) + 0.3 * np.sin(TWO_PI * 3 * f0 * t))
+        else:  # a vehicle passing: low rumble swelling and fading over seconds
+            length = min(n, int(r.uniform(2.0, 4.0) * SAMPLE_RATE))
+            noise = _noise(_tilt(lf, -9.0, ref=100.0) * _band(lf, 120.0, 1.5), r, n)[:length]
+            event = noise * np.sin(np.pi * np.arange(length) / length).astype(np.float32) ** 2
+        event = np.asarray(event, np.float32)[:n - start]
+        events.append((start, _db(r.uniform(*AMBIENCE_DB)) * _unit(event)))
+    return events
+
+
