@@ -6,26 +6,29 @@ output is identical for a seed whatever the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
 
 from asd.data import DataError, ground_truth_dir, ground_truth_name
-from asd.io import atomic_path, atomic_write_text
+from asd.io import atomic_write_text
 from asd.synthetic.designs import (
     DEV_SECTIONS, EVAL_SECTIONS, FAULTS, FORMAT, MACHINES, MARKER, SAMPLE_RATE, _condition, _key,
     _rng, design)
 from asd.synthetic.machines import synthesize
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -100,9 +103,10 @@ def render(clip: Clip, duration: float = 10.0) -> np.ndarray:
 
 
 def _write(root: Path, clip: Clip, duration: float) -> None:
-    data = render(clip, duration)
-    with atomic_path(root / clip.relpath) as tmp:
-        sf.write(tmp, data, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    """Write one clip in place: the set's marker, not each file, says when the set is complete
+    (an interrupted set is written again from the start), so no temporary file is needed."""
+    sf.write(root / clip.relpath, render(clip, duration), SAMPLE_RATE, subtype="PCM_16",
+             format="WAV")
 
 
 def _write_many(args: tuple[str, list[Clip], float]) -> int:
@@ -110,6 +114,26 @@ def _write_many(args: tuple[str, list[Clip], float]) -> int:
     for clip in clips:
         _write(Path(root), clip, duration)
     return len(clips)
+
+
+# A clip allocates and frees many arrays of a clip's length; glibc's malloc would hand that
+# memory back to the system after each one and fault it in again for the next.
+_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (for the processes started meanwhile) and restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
@@ -179,6 +203,8 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
         raise DataError(f"{root} already holds dev_data/ or eval_data/ that asd.synthetic did not "
                         f"write (no {MARKER}); choose an empty folder for the synthetic data")
     atomic_write_text(marker, json.dumps({"settings": settings, "complete": False}, indent=1))
+    for folder in sorted({(root / c.relpath).parent for c in clips}):
+        folder.mkdir(parents=True, exist_ok=True)
     jobs = [(str(root), clips[i:i + 16], duration) for i in range(0, len(clips), 16)]
     bar = None
     if progress:
@@ -187,7 +213,9 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
         bar = tqdm(total=len(clips), unit="clip", desc="synthetic data")
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for done in pool.map(_write_many, jobs):
+            with _environment(_WORKER_ENV):  # read by each worker as it starts
+                done_counts = pool.map(_write_many, jobs)
+            for done in done_counts:
                 if bar is not None:
                     bar.update(done)
     else:
@@ -198,6 +226,7 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
     if bar is not None:
         bar.close()
     write_ground_truth(root, clips)
+    os.sync()  # every clip on disk before the marker says the set is complete
     atomic_write_text(marker, json.dumps({"settings": settings, "complete": True}, indent=1))
     log.info("wrote %d clips into %s", len(clips), root)
     return root

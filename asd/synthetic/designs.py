@@ -38,7 +38,7 @@ FAULTS = {
 }
 SECTION_SPREAD = 0.35  # how far a section's design strays from its machine type's (0..1)
 MARKER = "synthetic.json"
-FORMAT = 3  # bump when the sounds change, so stale data sets are regenerated
+FORMAT = 4  # bump when the sounds change, so stale data sets are regenerated
 TWO_PI = 2.0 * np.pi
 
 

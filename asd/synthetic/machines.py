@@ -65,7 +65,7 @@ def _fan(d, c, fault, sev, r, n):
     elif fault == "imbalance":
         depth += _mix(0.05, 0.3, sev)
     air = _noise(_tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, hump_fc, 0.8, hump_db), r, n)
-    x = air * (1 + depth * np.sin(rot_phase)).astype(np.float32)
+    x = air * (1 + depth * np.sin(rot_phase))
     x += _db(d.tone_db) * _vary(r) * _tones(d.blades * f_rot, d.bpf_amps, r)
     if fault == "imbalance":
         x += _db(_mix(-26, -10, sev)) * _tones(f_rot, [1.0, 0.5, 0.25], r)
@@ -89,9 +89,9 @@ def _gearbox(d, c, fault, sev, r, n):
         amps = amps * np.array([1, _db(_mix(1.5, 5, sev)), 1, 1])
     x = _tones(mesh, amps, r)
     shaft_phase = _phase(f_s, r)
-    mod = 1 + np.float32(2 * _db(side_db)) * np.cos(shaft_phase).astype(np.float32)  # sidebands
+    mod = 1 + np.float32(2 * _db(side_db)) * np.cos(shaft_phase)  # sidebands
     if fault == "misalignment":
-        mod += np.float32(_mix(0.05, 0.25, sev)) * np.sin(2 * shaft_phase).astype(np.float32)
+        mod += np.float32(_mix(0.05, 0.25, sev)) * np.sin(2 * shaft_phase)
     x *= mod
     casing = _tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, _near(r, d.casing_fc), 0.6, 8)
     x += _db(d.noise_db) * _vary(r) * c["load"] * _noise(casing, r, n)
@@ -117,7 +117,7 @@ def _pump(d, c, fault, sev, r, n):
     elif fault == "impeller":
         depth += _mix(0.05, 0.3, sev)
     flow = _noise(_tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, pipe_fc, 0.5, 10), r, n)
-    x = _db(flow_db) * c["load"] * flow * (1 + depth * np.sin(shaft_phase)).astype(np.float32)
+    x = _db(flow_db) * c["load"] * flow * (1 + depth * np.sin(shaft_phase))
     x += _db(d.vp_db) * _vary(r) * _tones(d.vanes * f_s, [1, .5, .25], r)
     hum = np.full(n, d.hum, np.float32) * _drift(n, r, 0.0005)
     x += _db(d.motor_db) * _vary(r) * _tones(hum, d.motor_amps, r)
@@ -139,11 +139,11 @@ def _slider(d, c, fault, sev, r, n):
     v = _near(r, d.vel0 * c["speed"], 0.01)  # mm/s
     move = d.stroke_mm / v
     period = 2 * (move + d.dwell)
-    # position along one period: out, dwell, back, dwell -> the motion gate and the impacts
-    u = (t / period + r.uniform(0, 1)) % 1.0
-    a = move / period
-    moving = ((u < a) | ((u >= 0.5) & (u < 0.5 + a))).astype(np.float32)
-    moving = _gate(n, *_edges(moving), ramp_s=0.03)
+    # one period: out, dwell, back, dwell; the strokes start at these times (s)
+    offset = (1 - r.uniform(0, 1)) * period % period  # time of the first period start
+    starts = offset + period * np.arange(-1, int(n / SAMPLE_RATE / period) + 2)
+    strokes = np.concatenate([starts, starts + 0.5 * period])
+    moving = _gate(n, strokes, strokes + move, ramp_s=0.03)
     whine_f = np.full(n, d.whine_per_vel * v, np.float32) * _drift(n, r, 0.003)
     if fault == "loose_belt":
         wob = 1 + _mix(0.008, 0.04, sev) * np.sin(TWO_PI * r.uniform(2, 6) * t
@@ -158,9 +158,7 @@ def _slider(d, c, fault, sev, r, n):
     whine = 0.5 * _vary(r) * _tones(whine_f, [1, .4, .2], r)
     x = (_db(fr_db) * friction + whine) * moving
     x += _db(-30) * _noise(_tilt(f, -4.0), r, n)  # the idle motor drive
-    offset = (1 - u[0]) * period % period  # time of the first period start
-    starts = offset + period * np.arange(-1, int(n / SAMPLE_RATE / period) + 2)
-    ends = np.concatenate([starts + move, starts + 0.5 * period + move])
+    ends = strokes + move
     kernel = _kernel([_near(r, d.click_fc), 2.3 * d.click_fc], 0.006, r)
     amps = c["load"] * np.abs(1 + 0.15 * r.standard_normal(ends.size))
     x += _db(d.click_db) * 2 * _impacts(n, np.sort(ends), amps, kernel)
@@ -174,12 +172,6 @@ def _slider(d, c, fault, sev, r, n):
         sq_f = np.full(n, d.squeal_fc, np.float32) * _drift(n, r, 0.01)
         x += _db(_mix(-34, -18, sev)) * _tones(sq_f, [1.0], r) * moving * _bursts(n, r, 0.5, 0.8)
     return x
-
-
-def _edges(gate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start times, end times) in s of the 1-runs of a 0/1 gate."""
-    diff = np.diff(np.concatenate([[0.0], gate, [0.0]]))
-    return np.flatnonzero(diff > 0) / SAMPLE_RATE, np.flatnonzero(diff < 0) / SAMPLE_RATE
 
 
 def _valve_events(pattern: int, duration: float, r: np.random.Generator):
@@ -245,7 +237,7 @@ def _toy(d, c, fault, sev, r, n):
     body = _near(r, d.model_fc[model])
     shape = (_tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, _near(r, d.noise_fc, 0.04), 0.7, 8)
              * _peak(f, body, 0.3, 6))
-    x += _noise(shape, r, n) * (1 + depth * np.sin(wheel_phase)).astype(np.float32)
+    x += _noise(shape, r, n) * (1 + depth * np.sin(wheel_phase))
     rev = float(wheel_f.mean())
     duration = n / SAMPLE_RATE
     if d.machine == "ToyCar":
@@ -295,7 +287,7 @@ def synthesize(machine: str, section: str, condition: dict, fault: Optional[str]
     x = _unit(x)
     slope, fc, gain = d.mic[condition["mic"]]
     spec = scipy.fft.rfft(x) * (_tilt(f, slope) * _peak(f, fc, 0.5, gain))
-    spec *= np.float32(1.0 / np.sqrt(2.0 * np.sum(np.abs(spec) ** 2) / n ** 2))  # unit RMS again
+    spec *= np.float32(1.0 / np.sqrt(2.0 * np.vdot(spec, spec).real / n ** 2))  # unit RMS again
     if condition["noise"]:
         bg_shape = _tilt(f, d.bg_target_slope) * (1 + 4 * _band(f, d.hum, 0.02)
                                                   + 2 * _band(f, 3 * d.hum, 0.02))
@@ -304,7 +296,7 @@ def synthesize(machine: str, section: str, condition: dict, fault: Optional[str]
         bg_shape, bg_db = _tilt(f, d.bg_slope + rng.normal(0, 0.3)), d.bg_db
     spec += _db(bg_db + rng.uniform(-3, 3)) * _noise_spec(bg_shape, rng, n)
     level = _db(d.level_db + rng.uniform(-2, 2)) * (1 if condition["mic"] == 0 else _db(-4))
-    y = scipy.fft.irfft(spec, n).astype(np.float32)
+    y = scipy.fft.irfft(spec, n).astype(np.float32, copy=False)
     y += _ambience(n, np.random.default_rng(rng.integers(2 ** 63)))  # its own stream
     y *= np.float32(level)
     peak = float(np.abs(y).max())

@@ -16,7 +16,7 @@ from scipy.signal import oaconvolve
 
 from asd.synthetic.designs import SAMPLE_RATE, TWO_PI
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(time in s (n,), rfft frequencies in Hz (n//2+1,), their log2), float32."""
     t = (np.arange(n) / SAMPLE_RATE).astype(np.float32)
@@ -37,17 +37,26 @@ def _drift(n: int, r: np.random.Generator, sd: float, points: int = 12) -> np.nd
     return np.repeat(coarse.astype(np.float32), step)[:n]
 
 
+_PHASE_BITS = 32  # a running phase counts cycles in steps of 2**-32 (a phase accumulator)
+
+
 def _cycles(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
-    """Running phase in cycles (n,), float64, of an instantaneous frequency track in Hz."""
-    return np.cumsum(freq.astype(np.float64)) * (1.0 / SAMPLE_RATE) + r.uniform(0, 1)
+    """Running phase (n,) int64 in steps of 2**-32 cycle of a frequency track in Hz, from a
+    random start: integer sums, so no rounding error builds up over the clip."""
+    step = (freq * np.float32(2.0 ** _PHASE_BITS / SAMPLE_RATE)).astype(np.int64)
+    acc = np.cumsum(step)
+    acc += int(r.uniform(0, 1) * 2 ** _PHASE_BITS)
+    return acc
 
 
 def _phase(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
-    """Running phase in radians (n,), float64."""
-    return _cycles(freq, r) * TWO_PI
+    """Running phase in radians (n,), float32, wrapped into [0, 2 pi)."""
+    wrapped = (_cycles(freq, r) & (2 ** _PHASE_BITS - 1)).astype(np.float32)
+    wrapped *= np.float32(TWO_PI / 2 ** _PHASE_BITS)
+    return wrapped
 
 
-_TABLE = 4096  # samples per period of the wavetable in _tones
+_TABLE_BITS = 14  # 2**14 samples per period of the wavetable in _tones
 
 
 def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
@@ -56,23 +65,22 @@ def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
 
     Each harmonic's level varies by ``spread_db`` (standard deviation) from clip to clip.
 
-    One period is built by an inverse FFT and read with linear interpolation (a wavetable),
-    so the cost does not grow with the number of harmonics; those above 0.45 fs are left out.
+    One period is built by an inverse FFT and read at the nearest entry (a wavetable), so the
+    cost does not grow with the number of harmonics; those above 0.45 fs are left out. The
+    table is fine enough that the phase error stays far below the background noise.
     """
+    size = 2 ** _TABLE_BITS
     top = float(freq.max())
-    spec = np.zeros(_TABLE // 2 + 1, np.complex128)
+    spec = np.zeros(size // 2 + 1, np.complex128)
     for k, a in enumerate(amps, start=1):
         if k * top > 0.45 * SAMPLE_RATE:
             break
         a *= 10.0 ** (r.normal(0.0, spread_db) / 20.0)
-        spec[k] = a * np.exp(1j * (r.uniform(0, TWO_PI) - np.pi / 2)) * (_TABLE / 2)
-    table = scipy.fft.irfft(spec, _TABLE).astype(np.float32)  # sum a_k sin(k x + phi_k)
-    table = np.append(table, table[0])
-    cyc = _cycles(freq, r)
-    pos = (cyc - np.floor(cyc)) * _TABLE
-    i = np.minimum(pos.astype(np.int32), _TABLE - 1)
-    lo = table[i]
-    return lo + (pos - i).astype(np.float32) * (table[i + 1] - lo)
+        spec[k] = a * np.exp(1j * (r.uniform(0, TWO_PI) - np.pi / 2)) * (size / 2)
+    table = scipy.fft.irfft(spec, size).astype(np.float32)  # sum a_k sin(k x + phi_k)
+    index = _cycles(freq, r) >> (_PHASE_BITS - _TABLE_BITS)
+    index &= size - 1
+    return np.take(table, index)
 
 
 def _tilt(lf: np.ndarray, slope_db_oct: float, ref: float = 1000.0) -> np.ndarray:
@@ -92,16 +100,26 @@ def _band(lf: np.ndarray, fc: float, width_oct: float) -> np.ndarray:
 
 
 def _noise_spec(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray:
-    """Complex spectrum of Gaussian noise with amplitude response ``shape``, about unit RMS."""
+    """Complex spectrum of random noise with amplitude response ``shape``, about unit RMS.
+
+    Real and imaginary parts are uniform integers scaled to unit variance rather than Gaussian
+    (far cheaper to draw); every time sample, and every short-time spectrum bin, sums many of
+    them and is Gaussian all the same.
+    """
     m = shape.shape[0]
-    spec = r.standard_normal(2 * m, dtype=np.float32).view(np.complex64) * shape
-    spec[0] = 0
     power = 4.0 * float(np.dot(shape, shape)) / n ** 2  # expected, by Parseval (real signal)
-    return spec * np.float32(1.0 / np.sqrt(power + 1e-20))
+    parts = r.integers(-32767, 32768, (m, 2), dtype=np.int16)  # (m, 2) real, imaginary
+    scale = shape * np.float32(1.0 / (_INT16_SD * np.sqrt(power + 1e-20)))
+    spec = parts * scale[:, None]  # (m, 2) float32
+    spec[0] = 0
+    return spec.view(np.complex64)[:, 0]
+
+
+_INT16_SD = float(np.sqrt((65535.0 ** 2 - 1.0) / 12.0))  # of integers uniform in +-32767
 
 
 def _noise(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray:
-    return scipy.fft.irfft(_noise_spec(shape, r, n), n).astype(np.float32)
+    return scipy.fft.irfft(_noise_spec(shape, r, n), n)  # float32, as the spectrum is complex64
 
 
 def _kernel(freqs: Sequence[float], decay_s: float, r: np.random.Generator,
@@ -116,12 +134,21 @@ def _kernel(freqs: Sequence[float], decay_s: float, r: np.random.Generator,
 
 
 def _impacts(n: int, times: np.ndarray, amps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Place ``kernel`` at ``times`` (s) with ``amps``: (n,)."""
+    """Place ``kernel`` at ``times`` (s) with ``amps``: (n,).
+
+    Few impacts are added one by one (``np.bincount`` sums the overlaps); many are one
+    convolution of their impulse train with the kernel.
+    """
     pos = np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
     keep = (pos >= 0) & (pos < n)
+    pos, amps = pos[keep], np.asarray(amps, np.float32)[keep]
+    if pos.size * kernel.size <= n:
+        index = (pos[:, None] + np.arange(kernel.size)).ravel()  # (impacts * kernel,)
+        weights = (amps[:, None] * kernel[None, :]).ravel()
+        return np.bincount(index, weights, minlength=n + kernel.size)[:n].astype(np.float32)
     imp = np.zeros(n, np.float32)
-    np.add.at(imp, pos[keep], np.asarray(amps, np.float32)[keep])
-    return oaconvolve(imp, kernel)[:n].astype(np.float32)
+    np.add.at(imp, pos, amps)
+    return oaconvolve(imp, kernel)[:n].astype(np.float32, copy=False)
 
 
 def _periodic(rate: float, duration: float, r: np.random.Generator, jitter: float) -> np.ndarray:
@@ -131,20 +158,20 @@ def _periodic(rate: float, duration: float, r: np.random.Generator, jitter: floa
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.float32(np.sqrt(np.mean(x * x)) + 1e-12)
+    return x / np.float32(np.sqrt(np.dot(x, x) / x.size) + 1e-12)
 
 
 def _gate(n: int, starts: np.ndarray, ends: np.ndarray, ramp_s: float = 0.005) -> np.ndarray:
     """1 inside [start, end) intervals (s), 0 outside, with linear ramps: (n,)."""
-    edge = np.zeros(n + 1, np.float32)
-    for times, sign in ((starts, 1.0), (ends, -1.0)):
+    def count(times):
         pos = np.clip(np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64), 0, n)
-        np.add.at(edge, pos, sign)
-    g = np.clip(np.cumsum(edge)[:n], 0.0, 1.0)
+        return np.bincount(pos, minlength=n + 1)
+
+    g = np.clip(np.cumsum(count(starts) - count(ends))[:n], 0, 1)  # (n,) integers 0 or 1
     w = max(1, int(ramp_s * SAMPLE_RATE))
-    c = np.concatenate([[0.0], np.cumsum(g, dtype=np.float64)])
-    smooth = (c[w:] - c[:-w]) / w
-    return np.concatenate([smooth, g[len(smooth):]]).astype(np.float32)
+    c = np.concatenate([[0], np.cumsum(g)])  # integer sums: exact
+    smooth = (c[w:] - c[:-w]).astype(np.float32) * np.float32(1.0 / w)
+    return np.concatenate([smooth, g[len(smooth):].astype(np.float32)])
 
 
 def _bursts(n: int, r: np.random.Generator, cover: float, mean_s: float) -> np.ndarray:
@@ -184,8 +211,10 @@ def _ambience(n: int, r: np.random.Generator) -> np.ndarray:
 
 
 def _ambience_events(n: int, r: np.random.Generator) -> list[tuple[int, np.ndarray]]:
-    """(first sample, samples at their level) of each factory event of a clip of n samples."""
-    _, _, lf = _grid(n)
+    """(first sample, samples at their level) of each factory event of a clip of n samples.
+
+    An event's noise is drawn only for the part of it that falls inside the clip.
+    """
     events = []
     for _ in range(int(r.poisson(AMBIENCE_RATE * n / SAMPLE_RATE))):
         kind = int(r.integers(4))
@@ -195,22 +224,37 @@ def _ambience_events(n: int, r: np.random.Generator) -> list[tuple[int, np.ndarr
             event = _kernel([f1, 2.76 * f1, 5.40 * f1], r.uniform(0.03, 0.12), r, length_s=0.4)
         elif kind == 1:  # compressed-air hiss
             length = min(n, int(r.uniform(0.2, 1.0) * SAMPLE_RATE))
-            noise = _noise(_band(lf, r.uniform(2000.0, 6000.0), 0.5), r, n)[:length]
-            env = np.minimum(1.0, np.arange(length) / 160.0) * np.exp(
-                -np.arange(length) / (0.5 * length))
-            event = noise * env.astype(np.float32)
+            fc = r.uniform(2000.0, 6000.0)
+            noise = _short_noise(min(length, n - start), r,
+                                 lambda size: _band(_grid(size)[2], fc, 0.5))
+            ramp = np.arange(len(noise), dtype=np.float32)
+            event = noise * np.minimum(1.0, ramp / 160.0) * np.exp(ramp / np.float32(-0.5 * length))
         elif kind == 2:  # reversing beeper: a few pulses of a tone with its third harmonic
             f0, pulses = r.uniform(1000.0, 2500.0), int(r.integers(2, 6))
-            length = min(n, int(0.5 * pulses * SAMPLE_RATE))
-            t = np.arange(length) / SAMPLE_RATE
+            length = min(n - start, int(0.5 * pulses * SAMPLE_RATE))
+            t = np.arange(length, dtype=np.float32) / np.float32(SAMPLE_RATE)
             on = (np.floor(t / 0.25) % 2 == 0).astype(np.float32)
-            event = on * (np.sin(TWO_PI * f0 * t) + 0.3 * np.sin(TWO_PI * 3 * f0 * t))
+            event = on * (np.sin(np.float32(TWO_PI * f0) * t)
+                          + 0.3 * np.sin(np.float32(TWO_PI * 3 * f0) * t))
         else:  # a vehicle passing: low rumble swelling and fading over seconds
             length = min(n, int(r.uniform(2.0, 4.0) * SAMPLE_RATE))
-            noise = _noise(_tilt(lf, -9.0, ref=100.0) * _band(lf, 120.0, 1.5), r, n)[:length]
-            event = noise * np.sin(np.pi * np.arange(length) / length).astype(np.float32) ** 2
+            noise = _short_noise(min(length, n - start), r, _rumble_shape)
+            ramp = np.arange(len(noise), dtype=np.float32)
+            event = noise * np.sin(ramp * np.float32(np.pi / length)) ** 2
         event = np.asarray(event, np.float32)[:n - start]
         events.append((start, _db(r.uniform(*AMBIENCE_DB)) * _unit(event)))
     return events
 
 
+@functools.lru_cache(maxsize=16)
+def _rumble_shape(size: int) -> np.ndarray:
+    """The spectrum of a passing vehicle's rumble on the rfft grid of ``size`` samples."""
+    lf = _grid(size)[2]
+    return _tilt(lf, -9.0, ref=100.0) * _band(lf, 120.0, 1.5)
+
+
+def _short_noise(length: int, r: np.random.Generator, shape) -> np.ndarray:
+    """``length`` samples of noise coloured by ``shape(size)``, an amplitude response on the
+    rfft grid of ``size`` samples: the next power of two, so that few FFT sizes occur."""
+    size = max(2, 1 << (length - 1).bit_length())
+    return _noise(shape(size), r, size)[:length]
