@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -162,6 +163,51 @@ def test_cli(tmp_path, capsys):
     df = index_dataset(root)
     assert set(df["machine"]) == {"pump"} and set(df["section"]) == {"02"} and len(df) == 7
     assert not (root / "eval_data").exists()
+
+
+def test_like_dcase2021_plans_the_real_counts():
+    """The real data set's clips per section and split (DESIGN.md "Scale"), without writing."""
+    from asd.synthetic.counts import REAL_GEARBOX_EVAL_TEST, REAL_GEARBOX_TRAIN
+
+    clips = plan(like_dcase2021=True)
+    assert len(clips) == 59276
+    count = Counter((c.dataset, c.machine, c.section, c.domain, "/train/" in c.relpath, c.anomaly)
+                    for c in clips)
+    for machine in MACHINES:
+        for dataset, sections in (("dev_data", ("00", "01", "02")),
+                                  ("eval_data", ("03", "04", "05"))):
+            for s in sections:
+                train = REAL_GEARBOX_TRAIN[s] if machine == "gearbox" else 1000
+                assert count[(dataset, machine, s, "source", True, False)] == train
+                assert count[(dataset, machine, s, "target", True, False)] == 3
+                tests = (200, 200)
+                if machine == "gearbox" and dataset == "eval_data":
+                    tests = REAL_GEARBOX_EVAL_TEST[s]
+                for domain, n in zip(("source", "target"), tests):
+                    assert count[(dataset, machine, s, domain, False, True)] == n // 2
+                    assert count[(dataset, machine, s, domain, False, False)] == n - n // 2
+    assert {c.dataset for c in clips if c.machine == "gearbox" and c.section == "04"} == {
+        "eval_data"}
+    assert plan(like_dcase2021=True, machines=("fan",), fraction=0.1)[0] == clips[
+        next(i for i, c in enumerate(clips) if c.machine == "fan")]  # a fraction is a prefix
+
+
+def test_like_dcase2021_writes_a_fraction(tmp_path, capsys):
+    root = tmp_path / "full"
+    assert main([str(root), "--like-dcase2021", "--fraction", "0.004", "--machines", "gearbox",
+                 "--duration", "0.5", "--workers", "1"]) == 0
+    df = index_dataset(root)
+    counts = df.groupby(["dataset", "section", "domain", "split"]).size()
+    assert counts[("dev_data", "01", "source", "train")] == 4  # round(1008 * 0.004)
+    assert counts[("eval_data", "04", "source", "train")] == 4  # round(1092 * 0.004)
+    assert (counts.xs("target", level="domain").xs("train", level="split") == 3).all()
+    assert (counts.xs("test", level="split") == 2).all()  # at least one normal, one anomalous
+    assert len(load_ground_truth(root)) == 3 * 2 * 2
+    from bench.faults import clip_faults  # plans the set again from its marker
+
+    assert len(clip_faults(root)) == len(df)
+    assert main([str(tmp_path / "x"), "--fraction", "0.5"]) == 2
+    assert "--like-dcase2021" in capsys.readouterr().err
 
 
 def test_every_machine_and_fault_renders():

@@ -22,6 +22,7 @@ import soundfile as sf
 
 from asd.data import DataError, ground_truth_dir, ground_truth_name
 from asd.io import atomic_write_text
+from asd.synthetic.counts import SectionCounts, section_counts
 from asd.synthetic.designs import (
     DEV_SECTIONS, EVAL_SECTIONS, FAULTS, FORMAT, MACHINES, MARKER, SAMPLE_RATE, _condition, _key,
     _rng, design)
@@ -48,17 +49,26 @@ class Clip:
 
 def plan(*, machines: Sequence[str] = MACHINES, dev_sections: Sequence[str] = DEV_SECTIONS,
          eval_sections: Sequence[str] = EVAL_SECTIONS, n_source: int = 100, n_target: int = 3,
-         n_test: int = 40, seed: int = 0) -> list[Clip]:
-    """Every clip of the data set with its name, condition and fault, in file order."""
+         n_test: int = 40, seed: int = 0, like_dcase2021: bool = False,
+         fraction: float = 1.0) -> list[Clip]:
+    """Every clip of the data set with its name, condition and fault, in file order.
+
+    ``n_source``, ``n_target`` and ``n_test`` (per domain) clips per section, or with
+    ``like_dcase2021`` the real data set's counts times ``fraction`` (asd.synthetic.counts).
+    """
     clips = []
     for dataset, sections in (("dev_data", dev_sections), ("eval_data", eval_sections)):
         for machine in machines:
             for section in sections:
-                clips += _section_clips(dataset, machine, section, n_source, n_target, n_test, seed)
+                counts = section_counts(machine, section, like_dcase2021=like_dcase2021,
+                                        fraction=fraction, n_source=n_source,
+                                        n_target=n_target, n_test=n_test)
+                clips += _section_clips(dataset, machine, section, counts, seed)
     return clips
 
 
-def _section_clips(dataset, machine, section, n_source, n_target, n_test, seed) -> list[Clip]:
+def _section_clips(dataset: str, machine: str, section: str, counts: SectionCounts,
+                   seed: int) -> list[Clip]:
     d = design(machine, section)
     out = []
 
@@ -73,13 +83,13 @@ def _section_clips(dataset, machine, section, n_source, n_target, n_test, seed) 
         out.append(Clip(f"{dataset}/{machine}/{folder}/{name}", dataset, machine, section,
                         domain, anomaly, cond, fault, severity, _key("audio", *key)))
 
-    for domain, count in (("source", n_source), ("target", n_target)):
+    for domain, count in (("source", counts.source_train), ("target", counts.target_train)):
         for i in range(count):
             name = f"section_{section}_{domain}_train_normal_{i:04d}_{{a}}.wav"
             add("train", domain, False, i, name)
-    n_anomaly = n_test // 2
-    for domain in ("source", "target"):
+    for domain, n_test in (("source", counts.source_test), ("target", counts.target_test)):
         folder, head = f"{domain}_test", f"section_{section}_{domain}_test"
+        n_anomaly = n_test // 2
         labels = [False] * (n_test - n_anomaly) + [True] * n_anomaly
         if dataset == "eval_data":  # unlabelled names: labels shuffled behind the numbers
             order = _rng("order", seed, machine, section, domain).permutation(n_test)
@@ -151,45 +161,51 @@ def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
     return paths
 
 
-def _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration):
+def _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration,
+                    fraction):
     for m in machines:
         if m not in MACHINES:
-            raise ValueError(f"unknown machine type {m!r}; expected some of {', '.join(MACHINES)}")
+            raise DataError(f"unknown machine type {m!r}; expected some of {', '.join(MACHINES)}")
     for s in (*dev_sections, *eval_sections):
         if not (isinstance(s, str) and len(s) == 2 and s.isdigit()):
-            raise ValueError(f"section {s!r}: expected two digits such as '00'")
+            raise DataError(f"section {s!r}: expected two digits such as '00'")
     both = set(dev_sections) & set(eval_sections)
     if both:
-        raise ValueError(f"sections {sorted(both)} are both development and evaluation sections")
+        raise DataError(f"sections {sorted(both)} are both development and evaluation sections")
     if not machines or not (dev_sections or eval_sections):
-        raise ValueError("expected at least one machine type and one section")
+        raise DataError("expected at least one machine type and one section")
     if n_source < 1 or n_target < 0 or n_test < 0:
-        raise ValueError(f"expected n_source >= 1, n_target >= 0, n_test >= 0; "
+        raise DataError(f"expected n_source >= 1, n_target >= 0, n_test >= 0; "
                          f"got {n_source}, {n_target}, {n_test}")
     if not 0.5 <= duration <= 60:
-        raise ValueError(f"duration {duration} s: expected 0.5 to 60 s")
+        raise DataError(f"duration {duration} s: expected 0.5 to 60 s")
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"fraction {fraction}: expected more than 0 and at most 1")
 
 
 def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
              dev_sections: Sequence[str] = DEV_SECTIONS,
              eval_sections: Sequence[str] = EVAL_SECTIONS, n_source: int = 100,
              n_target: int = 3, n_test: int = 40, duration: float = 10.0, seed: int = 0,
-             workers: int = 1, progress: bool = False) -> Path:
+             like_dcase2021: bool = False, fraction: float = 1.0, workers: int = 1,
+             progress: bool = False) -> Path:
     """Write the synthetic data set into ``root`` and return it.
 
-    ``n_test`` clips per section and domain, half of them anomalous. A root that already holds
+    ``n_test`` clips per section and domain, half of them anomalous, or with ``like_dcase2021``
+    the real data set's counts times ``fraction`` (see ``plan``). A root that already holds
     the same settings is left as it is; one with other settings written here is replaced; a
     root holding any other data set is refused (DataError), so real data is never mixed in.
     """
     machines, dev_sections = tuple(machines), tuple(dev_sections)
     eval_sections = tuple(eval_sections)
-    _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration)
+    _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration,
+                    fraction)
     root = Path(root)
     settings = {"format": FORMAT, "machines": list(machines), "dev_sections": list(dev_sections),
                 "eval_sections": list(eval_sections), "n_source": n_source,
-                "n_target": n_target, "n_test": n_test, "duration": duration, "seed": seed}
-    clips = plan(machines=machines, dev_sections=dev_sections, eval_sections=eval_sections,
-                 n_source=n_source, n_target=n_target, n_test=n_test, seed=seed)
+                "n_target": n_target, "n_test": n_test, "duration": duration, "seed": seed,
+                "like_dcase2021": like_dcase2021, "fraction": fraction}
+    clips = plan(**{k: v for k, v in settings.items() if k not in ("format", "duration")})
     marker = root / MARKER
     if marker.is_file():
         old = json.loads(marker.read_text())

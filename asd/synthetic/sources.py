@@ -12,7 +12,6 @@ from typing import Sequence
 
 import numpy as np
 import scipy.fft
-from scipy.signal import oaconvolve
 
 from asd.synthetic.designs import SAMPLE_RATE, TWO_PI
 
@@ -29,30 +28,37 @@ def _db(x: float) -> float:
     return float(10.0 ** (x / 20.0))
 
 
+_HOLD = 64  # samples over which a drifting speed is held constant
+
+
 def _drift(n: int, r: np.random.Generator, sd: float, points: int = 12) -> np.ndarray:
     """Slow random variation around 1 (n,): a speed that wanders a little."""
     ctrl = 1.0 + r.normal(0.0, sd, points)
-    step = 64  # interpolate coarsely, then hold: the wander is far slower than 250 Hz
-    coarse = np.interp(np.arange(0, n + step, step), np.linspace(0, n - 1, points), ctrl)
-    return np.repeat(coarse.astype(np.float32), step)[:n]
-
-
-_PHASE_BITS = 32  # a running phase counts cycles in steps of 2**-32 (a phase accumulator)
+    # interpolate coarsely, then hold: the wander is far slower than SAMPLE_RATE / _HOLD
+    coarse = np.interp(np.arange(0, n + _HOLD, _HOLD), np.linspace(0, n - 1, points), ctrl)
+    return np.repeat(coarse.astype(np.float32), _HOLD)[:n]
 
 
 def _cycles(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
-    """Running phase (n,) int64 in steps of 2**-32 cycle of a frequency track in Hz, from a
-    random start: integer sums, so no rounding error builds up over the clip."""
-    step = (freq * np.float32(2.0 ** _PHASE_BITS / SAMPLE_RATE)).astype(np.int64)
-    acc = np.cumsum(step)
-    acc += int(r.uniform(0, 1) * 2 ** _PHASE_BITS)
+    """Running phase (n,) uint32 of a frequency track in Hz, from a random start, in steps of
+    2**-32 cycle: a phase accumulator, whose integer sums wrap around once per cycle and build
+    up no rounding error over the clip."""
+    step = (freq * np.float32(2.0 ** 32 / SAMPLE_RATE)).astype(np.uint32)
+    held = step.reshape(-1, _HOLD) if step.size % _HOLD == 0 else None
+    if held is not None and (held == held[:, :1]).all():  # held over blocks, as _drift makes it
+        per = held[:, 0]  # (blocks,) the step within each block
+        first = np.cumsum(per * np.uint32(_HOLD), dtype=np.uint32) - per * np.uint32(_HOLD)
+        acc = (first[:, None] + per[:, None] * np.arange(1, _HOLD + 1, dtype=np.uint32)).ravel()
+    else:
+        acc = np.cumsum(step, dtype=np.uint32)
+    acc += np.uint32(r.uniform(0, 1) * 2 ** 32)
     return acc
 
 
 def _phase(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
     """Running phase in radians (n,), float32, wrapped into [0, 2 pi)."""
-    wrapped = (_cycles(freq, r) & (2 ** _PHASE_BITS - 1)).astype(np.float32)
-    wrapped *= np.float32(TWO_PI / 2 ** _PHASE_BITS)
+    wrapped = _cycles(freq, r).astype(np.float32)
+    wrapped *= np.float32(TWO_PI / 2 ** 32)
     return wrapped
 
 
@@ -78,9 +84,7 @@ def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
         a *= 10.0 ** (r.normal(0.0, spread_db) / 20.0)
         spec[k] = a * np.exp(1j * (r.uniform(0, TWO_PI) - np.pi / 2)) * (size / 2)
     table = scipy.fft.irfft(spec, size).astype(np.float32)  # sum a_k sin(k x + phi_k)
-    index = _cycles(freq, r) >> (_PHASE_BITS - _TABLE_BITS)
-    index &= size - 1
-    return np.take(table, index)
+    return np.take(table, _cycles(freq, r) >> np.uint32(32 - _TABLE_BITS))
 
 
 def _tilt(lf: np.ndarray, slope_db_oct: float, ref: float = 1000.0) -> np.ndarray:
@@ -134,21 +138,13 @@ def _kernel(freqs: Sequence[float], decay_s: float, r: np.random.Generator,
 
 
 def _impacts(n: int, times: np.ndarray, amps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Place ``kernel`` at ``times`` (s) with ``amps``: (n,).
-
-    Few impacts are added one by one (``np.bincount`` sums the overlaps); many are one
-    convolution of their impulse train with the kernel.
-    """
+    """Place ``kernel`` at ``times`` (s) with ``amps``: (n,); overlaps add up."""
     pos = np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
     keep = (pos >= 0) & (pos < n)
     pos, amps = pos[keep], np.asarray(amps, np.float32)[keep]
-    if pos.size * kernel.size <= n:
-        index = (pos[:, None] + np.arange(kernel.size)).ravel()  # (impacts * kernel,)
-        weights = (amps[:, None] * kernel[None, :]).ravel()
-        return np.bincount(index, weights, minlength=n + kernel.size)[:n].astype(np.float32)
-    imp = np.zeros(n, np.float32)
-    np.add.at(imp, pos, amps)
-    return oaconvolve(imp, kernel)[:n].astype(np.float32, copy=False)
+    index = (pos[:, None] + np.arange(kernel.size)).ravel()  # (impacts * kernel,)
+    weights = (amps[:, None] * kernel[None, :]).ravel()
+    return np.bincount(index, weights, minlength=n + kernel.size)[:n].astype(np.float32)
 
 
 def _periodic(rate: float, duration: float, r: np.random.Generator, jitter: float) -> np.ndarray:
