@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 
@@ -292,3 +293,25 @@ def test_factory_events_rate_and_levels():
     assert AMBIENCE_DB[0] - 0.01 <= min(levels) and max(levels) <= AMBIENCE_DB[1] + 0.01
     one = _ambience(n, np.random.default_rng(7))
     assert one.shape == (n,) and np.array_equal(one, _ambience(n, np.random.default_rng(7)))
+
+
+def test_full_disk_is_one_line(tmp_path):
+    """A write that fails (here: a file size limit) names the file on one line, exit status 2."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # a clip needs 320 kB
+
+    out = subprocess.run([sys.executable, "-m", "asd.synthetic", str(tmp_path / "d"),
+                          "--machines", "fan", "--sections-eval", "", "--n-source", "1",
+                          "--n-test", "2", "--workers", "1"],
+                         preexec_fn=limit, capture_output=True, text=True)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m asd.synthetic: error: ") and ".wav: could not write" in last
+    marker = json.loads((tmp_path / "d" / MARKER).read_text())
+    assert marker["complete"] is False  # never taken for a finished set

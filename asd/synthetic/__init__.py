@@ -14,11 +14,13 @@ The ground-truth files have the official DCASE 2021 evaluator's names and rows (
 
 The modules: ``designs`` (each machine's fixed character and operating conditions),
 ``sources`` (signal building blocks and the factory noise around every clip), ``machines``
-(the machine sounds, their faults, one clip), ``dataset`` (plan and write the files),
-``command`` (the command line). docs/synthetic.md describes the sounds and why they are so.
+(the machine sounds, their faults, one clip), ``counts`` (clips per section, the real data
+set's with ``--like-dcase2021``), ``dataset`` (plan and write the files), ``command`` (the
+command line). docs/synthetic.md describes the sounds and why they are so.
 """
 
 from asd.synthetic.command import main
+from asd.synthetic.counts import SectionCounts, section_counts
 from asd.synthetic.dataset import Clip, generate, plan, render, write_ground_truth
 from asd.synthetic.designs import (
     DEV_SECTIONS, EVAL_SECTIONS, FAULTS, FORMAT, MACHINES, MARKER, SAMPLE_RATE, SECTION_SPREAD,
@@ -27,5 +29,6 @@ from asd.synthetic.machines import synthesize
 from asd.synthetic.sources import AMBIENCE_DB, AMBIENCE_RATE
 
 __all__ = ["AMBIENCE_DB", "AMBIENCE_RATE", "Clip", "DEV_SECTIONS", "EVAL_SECTIONS", "FAULTS",
-           "FORMAT", "MACHINES", "MARKER", "SAMPLE_RATE", "SECTION_SPREAD", "design", "generate",
-           "main", "plan", "render", "synthesize", "write_ground_truth"]
+           "FORMAT", "MACHINES", "MARKER", "SAMPLE_RATE", "SECTION_SPREAD", "SectionCounts",
+           "design", "generate", "main", "plan", "render", "section_counts", "synthesize",
+           "write_ground_truth"]

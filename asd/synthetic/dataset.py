@@ -115,8 +115,11 @@ def render(clip: Clip, duration: float = 10.0) -> np.ndarray:
 def _write(root: Path, clip: Clip, duration: float) -> None:
     """Write one clip in place: the set's marker, not each file, says when the set is complete
     (an interrupted set is written again from the start), so no temporary file is needed."""
-    sf.write(root / clip.relpath, render(clip, duration), SAMPLE_RATE, subtype="PCM_16",
-             format="WAV")
+    path = root / clip.relpath
+    try:
+        sf.write(path, render(clip, duration), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    except sf.SoundFileError as err:  # a full disk: libsndfile says only "System error"
+        raise OSError(f"{path}: could not write ({err})") from err
 
 
 def _write_many(args: tuple[str, list[Clip], float]) -> int:
@@ -227,20 +230,22 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
         from tqdm import tqdm
 
         bar = tqdm(total=len(clips), unit="clip", desc="synthetic data")
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            with _environment(_WORKER_ENV):  # read by each worker as it starts
-                done_counts = pool.map(_write_many, jobs)
-            for done in done_counts:
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                with _environment(_WORKER_ENV):  # read by each worker as it starts
+                    done_counts = pool.map(_write_many, jobs)
+                for done in done_counts:
+                    if bar is not None:
+                        bar.update(done)
+        else:
+            for job in jobs:
+                done = _write_many(job)
                 if bar is not None:
                     bar.update(done)
-    else:
-        for job in jobs:
-            done = _write_many(job)
-            if bar is not None:
-                bar.update(done)
-    if bar is not None:
-        bar.close()
+    finally:
+        if bar is not None:
+            bar.close()
     write_ground_truth(root, clips)
     os.sync()  # every clip on disk before the marker says the set is complete
     atomic_write_text(marker, json.dumps({"settings": settings, "complete": True}, indent=1))

@@ -107,7 +107,7 @@ def _noise_spec(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray
     """Complex spectrum of random noise with amplitude response ``shape``, about unit RMS.
 
     Real and imaginary parts are uniform integers scaled to unit variance rather than Gaussian
-    (far cheaper to draw); every time sample, and every short-time spectrum bin, sums many of
+    (cheaper to draw); every time sample, and every short-time spectrum bin, sums many of
     them and is Gaussian all the same.
     """
     m = shape.shape[0]
