@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -164,6 +166,51 @@ def test_cli(tmp_path, capsys):
     assert not (root / "eval_data").exists()
 
 
+def test_like_dcase2021_plans_the_real_counts():
+    """The real data set's clips per section and split (DESIGN.md "Scale"), without writing."""
+    from asd.synthetic.counts import REAL_GEARBOX_EVAL_TEST, REAL_GEARBOX_TRAIN
+
+    clips = plan(like_dcase2021=True)
+    assert len(clips) == 59276
+    count = Counter((c.dataset, c.machine, c.section, c.domain, "/train/" in c.relpath, c.anomaly)
+                    for c in clips)
+    for machine in MACHINES:
+        for dataset, sections in (("dev_data", ("00", "01", "02")),
+                                  ("eval_data", ("03", "04", "05"))):
+            for s in sections:
+                train = REAL_GEARBOX_TRAIN[s] if machine == "gearbox" else 1000
+                assert count[(dataset, machine, s, "source", True, False)] == train
+                assert count[(dataset, machine, s, "target", True, False)] == 3
+                tests = (200, 200)
+                if machine == "gearbox" and dataset == "eval_data":
+                    tests = REAL_GEARBOX_EVAL_TEST[s]
+                for domain, n in zip(("source", "target"), tests):
+                    assert count[(dataset, machine, s, domain, False, True)] == n // 2
+                    assert count[(dataset, machine, s, domain, False, False)] == n - n // 2
+    assert {c.dataset for c in clips if c.machine == "gearbox" and c.section == "04"} == {
+        "eval_data"}
+    assert plan(like_dcase2021=True, machines=("fan",), fraction=0.1)[0] == clips[
+        next(i for i, c in enumerate(clips) if c.machine == "fan")]  # a fraction is a prefix
+
+
+def test_like_dcase2021_writes_a_fraction(tmp_path, capsys):
+    root = tmp_path / "full"
+    assert main([str(root), "--like-dcase2021", "--fraction", "0.004", "--machines", "gearbox",
+                 "--duration", "0.5", "--workers", "1"]) == 0
+    df = index_dataset(root)
+    counts = df.groupby(["dataset", "section", "domain", "split"]).size()
+    assert counts[("dev_data", "01", "source", "train")] == 4  # round(1008 * 0.004)
+    assert counts[("eval_data", "04", "source", "train")] == 4  # round(1092 * 0.004)
+    assert (counts.xs("target", level="domain").xs("train", level="split") == 3).all()
+    assert (counts.xs("test", level="split") == 2).all()  # at least one normal, one anomalous
+    assert len(load_ground_truth(root)) == 3 * 2 * 2
+    from bench.faults import clip_faults  # plans the set again from its marker
+
+    assert len(clip_faults(root)) == len(df)
+    assert main([str(tmp_path / "x"), "--fraction", "0.5"]) == 2
+    assert "--like-dcase2021" in capsys.readouterr().err
+
+
 def test_every_machine_and_fault_renders():
     clips = plan(machines=MACHINES, dev_sections=("00",), eval_sections=(), n_source=1,
                  n_target=1, n_test=0)
@@ -231,7 +278,8 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
 def test_factory_events_rate_and_levels():
     """Every clip hears the factory: AMBIENCE_RATE events per second on average, each at a level
     within AMBIENCE_DB of the machine (unit RMS before the clip's gain)."""
-    from asd.synthetic import AMBIENCE_DB, AMBIENCE_RATE, SAMPLE_RATE, _ambience, _ambience_events
+    from asd.synthetic import SAMPLE_RATE
+    from asd.synthetic.sources import AMBIENCE_DB, AMBIENCE_RATE, _ambience, _ambience_events
 
     n = 10 * SAMPLE_RATE
     counts, levels = [], []
@@ -245,3 +293,25 @@ def test_factory_events_rate_and_levels():
     assert AMBIENCE_DB[0] - 0.01 <= min(levels) and max(levels) <= AMBIENCE_DB[1] + 0.01
     one = _ambience(n, np.random.default_rng(7))
     assert one.shape == (n,) and np.array_equal(one, _ambience(n, np.random.default_rng(7)))
+
+
+def test_full_disk_is_one_line(tmp_path):
+    """A write that fails (here: a file size limit) names the file on one line, exit status 2."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # a clip needs 320 kB
+
+    out = subprocess.run([sys.executable, "-m", "asd.synthetic", str(tmp_path / "d"),
+                          "--machines", "fan", "--sections-eval", "", "--n-source", "1",
+                          "--n-test", "2", "--workers", "1"],
+                         preexec_fn=limit, capture_output=True, text=True)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m asd.synthetic: error: ") and ".wav: could not write" in last
+    marker = json.loads((tmp_path / "d" / MARKER).read_text())
+    assert marker["complete"] is False  # never taken for a finished set
