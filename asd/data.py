@@ -188,11 +188,6 @@ def csv_name(kind: str, machine: str, section: str, domain: str) -> str:
     return f"{kind}_{machine}_section_{section}_{domain}_test.csv"
 
 
-def ground_truth_name(machine: str, section: str, domain: str) -> str:
-    """``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, the official evaluator's name."""
-    return csv_name("ground_truth", machine, section, domain)
-
-
 def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.DataFrame:
     """Every ``<kind>_*_test.csv`` of ``folder`` (no header, ``file name,value`` rows):
     DataFrame[machine, section, domain, file, <value>]; ``values`` lists the allowed ones

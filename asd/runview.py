@@ -41,10 +41,7 @@ def open_run(run: str | Path | None = None, config: str | Path | None = None,
 
 def run_config(run: str | Path) -> Config:
     """The resolved config a run was trained with (``RUN/config.yml``)."""
-    path = Path(run) / "config.yml"
-    if not path.is_file():
-        raise ViewError(f"{path} does not exist; {run} is not a run folder")
-    return load_config(path)
+    return load_config(Path(run) / "config.yml")
 
 
 def run_chain(run: str | Path) -> list[Path]:
@@ -162,7 +159,6 @@ def subcluster_centres(run: str | Path) -> Centres:
     s = len(centres) // n
     table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), n)
-    table["section"] = table["section"].astype(str).str.zfill(2)
     return Centres(values=centres, table=table, n_subclusters=s)
 
 

@@ -41,10 +41,8 @@ def describe_clip(path: str | Path, machine: str | None = None, section: str | N
         try:
             parsed = parse_name(path.name)
         except DataError:
-            need = " and ".join(o for o, v in (("--section", section), ("--domain", domain))
-                                if v is None)
             raise ScoreError(f"{path}: not a challenge file name, so its section and domain are "
-                             f"unknown; give {need}") from None
+                             f"unknown; give --section and --domain") from None
         section, domain = section or parsed.section, domain or parsed.domain
     parent = path.absolute().parent
     if machine is None:

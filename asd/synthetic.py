@@ -87,7 +87,7 @@ import scipy.fft
 import soundfile as sf
 from scipy.signal import oaconvolve
 
-from asd.data import DataError, ground_truth_dir, ground_truth_name
+from asd.data import DataError, csv_name, ground_truth_dir
 from asd.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -835,7 +835,7 @@ def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
             groups.setdefault((c.machine, c.section, c.domain), []).append((name, int(c.anomaly)))
     paths = []
     for (machine, section, domain), rows in sorted(groups.items()):
-        path = ground_truth_dir(root) / ground_truth_name(machine, section, domain)
+        path = ground_truth_dir(root) / csv_name("ground_truth", machine, section, domain)
         atomic_write_text(path, "".join(f"{name},{y}\n" for name, y in sorted(rows)))
         paths.append(path)
     return paths
@@ -924,7 +924,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asd.index import resolve_root, split_args
+    from asd.index import resolve_root
 
     p = argparse.ArgumentParser(prog="python -m asd.synthetic",
                                 description="Write the synthetic DCASE 2021 Task 2 data set.")
@@ -947,9 +947,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="processes writing clips (default: the cores, at most 8)")
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root, overrides = split_args(ns.args)
     try:
-        root = resolve_root(root, ns.config, overrides)
+        root = resolve_root(ns.args, ns.config)
         generate(root, machines=ns.machines, dev_sections=ns.sections_dev,
                  eval_sections=ns.sections_eval, n_source=ns.n_source, n_target=ns.n_target,
                  n_test=ns.n_test, duration=ns.duration, seed=ns.seed, workers=ns.workers,
