@@ -215,19 +215,16 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _set(data: dict, key: str, value: Any) -> None:
     """``data[group][name] = value`` for ``key`` "group.name"; the group must not be replaced."""
-    parts = key.split(".")
-    node = data
-    for depth, part in enumerate(parts):
+    node, prefix = data, ""
+    for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            prefix = ".".join(parts[:depth]) + "." if depth else ""
             known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
             raise ConfigError(f"override of unknown config key '{key}' "
                               f"('{prefix}{part}' does not exist; {known})")
-        if depth < len(parts) - 1:
-            node = node[part]
-    if isinstance(node[parts[-1]], dict):
+        parent, node, prefix = node, node[part], f"{prefix}{part}."
+    if isinstance(node, dict):
         raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
-    node[parts[-1]] = value
+    parent[part] = value
 
 
 def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:

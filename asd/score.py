@@ -57,8 +57,6 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
     run = Path(run)
     if not run.is_dir():
         raise ScoreError(f"run folder {run} does not exist")
-    if section is not None and not (len(section) == 2 and section.isdigit()):
-        raise ScoreError(f"--section {section!r}: expected two digits such as 00")
     dets = DetectorSet.load(run / DETECTORS)
     known = dets.sections()
     clips = [describe_clip(f, machine, section, domain) for f in files]
