@@ -2,7 +2,9 @@
 
 Loading rejects unknown, missing and wrongly typed keys with an error that names the key, and
 applies ``key.sub=value`` overrides parsed as YAML (``1e-3``, ``[1, 2]``, ``null``). Every default
-lives in ``config.yml``; the dataclasses only give types.
+lives in ``config.yml``; the dataclasses only give types. Every number must be > 0 (a batch size
+of 0 is refused naming the key, not deep in training) unless ``Annotated`` names another range;
+``Literal`` lists the choices of a string.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,6 @@ from asd.io import atomic_write_text
 
 class ConfigError(AsdError):
     """A config file or override that cannot be used; the message names the key."""
-
-
-# Every number must be > 0 (a batch size of 0 is refused naming the key, not as an error deep in
-# training) unless ``Annotated`` names another range; ``Literal`` lists the choices of a string.
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples), as written to a run's ``config.yml``."""
-        return _plain(dataclasses.asdict(self))
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
 
     def replace(self, **overrides: Any) -> "Config":
         """A copy with ``{"group.key": value}`` style overrides applied and type-checked."""
@@ -150,14 +149,6 @@ class Config:
 _IN_RANGE = {"any": lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
              "in (0, 1)": lambda v: 0 < v < 1, "in (0, 1]": lambda v: 0 < v <= 1}
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _check(value: Any, hint: Any, key: str) -> Any:
@@ -202,8 +193,7 @@ def _known(prefix: str, name: str, names: Iterable[str]) -> str:
 def _build(cls: type, data: Any, prefix: str) -> Any:
     """An instance of the dataclass ``cls`` from ``data``, whose keys start with ``prefix``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix[:-1] or '<top level>'}': expected a mapping, "
-                          f"got {data!r}")
+        raise ConfigError(f"config key '{prefix[:-1]}': expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -225,19 +215,16 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _set(data: dict, key: str, value: Any) -> None:
     """``data[group][name] = value`` for ``key`` "group.name"; the group must not be replaced."""
-    parts = key.split(".")
-    node = data
-    for depth, part in enumerate(parts):
+    node, prefix = data, ""
+    for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            prefix = ".".join(parts[:depth]) + "." if depth else ""
             known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
             raise ConfigError(f"override of unknown config key '{key}' "
                               f"('{prefix}{part}' does not exist; {known})")
-        if depth < len(parts) - 1:
-            node = node[part]
-    if isinstance(node[parts[-1]], dict):
+        parent, node, prefix = node, node[part], f"{prefix}{part}."
+    if isinstance(node, dict):
         raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
-    node[parts[-1]] = value
+    parent[part] = value
 
 
 def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:
@@ -253,15 +240,6 @@ def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:
             raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
         _set(data, key.strip(), value)
     return _build(Config, data, "")
-
-
-def _merge(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, key by key inside a group."""
-    out = dict(base)
-    for group, keys in top.items():
-        both = isinstance(keys, dict) and isinstance(base.get(group), dict)
-        out[group] = {**base[group], **keys} if both else keys
-    return out
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -281,13 +259,16 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"config file {path}: 'extends' must be a file path")
-        data = _merge(_read(path.parent / base, seen + (path.resolve(),)), data)
+        merged = _read(path.parent / base, seen + (path.resolve(),))
+        for group, keys in data.items():  # over the base key by key inside a group
+            both = isinstance(keys, dict) and isinstance(merged.get(group), dict)
+            merged[group] = {**merged[group], **keys} if both else keys
+        data = merged
     return data
 
 
 def load_config(path: str | Path = "config.yml", overrides: Iterable[str] = ()) -> Config:
-    """Load ``path`` (safe YAML; ``extends: config.yml`` changes a few keys of another file) and
-    apply overrides; errors name the file and key."""
+    """Load ``path`` (safe YAML, see ``_read``) and apply overrides; errors name file and key."""
     data = _read(Path(path))
     try:
         return from_dict(data, overrides)

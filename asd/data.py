@@ -97,12 +97,9 @@ def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
     for name in names:
         path = os.path.join(base, name)
         clip = parse_name(path)
-        if clip.split != split:
-            raise DataError(f"{path}: a '{clip.split}' clip inside {folder.name}/; "
-                            f"expected only *_{split}_* names there")
-        if domain is not None and clip.domain != domain:
-            raise DataError(f"{path}: a '{clip.domain}' clip inside {folder.name}/; "
-                            f"expected only {domain} clips there")
+        if clip.split != split or domain not in (None, clip.domain):
+            raise DataError(f"{path}: a {clip.domain} '{clip.split}' clip inside {folder.name}/; "
+                            f"expected only {domain or 'source/target'} '{split}' clips there")
         rows.append({"path": path, "file": name, "dataset": dataset, "machine": machine.name,
                      **dataclasses.asdict(clip), "_folder": folder.name})
     return rows
@@ -186,11 +183,6 @@ def csv_name(kind: str, machine: str, section: str, domain: str) -> str:
     """A challenge CSV name: ``<kind>_<machine>_section_<XX>_<domain>_test.csv``, where kind is
     ``anomaly_score``, ``decision_result`` (submission) or ``ground_truth`` (evaluator)."""
     return f"{kind}_{machine}_section_{section}_{domain}_test.csv"
-
-
-def ground_truth_name(machine: str, section: str, domain: str) -> str:
-    """``ground_truth_<machine>_section_<XX>_<domain>_test.csv``, the official evaluator's name."""
-    return csv_name("ground_truth", machine, section, domain)
 
 
 def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.DataFrame:

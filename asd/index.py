@@ -21,25 +21,20 @@ def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     return table.assign(total=table.sum(axis=1)).reset_index()
 
 
-def split_args(items: list[str]) -> tuple[str | None, list[str]]:
-    """Separate a positional ROOT (no '=') from ``key.sub=value`` overrides."""
-    roots = [a for a in items if "=" not in a]
+def resolve_root(items: list[str], config: str | None) -> str:
+    """The ROOT among ``items`` (those without '=') if given, else the config's data.root; the
+    config, with the ``key.sub=value`` items as overrides, is only checked when it matters."""
+    roots, overrides = [a for a in items if "=" not in a], [a for a in items if "=" in a]
     if len(roots) > 1:
         raise DataError(f"expected at most one ROOT, got {roots}")
-    return (roots[0] if roots else None), [a for a in items if "=" in a]
-
-
-def resolve_root(root: str | None, config: str | None, overrides: list[str]) -> str:
-    """ROOT if given (the config is then only checked when named), else the config's data.root."""
-    if root is not None and config is None and not overrides:
-        return root
+    if roots and config is None and not overrides:
+        return roots[0]
     cfg = load_config(config or "config.yml", overrides)
-    return root if root is not None else cfg.data.root
+    return roots[0] if roots else cfg.data.root
 
 
 def _main(args) -> None:
-    root, overrides = split_args(args.args)
-    root = resolve_root(root, args.config, overrides)
+    root = resolve_root(args.args, args.config)
     df = index_dataset(root)
     table = counts_table(df).replace({"dataset": {"": "-"}})
     print(f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "

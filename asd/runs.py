@@ -40,16 +40,11 @@ def new_run(cfg: Config, kind: str) -> Path:
     return run
 
 
-def is_finished(run: str | Path) -> bool:
-    """A run whose step went to the end (it wrote ``model.pth``)."""
-    return (Path(run) / "model.pth").is_file()
-
-
 def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
     """The newest ``*-<kind>`` run folder (the newest finished one unless ``finished=False``);
     newer unfinished runs are named in a warning. A clear error when there is none."""
     runs = list_runs(runs_dir, kind)
-    done = [r for r in runs if is_finished(r)] if finished else runs
+    done = [r for r in runs if (r / "model.pth").is_file()] if finished else runs  # step ended
     if not done:
         what = "finished " if finished and runs else ""
         raise ConfigError(f"no {what}'{kind}' run found in {runs_dir}; run that step first "
@@ -66,7 +61,7 @@ def finished_run(run: str | Path) -> Path:
     run = Path(run)
     if not (run / "config.yml").is_file():
         raise ConfigError(f"{run} is not a run folder (no config.yml)")
-    if not is_finished(run):
+    if not (run / "model.pth").is_file():
         raise ConfigError(f"{run / 'model.pth'} does not exist; the run has not finished "
                           f"(finish it with RESUME={run})")
     return run

@@ -41,10 +41,7 @@ def open_run(run: str | Path | None = None, config: str | Path | None = None,
 
 def run_config(run: str | Path) -> Config:
     """The resolved config a run was trained with (``RUN/config.yml``)."""
-    path = Path(run) / "config.yml"
-    if not path.is_file():
-        raise ViewError(f"{path} does not exist; {run} is not a run folder")
-    return load_config(path)
+    return load_config(Path(run) / "config.yml")
 
 
 def run_chain(run: str | Path) -> list[Path]:
@@ -162,7 +159,6 @@ def subcluster_centres(run: str | Path) -> Centres:
     s = len(centres) // n
     table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), n)
-    table["section"] = table["section"].astype(str).str.zfill(2)
     return Centres(values=centres, table=table, n_subclusters=s)
 
 
@@ -180,8 +176,6 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     if len(lost):
         raise ViewError(f"{path}: {len(lost)} scored clips are not test clips under the data "
                         f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used")
-    out["label"] = pd.Series([v if isinstance(v, str) else None for v in out["label"]],
-                             dtype=object)
     return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
 
 
@@ -197,12 +191,9 @@ def section_results(table: pd.DataFrame) -> pd.DataFrame:
 
 def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     """The ``n`` most confident false alarms (normal, decided anomalous) and misses (anomalous,
-    decided normal) per machine of a :func:`scores` table, with ``error`` and ``margin``.
-
-    The margin is the distance to the threshold in standard deviations of the scores of the
-    clip's (dataset, machine, section, domain), so detectors scoring on different scales compare
-    fairly. Sorted by machine, error and decreasing margin.
-    """
+    decided normal) per machine of a :func:`scores` table, with ``error`` and ``margin``: the
+    distance to the threshold in standard deviations of the scores of the clip's (dataset,
+    machine, section, domain), so detectors scoring on different scales compare fairly."""
     t = table[table["label"].notna()].copy()
     spread = t.groupby(["dataset", "machine", "section", "domain"])["score"].transform("std")
     t["margin"] = ((t["score"] - t["threshold"]) / spread.where(spread > 0, 1.0)).abs()
@@ -216,8 +207,6 @@ def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
 
 def tsne_perplexity(n_samples: int, wanted: float = 30.0) -> float:
     """A t-SNE perplexity below ``n_samples`` (scikit-learn refuses one >= n_samples)."""
-    if n_samples < 2:
-        raise ValueError(f"t-SNE needs at least 2 points, got {n_samples}")
     return float(max(1.0, min(wanted, (n_samples - 1) / 3)))
 
 

@@ -41,10 +41,8 @@ def describe_clip(path: str | Path, machine: str | None = None, section: str | N
         try:
             parsed = parse_name(path.name)
         except DataError:
-            need = " and ".join(o for o, v in (("--section", section), ("--domain", domain))
-                                if v is None)
             raise ScoreError(f"{path}: not a challenge file name, so its section and domain are "
-                             f"unknown; give {need}") from None
+                             f"unknown; give --section and --domain") from None
         section, domain = section or parsed.section, domain or parsed.domain
     parent = path.absolute().parent
     if machine is None:
@@ -59,8 +57,6 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
     run = Path(run)
     if not run.is_dir():
         raise ScoreError(f"run folder {run} does not exist")
-    if section is not None and not (len(section) == 2 and section.isdigit()):
-        raise ScoreError(f"--section {section!r}: expected two digits such as 00")
     dets = DetectorSet.load(run / DETECTORS)
     known = dets.sections()
     clips = [describe_clip(f, machine, section, domain) for f in files]

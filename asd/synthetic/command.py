@@ -47,12 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(ns: argparse.Namespace) -> int:
     from asd.data import DataError
-    from asd.index import resolve_root, split_args
+    from asd.index import resolve_root
 
-    root, overrides = split_args(ns.args)
     if ns.fraction != 1.0 and not ns.like_dcase2021:
         raise DataError("--fraction applies to --like-dcase2021 only")
-    root = resolve_root(root, ns.config, overrides)
+    root = resolve_root(ns.args, ns.config)
     generate(root, machines=ns.machines, dev_sections=ns.sections_dev,
              eval_sections=ns.sections_eval, n_source=ns.n_source, n_target=ns.n_target,
              n_test=ns.n_test, duration=ns.duration, seed=ns.seed,

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import soundfile as sf
 
-from asd.data import DataError, ground_truth_dir, ground_truth_name
+from asd.data import DataError, csv_name, ground_truth_dir
 from asd.io import atomic_write_text
 from asd.synthetic.counts import SectionCounts, section_counts
 from asd.synthetic.designs import (
@@ -158,7 +158,7 @@ def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
             groups.setdefault((c.machine, c.section, c.domain), []).append((name, int(c.anomaly)))
     paths = []
     for (machine, section, domain), rows in sorted(groups.items()):
-        path = ground_truth_dir(root) / ground_truth_name(machine, section, domain)
+        path = ground_truth_dir(root) / csv_name("ground_truth", machine, section, domain)
         atomic_write_text(path, "".join(f"{name},{y}\n" for name, y in sorted(rows)))
         paths.append(path)
     return paths
