@@ -51,9 +51,7 @@ class LoadedModel:
 
 
 def _state(module: nn.Module | dict) -> dict:
-    """A state dict on the CPU; DataParallel / DistributedDataParallel are unwrapped."""
-    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        module = module.module
+    """A state dict on the CPU."""
     state = module if isinstance(module, dict) else module.state_dict()
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
 
@@ -117,8 +115,6 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
     except ConfigError as err:
         raise CheckpointError(f"checkpoint {path}: stored config is not valid: {err}") from None
     classes = pd.DataFrame(data["classes"])
-    if len(classes) == 0:
-        raise CheckpointError(f"checkpoint {path} holds an empty class table")
     model, head = build_model(cfg, len(classes))
     for name, module in (("model", model), ("head", head)):
         try:
@@ -127,9 +123,6 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
             raise CheckpointError(f"checkpoint {path}: '{name}' weights do not fit the model its "
                                   f"config and {len(classes)} classes describe: {err}") from None
     mean, std = (data["feature_stats"][k].float().numpy() for k in ("mean", "std"))
-    if mean.shape != (cfg.features.n_mels,) or std.shape != (cfg.features.n_mels,):
-        raise CheckpointError(f"checkpoint {path}: feature statistics have shapes {mean.shape}, "
-                              f"{std.shape}, expected ({cfg.features.n_mels},)")
     return LoadedModel(model.to(device).eval(), head.to(device).eval(), cfg, classes, mean, std,
                        dict(data["step"]), Path(path))
 
@@ -182,8 +175,7 @@ def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[int]:
     if ckpt and ckpt["step"].get("done"):
         save_checkpoint(run_dir / "model.pth", cfg=cfg, step=ckpt["step"], classes=ckpt["classes"],
                         model=ckpt["model"], head=ckpt["head"], **ckpt["feature_stats"])
-        logging.getLogger(__name__).info("%s: all steps were done; wrote model.pth from %s",
-                                         run_dir, last)
+        logging.getLogger(__name__).info("%s: every step was done; wrote model.pth", run_dir)
         return None
     return epoch
 

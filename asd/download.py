@@ -41,15 +41,14 @@ class DownloadError(AsdError):
 # where they go: ``dataset/<machine>/<folders>``, or the CSVs into ``dataset`` (no folders).
 Record = collections.namedtuple("Record", "record_id title names dataset folders")
 RemoteFile = collections.namedtuple("RemoteFile", "record key machine url size md5")
+_TESTS = ("source_test", "target_test")
 RECORDS = (
-    Record(4562016, "development", (rf"dev_data_{_M}\.zip",), "dev_data",
-           ("train", "source_test", "target_test")),
+    Record(4562016, "development", (rf"dev_data_{_M}\.zip",), "dev_data", ("train", *_TESTS)),
     Record(4660992, "additional training",
            (rf"eval_data_{_M}_train\.zip", rf"eval_data_train_{_M}\.zip"), "eval_data", ("train",)),
     Record(4884786, "evaluation test", (rf"eval_data_{_M}_test\.zip", rf"eval_data_test_{_M}\.zip"),
-           "eval_data", ("source_test", "target_test")),
-    Record(5257674, "evaluation ground truth", (r".+\.zip", _TRUTH), f"eval_data/{GROUND_TRUTH}",
-           ()),
+           "eval_data", _TESTS),
+    Record(5257674, "eval ground truth", (r".+\.zip", _TRUTH), f"eval_data/{GROUND_TRUTH}", ()),
 )
 
 
@@ -62,8 +61,8 @@ def record_files(record: Record, base_url: Optional[str], machines: Optional[Seq
     try:
         resp = requests.get(url, timeout=timeout)
         resp.raise_for_status()
-        files, out = resp.json()["files"], []
-        for entry in files:
+        out = []
+        for entry in resp.json()["files"]:
             key = entry["key"]
             if match := next(filter(None, (re.fullmatch(n, key) for n in record.names)), None):
                 link = (entry.get("links") or {}).get("self") or f"{url}/files/{key}/content"
@@ -75,8 +74,7 @@ def record_files(record: Record, base_url: Optional[str], machines: Optional[Seq
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DownloadError(f"{url}: not a records API answer ({err!r})") from None
     if not out:
-        raise DownloadError(f"{url}: none of the {record.title} record's files "
-                            f"({', '.join(e['key'] for e in files)}) has the expected name")
+        raise DownloadError(f"{url}: no file of the {record.title} record has the expected name")
     return [f for f in out if machines is None or f.machine in (None, *machines)]
 
 
@@ -104,31 +102,30 @@ def resuming_downloader(part: Path, size: int, progress: bool, timeout: float):
 def place(found: Path, remote: RemoteFile, root: Path, machines: Optional[Sequence[str]]):
     """Move the machine's folders, or the ground-truth CSVs, found in ``found`` into ``root``."""
     rec, target = remote.record, root / remote.record.dataset
-    if not rec.folders:  # ground truth: every matching CSV, wherever the zip keeps it
+    if rec.folders:
+        tops = [d for d in [found / remote.machine, *found.glob(f"*/{remote.machine}")]
+                if "__MACOSX" not in d.parts and all((d / f).is_dir() for f in rec.folders)]
+        if not tops:
+            raise DownloadError(f"{remote.key}: expected a {remote.machine}/ folder holding "
+                                f"{', '.join(rec.folders)}; nothing was unpacked")
+        moves = {tops[0] / f: target / remote.machine / f for f in rec.folders}
+    else:  # ground truth: every matching CSV, wherever the zip keeps it
         files = [found] if found.is_file() else sorted(found.rglob("ground_truth_*.csv"))
-        files = [f for f in files if "__MACOSX" not in f.parts and re.fullmatch(_TRUTH, f.name)
-                 and (machines is None or re.fullmatch(_TRUTH, f.name)["machine"] in machines)]
-        if not files:
+        names = [(f, re.fullmatch(_TRUTH, f.name)) for f in files if "__MACOSX" not in f.parts]
+        moves = {f: target / f.name for f, m in names
+                 if m and (machines is None or m["machine"] in machines)}
+        if not moves:
             raise DownloadError(f"{remote.key}: holds no {_TRUTH} file")
-        target.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.move(f, target / f.name)
-        return
-    tops = [d for d in [found / remote.machine, *found.glob(f"*/{remote.machine}")]
-            if "__MACOSX" not in d.parts and all((d / f).is_dir() for f in rec.folders)]
-    if not tops:
-        raise DownloadError(f"{remote.key}: expected a {remote.machine}/ folder holding "
-                            f"{', '.join(rec.folders)}; nothing was unpacked")
-    (target / remote.machine).mkdir(parents=True, exist_ok=True)
-    for f in rec.folders:
-        shutil.rmtree(target / remote.machine / f, ignore_errors=True)  # from a stopped run
-        os.replace(tops[0] / f, target / remote.machine / f)
+    for found, to in moves.items():
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(to, ignore_errors=True)  # a folder from a stopped run
+        shutil.move(found, to)
 
 
 def fetch(remote: RemoteFile, root: Path, machines: Optional[Sequence[str]],
           keep_archives: bool, progress: bool, timeout: float, retries: int) -> None:
     """Fetch, verify and unpack one file of a record into ``root``, then mark it done."""
-    state = root / STATE
+    state, rec = root / STATE, remote.record
     store = pooch.create(state, "", registry={remote.key: f"md5:{remote.md5}"},
                          urls={remote.key: remote.url}, retry_if_failed=retries)
     get = resuming_downloader(state / f"{remote.key}.part", remote.size, progress, timeout)
@@ -145,8 +142,7 @@ def fetch(remote: RemoteFile, root: Path, machines: Optional[Sequence[str]],
         (state / f"{remote.key}.done").write_text(remote.md5 + "\n")
     if not keep_archives:
         (state / remote.key).unlink(missing_ok=True)
-    logging.getLogger(__name__).info("%s: in place under %s", remote.key,
-                                     root / remote.record.dataset)
+    logging.getLogger(__name__).info("%s: in place under %s", remote.key, root / rec.dataset)
 
 
 def download(root: str | Path, base_url: Optional[str] = None,
@@ -165,9 +161,8 @@ def download(root: str | Path, base_url: Optional[str] = None,
         except DownloadError as err:
             if record.folders:
                 raise
-            raise DownloadError(f"the eval ground truth (record {record.record_id}) could not be "
-                                f"fetched: {err}; copy the evaluator's ground_truth_data/*.csv "
-                                f"into {root / record.dataset} by hand") from None
+            raise DownloadError(f"{record.title} (record {record.record_id}) could not be fetched "
+                                f"({err}); put its CSVs in {root / record.dataset}") from None
     return root
 
 

@@ -80,23 +80,18 @@ class EmbeddingNet(nn.Module):
             raise ValueError(f"model.time_pool={cfg.time_pool} exceeds the {t} time steps left "
                              f"after the last stage for {frames} input frames")
         self.pool = nn.MaxPool2d((cfg.time_pool, 1), stride=1)
+        self.flatten = nn.Flatten(1)
         self.head = nn.Linear((t - cfg.time_pool + 1) * f * c, cfg.embedding_dim)
 
-    def _layers(self):  # stem, stage1.., pool, flatten, head
-        for name, layer in self.named_children():
-            if name == "head":
-                yield "flatten", nn.Flatten(1)
-            yield name, layer
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, D)
-        for _, layer in self._layers():
+        for layer in self.children():  # stem, stage1.., pool, flatten, head
             x = layer(x)
         return x
 
     def shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Output shape after each layer (PyTorch order, batch dimension dropped) for input x."""
         out = {"input": tuple(x.shape[1:])}
-        for name, layer in self._layers():
+        for name, layer in self.named_children():
             x = layer(x)
             out[name] = tuple(x.shape[1:])
         return out
@@ -108,7 +103,7 @@ class EmbeddingNet(nn.Module):
             x = torch.zeros(1, 1, self.frames, self.mels, device=p.device, dtype=p.dtype)
             shapes = self.eval().shapes(x)
         self.train(was_training)
-        modules = dict(self._layers())
+        modules = dict(self.named_children())
         lines = ["EmbeddingNet (report Table 1, modified ResNet)",
                  f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}"]
         for name, shape in shapes.items():

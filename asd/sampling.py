@@ -37,8 +37,7 @@ def check_clips(rows: dict[str, np.ndarray], domains: Sequence[str], classes: pd
             c = pd.DataFrame(classes)
             known = sorted({f"{m} {s}" for m, s in zip(c["machine"], c["section"])})
             raise ConfigError(f"the data root {root} has no {domain} training clips of the run's "
-                              f"classes ({', '.join(known)}); {step} needs them (was the run "
-                              "made on other data?)")
+                              f"classes ({', '.join(known)}), which {step} needs (other data?)")
 
 
 class MixupBatches:

@@ -1,9 +1,8 @@
 """The Catalyst runner of both training steps, its checkpoint callback and their command line.
 
 ``MixupRunner.handle_batch`` is the report's training step: mixup -> embedding net -> sub-cluster
-AdaCos log-probabilities (eq. 1) -> KL loss; what differs between Step 1 and Step 2 is a ``Step``
-(``runners.stage1``, ``runners.stage2``). ``Checkpoints`` writes the project's weights-only
-format (Catalyst's own ignore ``resume`` and keep DDP's ``module.`` prefix).
+AdaCos (eq. 1) -> KL loss; what differs between Step 1 and Step 2 is a ``Step`` (runners.stage1,
+runners.stage2). ``Checkpoints`` writes asd.checkpoint's format (Catalyst's ignore ``resume``).
 """
 
 from __future__ import annotations
@@ -163,8 +162,7 @@ class MixupRunner(dl.Runner):
         labels, rows = training_rows(self.cache.index, step.classes)
         _, steps_per_epoch, total, _ = step.schedule()
         if step.settings.batch_size % world:
-            raise ConfigError(f"{step.name}.batch_size={step.settings.batch_size} is not "
-                              f"divisible by engine.world_size={world}")
+            raise ConfigError(f"{step.name}.batch_size is not divisible by the {world} processes")
         return {"train": MixupBatches(
             self.cache.features, self.cache.mean, self.cache.std, labels,
             *(rows[domain] for domain in step.domains),
@@ -175,9 +173,8 @@ class MixupRunner(dl.Runner):
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
         self.step.init_model(model)
-        if self.engine.device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
-        return model
+        cpu = self.engine.device.type == "cpu"
+        return model.to(memory_format=torch.channels_last) if cpu else model  # CPU convolutions
 
     def get_optimizer(self, model):
         s = self.step.settings

@@ -73,9 +73,9 @@ def test_round_trip_rebuilds_the_same_outputs(tmp_path, cfg, classes, trained):
     opt2.load_state_dict(load_checkpoint(path)["optimizer"])
 
 
-def test_wrapped_modules_and_state_dicts_are_accepted(tmp_path, cfg, classes, trained):
+def test_state_dicts_are_accepted(tmp_path, cfg, classes, trained):
     model, head = trained
-    save(tmp_path / "a.pth", cfg, classes, torch.nn.DataParallel(model), head.state_dict())
+    save(tmp_path / "a.pth", cfg, classes, model.state_dict(), head.state_dict())
     assert set(load_checkpoint(tmp_path / "a.pth")["model"]) == set(model.state_dict())
 
 
