@@ -20,7 +20,7 @@ from asd.cli import load_run
 from asd.config import Config, load_config
 from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
 from asd.detectors import l2_normalise
-from asd.evaluate import PUBLISHED, section_table
+from asd.evaluate import section_table
 from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
 LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
@@ -203,22 +203,3 @@ def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     t = t[false_alarm | miss].sort_values(["machine", "error", "margin"],
                                           ascending=[True, True, False], kind="stable")
     return t.groupby(["machine", "error"], sort=False).head(n).reset_index(drop=True)
-
-
-def tsne_perplexity(n_samples: int, wanted: float = 30.0) -> float:
-    """A t-SNE perplexity below ``n_samples`` (scikit-learn refuses one >= n_samples)."""
-    return float(max(1.0, min(wanted, (n_samples - 1) / 3)))
-
-
-def published_table2() -> pd.DataFrame:
-    """The report's Table 2 and the two baselines (AUC / pAUC in %) from ``asd.evaluate``."""
-    return pd.DataFrame([{"system": system, "machine": machine, "auc": auc, "pauc": pauc}
-                         for system, table in PUBLISHED.items()
-                         for machine, (auc, pauc) in table.items()])
-
-
-def mel_centres_hz(fcfg) -> np.ndarray:
-    """Centre frequency (Hz) of every mel band of ``fcfg`` (a FeatureConfig), for axis ticks."""
-    import librosa
-
-    return librosa.mel_frequencies(fcfg.n_mels + 2, fmin=fcfg.fmin, fmax=fcfg.fmax)[1:-1]
