@@ -70,9 +70,10 @@ test: install ## Run every test (the CI command)
 test-fast: install ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -q -ra tests -m "not slow"
 
-bench: install ## Speed of the feature extractor and the training data path against plain references
+bench: install ## Speed of the feature cache, training data path and embedding against references
 	$(PY) -m bench.features
 	$(PY) -m bench.train --memory
+	$(PY) -m bench.embed
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost
 	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1

@@ -35,7 +35,6 @@ from asd.losses import kl_loss, mixup
 from asd.model import build_model
 from asd.optim import build_optimizer
 from asd.sampling import MixupBatches
-from bench.features import status_kb
 
 REPO = Path(__file__).resolve().parents[1]
 N_CLASSES = 42  # source classes of the full data set
@@ -161,6 +160,15 @@ def speed(args) -> None:
         (_, (dp, _)), (_, (dr, _)) = best.items()
         print(f"ratio project / plain: {rows[0][1] / rows[1][1]:.2f}x per step, "
               f"{dr / dp:.1f}x faster data path alone")
+
+
+def status_kb(field: str) -> int:
+    """A memory field of this process (Linux ``/proc/self/status``), in kB: the anonymous
+    (``RssAnon``) part is what the process allocated itself, unlike mapped cache pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def memory_child(cache: str, steps: int, batch: int) -> None:
