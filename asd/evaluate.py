@@ -143,7 +143,8 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
     for dataset in sorted(results["dataset"].unique()):
         out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
                 official_line(results, dataset), "", "### Per domain", "",
-                _markdown(_systems_table(results, dataset, ["domain"], ["domain"])), "", "### Per section and domain", ""]
+                _markdown(_systems_table(results, dataset, ["domain"], ["domain"])), "",
+                "### Per section and domain", ""]
         detail = _systems_table(results, dataset, ["section"],
                                 ["machine", "section", "domain", "n_normal", "n_anomaly"])
         counts = detail.pop("n_normal").astype(str) + "/" + detail.pop("n_anomaly").astype(str)
