@@ -45,8 +45,6 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
     of standardised scores at ``quantile``; (empirical quantile, "quantile") for < 3 scores,
     constant ones or a failed fit."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"detectors.threshold_quantile must lie in (0, 1), got {quantile}")
     mean, std = float(scores.mean()), float(scores.std())
     if scores.size >= 3 and std > 0:
         try:

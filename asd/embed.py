@@ -42,7 +42,4 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
             x = torch.from_numpy(np.asarray(features[sl], dtype=np.float32)).to(device)
             x = ((x - mean) / std).unsqueeze(1).contiguous(memory_format=layout)  # (B, 1, T, F)
             out.append(net(x).float().cpu().numpy())  # (B, D)
-    if not out:
-        dim = getattr(getattr(model, "cfg", None), "embedding_dim", 0)
-        return np.zeros((0, dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)

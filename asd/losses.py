@@ -63,10 +63,6 @@ class SubClusterAdaCos(nn.Module):
         with torch.autocast(emb.device.type, enabled=False):
             return _unit(emb.to(dtype)) @ _unit(self.centres.to(dtype)).t()
 
-    def subcluster_centres(self) -> torch.Tensor:
-        """Unit-norm centres grouped by class, (C, S, D), detached (GMM initial means)."""
-        return _unit(self.centres.detach().float()).view(self.n_classes, self.n_subclusters, -1)
-
     @torch.no_grad()
     def _update_scale(self, cos: torch.Tensor, target: torch.Tensor) -> None:
         b, c, sub = cos.shape[0], self.n_classes, self.n_subclusters

@@ -41,19 +41,20 @@ def new_run(cfg: Config, kind: str) -> Path:
 
 
 def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
-    """The newest ``*-<kind>`` run folder (the newest finished one unless ``finished=False``);
-    newer unfinished runs are named in a warning. A clear error when there is none."""
+    """The newest finished ``*-<kind>`` run (its step wrote ``model.pth``), naming newer
+    unfinished ones in a warning; with ``finished=False`` the newest unfinished one (to resume).
+    A clear error when there is none."""
     runs = list_runs(runs_dir, kind)
-    done = [r for r in runs if (r / "model.pth").is_file()] if finished else runs  # step ended
-    if not done:
-        what = "finished " if finished and runs else ""
-        raise ConfigError(f"no {what}'{kind}' run found in {runs_dir}; run that step first "
-                          f"or pass FROM=")
-    skipped = [r.name for r in runs[runs.index(done[-1]) + 1:]]
-    if skipped:
+    found = [r for r in runs if (r / "model.pth").is_file() == finished]
+    if not found:
+        raise ConfigError(f"no {'' if finished else 'un'}finished '{kind}' run found in "
+                          f"{runs_dir}; " + ("run that step first or pass FROM=" if finished
+                                             else "pass the run to resume"))
+    skipped = [r.name for r in runs[runs.index(found[-1]) + 1:]]
+    if skipped and finished:
         log.warning("skipping unfinished run(s) %s (resume them with RESUME=); using %s",
-                    ", ".join(skipped), done[-1])
-    return done[-1]
+                    ", ".join(skipped), found[-1])
+    return found[-1]
 
 
 def finished_run(run: str | Path) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+import torch
 
 from asd.cache import build_cache
 from asd.checkpoint import check_classes, load_checkpoint, resume_state
@@ -18,6 +19,7 @@ from asd.cli import load_args_config
 from asd.config import Config, ConfigError, load_config
 from asd.data import class_table, load_classes, save_classes
 from asd.io import atomic_write_text
+from asd.model import build_model
 from asd.runs import latest_run, new_run
 from asd.sampling import check_clips, training_rows
 
@@ -41,24 +43,42 @@ class TrainRun:
         return load_args_config(args), None, None
 
 
+def check_config(cfg: Config, name: str) -> None:
+    """What the config alone refuses, before any run folder is made or changed: a model it
+    cannot build, a GPU engine without a GPU, a batch that does not split over DDP processes."""
+    try:
+        build_model(cfg, 1)
+    except ValueError as err:
+        raise ConfigError(f"the model settings do not make a model: {err}") from None
+    engine = cfg.engine
+    if engine.name in ("gpu", "amp") and not torch.cuda.is_available():
+        raise ConfigError(f"engine.name={engine.name} needs a CUDA GPU, and none is visible")
+    world = engine.world_size if engine.name == "ddp" else 1
+    if getattr(cfg, name).batch_size % world:
+        raise ConfigError(f"{name}.batch_size={getattr(cfg, name).batch_size} does not split "
+                          f"over engine.world_size={world} processes")
+
+
 def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optional[TrainRun]]:
     """The run folder and the ``kind`` of run (a TrainRun with a ``name`` and the ``domains``
     it draws pairs from) to train there, None when it is finished. A resumed run (``--resume``
-    names it, else the latest, finished or not) keeps its config.yml, classes and initial model."""
+    names it, else the latest unfinished one) keeps its config.yml, classes and initial model."""
     if args.resume:
         run_dir = Path(args.resume) if args.resume != "latest" else latest_run(
             load_args_config(args).runs.dir, kind.name, finished=False)
         if not (run_dir / "config.yml").is_file():
             raise ConfigError(f"{run_dir} is not a run folder (no config.yml)")
         cfg = load_config(run_dir / "config.yml", args.overrides)
-        if resume_state(run_dir, cfg, kind.name) is None:
-            return run_dir, None
+        check_config(cfg, kind.name)
+        if (run_dir / "model.pth").is_file():
+            return run_dir, None  # finished
         table = load_classes(run_dir / "classes.csv")
         init_txt = run_dir / "init.txt"
         init = Path(init_txt.read_text().strip()) if init_txt.is_file() else None
     else:
         run_dir = None
         cfg, table, init = kind.start(args)
+        check_config(cfg, kind.name)
     if init is not None:
         check_classes(load_checkpoint(init), table, init)
     cache = build_cache(cfg, progress=not args.no_progress)
@@ -70,6 +90,8 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
         save_classes(table, run_dir / "classes.csv")
         if init is not None:
             atomic_write_text(run_dir / "init.txt", f"{init.resolve()}\n")
+    elif resume_state(run_dir, cfg, kind.name) is None:  # changes the run only once all is checked
+        return run_dir, None  # every epoch was done: model.pth written from the last checkpoint
     return run_dir, kind(cfg=cfg, run_dir=run_dir, cache=cache.path, init=init,
                          classes=table.to_dict("list"), n_source=len(rows["source"]),
                          resume=bool(args.resume), progress=not args.no_progress)

@@ -21,7 +21,7 @@ from torch import nn
 from asd.cache import FeatureCache
 from asd.checkpoint import load_checkpoint, save_checkpoint
 from asd.cli import make_parser, run_command
-from asd.config import Config, ConfigError
+from asd.config import Config
 from asd.losses import kl_loss, mixup
 from asd.model import build_model
 from asd.optim import build_optimizer
@@ -161,8 +161,6 @@ class MixupRunner(dl.Runner):
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
         _, steps_per_epoch, total, _ = step.schedule()
-        if step.settings.batch_size % world:
-            raise ConfigError(f"{step.name}.batch_size is not divisible by the {world} processes")
         return {"train": MixupBatches(
             self.cache.features, self.cache.mean, self.cache.std, labels,
             *(rows[domain] for domain in step.domains),
@@ -232,9 +230,7 @@ def make_engine(cfg: Config) -> dl.Engine:
         if e.num_threads > 0:
             torch.set_num_threads(e.num_threads)
         return dl.CPUEngine()
-    if e.name in ("gpu", "amp"):
-        if not cuda:
-            raise ConfigError(f"engine.name={e.name} needs a CUDA GPU, and none is visible")
+    if e.name in ("gpu", "amp"):  # asd.training.check_config made sure there is a GPU
         return dl.GPUEngine(mixed_precision=e.amp_dtype if e.name == "amp" else None)
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))

@@ -99,10 +99,25 @@ def test_bad_configs_in_every_command(config, tmp_path, capsys):
     for name, (main, extra) in MAINS.items():
         for case, (args, words) in cases.items():
             code, err = call(main, [*args, *extra], capsys)
-            assert code == 2 if name.startswith("stage") else code != 0, (name, case)
+            assert code == 2, (name, case)
             for w in words:
                 assert w in err, (name, case, err)
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("override,words", [
+    ("model.time_pool=50", "model.time_pool=50 exceeds"),
+    ("loss.max_angle=2.0", "max_angle must lie in (0, pi/2)"),
+    ("engine.name=ddp", "stage1.batch_size=8 does not split over engine.world_size=3"),
+])
+def test_settings_a_model_or_engine_refuses_leave_no_run_folder(runs, config, tmp_path,
+                                                                 override, words, capsys):
+    runs_dir = tmp_path / "fresh-runs"
+    code, err = call(stage1.main, ["--config", config, "--no-progress", f"runs.dir={runs_dir}",
+                                   "stage1.batch_size=8", "engine.world_size=3", override],
+                     capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not runs_dir.exists()
 
 
 @pytest.mark.slow

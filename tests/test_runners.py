@@ -134,11 +134,11 @@ def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("name", ["gpu", "amp"])
 def test_gpu_engines_refuse_without_cuda(tiny_cfg, name, monkeypatch):
     from asd.config import ConfigError
-    from runners.common import make_engine
+    from asd.training import check_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=f"engine.name={name} needs a CUDA GPU"):
-        make_engine(tiny_cfg.replace(**{"engine.name": name}))
+        check_config(tiny_cfg.replace(**{"engine.name": name}), "stage1")
 
 
 def test_engines_are_catalysts(tiny_cfg):
