@@ -137,14 +137,9 @@ def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) ->
 
 
 def step1_model(run: Path, cfg: Config) -> Path:
-    """The ``model.pth`` of a finished Step 1 run that a Step 2 run with ``cfg`` can start from
-    (same features, model and loss settings); ConfigError or CheckpointError naming it else."""
-    if not (run / "config.yml").is_file():
-        raise ConfigError(f"{run} is not a run folder (no config.yml)")
+    """The ``model.pth`` of a finished run (``asd.runs.finished_run``) that is a Step 1 run with
+    the features, model and loss settings of ``cfg``; ConfigError or CheckpointError else."""
     model = run / "model.pth"
-    if not model.is_file():
-        raise ConfigError(f"Step 1 run {run} has no model.pth (not finished? "
-                          f"`make stage1 RESUME={run}`)")
     if diffs := config_diffs(load_config(run / "config.yml").to_dict(), cfg.to_dict(),
                              MODEL_GROUPS, "Step 1 run", "config"):
         raise ConfigError(f"the config differs from the Step 1 run {run} ({'; '.join(diffs)}); "

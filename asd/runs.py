@@ -64,5 +64,5 @@ def finished_run(run: str | Path) -> Path:
         raise ConfigError(f"{run} is not a run folder (no config.yml)")
     if not (run / "model.pth").is_file():
         raise ConfigError(f"{run / 'model.pth'} does not exist; the run has not finished "
-                          f"(finish it with RESUME={run})")
+                          f"(finish it with make {run.name.split('-', 1)[-1]} RESUME={run})")
     return run

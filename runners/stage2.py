@@ -10,17 +10,15 @@ Starts from a finished Step 1 run's ``model.pth``; only the parts of the net tha
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
 from asd.checkpoint import step1_model
-from asd.cli import load_args_config
+from asd.cli import load_run
 from asd.data import load_classes
 from asd.model import build_model
 from asd.optim import set_trainable
-from asd.runs import latest_run
 from runners.common import Step, main as step_main
 
 
@@ -29,7 +27,7 @@ class Stage2(Step):
 
     name = "stage2"
     domains = ("source", "target")
-    from_help = "Step 1 run to start from (default: the latest *-stage1 run)"
+    from_help = "Step 1 run to start from (default: the latest finished *-stage1 run)"
 
     def schedule(self) -> tuple[int, int, int, int]:
         s = self.settings
@@ -38,8 +36,7 @@ class Stage2(Step):
 
     @classmethod
     def start(cls, args):
-        cfg = load_args_config(args, args.from_run)
-        run = Path(args.from_run) if args.from_run else latest_run(cfg.runs.dir, "stage1")
+        run, cfg = load_run(args, "stage1")  # --config, else the Step 1 run's own config.yml
         init = step1_model(run, cfg)
         set_trainable(build_model(cfg, 1)[0], cfg.stage2.trainable)  # names a part of the net?
         return cfg, load_classes(run / "classes.csv"), init

@@ -156,7 +156,7 @@ def test_step2_from_what_is_not_a_finished_step1_run(runs, config, tmp_path, cap
     unfinished = resumable(runs.stage1, tmp_path)
     code, err = call(stage2.main, ["--config", config, "--from", unfinished, "--no-progress"],
                      capsys)
-    assert code == 2 and f"Step 1 run {unfinished} has no model.pth" in err
+    assert code == 2 and f"{unfinished / 'model.pth'} does not exist; the run has not finished" in err
     assert f"make stage1 RESUME={unfinished}" in err
     assert not (tmp_path / "runs").exists()
 
