@@ -68,7 +68,8 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
                              f"--machine/--section for recordings outside the layout")
     loaded = load_model(run / "model.pth", device=device)
     fcfg = loaded.cfg.features
-    mels = [log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg) for f in files]  # (T, F) each
+    mels = [log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F):
+            for f in files]  # rounded like the cache the model and detectors were fitted on
     emb = embed(loaded.model, np.stack(mels), loaded.mean, loaded.std,
                 inference_batch(loaded.cfg.detectors.batch_size, device), device=device)  # (N, D)
     rows = []
