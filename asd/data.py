@@ -28,7 +28,7 @@ DATASETS = ("dev_data", "eval_data")
 DOMAINS = ("source", "target")
 GROUND_TRUTH = "ground_truth"  # folder inside eval_data/ (not a machine)
 # test folders and the domain their clips must carry (None: the 2022/2023 mixed test/ folder)
-_FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
+SPLIT_FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
 COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "split", "label", "index",
            "attributes", "class"]
 CLASS_COLUMNS = ["class", "machine", "section", "domain"]
@@ -89,7 +89,7 @@ def _machine_folders(root: Path) -> list[tuple[str, Path]]:
 
 def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
     split = "train" if folder.name == "train" else "test"
-    domain = _FOLDERS[folder.name]
+    domain = SPLIT_FOLDERS[folder.name]
     with os.scandir(folder) as entries:  # entries know their type without a stat call each
         names = sorted(e.name for e in entries if e.name.lower().endswith(".wav")
                        and not e.name.startswith(".") and e.is_file())

@@ -105,17 +105,11 @@ def kl_loss(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def mixup(x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
           lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lam * a + (1 - lam) * b for inputs (B, ...) and labels (B, C) alike, with lam (B,) in
-    [0, 1]; labels come back as floats, inputs keep their dtype (a float16 cache stays float16)."""
+    [0, 1]; the results take lam's floating dtype where the inputs are of a smaller type."""
     if (x_a.shape != x_b.shape or y_a.shape != y_b.shape or lam.shape != (len(x_a),)
             or len(y_a) != len(x_a)):
         raise ValueError(f"mixup: x {tuple(x_a.shape)}, {tuple(x_b.shape)}, y {tuple(y_a.shape)}, "
                          f"{tuple(y_b.shape)} and lam {tuple(lam.shape)} do not fit")
-
-    def mix(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        w = lam.to(dtype).view(-1, *([1] * (a.dim() - 1)))
-        return w * a.to(dtype) + (1 - w) * b.to(dtype)
-
-    x_dtype = x_a.dtype if x_a.is_floating_point() else torch.float32
-    y_dtype = torch.promote_types(y_a.dtype, lam.dtype) if y_a.is_floating_point() else lam.dtype
-    return mix(x_a, x_b, x_dtype), mix(y_a, y_b, y_dtype)
+    w, v = lam.view(-1, *([1] * (x_a.dim() - 1))), lam.view(-1, 1)  # (B, 1, ...), (B, 1)
+    return w * x_a + (1 - w) * x_b, v * y_a + (1 - v) * y_b
 

@@ -18,14 +18,13 @@ import pandas as pd
 from asd import AsdError
 from asd.checkpoint import load_model
 from asd.cli import run_command
-from asd.data import DataError, parse_name
+from asd.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.detectors import DetectorSet
 from asd.embed import embed, inference_batch
 from asd.features import load_audio, log_mel
 from asd.io import atomic_path
 from asd.submit import DETECTORS
 
-SPLIT_FOLDERS = ("train", "test", "source_test", "target_test")
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
 
 

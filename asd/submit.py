@@ -98,10 +98,9 @@ def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size:
 
 
 def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
-                  classes: pd.DataFrame, n_subclusters: int, cfg) -> DetectorSet:
-    """Detectors per (machine, section) of the training clips; emb (N, D): rows of ``index``;
-    centres (C*S, D): the AdaCos centres of the run whose class table is ``classes``."""
-    class_of = {tuple(key): int(c) for c, *key in classes[["class", *GROUP]].itertuples(False)}
+                  n_subclusters: int, cfg) -> DetectorSet:
+    """Detectors per (machine, section) of the training clips; emb (N, D): rows of ``index``,
+    whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
     train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
     dets = DetectorSet()
     # many small (D x D) factorisations: BLAS threads cost more than they give
@@ -109,10 +108,10 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
         for (machine, section), rows in train.groupby(["machine", "section"]):
             source = rows.index[rows["domain"] == "source"].to_numpy()
             target = rows.index[rows["domain"] == "target"].to_numpy()
-            c = class_of.get((machine, section, "source"))
+            c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
             log.info("fitting detectors of %s section %s (%d source, %d target clips)", machine,
                      section, len(source), len(target))
-            sub = None if c is None else centres[c * n_subclusters:(c + 1) * n_subclusters]
+            sub = None if c < 0 else centres[c * n_subclusters:(c + 1) * n_subclusters]
             try:
                 fitted = fit_section(emb[source], emb[target], sub, cfg, n_subclusters)
             except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
@@ -139,15 +138,10 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
     return out.sort_values(["dataset", *GROUP, "file"], kind="stable").reset_index(drop=True)
 
 
-def csv_names(machine: str, section: str, domain: str) -> tuple[str, str]:
-    """(anomaly score file, decision result file) names of one (machine, section, domain)."""
-    return (csv_name("anomaly_score", machine, section, domain),
-            csv_name("decision_result", machine, section, domain))
-
-
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
     """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``:
-    per (machine, section, domain) ``csv_names`` (``file name,score`` / ``file name,0|1``), no
+    per (machine, section, domain) ``anomaly_score_*`` / ``decision_result_*`` CSVs (``asd.data.
+    csv_name``: ``file name,score`` / ``file name,0|1``), no
     header, rows sorted by file name (the official evaluator matches them by position). All are
     renamed into place once all are complete; stale ones are removed. Returns the paths."""
     folder = Path(folder)
@@ -156,7 +150,8 @@ def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
     with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
         for (machine, section, domain), rows in scores.groupby(GROUP):
             rows = rows.sort_values("file", kind="stable")
-            score_name, decision_name = csv_names(machine, section, domain)
+            score_name, decision_name = (csv_name(kind, machine, section, domain)
+                                         for kind in ("anomaly_score", "decision_result"))
             stack.enter_context(atomic_path(folder / score_name)).write_text("".join(
                 f"{f},{float(s)!r}\n" for f, s in zip(rows["file"], rows["score"])))
             stack.enter_context(atomic_path(folder / decision_name)).write_text("".join(
@@ -197,16 +192,14 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
 
     from asd.cache import build_cache
     from asd.checkpoint import load_model
-    from asd.data import assign_classes, load_classes
+    from asd.data import assign_classes
 
     run = Path(run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(run / "model.pth", device=device)
     check_features(cfg.features, loaded.cfg.features, run)
-    classes = (load_classes(run / "classes.csv") if (run / "classes.csv").is_file()
-               else loaded.classes)
     cache = build_cache(cfg, progress=progress)
-    index = assign_classes(cache.index, classes)
+    index = assign_classes(cache.index, loaded.classes)  # the run's class ids
     pairs = index.groupby(["machine", "section"])["dataset"].nunique()
     if (pairs > 1).any():
         raise SubmitError("{} section {} appears in more than one dataset; the challenge file "
@@ -214,7 +207,7 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     emb = run_embeddings(run, loaded, cache.features, index, cfg.detectors.batch_size, device,
                          progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
-    dets = fit_detectors(emb, index, centres, classes, loaded.head.n_subclusters, cfg.detectors)
+    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors)
     dets.save(run / DETECTORS)
     scores = score_test_clips(emb, index, dets)
     files = write_submission(scores, run / SUBMISSION)

@@ -15,6 +15,7 @@ import torch
 from asd import evaluate as ev
 from asd import submit as sm
 from asd.cache import build_cache
+from asd.data import csv_name
 from asd.checkpoint import load_model, save_checkpoint
 from asd.model import build_model
 from asd.data import class_table, save_classes
@@ -57,9 +58,8 @@ def submitted(cfg):
 
 
 def test_csv_names():
-    assert sm.csv_names("ToyCar", "03", "target") == (
-        "anomaly_score_ToyCar_section_03_target_test.csv",
-        "decision_result_ToyCar_section_03_target_test.csv")
+    assert csv_name("anomaly_score", "ToyCar", "03", "target") == (
+        "anomaly_score_ToyCar_section_03_target_test.csv")
 
 
 def test_write_submission_format(tmp_path):
@@ -112,7 +112,8 @@ def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
     folder = submitted.run / sm.SUBMISSION
     expected = set()
     for (machine, section, domain), rows in test.groupby(["machine", "section", "domain"]):
-        score_name, decision_name = sm.csv_names(machine, section, domain)
+        score_name, decision_name = (csv_name(kind, machine, section, domain)
+                                     for kind in ("anomaly_score", "decision_result"))
         expected |= {score_name, decision_name}
         names, scores = _read_like_evaluator(folder / score_name)
         assert names == sorted(rows["file"])  # one row per clip, basename, sorted
@@ -206,7 +207,7 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     # the CSV agrees with the submission files
     clip = result.clips.iloc[0]
     names, scores = _read_like_evaluator(
-        submitted.run / sm.SUBMISSION / sm.csv_names(clip.machine, clip.section, clip.domain)[0])
+        submitted.run / sm.SUBMISSION / csv_name("anomaly_score", clip.machine, clip.section, clip.domain))
     assert scores[names.index(clip.file)] == pytest.approx(clip.ours)
     saved = pd.read_csv(submitted.run / "results.csv", dtype={"section": str})
     assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
