@@ -39,11 +39,6 @@ def open_run(run: str | Path | None = None, config: str | Path | None = None,
     return load_run(argparse.Namespace(from_run=run, config=config, overrides=list(overrides)))
 
 
-def run_config(run: str | Path) -> Config:
-    """The resolved config a run was trained with (``RUN/config.yml``)."""
-    return load_config(Path(run) / "config.yml")
-
-
 def run_chain(run: str | Path) -> list[Path]:
     """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2,
     whose ``init.txt`` names the Step 1 model it started from."""
@@ -92,7 +87,7 @@ def training_log(run: str | Path) -> pd.DataFrame:
 def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame]:
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
-    root = Path(root if root is not None else run_config(run).data.root)
+    root = Path(root if root is not None else load_config(Path(run) / "config.yml").data.root)
     index = index_dataset(root)
     if (Path(run) / "classes.csv").is_file():
         index = assign_classes(index, load_classes(Path(run) / "classes.csv"))
