@@ -26,7 +26,8 @@ DEFAULT_CONFIG = "config.yml"
 def make_parser(prog: str, doc: str, *, from_help: Optional[str] = None,
                 overrides: bool = True) -> argparse.ArgumentParser:
     """A parser with ``--config``, optionally ``--from``, and ``key.sub=value`` overrides."""
-    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.strip().splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m {prog}",
+                                description=doc.strip().splitlines()[0].replace("``", ""))
     p.add_argument("--config", default=None,
                    help=f"config file (default: the run's own config.yml where a run folder is "
                         f"given, else {DEFAULT_CONFIG})")

@@ -14,6 +14,11 @@ from torch import nn
 CPU_BATCH = 32
 
 
+def inference_device(device: str | None) -> str:
+    """``device``, else CUDA where present, else the CPU: the default of submit and score."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def inference_batch(batch_size: int, device: str | torch.device) -> int:
     """The batch size to embed with: ``batch_size``, at most ``CPU_BATCH`` on a CPU."""
     return min(batch_size, CPU_BATCH) if torch.device(device).type == "cpu" else batch_size

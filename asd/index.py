@@ -1,7 +1,7 @@
-"""Clip counts of a data root: ``python -m asd.index [ROOT] [--config C] [key.sub=value ...]``.
+"""Clip counts of a data root per machine, section, domain, split and label.
 
-Normal, anomalous and unlabelled clips per (dataset, machine, section, domain, split); ROOT
-defaults to the config's ``data.root``.
+``python -m asd.index [ROOT] [--config C] [key.sub=value ...]``: normal, anomalous and unlabelled
+clips per (dataset, machine, section, domain, split); ROOT defaults to the config's ``data.root``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from asd.checkpoint import load_model
 from asd.cli import run_command
 from asd.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.detectors import DetectorSet
-from asd.embed import embed, inference_batch
+from asd.embed import embed, inference_batch, inference_device
 from asd.features import load_audio, log_mel
 from asd.io import atomic_path
 from asd.submit import DETECTORS
@@ -51,9 +51,10 @@ def describe_clip(path: str | Path, machine: str | None = None, section: str | N
 
 def score_files(run: str | Path, files: list[str | Path], machine: str | None = None,
                 section: str | None = None, domain: str | None = None,
-                device: str = "cpu") -> pd.DataFrame:
-    """Score recordings with the run's model and saved detectors; one row per file (COLUMNS)."""
-    run = Path(run)
+                device: str | None = None) -> pd.DataFrame:
+    """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
+    ``device``: torch device (default: CUDA where present, else the CPU)."""
+    run, device = Path(run), inference_device(device)
     if not run.is_dir():
         raise ScoreError(f"run folder {run} does not exist")
     dets = DetectorSet.load(run / DETECTORS)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", choices=("source", "target"),
                         help="domain (default: from the name)")
     parser.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     return run_command(_main, parser, argv)
 
 

@@ -25,21 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
                    help="output folder (default: data.root of the config) and config overrides")
     p.add_argument("--machines", type=_names, default=MACHINES,
-                   help="comma-separated machine types")
+                   help="comma-separated machine types (default: all seven)")
     p.add_argument("--sections-dev", type=_names, default=DEV_SECTIONS,
-                   help="development sections, comma-separated ('' for none)")
+                   help="development sections, comma-separated ('' for none; default: 00,01,02)")
     p.add_argument("--sections-eval", type=_names, default=EVAL_SECTIONS,
-                   help="evaluation sections, comma-separated ('' for none)")
-    p.add_argument("--n-source", type=int, default=100, help="source training clips per section")
-    p.add_argument("--n-target", type=int, default=3, help="target training clips per section")
+                   help="evaluation sections, comma-separated ('' for none; default: 03,04,05)")
+    p.add_argument("--n-source", type=int, default=100,
+                   help="source training clips per section (default: %(default)s)")
+    p.add_argument("--n-target", type=int, default=3,
+                   help="target training clips per section (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=40,
-                   help="test clips per section and domain (half anomalous)")
+                   help="test clips per section and domain, half anomalous (default: %(default)s)")
     p.add_argument("--like-dcase2021", action="store_true",
                    help="the real data set's clips per section and split instead of --n-*")
     p.add_argument("--fraction", type=float, default=1.0,
-                   help="with --like-dcase2021: this share of the source training and test clips")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
-    p.add_argument("--seed", type=int, default=0)
+                   help="with --like-dcase2021: this share of the source training and test "
+                        "clips (default: 1)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds per clip (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes writing clips (default: the cores, at most 8)")
     return p
