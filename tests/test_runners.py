@@ -152,15 +152,12 @@ def test_engines_are_catalysts(tiny_cfg):
 
 
 def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monkeypatch):
-    """A backbone is one registered function and one config line; stage2.trainable names its
+    """A backbone is one function in asd.model.BACKBONES and one config line; stage2.trainable names its
     parts; Step 1, Step 2 and submit run with it."""
     from collections import OrderedDict
 
     from asd import model, submit
 
-    monkeypatch.setattr(model, "BACKBONES", dict(model.BACKBONES))  # "tiny" goes afterwards
-
-    @model.register_backbone("tiny")
     def tiny(cfg):  # (B, 1, T, F) -> (B, D)
         return torch.nn.Sequential(OrderedDict(
             conv=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
@@ -168,6 +165,7 @@ def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monk
             pool=torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()),
             head=torch.nn.Linear(4, cfg.model.embedding_dim)))
 
+    monkeypatch.setitem(model.BACKBONES, "tiny", tiny)  # removed again afterwards
     args = cli(tiny_cfg, tmp_path) + ["model.backbone=tiny", "stage2.trainable=[head]"]
     assert stage1.main(args) == 0
     (run1,) = (tmp_path / "runs").glob("*-stage1")
