@@ -12,8 +12,7 @@ s_new = log B_avg / cos(min(max_angle, theta_med)), where B_avg is the batch mea
 sum_{k non-target} exp(s_old cos_ik) (non-target: classes of mixed label weight 0) and theta_med
 the median (the lower one for an even batch) angle between each embedding and the nearest centre
 of its dominant (largest weight) class; s keeps its value where s_new is not finite and positive.
-Under DDP the batch is the global one: every process gathers the others' per-sample terms and
-all estimate the same s a single process would from the whole batch.
+Under DDP the batch is the global one: all processes gather all per-sample terms, and share s.
 
 Computed in float32 or wider with autocast off; normalisation rescales by the largest entry
 first, so no embedding (zeros, 1e30, identical rows) gives inf or NaN.

@@ -50,15 +50,13 @@ class TrainRun:
 
 def world_size(cfg: Config) -> int:
     """Training processes: ``engine.world_size`` for DDP (0: one per visible GPU), else 1."""
-    if not cfg.engine.name.startswith("ddp"):
-        return 1
-    return cfg.engine.world_size or torch.cuda.device_count()
+    ddp = cfg.engine.name.startswith("ddp")
+    return (cfg.engine.world_size or torch.cuda.device_count()) if ddp else 1
 
 
 def check_config(cfg: Config, name: str) -> None:
     """What the config alone refuses, before any run folder is made or changed: a model it
-    cannot build, an engine this machine cannot run (no GPU, fewer GPUs than DDP processes,
-    a precision the GPU lacks), a batch that does not split over DDP processes."""
+    cannot build, an engine this machine cannot run, a batch that does not split over DDP."""
     try:
         build_model(cfg, 1)
     except ValueError as err:
@@ -67,12 +65,9 @@ def check_config(cfg: Config, name: str) -> None:
     gpus = torch.cuda.device_count() if cuda else 0
     if engine.name in ("gpu", "amp") and not cuda:
         raise ConfigError(f"engine.name={engine.name} needs a CUDA GPU, and none is visible")
-    if world == 0:
-        raise ConfigError("engine.world_size=0 (one DDP process per GPU) needs a CUDA GPU, and "
-                          "none is visible; set the number of CPU processes")
-    if gpus and world > gpus:  # two processes on one GPU: NCCL refuses
-        raise ConfigError(f"engine.world_size={world} DDP processes need one GPU each, and "
-                          f"{gpus} are visible; set it to {gpus} or fewer (0: all)")
+    if world == 0 or gpus and world > gpus:  # two processes on one GPU: NCCL refuses
+        raise ConfigError(f"engine.world_size={engine.world_size}: DDP takes one GPU a process "
+                          f"(0: all), and {gpus} GPU(s) are visible (CPU: name the number)")
     amp = engine.amp_dtype if engine.name in ("amp", "ddp_amp") else None
     if amp == "fp16" and not cuda:
         raise ConfigError("engine.amp_dtype=fp16 needs a CUDA GPU; on the CPU use bf16")

@@ -111,7 +111,7 @@ class Checkpoints(dl.Callback):
             runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
-            if runner.engine.scaler is not None and "scaler" in ckpt:  # fp16's loss scale
+            if runner.engine.scaler is not None and ckpt.get("scaler"):  # fp16's loss scale
                 runner.engine.scaler.load_state_dict(ckpt["scaler"])
             done = ckpt["step"]
             runner.epoch_step, runner.sample_step = int(done["epoch"]), int(done["samples"])
@@ -137,10 +137,10 @@ class Checkpoints(dl.Callback):
                     "world_size": world, "done": epoch >= runner.num_epochs}
             parts = dict(model=model.net, head=model.head, cfg=self.step.cfg, step=step,
                          classes=self.step.classes, mean=runner.cache.mean, std=runner.cache.std)
+            scaler = runner.engine.scaler  # fp16's loss scale; None without one
             state = {"optimizer": runner.optimizer.state_dict(),
-                     "sampler": runner.loaders["train"].state_dict()}
-            if runner.engine.scaler is not None:
-                state["scaler"] = runner.engine.scaler.state_dict()
+                     "sampler": runner.loaders["train"].state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None}
             save_checkpoint(self.last, **parts, extra=state)
             if final:
                 save_checkpoint(self.step.run_dir / "model.pth", **parts)
@@ -175,11 +175,10 @@ class MixupRunner(dl.Runner):
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
         self.step.init_model(model)
-        if self.engine.device.type == "cpu":
-            return model.to(memory_format=torch.channels_last)  # CPU convolutions
-        if self.engine.is_ddp and self.step.cfg.engine.sync_bn:  # torch's is CUDA only
-            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model
+        cpu = self.engine.device.type == "cpu"
+        if self.engine.is_ddp and self.step.cfg.engine.sync_bn and not cpu:  # torch's: CUDA only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model.to(memory_format=torch.channels_last) if cpu else model  # CPU convolutions
 
     def get_optimizer(self, model):
         s = self.step.settings

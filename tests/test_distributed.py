@@ -91,9 +91,9 @@ def engine(cfg, **settings):
 
 
 @pytest.mark.parametrize("n,settings,words", [
-    (1, dict(name="ddp", world_size=2), "engine.world_size=2 DDP processes need one GPU each, "
-                                        "and 1 are visible; set it to 1 or fewer (0: all)"),
-    (0, dict(name="ddp", world_size=0), "engine.world_size=0 (one DDP process per GPU) needs"),
+    (1, dict(name="ddp", world_size=2), "engine.world_size=2: DDP takes one GPU a process "
+                                        "(0: all), and 1 GPU(s) are visible"),
+    (0, dict(name="ddp", world_size=0), "engine.world_size=0: DDP takes one GPU a process"),
     (1, dict(name="amp", amp_dtype="bf16"), "the GPU (Tesla T4) does not support bf16; use "
                                             "engine.amp_dtype=fp16"),
     (2, dict(name="ddp_amp", amp_dtype="bf16"), "does not support bf16"),
@@ -144,7 +144,8 @@ def test_ddp_engine_gets_the_precision_and_one_process_per_gpu(tiny_cfg, gpus):
     assert isinstance(ddp, dl.DistributedDataParallelEngine)
     assert ddp._world_size == ddp._num_local_workers == 3
     assert ddp._kwargs["mixed_precision"] == "fp16"
-    assert make_engine(engine(tiny_cfg, name="ddp", world_size=2))._kwargs["mixed_precision"] is None
+    plain = make_engine(engine(tiny_cfg, name="ddp", world_size=2))
+    assert plain._kwargs["mixed_precision"] is None
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
