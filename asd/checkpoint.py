@@ -70,8 +70,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module | dict, head: nn.Modul
                     cfg: Config, classes: pd.DataFrame | dict, mean: Any, std: Any,
                     step: dict, extra: Optional[dict] = None) -> Path:
     """Write the checkpoint of ``model`` and ``head`` (modules or state dicts) atomically."""
-    stats = {"mean": torch.tensor(np.asarray(mean, dtype=np.float32)),  # (F,) each
-             "std": torch.tensor(np.asarray(std, dtype=np.float32))}
+    stats = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in  # (F,) each
+             (("mean", mean), ("std", std))}
     data = {"format": FORMAT, "config": cfg.to_dict(),
             "classes": pd.DataFrame(classes).to_dict("list"), "feature_stats": stats,
             "model": _state(model), "head": _state(head), "step": dict(step)}

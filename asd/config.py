@@ -95,11 +95,12 @@ class Stage2Config:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: Literal["cpu", "gpu", "amp", "ddp"]
+    name: Literal["cpu", "gpu", "amp", "ddp", "ddp_amp"]
     amp_dtype: Literal["fp16", "bf16"]
-    world_size: int
+    world_size: Annotated[int, ">= 0"]
     num_threads: Annotated[int, ">= 0"]
     cache_on_device: bool
+    sync_bn: bool = True  # default only for stored configs older than the key
 
 
 @dataclass(frozen=True)

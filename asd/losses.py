@@ -12,6 +12,7 @@ s_new = log B_avg / cos(min(max_angle, theta_med)), where B_avg is the batch mea
 sum_{k non-target} exp(s_old cos_ik) (non-target: classes of mixed label weight 0) and theta_med
 the median (the lower one for an even batch) angle between each embedding and the nearest centre
 of its dominant (largest weight) class; s keeps its value where s_new is not finite and positive.
+Under DDP the batch is the global one: all processes gather all per-sample terms, and share s.
 
 Computed in float32 or wider with autocast off; normalisation rescales by the largest entry
 first, so no embedding (zeros, 1e30, identical rows) gives inf or NaN.
@@ -23,6 +24,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -30,6 +32,16 @@ def _unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Rows of x scaled to unit L2 norm; zero rows stay zero; no overflow for huge entries."""
     x = x / x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(eps)  # a finite squared norm
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
+def _global_batch(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample statistics (K, B) of every DDP process's batch, (K, world * B) in rank order;
+    ``x`` itself outside DDP. Each process then estimates the same scale from the whole batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=1)
 
 
 def initial_scale(n_logits: int) -> float:
@@ -70,10 +82,11 @@ class SubClusterAdaCos(nn.Module):
         non_target = (target == 0).repeat_interleave(sub, dim=1)  # (B, C*S)
         logits = (s * cos).masked_fill(~non_target, float("-inf"))
         per_sample = torch.logsumexp(logits, dim=1)  # (B,), -inf where no non-target logit
-        log_b_avg = torch.logsumexp(per_sample, dim=0) - math.log(b)
         dominant = target.argmax(dim=1)  # (B,)
         own = cos.view(b, c, sub)[torch.arange(b, device=cos.device), dominant]  # (B, S)
         theta = torch.acos(own.amax(dim=1).clamp(-1.0, 1.0))  # (B,)
+        per_sample, theta = _global_batch(torch.stack([per_sample, theta]))  # (2, world * B)
+        log_b_avg = torch.logsumexp(per_sample, dim=0) - math.log(len(per_sample))
         theta_med = torch.median(theta).clamp(max=self.max_angle)
         new_s = log_b_avg / torch.cos(theta_med)
         ok = torch.isfinite(new_s) & (new_s > 0)

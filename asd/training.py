@@ -6,10 +6,12 @@ other settings) is refused before a run folder is made or changed. The loop is i
 from __future__ import annotations
 
 import argparse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -23,6 +25,8 @@ from asd.model import build_model
 from asd.runs import latest_run, new_run
 from asd.sampling import check_clips, training_rows
 
+DEVICE_SHARE = 0.6  # of a GPU's free memory the cache may take; the rest is the training's own
+
 
 @dataclass
 class TrainRun:
@@ -34,6 +38,7 @@ class TrainRun:
     classes: dict  # the run's class table, as dict of lists
     n_source: int  # source training clips of the run's classes
     init: Optional[Path] = None  # the model the step starts from (None: fresh weights)
+    cache_on_device: bool = False  # hold the training rows in GPU memory (use_device_cache)
     resume: bool = False  # continue from checkpoints/last.pth where there is one
     progress: bool = True
 
@@ -43,20 +48,51 @@ class TrainRun:
         return load_args_config(args), None, None
 
 
+def world_size(cfg: Config) -> int:
+    """Training processes: ``engine.world_size`` for DDP (0: one per visible GPU), else 1."""
+    ddp = cfg.engine.name.startswith("ddp")
+    return (cfg.engine.world_size or torch.cuda.device_count()) if ddp else 1
+
+
 def check_config(cfg: Config, name: str) -> None:
     """What the config alone refuses, before any run folder is made or changed: a model it
-    cannot build, a GPU engine without a GPU, a batch that does not split over DDP processes."""
+    cannot build, an engine this machine cannot run, a batch that does not split over DDP."""
     try:
         build_model(cfg, 1)
     except ValueError as err:
         raise ConfigError(f"the model settings do not make a model: {err}") from None
-    engine = cfg.engine
-    if engine.name in ("gpu", "amp") and not torch.cuda.is_available():
+    engine, cuda, world = cfg.engine, torch.cuda.is_available(), world_size(cfg)
+    gpus = torch.cuda.device_count() if cuda else 0
+    if engine.name in ("gpu", "amp") and not cuda:
         raise ConfigError(f"engine.name={engine.name} needs a CUDA GPU, and none is visible")
-    world = engine.world_size if engine.name == "ddp" else 1
+    if world == 0 or gpus and world > gpus:  # two processes on one GPU: NCCL refuses
+        raise ConfigError(f"engine.world_size={engine.world_size}: DDP takes one GPU a process "
+                          f"(0: all), and {gpus} GPU(s) are visible (CPU: name the number)")
+    amp = engine.amp_dtype if engine.name in ("amp", "ddp_amp") else None
+    if amp == "fp16" and not cuda:
+        raise ConfigError("engine.amp_dtype=fp16 needs a CUDA GPU; on the CPU use bf16")
+    if amp == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(f"engine.amp_dtype=bf16: the GPU ({torch.cuda.get_device_name()}) "
+                          "does not support bf16; use engine.amp_dtype=fp16")
     if getattr(cfg, name).batch_size % world:
         raise ConfigError(f"{name}.batch_size={getattr(cfg, name).batch_size} does not split "
                           f"over engine.world_size={world} processes")
+
+
+def use_device_cache(cfg: Config, features: np.ndarray, rows: np.ndarray) -> bool:
+    """Whether the training processes hold ``rows`` of the cache's ``features`` (N, T, F) in
+    GPU memory: asked for, on CUDA, and within DEVICE_SHARE of the free memory of every GPU the
+    run uses. Where they do not fit, a warning says so (the rows are then memory-mapped)."""
+    if not (cfg.engine.cache_on_device and cfg.engine.name != "cpu" and torch.cuda.is_available()):
+        return False
+    need = len(rows) * features[:1].nbytes
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(world_size(cfg)))
+    if need <= DEVICE_SHARE * free:
+        return True
+    warnings.warn(f"engine.cache_on_device: the {need / 1e9:.1f} GB of training features do "
+                  f"not fit in GPU memory ({free / 1e9:.1f} GB free); they are read from the "
+                  "memory-mapped cache instead", stacklevel=2)
+    return False
 
 
 def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optional[TrainRun]]:
@@ -85,6 +121,7 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
     table = class_table(cache.index) if table is None else table
     _, rows = training_rows(cache.index, table)
     check_clips(rows, sorted(set(kind.domains)), table, cache.settings.get("root"), kind.name)
+    on_device = use_device_cache(cfg, cache.features, np.union1d(*(rows[d] for d in kind.domains)))
     if run_dir is None:
         run_dir = new_run(cfg, kind.name)
         save_classes(table, run_dir / "classes.csv")
@@ -94,4 +131,5 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
         return run_dir, None  # every epoch was done: model.pth written from the last checkpoint
     return run_dir, kind(cfg=cfg, run_dir=run_dir, cache=cache.path, init=init,
                          classes=table.to_dict("list"), n_source=len(rows["source"]),
-                         resume=bool(args.resume), progress=not args.no_progress)
+                         cache_on_device=on_device, resume=bool(args.resume),
+                         progress=not args.no_progress)

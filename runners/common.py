@@ -26,7 +26,7 @@ from asd.losses import kl_loss, mixup
 from asd.model import build_model
 from asd.optim import build_optimizer
 from asd.sampling import MixupBatches, training_rows
-from asd.training import TrainRun, prepare
+from asd.training import TrainRun, prepare, world_size
 
 # handle_batch does the backward pass and the optimiser step itself, on purpose.
 warnings.filterwarnings("ignore", message=r"No ``I(Backward|Optimizer)Callback")
@@ -111,6 +111,8 @@ class Checkpoints(dl.Callback):
             runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
+            if runner.engine.scaler is not None and ckpt.get("scaler"):  # fp16's loss scale
+                runner.engine.scaler.load_state_dict(ckpt["scaler"])
             done = ckpt["step"]
             runner.epoch_step, runner.sample_step = int(done["epoch"]), int(done["samples"])
             runner.batch_step = int(done["iteration"]) * runner.engine.num_processes
@@ -135,8 +137,10 @@ class Checkpoints(dl.Callback):
                     "world_size": world, "done": epoch >= runner.num_epochs}
             parts = dict(model=model.net, head=model.head, cfg=self.step.cfg, step=step,
                          classes=self.step.classes, mean=runner.cache.mean, std=runner.cache.std)
+            scaler = runner.engine.scaler  # fp16's loss scale; None without one
             state = {"optimizer": runner.optimizer.state_dict(),
-                     "sampler": runner.loaders["train"].state_dict()}
+                     "sampler": runner.loaders["train"].state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None}
             save_checkpoint(self.last, **parts, extra=state)
             if final:
                 save_checkpoint(self.step.run_dir / "model.pth", **parts)
@@ -172,6 +176,8 @@ class MixupRunner(dl.Runner):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
         self.step.init_model(model)
         cpu = self.engine.device.type == "cpu"
+        if self.engine.is_ddp and self.step.cfg.engine.sync_bn and not cpu:  # torch's: CUDA only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model.to(memory_format=torch.channels_last) if cpu else model  # CPU convolutions
 
     def get_optimizer(self, model):
@@ -183,7 +189,7 @@ class MixupRunner(dl.Runner):
         return {"checkpoints": Checkpoints(self.step), **progress}
 
     def on_experiment_start(self, runner):
-        if self.step.cfg.engine.name == "ddp" and not torch.cuda.is_available():
+        if self.step.cfg.engine.name.startswith("ddp") and not torch.cuda.is_available():
             torch.set_num_threads(1)  # one thread per process, or the processes fight for cores
         super().on_experiment_start(runner)
 
@@ -224,20 +230,22 @@ class MixupRunner(dl.Runner):
 
 
 def make_engine(cfg: Config) -> dl.Engine:
-    """The Catalyst engine named by ``engine.name``."""
+    """The Catalyst engine named by ``engine.name`` (asd.training.check_config checked it)."""
     e, cuda = cfg.engine, torch.cuda.is_available()
+    precision = e.amp_dtype if e.name in ("amp", "ddp_amp") else None
     if e.name == "cpu":
         if e.num_threads > 0:
             torch.set_num_threads(e.num_threads)
         return dl.CPUEngine()
-    if e.name in ("gpu", "amp"):  # asd.training.check_config made sure there is a GPU
-        return dl.GPUEngine(mixed_precision=e.amp_dtype if e.name == "amp" else None)
+    if e.name in ("gpu", "amp"):
+        return dl.GPUEngine(mixed_precision=precision)
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
-    return dl.DistributedDataParallelEngine(world_size=e.world_size,  # one process per GPU or CPU
-                                            num_node_workers=e.world_size, port=port, **on_cpu)
+    world = world_size(cfg)  # one process per GPU or CPU
+    return dl.DistributedDataParallelEngine(world_size=world, num_node_workers=world, port=port,
+                                            mixed_precision=precision, **on_cpu)
 
 
 def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:

@@ -47,9 +47,15 @@ def test_design_detectors(cfg):
     assert d.threshold_scores == "out_of_fold" and d.threshold_folds == 5
 
 
+def test_engine_defaults(cfg):
+    e = cfg.engine
+    assert e.name == "cpu" and e.amp_dtype == "bf16" and e.world_size == 2
+    assert e.cache_on_device and e.sync_bn  # DDP batch norm over the global batch, as one GPU
+
+
 def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path):
-    """Runs made before detectors.threshold_scores/folds existed still load; a key without a
-    default stays required."""
+    """Runs made before detectors.threshold_scores/folds or engine.sync_bn existed still load;
+    a key without a default stays required."""
     import yaml
 
     from asd.config import ConfigError
@@ -57,9 +63,12 @@ def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path)
     data = yaml.safe_load((repo / "config.yml").read_text())
     for key in ("threshold_scores", "threshold_folds"):
         del data["detectors"][key]
+    del data["engine"]["sync_bn"]
     (tmp_path / "old.yml").write_text(yaml.safe_dump(data))
-    d = load_config(tmp_path / "old.yml").detectors
+    old = load_config(tmp_path / "old.yml")
+    d = old.detectors
     assert d.threshold_scores == "out_of_fold" and d.threshold_folds == 5
+    assert old.engine.sync_bn
     del data["detectors"]["ocsvm_nu"]
     (tmp_path / "older.yml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="missing config key 'detectors.ocsvm_nu'"):
