@@ -193,8 +193,6 @@ def roc_figure(clips: pd.DataFrame, title: str):
         for ax in row[len(sections):]:
             ax.set_visible(False)
         for ax, section in zip(row, sections):
-            ax.axvspan(0, metrics.MAX_FPR, color="0.88", linewidth=0,
-                       label=f"pAUC region: FPR <= {metrics.MAX_FPR}")
             ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
             for colour, domain in (("C0", "source"), ("C1", "target")):
                 g = groups.get((machine, section, domain))
@@ -202,6 +200,8 @@ def roc_figure(clips: pd.DataFrame, title: str):
                     if g is not None and g["anomaly"].nunique() == 2 and g[system].notna().all():
                         ax.plot(*roc_curve(g["anomaly"], g[system])[:2], color=colour, ls=style,
                                 label=f"{domain}, {SYSTEM_NAMES[system]}")
+            ax.axvspan(0, metrics.MAX_FPR, color="0.88", linewidth=0, zorder=0,
+                       label=f"pAUC region: FPR <= {metrics.MAX_FPR}")  # last in the legend
             ax.set(title=f"{machine} section {section}", xlim=(0, 1), ylim=(0, 1),
                    xticks=[metrics.MAX_FPR, 0.5, 1], xlabel="false positive rate",
                    ylabel="true positive rate")

@@ -60,8 +60,8 @@ def test_roc_figure_is_one_panel_per_section_with_an_explained_style():
     assert len(panels) == 4  # 2 machines x 2 sections
     assert all(len(ax.get_lines()) == 1 + 4 for ax in panels)  # chance line, 2 domains x 2
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["pAUC region: FPR <= 0.1", "source, ours", "source, simple reference",
-                      "target, ours", "target, simple reference"]
+    assert labels == ["source, ours", "source, simple reference", "target, ours",
+                      "target, simple reference", "pAUC region: FPR <= 0.1"]
 
 
 def test_results_md_names_what_produced_it(runs, tmp_path):
