@@ -202,7 +202,7 @@ def test_subcluster_centres_follow_the_class_table(fake):
     assert centres.values.shape == (4 * len(classes), 16)
     assert centres.table["class"].tolist() == [k // 4 for k in range(len(centres.values))]
     fan = classes.query("machine == 'fan' and section == '00' and domain == 'source'")
-    rows = (centres.table[["machine", "section", "domain"]] == ("fan", "00", "source")).all(axis=1)
+    rows = centres.table.eval("machine == 'fan' and section == '00' and domain == 'source'")
     fan = int(fan["class"].iloc[0])
     assert np.array_equal(centres.values[rows.to_numpy()], centres.values[4 * fan:4 * fan + 4])
 
