@@ -6,20 +6,23 @@ Reads the run's challenge CSVs (``RUN/submission/``, as the official evaluator d
 labels of the test clips of ``data.root`` (names, or ``eval_data/ground_truth/``). Per (machine,
 section, domain), on that domain's test clips: AUC and pAUC (p = 0.1); harmonic means per
 machine (the report's Table 2), per domain and over everything, and the official score; the
-same for the simple reference detector (:mod:`asd.reference`), published numbers beside them.
-Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and ``RUN/figures/roc_*.png``.
+same for the simple reference detector (:mod:`asd.reference`), and beside them the published
+numbers of the real development data. Machines follow the report's order (``MACHINES``) in every
+table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure
+per dataset, ``RUN/figures/roc_<dataset>.png``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from asd import metrics
+from asd import AsdError, metrics
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, load_config
 from asd.data import ground_truth_dir, with_ground_truth
@@ -28,9 +31,10 @@ from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
 
 log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
 
-# DESIGN.md "Reference numbers": development test data, harmonic means, AUC / pAUC in %
-_MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve", "all")
-PUBLISHED = {name: dict(zip(_MACHINES, values)) for name, values in {
+# the report's Table 2 order (alphabetical, case aside); every table and figure uses it
+MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
+# DESIGN.md "Reference numbers": the REAL development test data, harmonic means, AUC / pAUC in %
+PUBLISHED = {name: dict(zip(MACHINES + ("all",), values)) for name, values in {
     "report": [(61.65, 61.44), (65.59, 53.09), (64.58, 57.40), (70.85, 58.78), (61.84, 55.79),
                (65.63, 56.02), (74.20, 67.47), (66.12, 58.18)],
     "AE baseline": [(63.24, 53.38), (65.97, 52.76), (61.92, 54.41), (66.74, 55.94),
@@ -39,8 +43,15 @@ PUBLISHED = {name: dict(zip(_MACHINES, values)) for name, values in {
                              (56.04, 56.37), (57.46, 51.61), (56.51, 52.64), (59.24, 55.95)],
 }.items()}
 SYSTEM_NAMES = {"ours": "ours", "reference": "simple reference"}  # reference: asd.reference
+PUBLISHED_NOTE = ("published: the report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 "
+                  "baselines, on the REAL development data; not measured on this data")
 RESULT_COLUMNS = ["dataset", "level", "machine", "section", "domain", "system", "auc", "pauc",
                   "score", "n_normal", "n_anomaly"]
+
+
+def report_order(frame: pd.DataFrame, by: list) -> pd.DataFrame:
+    """``frame`` sorted by its string columns ``by``, machines in the report's order."""
+    return frame.sort_values(by, key=lambda col: col.str.lower(), kind="stable")
 
 
 def missing_ground_truth(root: str | Path) -> str | None:
@@ -56,8 +67,8 @@ def missing_ground_truth(root: str | Path) -> str | None:
 def section_table(clips: pd.DataFrame, systems=tuple(SYSTEM_NAMES)) -> pd.DataFrame:
     """Result rows per (dataset, machine, section, domain) and system of labelled test ``clips``
     (``anomaly`` and a score column per system); one-label groups are skipped (warned)."""
-    rows = []
-    for key, g in clips.groupby(["dataset", "machine", "section", "domain"], sort=True):
+    rows, keys = [], ["dataset", "machine", "section", "domain"]
+    for key, g in report_order(clips, keys).groupby(keys, sort=False):
         dataset, machine, section, domain = key
         y = g["anomaly"].to_numpy()
         n_anom = int(y.sum())
@@ -77,7 +88,7 @@ def summary_rows(sections: pd.DataFrame) -> pd.DataFrame:
     (level "domain", machine "all") and everything (level "all": ``score`` is the official one)."""
     rows = []
     for (dataset, system), g in sections.groupby(["dataset", "system"], sort=True):
-        parts = [("machine", m, "", gm) for m, gm in g.groupby("machine", sort=True)]
+        parts = [("machine", m, "", gm) for m, gm in g.groupby("machine", sort=False)]
         parts += [("domain", "all", d, gd) for d, gd in g.groupby("domain", sort=True)]
         parts.append(("all", "all", "", g))
         for level, machine, domain, gm in parts:
@@ -91,24 +102,23 @@ def _systems_table(results: pd.DataFrame, dataset: str, levels: list, by: list) 
     """Per ``by`` group of the ``levels`` rows of ``dataset``: each system's AUC / pAUC (%)."""
     table = []
     rows = results[(results["dataset"] == dataset) & results["level"].isin(levels)]
-    for key, group in rows.groupby(by, sort=True):
+    for key, group in rows.groupby(by, sort=False):
         cells = {name: "-" for name in SYSTEM_NAMES.values()}
         cells.update({SYSTEM_NAMES[row.system]: f"{100 * row.auc:.2f} / {100 * row.pauc:.2f}"
                       for row in group.itertuples()})
         table.append({**dict(zip(by, key)), **cells})
-    return pd.DataFrame(table)
+    return pd.DataFrame(table)  # in the order of ``results``
 
 
 def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Table 2 layout for one dataset: machine rows, AUC / pAUC (%) of ours, the reference
-    detector and (development data only) the published systems."""
-    table = _systems_table(results, dataset, ["machine", "all"], ["machine"]).set_index("machine")
-    # the report's order: fan, gearbox, pump, slider, ToyCar, ToyTrain, valve, all
-    table = table.loc[sorted(table.index.drop("all"), key=str.lower) + ["all"]].reset_index()
+    """Table 2 layout for one dataset: machine rows ending with "all", AUC / pAUC (%) of ours,
+    the reference detector and (development data only) the published systems."""
+    table = _systems_table(results, dataset, ["machine", "all"], ["machine"])
     if dataset == "dev_data":
         for name, published in PUBLISHED.items():
-            table[name] = [f"{published[m][0]:.2f} / {published[m][1]:.2f}"
-                           if m in published else "-" for m in table["machine"]]
+            table[f"published: {name.split()[0]}"] = [
+                f"{published[m][0]:.2f} / {published[m][1]:.2f}" if m in published else "-"
+                for m in table["machine"]]
     return table
 
 
@@ -119,7 +129,7 @@ def official_line(results: pd.DataFrame, dataset: str) -> str:
     if dataset == "dev_data":
         approx = ", ".join(f"{name} ~{metrics.hmean(means['all']):.2f}"
                            for name, means in PUBLISHED.items())
-        line += f"; published (from their two means): {approx}"
+        line += f"; published, real development data (from their two means): {approx}"
     return line
 
 
@@ -130,13 +140,30 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule] + body)
 
 
-def render_markdown(results: pd.DataFrame, run: Path) -> str:
-    out = [f"# Results of {run.name}", "",
+def _header(run: Path, root: str | Path, config: str, figures: list[Path]) -> list[str]:
+    """What produced the results, with links relative to ``run`` (a markdown list)."""
+    from asd.notebooks import find_notebooks
+    from asd.runview import run_chain
+
+    try:
+        runs = [f"[{r.name}]({Path(os.path.relpath(r, run)).as_posix()})" for r in run_chain(run)]
+    except AsdError as err:  # a moved Step 1 run: results.md says so
+        runs = [f"{run.name} ({err})"]
+    pages = [f"[{p.stem}](notebooks/{p.stem}.html)" for p in find_notebooks()]
+    return [f"- data root: `{Path(root).resolve()}`", f"- config: `{config}`",
+            f"- runs, Step 1 first: {', '.join(runs)}",
+            f"- figures: {', '.join(f'[{p.stem}](figures/{p.name})' for p in figures)}",
+            f"- notebooks (`make notebooks FROM={run}` writes them): {', '.join(pages)}", ""]
+
+
+def render_markdown(results: pd.DataFrame, run: Path, header: list[str] = ()) -> str:
+    out = [f"# Results of {run.name}", "", *header,
            "AUC / pAUC (p = 0.1) in %, harmonic means over sections and domains; each domain "
            "is scored on its own test clips. 'simple reference' is a Gaussian on per-clip "
            "log-mel mean and std (asd.reference) on the same clips.", ""]
     for dataset in sorted(results["dataset"].unique()):
         out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
+                *([PUBLISHED_NOTE + ".", ""] if dataset == "dev_data" else []),
                 official_line(results, dataset), "", "### Per domain", "",
                 _markdown(_systems_table(results, dataset, ["domain"], ["domain"])), "",
                 "### Per section and domain", ""]
@@ -148,33 +175,41 @@ def render_markdown(results: pd.DataFrame, run: Path) -> str:
     return "\n".join(out)
 
 
-def roc_figures(clips: pd.DataFrame, folder: Path) -> list[Path]:
-    """One ROC figure per machine: a curve per (section, domain), ours solid, reference dashed."""
-    from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
+def roc_figure(clips: pd.DataFrame, title: str):
+    """ROC small multiples of labelled test ``clips`` (one dataset): a row per machine, a panel
+    per section; colour = domain, solid = ours, dashed = the simple reference; the shaded band
+    is the pAUC region (FPR <= 0.1). Returns a matplotlib Figure (no pyplot state)."""
+    from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
-    written = []
-    for machine, g in clips.groupby("machine", sort=True):
-        ax = Figure(figsize=(5.5, 5), layout="tight").subplots()
-        for i, ((_, section, domain), gs) in enumerate(g.groupby(["dataset", "section", "domain"])):
-            y = gs["anomaly"].to_numpy()
-            if y.min() == y.max():
-                continue
-            colour = f"C{i % 10}"
-            ax.plot(*roc_curve(y, gs["ours"])[:2], color=colour, label=f"{section} {domain} "
-                    f"(AUC {100 * metrics.auc(y, gs['ours']):.1f})")
-            if not gs["reference"].isna().any():
-                ax.plot(*roc_curve(y, gs["reference"])[:2], color=colour, linestyle="--",
-                        linewidth=0.8)
-        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
-        ax.axvline(metrics.MAX_FPR, color="grey", linestyle=":", linewidth=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
-               ylim=(0, 1), title=f"{machine}: ours (solid), simple reference (dashed)")
-        ax.legend(fontsize=7, loc="lower right")
-        written.append(folder / f"roc_{machine}.png")
-        with atomic_path(written[-1]) as tmp:
-            ax.figure.savefig(tmp, format="png", dpi=100)
-    return written
+    keys = ["machine", "section", "domain"]
+    groups = dict(list(clips.groupby(keys)))
+    rows = report_order(clips[keys[:2]].drop_duplicates(), keys[:2]).groupby(
+        "machine", sort=False)["section"].apply(list)  # machine -> its sections
+    ncols = max(len(v) for v in rows)
+    fig = Figure(figsize=(2.5 * ncols + 0.5, 2.3 * len(rows) + 1.2), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False, sharex=True, sharey=True)
+    for row, (machine, sections) in zip(axes, rows.items()):
+        for ax in row[len(sections):]:
+            ax.set_visible(False)
+        for ax, section in zip(row, sections):
+            ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+            for colour, domain in (("C0", "source"), ("C1", "target")):
+                g = groups.get((machine, section, domain))
+                for system, style in (("ours", "-"), ("reference", "--")):
+                    if g is not None and g["anomaly"].nunique() == 2 and g[system].notna().all():
+                        ax.plot(*roc_curve(g["anomaly"], g[system])[:2], color=colour, ls=style,
+                                label=f"{domain}, {SYSTEM_NAMES[system]}")
+            ax.axvspan(0, metrics.MAX_FPR, color="0.88", linewidth=0, zorder=0,
+                       label=f"pAUC region: FPR <= {metrics.MAX_FPR}")  # last in the legend
+            ax.set(title=f"{machine} section {section}", xlim=(0, 1), ylim=(0, 1),
+                   xticks=[metrics.MAX_FPR, 0.5, 1], xlabel="false positive rate",
+                   ylabel="true positive rate")
+            ax.label_outer()  # axis labels on the outer panels only
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize=9)
+    fig.suptitle(title)
+    return fig
 
 
 @dataclass
@@ -223,8 +258,10 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     return clips.assign(reference=ref[clips["row"].to_numpy()])
 
 
-def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
-    """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``."""
+def evaluate(cfg: Config, run: str | Path, figures: bool = True,
+             config: str | None = None) -> Evaluation:
+    """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``; ``config``
+    says where ``cfg`` came from (results.md names it; default: the run's config.yml)."""
     run = Path(run)
     absent = missing_ground_truth(cfg.data.root)
     if absent:
@@ -237,9 +274,15 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True) -> Evaluation:
     results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
     with atomic_path(run / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
-    atomic_write_text(run / "results.md", render_markdown(results, run)
+    written = []
+    for dataset, g in clips.groupby("dataset", sort=True) if figures else ():
+        written.append(run / "figures" / f"roc_{dataset or 'data'}.png")
+        with atomic_path(written[-1]) as tmp:  # ROC small multiples, dev and eval apart
+            roc_figure(g, f"{run.name}: ROC curves of the {dataset or 'data'} sections").savefig(
+                tmp, format="png", dpi=100)
+    header = _header(run, cfg.data.root, config or str(run / "config.yml"), written)
+    atomic_write_text(run / "results.md", render_markdown(results, run, header)
                       + (f"\n## eval_data\n\nabsent: {absent}\n" if absent else ""))
-    written = roc_figures(clips, run / "figures") if figures else []
     return Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
 
 
@@ -251,6 +294,7 @@ def report(ev: Evaluation) -> str:
         for dataset in sorted(ev.results["dataset"].unique()):
             out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
                     machine_table(ev.results, dataset).to_string(index=False),
+                    *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
                     official_line(ev.results, dataset),
                     "per domain, harmonic means over machines and sections:",
                     _systems_table(ev.results, dataset, ["domain"], ["domain"])
@@ -258,13 +302,14 @@ def report(ev: Evaluation) -> str:
     if ev.absent:
         out += [f"eval_data: absent ({ev.absent})", ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "
-               f"{len(ev.figures)} ROC figures in {ev.run / 'figures'}")
+               f"ROC figures: {', '.join(str(p) for p in ev.figures) or 'none'}")
     return "\n".join(out)
 
 
 def _main(args) -> None:
     run, cfg = load_run(args)
-    ev = evaluate(cfg, run, figures=not args.no_figures)
+    config = " ".join([args.config or str(run / "config.yml"), *args.overrides])
+    ev = evaluate(cfg, run, figures=not args.no_figures, config=config)
     print(report(ev))
     print(ev.run)
 

@@ -6,8 +6,9 @@ Every ``notebooks/NN-*.ipynb`` runs top to bottom in a fresh Jupyter kernel (nbc
 in the caller's folder (so relative config paths mean what they mean for ``make``), with ``RUN``,
 ``CONFIG`` (None: the run's own config.yml) and ``OVERRIDES`` set in a cell placed right after
 the cell tagged ``parameters``, as papermill does. Each executed notebook is written atomically
-as ``RUN/notebooks/NN-*.html`` (nbconvert), also when a cell fails; the command then exits with
-status 1. The notebook files are never changed. Prints the run folder last.
+as ``RUN/notebooks/NN-*.html`` (nbconvert; code cells hidden, outputs and errors shown), also
+when a cell fails; the command then exits with status 1. The notebook files are never changed.
+Prints the run folder last.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
         error = str(err)
     except Exception as err:  # a kernel that dies or times out: still keep what ran
         error = f"{type(err).__name__}: {err}"
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nb)
     with atomic_path(html) as tmp:
         tmp.write_text(body)
         tmp.chmod(0o644)  # a report to share, not a private temporary file

@@ -1,5 +1,5 @@
 """Read-only views of a run folder for the notebooks, as plain pandas / NumPy objects: training
-curves, embeddings with their clips, sub-cluster centres, scores with labels, the worst errors.
+curves, embeddings with their clips, sub-cluster centres, scores with labels and thresholds.
 
 A missing or foreign file raises :class:`ViewError` naming the file and the step that writes it.
 """
@@ -19,8 +19,6 @@ from asd.checkpoint import load_checkpoint
 from asd.cli import load_run
 from asd.config import Config, load_config
 from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
-from asd.detectors import l2_normalise
-from asd.evaluate import section_table
 from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
 LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
@@ -41,12 +39,14 @@ def open_run(run: str | Path | None = None, config: str | Path | None = None,
 
 def run_chain(run: str | Path) -> list[Path]:
     """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2,
-    whose ``init.txt`` names the Step 1 model it started from."""
+    whose ``init.txt`` names the Step 1 model it started from (absolute, or relative to the run
+    or to its runs folder)."""
     chain = [Path(run)]
     while (init_file := chain[0] / "init.txt").is_file():
-        init = Path(init_file.read_text().strip())
-        if not init.name or not (init.parent / "config.yml").is_file():
-            raise ViewError(f"{init_file} names {init}, which is not the model.pth of a run "
+        name = init_file.read_text().strip()
+        init = next((p for p in (chain[0] / name, chain[0].parent / name) if p.is_file()), None)
+        if init is None or not (init.parent / "config.yml").is_file():
+            raise ViewError(f"{init_file} names {name}, which is not the model.pth of a run "
                             f"folder (moved or deleted?)")
         if any(init.parent.resolve() == p.resolve() for p in chain):
             raise ViewError(f"{init_file}: the runs name each other in a loop")
@@ -101,10 +101,6 @@ class Embeddings:
     values: np.ndarray  # (N, D) float32, as the model outputs them (not normalised)
     clips: pd.DataFrame  # the clips' index rows (asd.data.COLUMNS) in the order of ``values``
 
-    def normalised(self) -> np.ndarray:
-        """L2-normalised rows (N, D), as the detectors and the AdaCos head see them."""
-        return l2_normalise(self.values)
-
 
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
     """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of the data root."""
@@ -134,12 +130,6 @@ class Centres:
     values: np.ndarray  # (C*S, D) float32, as learned (not normalised)
     table: pd.DataFrame  # row k: class, machine, section, domain, subcluster
     n_subclusters: int
-
-    def of(self, machine: str, section: str, domain: str) -> np.ndarray:
-        """The S centres (S, D) of one class; (0, D) when the run has no such class."""
-        t = self.table
-        rows = (t["machine"] == machine) & (t["section"] == section) & (t["domain"] == domain)
-        return self.values[rows.to_numpy()]
 
 
 def subcluster_centres(run: str | Path) -> Centres:
@@ -172,29 +162,3 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
         raise ViewError(f"{path}: {len(lost)} scored clips are not test clips under the data "
                         f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used")
     return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
-
-
-def section_results(table: pd.DataFrame) -> pd.DataFrame:
-    """AUC, pAUC and clip counts per (dataset, machine, section, domain) of a :func:`scores`
-    table, by ``asd.evaluate``'s rule: labelled clips only, groups holding both labels."""
-    labelled = table[table["label"].notna()].rename(columns={"score": "ours"})
-    labelled = labelled.assign(anomaly=(labelled["label"] == "anomaly").astype(int))
-    res = section_table(labelled, systems=("ours",))
-    return res[["dataset", "machine", "section", "domain", "auc", "pauc", "n_normal",
-                "n_anomaly"]].reset_index(drop=True)
-
-
-def errors(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
-    """The ``n`` most confident false alarms (normal, decided anomalous) and misses (anomalous,
-    decided normal) per machine of a :func:`scores` table, with ``error`` and ``margin``: the
-    distance to the threshold in standard deviations of the scores of the clip's (dataset,
-    machine, section, domain), so detectors scoring on different scales compare fairly."""
-    t = table[table["label"].notna()].copy()
-    spread = t.groupby(["dataset", "machine", "section", "domain"])["score"].transform("std")
-    t["margin"] = ((t["score"] - t["threshold"]) / spread.where(spread > 0, 1.0)).abs()
-    false_alarm = (t["label"] == "normal") & (t["decision"] == 1)
-    miss = (t["label"] == "anomaly") & (t["decision"] == 0)
-    t["error"] = np.where(false_alarm, "false alarm", "miss")
-    t = t[false_alarm | miss].sort_values(["machine", "error", "margin"],
-                                          ascending=[True, True, False], kind="stable")
-    return t.groupby(["machine", "error"], sort=False).head(n).reset_index(drop=True)

@@ -126,6 +126,20 @@ def test_run_chain_and_one_iteration_axis(fake):
     assert {"s", "lr", "samples_per_s", "accuracy"} <= set(log.columns)
 
 
+@pytest.mark.parametrize("relative_to", ["run", "runs folder"])
+def test_run_chain_reads_a_relative_init_txt(fake, tmp_path, relative_to):
+    _, _, run1, run2, _ = fake
+    runs = tmp_path / "runs"
+    for run in (run1, run2):  # a moved runs folder: only relative names still hold
+        (runs / run.name).mkdir(parents=True)
+        for name in ("config.yml", "model.pth"):
+            (runs / run.name / name).write_bytes((run / name).read_bytes())
+    name = f"{'../' if relative_to == 'run' else ''}{run1.name}/model.pth"
+    (runs / run2.name / "init.txt").write_text(name + "\n")
+    chain = runview.run_chain(runs / run2.name)
+    assert [p.resolve() for p in chain] == [runs / run1.name, runs / run2.name]
+
+
 def test_a_resumed_log_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     write_log(tmp_path, [(1, 2, 3.0), (2, 4, 2.0), (2, 4, 1.9), (3, 6, 1.0)])
     log = runview.read_log(tmp_path)
@@ -158,7 +172,6 @@ def test_embeddings_come_with_their_clips(fake):
         assert np.array_equal(emb.values, z["embeddings"])
         assert list(sm.clip_keys(emb.clips)) == list(z["clips"])
     assert emb.values.shape == (len(emb.clips), 16)
-    assert np.allclose(np.linalg.norm(emb.normalised(), axis=1), 1.0)
     test = emb.clips[emb.clips["split"] == "test"]
     # evaluation test names carry no label: it comes from eval_data/ground_truth/
     assert test["label"].isin(["normal", "anomaly"]).all()
@@ -179,9 +192,6 @@ def test_scores_agree_with_the_submission(fake):
     assert (dev["label"] == np.where(dev["file"].str.contains("_anomaly_"), "anomaly",
                                      "normal")).all()
     assert table["label"].notna().all() and all(Path(p).is_file() for p in table["path"])
-    res = runview.section_results(table)
-    assert len(res) == table.groupby(["dataset", "machine", "section", "domain"]).ngroups
-    assert res["auc"].between(0, 1).all()
 
 
 def test_subcluster_centres_follow_the_class_table(fake):
@@ -192,24 +202,9 @@ def test_subcluster_centres_follow_the_class_table(fake):
     assert centres.values.shape == (4 * len(classes), 16)
     assert centres.table["class"].tolist() == [k // 4 for k in range(len(centres.values))]
     fan = classes.query("machine == 'fan' and section == '00' and domain == 'source'")
+    rows = centres.table.eval("machine == 'fan' and section == '00' and domain == 'source'")
     fan = int(fan["class"].iloc[0])
-    assert np.array_equal(centres.of("fan", "00", "source"), centres.values[4 * fan:4 * fan + 4])
-    assert centres.of("fan", "42", "source").shape == (0, 16)
-
-
-def test_errors_are_the_most_confident_per_machine_and_kind():
-    rows = []
-    for i, (label, score) in enumerate([("normal", 0.0), ("normal", 5.0), ("normal", 3.0),
-                                        ("anomaly", 9.0), ("anomaly", -4.0), ("anomaly", -1.0),
-                                        ("normal", 9.5)]):
-        rows.append({"dataset": "dev_data", "machine": "fan", "section": "00",
-                     "domain": "source", "file": f"f{i}", "label": label, "score": score,
-                     "threshold": 1.0, "decision": int(score > 1.0), "path": ""})
-    rows.append({**rows[0], "label": None, "score": 50.0, "decision": 1, "file": "unlabelled"})
-    worst = runview.errors(pd.DataFrame(rows), n=2)
-    assert worst["error"].tolist() == ["false alarm", "false alarm", "miss", "miss"]
-    assert worst["file"].tolist() == ["f6", "f1", "f4", "f5"]
-    assert (worst["margin"] > 0).all()
+    assert np.array_equal(centres.values[rows.to_numpy()], centres.values[4 * fan:4 * fan + 4])
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -249,9 +244,13 @@ def test_every_notebook_runs_against_a_tiny_trained_run(trained, capsys):
         html = run2 / "notebooks" / f"{path.stem}.html"
         text = html.read_text()
         assert "Traceback" not in text
+        assert "runview.open_run" not in text, f"{html.name} shows its code cells"
         assert text.count("data:image/png;base64,") >= 2, f"{html.name} shows no figures"
     assert not list((run2 / "notebooks").glob(".*.tmp"))
     assert "<audio" in (run2 / "notebooks" / "04-errors.html").read_text()
+    scores_page = (run2 / "notebooks" / "03-scores.html").read_text()
+    for shown in ("intended", "simple reference", "published", "REAL development data"):
+        assert shown in scores_page
     for path in NOTEBOOKS:  # executing never writes outputs into the committed files
         assert all(c.get("outputs", []) == [] for c in nbformat.read(path, 4).cells)
 

@@ -212,12 +212,13 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     saved = pd.read_csv(submitted.run / "results.csv", dtype={"section": str})
     assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
     md = (submitted.run / "results.md").read_text()
-    assert ("| machine | ours | simple reference | report | AE baseline | "
-            "MobileNetV2 baseline |") in md
+    assert ("| machine | ours | simple reference | published: report | published: AE | "
+            "published: MobileNetV2 |") in md and ev.PUBLISHED_NOTE in md
     assert "66.12 / 58.18" in md and "### Per domain" in md
     assert "per domain, harmonic means over machines and sections:" in ev.report(result)
     assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
-        "roc_fan.png", "roc_valve.png"]
+        "roc_dev_data.png", "roc_eval_data.png"]
+    assert "- figures: [roc_dev_data](figures/roc_dev_data.png)" in md
 
 
 def test_evaluate_cli_prints_run_last(cfg, submitted, capsys, repo):
