@@ -3,23 +3,38 @@ of the embedding net it updates."""
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from adamp import AdamP
 from torch import nn
 
 from asd.config import ConfigError
 
 
-class ChannelsLastAdamP(AdamP):
-    """AdamP reshaping where it views: same numbers, and channels_last weights work (CPU runs)."""
+class MaskedAdamP(AdamP):
+    """AdamP with the same numbers, its projection chosen by tensor masks rather than Python
+    branches on tensor values (the host never waits for the GPU), and views by reshape
+    (channels_last weights work)."""
 
-    def _channel_view(self, x):
-        return x.reshape(x.size(0), -1)
-
-    def _layer_view(self, x):
-        return x.reshape(1, -1)
+    def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
+        """``perturb`` projected on the tangent space of each output channel's weights where
+        their cosine with the gradient is below delta / sqrt(size) for every channel, else of the
+        whole weight where its cosine is, else kept; and the weight decay's factor,
+        ``wd_ratio`` where projected, else 1 (a float64 0-d tensor, as AdamP's Python float)."""
+        shape = [-1] + [1] * (p.dim() - 1)
+        out, done = perturb, torch.zeros((), dtype=torch.bool, device=p.device)
+        for rows in (p.size(0), 1):  # per output channel, then the whole weight as one row
+            w, g = p.detach().reshape(rows, -1), grad.reshape(rows, -1)
+            cosine = F.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
+            use = ~done & (cosine.max() < delta / math.sqrt(w.size(1)))
+            unit = p.detach() / (w.norm(dim=1).view(shape) + eps)
+            along = (unit * perturb).reshape(rows, -1).sum(dim=1).view(shape)
+            out, done = torch.where(use, perturb - unit * along, out), done | use
+        ratio = torch.full((), wd_ratio, dtype=torch.float64, device=p.device)
+        return out, torch.where(done, ratio, 1.0)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
@@ -28,7 +43,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return {"adamp": ChannelsLastAdamP, "adam": torch.optim.Adam}[name](
+    return {"adamp": MaskedAdamP, "adam": torch.optim.Adam}[name](
         params, lr=lr, weight_decay=weight_decay)
 
 

@@ -70,28 +70,33 @@ class MixupBatches:
         return max(0, min(self.steps_per_epoch, self.total_steps - self.done))
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.done // self.steps_per_epoch
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
-        for _ in range(len(self)):
+        n, b, g = len(self), self.batch_size, self.generator
+        if n == 0:
+            return
+        g.manual_seed(self.seed * 1_000_003 + self.done // self.steps_per_epoch)
+        draws = [(torch.randint(len(self._first), (b,), generator=g),
+                  torch.randint(len(self._second), (b,), generator=g),
+                  torch.rand(b, generator=g)) for _ in range(n)]  # the generator's order per batch
+        a, c, lam = (torch.stack(d) for d in zip(*draws))  # (n, B) each
+        a, c = self._first[a], self._second[c]
+        # the epoch's rows, labels and ratios in one copy: float64 holds them all exactly
+        epoch = torch.stack([a, c, self._labels[a], self._labels[c], lam.double()])  # (5, n, B)
+        if self.device.type == "cuda":
+            epoch = epoch.pin_memory()
+        epoch = epoch.to(self.device, non_blocking=True)
+        rows, lam = epoch[:4].long(), epoch[4].float()
+        for i in range(n):
             self.done += 1
-            yield self.draw()
+            yield {"x_a": self.gather(rows[0, i], a[i]), "x_b": self.gather(rows[1, i], c[i]),
+                   "y_a": rows[2, i], "y_b": rows[3, i], "lam": lam[i]}
 
-    def draw(self) -> dict:
-        """One batch of pairs; advances the generator."""
-        b, g = self.batch_size, self.generator
-        a = self._first[torch.randint(len(self._first), (b,), generator=g)]
-        c = self._second[torch.randint(len(self._second), (b,), generator=g)]
-        lam = torch.rand(b, generator=g)
-        x_a, x_b = self.gather(a), self.gather(c)
-        return {"x_a": x_a, "x_b": x_b, "y_a": self._labels[a].to(self.device),
-                "y_b": self._labels[c].to(self.device), "lam": lam.to(self.device)}
-
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """Normalised features of ``rows`` on the device: (B, 1, T, F) float32."""
+    def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
+        """Normalised features of ``rows`` (on the device; ``host_rows`` the same, on the CPU):
+        (B, 1, T, F) float32."""
         if self._device_features is not None:
-            x = self._device_features.index_select(0, rows.to(self.device))
+            x = self._device_features.index_select(0, rows)
         else:
-            unique, inverse = np.unique(rows.numpy(), return_inverse=True)
+            unique, inverse = np.unique(host_rows.numpy(), return_inverse=True)
             x = torch.from_numpy(np.asarray(self._features[unique]))  # file order, each row once
             x = x[torch.from_numpy(inverse)]
             x = x.to(self.device, non_blocking=True)
