@@ -7,7 +7,6 @@ import math
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from adamp import AdamP
 from torch import nn
 
@@ -15,26 +14,21 @@ from asd.config import ConfigError
 
 
 class MaskedAdamP(AdamP):
-    """AdamP with the same numbers, its projection chosen by tensor masks rather than Python
-    branches on tensor values (the host never waits for the GPU), and views by reshape
-    (channels_last weights work)."""
+    """AdamP's numbers, its projection chosen by tensor masks instead of Python branches on
+    tensor values (the host never waits for the GPU); views by reshape (channels_last works)."""
 
     def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
-        """``perturb`` projected on the tangent space of each output channel's weights where
-        their cosine with the gradient is below delta / sqrt(size) for every channel, else of the
-        whole weight where its cosine is, else kept; and the weight decay's factor,
-        ``wd_ratio`` where projected, else 1 (a float64 0-d tensor, as AdamP's Python float)."""
-        shape = [-1] + [1] * (p.dim() - 1)
-        out, done = perturb, torch.zeros((), dtype=torch.bool, device=p.device)
+        """``perturb`` projected per output channel if every channel's |cos(grad, p)| < delta /
+        sqrt(size), else on the whole weight if its is, else kept; weight decay factor (float64)."""
+        shape, out, done = [-1] + [1] * (p.dim() - 1), perturb, p.new_zeros((), dtype=torch.bool)
         for rows in (p.size(0), 1):  # per output channel, then the whole weight as one row
             w, g = p.detach().reshape(rows, -1), grad.reshape(rows, -1)
-            cosine = F.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
+            cosine = torch.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
             use = ~done & (cosine.max() < delta / math.sqrt(w.size(1)))
             unit = p.detach() / (w.norm(dim=1).view(shape) + eps)
             along = (unit * perturb).reshape(rows, -1).sum(dim=1).view(shape)
             out, done = torch.where(use, perturb - unit * along, out), done | use
-        ratio = torch.full((), wd_ratio, dtype=torch.float64, device=p.device)
-        return out, torch.where(done, ratio, 1.0)
+        return out, torch.where(done, p.new_full((), wd_ratio, dtype=torch.float64), 1.0)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,

@@ -71,19 +71,15 @@ class MixupBatches:
 
     def __iter__(self) -> Iterator[dict]:
         n, b, g = len(self), self.batch_size, self.generator
-        if n == 0:
-            return
         g.manual_seed(self.seed * 1_000_003 + self.done // self.steps_per_epoch)
-        draws = [(torch.randint(len(self._first), (b,), generator=g),
-                  torch.randint(len(self._second), (b,), generator=g),
-                  torch.rand(b, generator=g)) for _ in range(n)]  # the generator's order per batch
-        a, c, lam = (torch.stack(d) for d in zip(*draws))  # (n, B) each
-        a, c = self._first[a], self._second[c]
-        # the epoch's rows, labels and ratios in one copy: float64 holds them all exactly
-        epoch = torch.stack([a, c, self._labels[a], self._labels[c], lam.double()])  # (5, n, B)
-        if self.device.type == "cuda":
-            epoch = epoch.pin_memory()
-        epoch = epoch.to(self.device, non_blocking=True)
+        draws = torch.empty(3, n, b, dtype=torch.float64)  # float64 holds rows and ratios exactly
+        for i in range(n):  # in the generator's order of one batch after another
+            draws[0, i] = torch.randint(len(self._first), (b,), generator=g)
+            draws[1, i] = torch.randint(len(self._second), (b,), generator=g)
+            draws[2, i] = torch.rand(b, generator=g)
+        a, c = self._first[draws[0].long()], self._second[draws[1].long()]  # (n, B) each
+        # the epoch's rows, labels and ratios in one copy (the device is idle after the epoch's end)
+        epoch = torch.stack([a, c, self._labels[a], self._labels[c], draws[2]]).to(self.device)
         rows, lam = epoch[:4].long(), epoch[4].float()
         for i in range(n):
             self.done += 1
@@ -91,15 +87,13 @@ class MixupBatches:
                    "y_a": rows[2, i], "y_b": rows[3, i], "lam": lam[i]}
 
     def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
-        """Normalised features of ``rows`` (on the device; ``host_rows`` the same, on the CPU):
-        (B, 1, T, F) float32."""
+        """Normalised features (B, 1, T, F) float32 of ``rows`` (device) = ``host_rows`` (CPU)."""
         if self._device_features is not None:
             x = self._device_features.index_select(0, rows)
         else:
             unique, inverse = np.unique(host_rows.numpy(), return_inverse=True)
             x = torch.from_numpy(np.asarray(self._features[unique]))  # file order, each row once
-            x = x[torch.from_numpy(inverse)]
-            x = x.to(self.device, non_blocking=True)
+            x = x[torch.from_numpy(inverse)].to(self.device, non_blocking=True)
         x = (x.float() - self._mean) * self._istd  # (B, T, F)
         return x.unsqueeze(1)
 

@@ -14,7 +14,6 @@ import warnings
 from typing import ClassVar, Optional
 
 import torch
-import torch.distributed as dist
 from catalyst import dl
 from torch import nn
 from tqdm import tqdm
@@ -86,20 +85,18 @@ class Progress(dl.Callback):
 
     def __init__(self, total: int) -> None:
         super().__init__(order=dl.CallbackOrder.External)
-        self.total, self.bar = total, None
+        self.total, self.bar = total, tqdm(disable=True)  # made as the first epoch starts
 
     def on_loader_start(self, runner: "MixupRunner") -> None:
-        if self.bar is None and runner.engine.is_main_process:  # after a resume's checkpoint
+        if self.bar.disable and runner.engine.is_main_process:  # after a resume's checkpoint
             done = runner.batch_step // runner.engine.num_processes
             self.bar = tqdm(total=self.total, initial=done, unit="it", dynamic_ncols=True)
 
     def on_batch_end(self, runner: "MixupRunner") -> None:
-        if self.bar is not None:
-            self.bar.update()
+        self.bar.update()
 
     def on_experiment_end(self, runner: "MixupRunner") -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
     on_exception = on_experiment_end
 
@@ -225,14 +222,12 @@ class MixupRunner(dl.Runner):
     def on_loader_start(self, runner):
         super().on_loader_start(runner)  # puts the whole model in training mode
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
-        # the epoch's sums of loss and of correct predictions, kept on the device
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)  # loss, hits
         self.tic = time.perf_counter()
 
     def handle_batch(self, batch):
-        n = len(self.step.classes["class"])
-        eye = torch.eye(n, device=batch["y_a"].device)  # rows one-hot; F.one_hot reads max on CPU
-        y_a, y_b = eye[batch["y_a"]], eye[batch["y_b"]]
+        eye = torch.eye(len(self.step.classes["class"]), device=self.engine.device)
+        y_a, y_b = eye[batch["y_a"]], eye[batch["y_b"]]  # one-hot; F.one_hot reads on the CPU
         x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, batch["lam"])  # (B, 1, T, F), (B, C)
         if self.engine.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -246,23 +241,17 @@ class MixupRunner(dl.Runner):
         self.sums += torch.stack([loss.detach().double() * len(y), correct.double()])
 
     def on_loader_end(self, runner):
-        samples = self.loader_sample_step  # of every process
-        loss, correct = global_sum(self.sums).div(samples).tolist()  # the epoch's one host wait
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.sums)  # the sums over every process's samples
+        loss, correct = self.sums.div(self.loader_sample_step).tolist()  # the epoch's one host wait
         self.loader_metrics.update({
             "loss": loss, "accuracy": correct,
             "s": float(self.engine.unwrap_model(self.model).head.s),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": samples / max(time.perf_counter() - self.tic, 1e-9),
+            "samples_per_s": self.loader_sample_step / max(time.perf_counter() - self.tic, 1e-9),
             "iteration": float(self.batch_step // self.engine.num_processes),
         })
         super().on_loader_end(runner)
-
-
-def global_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over the processes of torch.distributed where it is initialised, in place."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(x)
-    return x
 
 
 def make_engine(cfg: Config) -> dl.Engine:

@@ -181,29 +181,3 @@ def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monk
                         "--device", "cpu"]) == 0
     assert list((run2 / "submission").glob("anomaly_score_*.csv"))
 
-
-def _sum_on_rank(rank: int, port: int, folder: Path) -> None:
-    import torch.distributed as dist
-
-    from runners.common import global_sum
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
-    sums = torch.tensor([rank + 1.0, 10.0 * rank], dtype=torch.float64)
-    torch.save(global_sum(sums), folder / f"{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_epoch_sums_add_up_over_processes(tmp_path):
-    """The loss and accuracy sums of an epoch: every rank gets the sums of all (gloo, CPU)."""
-    import socket
-
-    from runners.common import global_sum
-
-    assert torch.equal(global_sum(torch.ones(2)), torch.ones(2))  # one process: as it is
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_sum_on_rank, args=(port, tmp_path), nprocs=2)
-    for rank in range(2):
-        assert torch.load(tmp_path / f"{rank}.pt").tolist() == [3.0, 10.0]
