@@ -180,4 +180,3 @@ def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monk
     assert submit.main(["--config", str(tmp_path / "config.yml"), "--from", str(run2),
                         "--device", "cpu"]) == 0
     assert list((run2 / "submission").glob("anomaly_score_*.csv"))
-
