@@ -243,9 +243,9 @@ class MixupRunner(dl.Runner):
     def on_loader_end(self, runner):
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.sums)  # the sums over every process's samples
-        loss, correct = self.sums.div(self.loader_sample_step).tolist()  # the epoch's one host wait
+        loss, accuracy = self.sums.div(self.loader_sample_step).tolist()  # the one host wait
         self.loader_metrics.update({
-            "loss": loss, "accuracy": correct,
+            "loss": loss, "accuracy": accuracy,
             "s": float(self.engine.unwrap_model(self.model).head.s),
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": self.loader_sample_step / max(time.perf_counter() - self.tic, 1e-9),
