@@ -3,6 +3,7 @@ of the embedding net it updates."""
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -12,14 +13,22 @@ from torch import nn
 from asd.config import ConfigError
 
 
-class ChannelsLastAdamP(AdamP):
-    """AdamP reshaping where it views: same numbers, and channels_last weights work (CPU runs)."""
+class MaskedAdamP(AdamP):
+    """AdamP's numbers, its projection chosen by tensor masks instead of Python branches on
+    tensor values (the host never waits for the GPU); views by reshape (channels_last works)."""
 
-    def _channel_view(self, x):
-        return x.reshape(x.size(0), -1)
-
-    def _layer_view(self, x):
-        return x.reshape(1, -1)
+    def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
+        """``perturb`` projected per output channel if every channel's |cos(grad, p)| < delta /
+        sqrt(size), else on the whole weight if its is, else kept; weight decay factor (float64)."""
+        shape, out, done = [-1] + [1] * (p.dim() - 1), perturb, p.new_zeros((), dtype=torch.bool)
+        for rows in (p.size(0), 1):  # per output channel, then the whole weight as one row
+            w, g = p.detach().reshape(rows, -1), grad.reshape(rows, -1)
+            cosine = torch.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
+            use = ~done & (cosine.max() < delta / math.sqrt(w.size(1)))
+            unit = p.detach() / (w.norm(dim=1).view(shape) + eps)
+            along = (unit * perturb).reshape(rows, -1).sum(dim=1).view(shape)
+            out, done = torch.where(use, perturb - unit * along, out), done | use
+        return out, torch.where(done, p.new_full((), wd_ratio, dtype=torch.float64), 1.0)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
@@ -28,7 +37,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return {"adamp": ChannelsLastAdamP, "adam": torch.optim.Adam}[name](
+    return {"adamp": MaskedAdamP, "adam": torch.optim.Adam}[name](
         params, lr=lr, weight_decay=weight_decay)
 
 

@@ -8,7 +8,7 @@ it is held in device memory when it fits.
 
 from __future__ import annotations
 
-import logging
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -51,7 +51,7 @@ class MixupBatches:
     def __init__(self, features: np.ndarray, mean: np.ndarray, std: np.ndarray,
                  labels: Sequence[int], first_rows: Sequence[int], second_rows: Sequence[int],
                  batch_size: int, steps_per_epoch: int, total_steps: int, seed: int,
-                 device: torch.device | str = "cpu", cache_on_device: bool = True) -> None:
+                 device: torch.device | str = "cpu", cache_on_device: bool = False) -> None:
         if len(first_rows) == 0 or len(second_rows) == 0:
             raise ValueError("no training clips to draw mixup pairs from")
         self.device, self.seed, self.done = torch.device(device), seed, 0
@@ -63,38 +63,38 @@ class MixupBatches:
         self._mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).to(self.device)
         self._istd = (1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32)).to(self.device)
         self._features, self._device_features = features, None
-        if self.device.type == "cuda" and cache_on_device:
-            self._device_features = _to_device_if_fits(features, self.device)
+        if cache_on_device:  # asd.training.use_device_cache found that the rows fit
+            self._device_features, self._position = _to_device(
+                features, np.union1d(first_rows, second_rows), self.device)
 
     def __len__(self) -> int:
         return max(0, min(self.steps_per_epoch, self.total_steps - self.done))
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.done // self.steps_per_epoch
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
-        for _ in range(len(self)):
+        n, b, g = len(self), self.batch_size, self.generator
+        g.manual_seed(self.seed * 1_000_003 + self.done // self.steps_per_epoch)
+        draws = torch.empty(3, n, b, dtype=torch.float64)  # float64 holds rows and ratios exactly
+        for i in range(n):  # in the generator's order of one batch after another
+            draws[0, i] = torch.randint(len(self._first), (b,), generator=g)
+            draws[1, i] = torch.randint(len(self._second), (b,), generator=g)
+            draws[2, i] = torch.rand(b, generator=g)
+        a, c = self._first[draws[0].long()], self._second[draws[1].long()]  # (n, B) each
+        # the epoch's rows, labels and ratios in one copy (the device is idle after the epoch's end)
+        epoch = torch.stack([a, c, self._labels[a], self._labels[c], draws[2]]).to(self.device)
+        rows, lam = epoch[:4].long(), epoch[4].float()
+        for i in range(n):
             self.done += 1
-            yield self.draw()
+            yield {"x_a": self.gather(rows[0, i], a[i]), "x_b": self.gather(rows[1, i], c[i]),
+                   "y_a": rows[2, i], "y_b": rows[3, i], "lam": lam[i]}
 
-    def draw(self) -> dict:
-        """One batch of pairs; advances the generator."""
-        b, g = self.batch_size, self.generator
-        a = self._first[torch.randint(len(self._first), (b,), generator=g)]
-        c = self._second[torch.randint(len(self._second), (b,), generator=g)]
-        lam = torch.rand(b, generator=g)
-        x_a, x_b = self.gather(a), self.gather(c)
-        return {"x_a": x_a, "x_b": x_b, "y_a": self._labels[a].to(self.device),
-                "y_b": self._labels[c].to(self.device), "lam": lam.to(self.device)}
-
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """Normalised features of ``rows`` on the device: (B, 1, T, F) float32."""
+    def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
+        """Normalised features (B, 1, T, F) float32 of ``rows`` (device) = ``host_rows`` (CPU)."""
         if self._device_features is not None:
-            x = self._device_features.index_select(0, rows.to(self.device))
+            x = self._device_features.index_select(0, self._position[rows])
         else:
-            unique, inverse = np.unique(rows.numpy(), return_inverse=True)
+            unique, inverse = np.unique(host_rows.numpy(), return_inverse=True)
             x = torch.from_numpy(np.asarray(self._features[unique]))  # file order, each row once
-            x = x[torch.from_numpy(inverse)]
-            x = x.to(self.device, non_blocking=True)
+            x = x[torch.from_numpy(inverse)].to(self.device, non_blocking=True)
         x = (x.float() - self._mean) * self._istd  # (B, T, F)
         return x.unsqueeze(1)
 
@@ -109,15 +109,19 @@ class MixupBatches:
         raise TypeError("MixupBatches is built inside each process; it is not picklable")
 
 
-def _to_device_if_fits(features: np.ndarray, device: torch.device) -> torch.Tensor | None:
-    free, _ = torch.cuda.mem_get_info(device)
-    need = features.size * features.dtype.itemsize
-    if need > 0.6 * free:
-        logging.getLogger(__name__).info("feature cache (%.1f GB) kept in host memory: %.1f GB "
-                                         "free on %s", need / 1e9, free / 1e9, device)
-        return None
-    out = torch.empty(features.shape, dtype=torch.from_numpy(features[:1]).dtype, device=device)
-    for start in range(0, len(features), 4096):  # in chunks: no full copy in host memory
-        chunk = np.ascontiguousarray(features[start:start + 4096])
-        out[start:start + len(chunk)] = torch.from_numpy(chunk).to(device)
-    return out
+def _to_device(features: np.ndarray, rows: np.ndarray, device: torch.device):
+    """The ``rows`` of ``features`` in device memory (R, T, F) and each cache row's position
+    there (N,); (None, None) with a warning where the device runs out of memory on the way."""
+    try:
+        out = torch.empty((len(rows), *features.shape[1:]), device=device,
+                          dtype=torch.from_numpy(features[:1]).dtype)
+        for start in range(0, len(rows), 4096):  # in chunks: no full copy in host memory
+            chunk = np.asarray(features[rows[start:start + 4096]])
+            out[start:start + len(chunk)] = torch.from_numpy(chunk).to(device)
+    except torch.OutOfMemoryError:
+        warnings.warn(f"engine.cache_on_device: {device} ran out of memory holding the "
+                      "training features; they are read from the memory-mapped cache instead")
+        return None, None
+    position = torch.full((len(features),), -1, dtype=torch.long)
+    position[torch.from_numpy(rows)] = torch.arange(len(rows))
+    return out, position.to(device)

@@ -14,9 +14,9 @@ import warnings
 from typing import ClassVar, Optional
 
 import torch
-import torch.nn.functional as F
-from catalyst import dl, metrics
+from catalyst import dl
 from torch import nn
+from tqdm import tqdm
 
 from asd.cache import FeatureCache
 from asd.checkpoint import load_checkpoint, save_checkpoint
@@ -68,6 +68,37 @@ class Classifier(nn.Module):
     def load(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["model"])
         self.head.load_state_dict(ckpt["head"])
+
+
+class ConsoleLogger(dl.ConsoleLogger):
+    """One short line per epoch, printed above the progress bar."""
+
+    def log_metrics(self, metrics, scope, runner):
+        if scope == "loader":
+            tqdm.write(f"epoch {runner.epoch_step}/{runner.num_epochs}  loss {metrics['loss']:.3f}"
+                       f"  acc {metrics['accuracy']:.3f}  s {metrics['s']:.1f}  lr "
+                       f"{metrics['lr']:.0e}  {metrics['samples_per_s']:.0f} samples/s")
+
+
+class Progress(dl.Callback):
+    """One progress bar over the whole run's iterations, with its ETA."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(order=dl.CallbackOrder.External)
+        self.total, self.bar = total, tqdm(disable=True)  # made as the first epoch starts
+
+    def on_loader_start(self, runner: "MixupRunner") -> None:
+        if self.bar.disable and runner.engine.is_main_process:  # after a resume's checkpoint
+            done = runner.batch_step // runner.engine.num_processes
+            self.bar = tqdm(total=self.total, initial=done, unit="it", dynamic_ncols=True)
+
+    def on_batch_end(self, runner: "MixupRunner") -> None:
+        self.bar.update()
+
+    def on_experiment_end(self, runner: "MixupRunner") -> None:
+        self.bar.close()
+
+    on_exception = on_experiment_end
 
 
 class CSVLogger(dl.CSVLogger):
@@ -153,11 +184,11 @@ class MixupRunner(dl.Runner):
     def __init__(self, step: Step) -> None:
         super().__init__()
         self.step = step
-        self.cache, self.meters, self.tic = None, {}, 0.0  # set by get_loaders, on_loader_start
+        self.cache, self.sums, self.tic = None, None, 0.0  # set by get_loaders, on_loader_start
 
     def get_loggers(self):
         logdir = str(self.step.run_dir / "logs")
-        return {"console": dl.ConsoleLogger(), "csv": CSVLogger(logdir=logdir),
+        return {"console": ConsoleLogger(), "csv": CSVLogger(logdir=logdir),
                 "tensorboard": TensorboardLogger(os.path.join(logdir, "tensorboard"))}
 
     def get_loaders(self):
@@ -170,7 +201,7 @@ class MixupRunner(dl.Runner):
             *(rows[domain] for domain in step.domains),
             batch_size=step.settings.batch_size // world, steps_per_epoch=steps_per_epoch,
             total_steps=total, seed=step.settings.seed + 7919 * self.engine.process_index,
-            device=self.engine.device, cache_on_device=step.cfg.engine.cache_on_device)}
+            device=self.engine.device, cache_on_device=step.cache_on_device)}
 
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
@@ -185,25 +216,24 @@ class MixupRunner(dl.Runner):
         return build_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
 
     def get_callbacks(self):
-        progress = {"progress": dl.TqdmCallback()} if self.step.progress else {}
+        progress = {"progress": Progress(self.step.schedule()[2])} if self.step.progress else {}
         return {"checkpoints": Checkpoints(self.step), **progress}
 
     def on_experiment_start(self, runner):
+        super().on_experiment_start(runner)  # sets the engine up, then the loaders and model
+        torch.backends.cudnn.benchmark = self.engine.device.type == "cuda"  # batches: one shape
         if self.step.cfg.engine.name.startswith("ddp") and not torch.cuda.is_available():
             torch.set_num_threads(1)  # one thread per process, or the processes fight for cores
-        super().on_experiment_start(runner)
 
     def on_loader_start(self, runner):
         super().on_loader_start(runner)  # puts the whole model in training mode
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
-        # Catalyst does not average batch_metrics over an epoch: meters do, for loader_metrics
-        self.meters = {k: metrics.AdditiveMetric(compute_on_call=False)
-                       for k in ("loss", "accuracy")}
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)  # loss, hits
         self.tic = time.perf_counter()
 
     def handle_batch(self, batch):
-        n = len(self.step.classes["class"])
-        y_a, y_b = F.one_hot(batch["y_a"], n).float(), F.one_hot(batch["y_b"], n).float()
+        eye = torch.eye(len(self.step.classes["class"]), device=self.engine.device)
+        y_a, y_b = eye[batch["y_a"]], eye[batch["y_b"]]  # one-hot; F.one_hot reads on the CPU
         x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, batch["lam"])  # (B, 1, T, F), (B, C)
         if self.engine.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -212,21 +242,28 @@ class MixupRunner(dl.Runner):
         self.engine.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        accuracy = (log_p.argmax(1) == y.argmax(1)).float().mean()
-        self.batch_metrics.update({"loss": loss.detach(), "accuracy": accuracy})
-        for key, meter in self.meters.items():
-            meter.update(float(self.batch_metrics[key]), len(y))
+        correct = (log_p.argmax(1) == y.argmax(1)).sum()
+        self.batch_metrics["loss"] = loss.detach()  # a device tensor, read by none per batch
+        self.sums += torch.stack([loss.detach().double() * len(y), correct.double()])
 
     def on_loader_end(self, runner):
-        samples = self.loader_batch_len * self.loader_batch_size * self.engine.num_processes
+        loss, accuracy = epoch_means(self.sums, self.loader_sample_step)
         self.loader_metrics.update({
-            **{key: meter.compute()[0] for key, meter in self.meters.items()},
+            "loss": loss, "accuracy": accuracy,
             "s": float(self.engine.unwrap_model(self.model).head.s),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": samples / max(time.perf_counter() - self.tic, 1e-9),
+            "samples_per_s": self.loader_sample_step / max(time.perf_counter() - self.tic, 1e-9),
             "iteration": float(self.batch_step // self.engine.num_processes),
         })
         super().on_loader_end(runner)
+
+
+def epoch_means(sums: torch.Tensor, samples: int) -> list[float]:
+    """Per-sample means of an epoch's device sums over every DDP process's samples (all of
+    them when ``samples`` counts the global batch); the epoch's one host wait."""
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    return sums.div(samples).tolist()
 
 
 def make_engine(cfg: Config) -> dl.Engine:

@@ -25,6 +25,7 @@ from asd.checkpoint import load_checkpoint
 from asd.config import ConfigError
 from asd.losses import SubClusterAdaCos
 from asd.training import check_config, use_device_cache, world_size
+from runners.common import epoch_means
 from robust_helpers import ENV, REPO, TINY, cli, write_config
 
 N_CLASSES, N_SUB, DIM, BATCH = 3, 4, 8, 12  # BATCH: the global batch of two processes
@@ -52,6 +53,9 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     try:
         emb, target = (t.chunk(world)[rank] for t in global_batch())
         torch.save(scale_after_one_step(emb, target), os.path.join(out, f"s{rank}.pt"))
+        sums = torch.tensor([rank + 1.0, rank], dtype=torch.float64)  # loss and hits of a rank
+        means = torch.tensor(epoch_means(sums, 10), dtype=torch.float64)
+        torch.save(means, os.path.join(out, f"m{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -62,7 +66,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_every_rank_estimates_the_scale_of_the_whole_batch(tmp_path):
+def test_every_rank_estimates_the_scale_and_metrics_of_the_whole_batch(tmp_path):
     mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     s0, s1 = (torch.load(tmp_path / f"s{r}.pt") for r in (0, 1))
     whole = scale_after_one_step(*global_batch())
@@ -70,6 +74,9 @@ def test_every_rank_estimates_the_scale_of_the_whole_batch(tmp_path):
     torch.testing.assert_close(s0, whole, rtol=1e-6, atol=0)
     half = scale_after_one_step(*(t.chunk(2)[0] for t in global_batch()))
     assert not torch.allclose(half, whole, rtol=1e-4)  # a rank's share alone would differ
+    for r in (0, 1):  # logged loss and accuracy: the means over both ranks' samples
+        torch.testing.assert_close(torch.load(tmp_path / f"m{r}.pt"),
+                                   torch.tensor([0.3, 0.1], dtype=torch.float64))
 
 
 # -- the checks a GPU machine needs, with torch.cuda monkeypatched --------------------------

@@ -15,7 +15,7 @@ import torch
 
 from asd.checkpoint import load_checkpoint, load_model
 from asd.config import load_config
-from asd.optim import ChannelsLastAdamP
+from asd.optim import MaskedAdamP
 from runners import stage1, stage2
 from runners.common import MixupRunner
 
@@ -72,7 +72,7 @@ def test_optimizer_is_the_reports(tiny_cfg):
     for kind in (stage1.Stage1, stage2.Stage2):
         runner = MixupRunner(kind(cfg=cfg, run_dir=Path(), cache=Path(), classes={}, n_source=0))
         opt = runner.get_optimizer(torch.nn.Linear(2, 2))
-        assert isinstance(opt, ChannelsLastAdamP)
+        assert isinstance(opt, MaskedAdamP)
         group = opt.param_groups[0]
         assert group["lr"] == 1e-3 and group["weight_decay"] == 1e-5
 

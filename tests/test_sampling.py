@@ -105,3 +105,26 @@ def test_training_rows_of_the_run_classes():
     with pytest.raises(ConfigError, match="no target training clips of the run's classes"):
         check_clips({**rows, "target": rows["target"][:0]}, ["source", "target"], classes,
                     "data", "stage2")
+
+
+def test_an_epoch_draws_in_the_generator_order_of_one_batch_after_another():
+    first, second = torch.tensor(SOURCE), torch.tensor(TARGET)
+    batches = make(SOURCE, TARGET)
+    g = torch.Generator()
+    for epoch in range(2):
+        g.manual_seed(1 * 1_000_003 + epoch)  # seed 1 (make's), re-seeded every epoch
+        for batch in batches:
+            a = first[torch.randint(len(first), (16,), generator=g)]
+            c = second[torch.randint(len(second), (16,), generator=g)]
+            assert torch.equal(batch["lam"], torch.rand(16, generator=g))
+            assert torch.equal(rows(batch["x_a"]), a) and torch.equal(rows(batch["x_b"]), c)
+            assert torch.equal(batch["y_a"], a % 5) and torch.equal(batch["y_b"], c % 5)
+
+
+def test_features_held_on_the_device_give_the_same_batches():
+    """The device-resident path (forced on the CPU) holds only the training rows it draws."""
+    first, second = [0, 2, 3, 5], [7, 9]
+    mapped, held = make(first, second), make(first, second, cache_on_device=True)
+    assert len(held._device_features) == len(first + second) < len(held._features)
+    for x, y in zip(mapped, held):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
