@@ -47,7 +47,6 @@ class LoadedModel:
     mean: np.ndarray  # (F,) float32
     std: np.ndarray  # (F,) float32
     step: dict
-    path: Path
 
 
 def _state(module: nn.Module | dict) -> dict:
@@ -124,7 +123,7 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
                                   f"config and {len(classes)} classes describe: {err}") from None
     mean, std = (data["feature_stats"][k].float().numpy() for k in ("mean", "std"))
     return LoadedModel(model.to(device).eval(), head.to(device).eval(), cfg, classes, mean, std,
-                       dict(data["step"]), Path(path))
+                       dict(data["step"]))
 
 
 def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) -> None:

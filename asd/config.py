@@ -141,10 +141,7 @@ class Config:
 
     def replace(self, **overrides: Any) -> "Config":
         """A copy with ``{"group.key": value}`` style overrides applied and type-checked."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            _set(data, key, value)
-        return _build(Config, data, "")
+        return _apply(self.to_dict(), overrides.items())
 
 
 _IN_RANGE = {"any": lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
@@ -214,33 +211,36 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def _set(data: dict, key: str, value: Any) -> None:
-    """``data[group][name] = value`` for ``key`` "group.name"; the group must not be replaced."""
-    node, prefix = data, ""
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
-            raise ConfigError(f"override of unknown config key '{key}' "
-                              f"('{prefix}{part}' does not exist; {known})")
-        parent, node, prefix = node, node[part], f"{prefix}{part}."
-    if isinstance(node, dict):
-        raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
-    parent[part] = value
+def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
+    """A Config from a copy of ``data`` with ``data[group][name] = value`` for each ("group.name",
+    value) of ``overrides``; an override must not replace a whole group."""
+    data = copy.deepcopy(data)
+    for key, value in overrides:
+        node, prefix = data, ""
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
+                raise ConfigError(f"override of unknown config key '{key}' "
+                                  f"('{prefix}{part}' does not exist; {known})")
+            parent, node, prefix = node, node[part], f"{prefix}{part}."
+        if isinstance(node, dict):
+            raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
+        parent[part] = value
+    return _build(Config, data, "")
 
 
 def from_dict(data: dict, overrides: Iterable[str] = ()) -> Config:
     """Build a Config from a nested dict plus ``key.sub=value`` overrides."""
-    data = copy.deepcopy(data)
+    parsed = []
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not of the form key.sub=value")
         key, raw = override.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            parsed.append((key.strip(), yaml.safe_load(raw)))
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
-        _set(data, key.strip(), value)
-    return _build(Config, data, "")
+    return _apply(data, parsed)
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:

@@ -67,7 +67,7 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, frames: int = 313, mels: int = 128):
         super().__init__()
-        self.cfg, self.frames, self.mels = cfg, frames, mels
+        self.frames, self.mels = frames, mels
         slope = cfg.leaky_relu_slope
         k, st = cfg.stem_kernel, cfg.stem_stride
         self.stem = nn.Sequential(*_conv_bn(1, cfg.stem_channels, k, st), nn.LeakyReLU(slope))
@@ -88,28 +88,19 @@ class EmbeddingNet(nn.Module):
             x = layer(x)
         return x
 
-    def shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-        """Output shape after each layer (PyTorch order, batch dimension dropped) for input x."""
-        out = {"input": tuple(x.shape[1:])}
-        for name, layer in self.named_children():
-            x = layer(x)
-            out[name] = tuple(x.shape[1:])
-        return out
-
     def summary(self) -> str:
         """Table 1 as built: each layer's output size (T x F x C) and parameter count."""
         was_training, p = self.training, next(self.parameters())
-        with torch.no_grad():  # in eval mode: the probe leaves batch-norm statistics alone
-            x = torch.zeros(1, 1, self.frames, self.mels, device=p.device, dtype=p.dtype)
-            shapes = self.eval().shapes(x)
-        self.train(was_training)
-        modules = dict(self.named_children())
+        x = torch.zeros(1, 1, self.frames, self.mels, device=p.device, dtype=p.dtype)
         lines = ["EmbeddingNet (report Table 1, modified ResNet)",
-                 f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}"]
-        for name, shape in shapes.items():
-            size = f"{shape[1]} x {shape[2]} x {shape[0]}" if len(shape) == 3 else str(shape[0])
-            n = sum(q.numel() for q in modules[name].parameters()) if name in modules else 0
-            lines.append(f"{name:8} {size:>18}  {n:>10,}")
+                 f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}",
+                 f"{'input':8} {f'{self.frames} x {self.mels} x 1':>18}  {0:>10,}"]
+        with torch.no_grad():  # in eval mode: the probe leaves batch-norm statistics alone
+            for name, layer in self.eval().named_children():
+                x, n = layer(x), sum(q.numel() for q in layer.parameters())
+                size = f"{x.shape[2]} x {x.shape[3]} x {x.shape[1]}" if x.dim() == 4 else x.shape[1]
+                lines.append(f"{name:8} {size:>18}  {n:>10,}")
+        self.train(was_training)
         total = sum(q.numel() for q in self.parameters())
         trainable = sum(q.numel() for q in self.parameters() if q.requires_grad)
         return "\n".join([*lines, f"total parameters: {total:,} (trainable: {trainable:,})"])

@@ -6,6 +6,7 @@ other settings) is refused before a run folder is made or changed. The loop is i
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,8 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
         if (run_dir / "model.pth").is_file():
             return run_dir, None  # finished
         table = load_classes(run_dir / "classes.csv")
-        init_txt = run_dir / "init.txt"
-        init = Path(init_txt.read_text().strip()) if init_txt.is_file() else None
+        init_txt = run_dir / "init.txt"  # relative to the run (absolute in older runs)
+        init = run_dir / init_txt.read_text().strip() if init_txt.is_file() else None
     else:
         run_dir = None
         cfg, table, init = kind.start(args)
@@ -125,8 +126,9 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
     if run_dir is None:
         run_dir = new_run(cfg, kind.name)
         save_classes(table, run_dir / "classes.csv")
-        if init is not None:
-            atomic_write_text(run_dir / "init.txt", f"{init.resolve()}\n")
+        if init is not None:  # relative: the runs folder may move
+            init_txt = os.path.relpath(init.resolve(), run_dir.resolve())
+            atomic_write_text(run_dir / "init.txt", f"{init_txt}\n")
     elif resume_state(run_dir, cfg, kind.name) is None:  # changes the run only once all is checked
         return run_dir, None  # every epoch was done: model.pth written from the last checkpoint
     return run_dir, kind(cfg=cfg, run_dir=run_dir, cache=cache.path, init=init,

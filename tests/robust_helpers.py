@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,16 @@ class TinyRuns:
     config: Path  # config file: tiny_data, TINY settings, its own runs/ and cache/
     stage1: Path
     stage2: Path  # submitted
+
+
+def copy_run(run: Path, folder: Path) -> Path:
+    """A copy of ``run`` in ``folder`` that a test may change; a Step 2 run goes with a copy of
+    the Step 1 run it starts from, beside it, as its init.txt names that model relative to it."""
+    from asd.runview import run_chain
+
+    for r in run_chain(run):
+        shutil.copytree(r, Path(folder) / r.name)
+    return Path(folder) / Path(run).name
 
 
 def write_config(cfg, path: Path, overrides=()) -> Path:

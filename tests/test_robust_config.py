@@ -26,7 +26,7 @@ import yaml
 
 from asd import cache, evaluate, index, submit
 from asd.config import load_config
-from robust_helpers import cli, refused
+from robust_helpers import cli, copy_run, refused
 from runners import stage1, stage2
 
 
@@ -209,7 +209,7 @@ def test_submit_and_evaluate_with_other_feature_settings(runs, capsys):
 
 def resumable(run: Path, tmp_path: Path) -> Path:
     """A copy of a finished run whose model.pth is gone: --resume would write it."""
-    copy = Path(shutil.copytree(run, tmp_path / run.name))
+    copy = copy_run(run, tmp_path)
     (copy / "model.pth").unlink()
     return copy
 
@@ -230,6 +230,17 @@ def test_resume_of_an_edited_run(runs, tmp_path, step, group, key, value, capsys
     assert code == 2 and f"{run / 'config.yml'} differs from the settings" in err
     assert f"{group}.{key}: checkpoint {old!r}, config.yml {value!r}" in err
     assert not (run / "model.pth").exists()
+
+
+def test_a_moved_runs_folder_still_resumes(runs, tmp_path, capsys):
+    """init.txt names the Step 1 model relative to the Step 2 run: the two move together."""
+    from asd.runview import run_chain
+
+    assert (runs.stage2 / "init.txt").read_text() == f"../{runs.stage1.name}/model.pth\n"
+    run2 = resumable(runs.stage2, tmp_path / "moved" / "runs")
+    code, err = call(stage2.main, ["--resume", run2, "--no-progress"], capsys)
+    assert code == 0 and (run2 / "model.pth").is_file(), err
+    assert [r.resolve() for r in run_chain(run2)] == [run2.parent / runs.stage1.name, run2]
 
 
 def test_resume_accepts_other_engine_settings(runs, tmp_path, capsys):
@@ -255,7 +266,7 @@ def test_resume_of_an_invalid_or_foreign_run(runs, tmp_path, capsys):
     code, err = call(stage1.main, ["--resume", tmp_path, "--no-progress"], capsys)
     assert code == 2 and f"{tmp_path} is not a run folder (no config.yml)" in err
     # Step 2 whose Step 1 model is gone
-    run2 = resumable(runs.stage2, tmp_path)
+    run2 = resumable(runs.stage2, tmp_path / "step2")
     (run2 / "checkpoints" / "last.pth").unlink()  # it would start again from the Step 1 model
     gone = tmp_path / "gone" / "model.pth"
     (run2 / "init.txt").write_text(f"{gone}\n")

@@ -31,7 +31,8 @@ from asd.cache import CacheError, FeatureCache, cache_folder
 from asd.checkpoint import load_checkpoint
 from asd.config import load_config
 from asd.runview import read_log
-from robust_helpers import cli, cli_killed, kill_when, popen, snapshot, temp_files, write_config
+from robust_helpers import (cli, cli_killed, copy_run, kill_when, popen, snapshot, temp_files,
+                            write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -144,8 +145,7 @@ def test_killed_after_the_last_checkpoint_before_model_pth(runs, tmp_path, step,
     """Every epoch done, model.pth not yet written: --resume writes it, without training."""
     from runners import stage1, stage2
 
-    run = tmp_path / "run"
-    shutil.copytree(getattr(runs, step), run)
+    run = copy_run(getattr(runs, step), tmp_path)  # Step 2: beside its Step 1 run
     (run / "model.pth").unlink()
     for p in list(run.glob("submission")) + list(run.glob("detectors")):
         shutil.rmtree(p)
