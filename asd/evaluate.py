@@ -285,17 +285,15 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True,
 
 def report(ev: Evaluation) -> str:
     """The printed tables: per dataset the machine table and the official scores."""
-    out = []
-    with pd.option_context("display.max_rows", None, "display.width", 250,
-                           "display.max_columns", None):
-        for dataset in sorted(ev.results["dataset"].unique()):
-            out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
-                    machine_table(ev.results, dataset).to_string(index=False),
-                    *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
-                    official_line(ev.results, dataset),
-                    "per domain, harmonic means over machines and sections:",
-                    _systems_table(ev.results, dataset, ["domain"], ["domain"])
-                    .to_string(index=False), ""]
+    out = []  # DataFrame.to_string shows every row and column, unwrapped
+    for dataset in sorted(ev.results["dataset"].unique()):
+        out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
+                machine_table(ev.results, dataset).to_string(index=False),
+                *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
+                official_line(ev.results, dataset),
+                "per domain, harmonic means over machines and sections:",
+                _systems_table(ev.results, dataset, ["domain"], ["domain"]).to_string(index=False),
+                ""]
     if ev.absent:
         out += [f"eval_data: absent ({ev.absent})", ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "

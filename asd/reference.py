@@ -61,8 +61,7 @@ def reference_scores(features, index: pd.DataFrame) -> np.ndarray:
     for (_, machine, section), pos in sections.items():
         train, test = pos[split[pos] == "train"], pos[split[pos] == "test"]
         if len(train) == 0:
-            log.warning("reference detector: %s section %s has no training clips", machine,
-                        section)
+            log.warning("reference detector: %s section %s has no training clips", machine, section)
             continue
         scores[test] = ReferenceDetector().fit(stats[train]).score(stats[test])
     return scores

@@ -85,9 +85,7 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
 def _main(args) -> None:
     table = score_files(args.run, args.files, args.machine, args.section, args.domain,
                         args.device)
-    with pd.option_context("display.max_rows", None, "display.width", 250,
-                           "display.max_colwidth", None):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
     if args.csv:
         with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
             table.to_csv(tmp, index=False, float_format="%.10g")
