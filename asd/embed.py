@@ -14,11 +14,6 @@ from torch import nn
 CPU_BATCH = 32
 
 
-def inference_device(device: str | None) -> str:
-    """``device``, else CUDA where present, else the CPU: the default of submit and score."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def inference_batch(batch_size: int, device: str | torch.device) -> int:
     """The batch size to embed with: ``batch_size``, at most ``CPU_BATCH`` on a CPU."""
     return min(batch_size, CPU_BATCH) if torch.device(device).type == "cpu" else batch_size
@@ -29,16 +24,14 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
           wrap: Callable[[list], Iterable] | None = None) -> np.ndarray:
     """Embed unnormalised log-mel features.  # (N, T, F) -> float32 (N, D)
 
-    ``features`` may be a memory-mapped array (read one batch at a time); each batch is
-    standardised per mel band with the model's training ``mean``/``std`` (F,). A copy of the
-    model runs in eval mode under ``torch.no_grad`` (channels_last on a CPU, where its
-    convolutions are faster), so the caller's model is left as it was. ``wrap`` (optional)
+    ``features`` may be memory-mapped (read a batch at a time); batches are standardised per
+    mel band with the training ``mean``/``std`` (F,). A copy of the model runs in eval mode
+    (channels_last on a CPU), so the caller's model is left as it was. ``wrap`` (optional)
     wraps the list of batch slices, e.g. ``tqdm`` for a progress bar.
     """
-    n = len(features)
     mean = torch.as_tensor(np.asarray(mean, dtype=np.float32), device=device)  # (F,)
     std = torch.as_tensor(np.asarray(std, dtype=np.float32), device=device)  # (F,)
-    slices = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    slices = [slice(i, i + batch_size) for i in range(0, len(features), batch_size)]
     layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
     net = copy.deepcopy(model).eval().to(memory_format=layout)
     out = []

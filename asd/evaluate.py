@@ -61,25 +61,24 @@ def missing_ground_truth(root: str | Path) -> str | None:
     if tests and not any(folder.glob("ground_truth_*.csv")):
         return (f"no evaluation ground truth in {folder}: the eval sections are not scored; "
                 f"`make data` (python -m asd.download) fetches it")
-    return None
 
 
-def section_table(clips: pd.DataFrame, systems=tuple(SYSTEM_NAMES)) -> pd.DataFrame:
+def section_table(clips: pd.DataFrame) -> pd.DataFrame:
     """Result rows per (dataset, machine, section, domain) and system of labelled test ``clips``
-    (``anomaly`` and a score column per system); one-label groups are skipped (warned)."""
+    (``anomaly`` and a score column per system of SYSTEM_NAMES that it has); one-label groups
+    are skipped (warned)."""
     rows, keys = [], ["dataset", "machine", "section", "domain"]
     for key, g in report_order(clips, keys).groupby(keys, sort=False):
-        dataset, machine, section, domain = key
         y = g["anomaly"].to_numpy()
         n_anom = int(y.sum())
         if n_anom in (0, len(y)):
             log.warning("%s %s section %s %s: only one label among its %d test clips; skipped",
                         *key, len(y))
             continue
-        for system in [name for name in systems if not g[name].isna().any()]:
+        for system in [name for name in SYSTEM_NAMES if name in g and g[name].notna().all()]:
             a, p = metrics.auc(y, g[system]), metrics.pauc(y, g[system])
-            rows.append((dataset, "section", machine, section, domain, system, a, p,
-                         metrics.hmean([a, p]), len(y) - n_anom, n_anom))  # RESULT_COLUMNS
+            rows.append((key[0], "section", *key[1:], system, a, p, metrics.hmean([a, p]),
+                         len(y) - n_anom, n_anom))  # RESULT_COLUMNS
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -134,10 +133,8 @@ def official_line(results: pd.DataFrame, dataset: str) -> str:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(df.columns) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, rule] + body)
+    rows = [df.columns, ["---"] * df.shape[1], *df.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
 def _header(run: Path, root: str | Path, config: str, figures: list[Path]) -> list[str]:
@@ -288,17 +285,15 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True,
 
 def report(ev: Evaluation) -> str:
     """The printed tables: per dataset the machine table and the official scores."""
-    out = []
-    with pd.option_context("display.max_rows", None, "display.width", 250,
-                           "display.max_columns", None):
-        for dataset in sorted(ev.results["dataset"].unique()):
-            out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
-                    machine_table(ev.results, dataset).to_string(index=False),
-                    *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
-                    official_line(ev.results, dataset),
-                    "per domain, harmonic means over machines and sections:",
-                    _systems_table(ev.results, dataset, ["domain"], ["domain"])
-                    .to_string(index=False), ""]
+    out = []  # DataFrame.to_string shows every row and column, unwrapped
+    for dataset in sorted(ev.results["dataset"].unique()):
+        out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
+                machine_table(ev.results, dataset).to_string(index=False),
+                *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
+                official_line(ev.results, dataset),
+                "per domain, harmonic means over machines and sections:",
+                _systems_table(ev.results, dataset, ["domain"], ["domain"]).to_string(index=False),
+                ""]
     if ev.absent:
         out += [f"eval_data: absent ({ev.absent})", ""]
     out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "

@@ -24,10 +24,8 @@ def _check(y, score) -> tuple[np.ndarray, np.ndarray]:
     score = np.asarray(score, dtype=np.float64).ravel()
     if y.shape != score.shape:
         raise ValueError(f"labels ({y.size}) and scores ({score.size}) differ in length")
-    if not set(np.unique(y)) <= {0, 1}:
-        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
-    if np.unique(y).size < 2:
-        raise ValueError("AUC needs both normal and anomalous clips")
+    if set(np.unique(y)) != {0, 1}:
+        raise ValueError("AUC needs both normal and anomalous clips, labelled 0 and 1")
     if not np.all(np.isfinite(score)):
         raise ValueError("scores contain NaN or infinity")
     return y, score
@@ -35,14 +33,12 @@ def _check(y, score) -> tuple[np.ndarray, np.ndarray]:
 
 def auc(y, score) -> float:
     """Area under the ROC curve (1 = anomaly ranked above every normal clip)."""
-    y, score = _check(y, score)
-    return float(roc_auc_score(y, score))
+    return float(roc_auc_score(*_check(y, score)))
 
 
 def pauc(y, score, max_fpr: float = MAX_FPR) -> float:
     """Standardised partial AUC over false-positive rates [0, max_fpr] (the challenge pAUC)."""
-    y, score = _check(y, score)
-    return float(roc_auc_score(y, score, max_fpr=max_fpr))
+    return float(roc_auc_score(*_check(y, score), max_fpr=max_fpr))
 
 
 def hmean(values: Iterable[float]) -> float:

@@ -48,8 +48,7 @@ class ReferenceDetector:
         from scipy.linalg import solve_triangular
 
         z = (np.asarray(stats, dtype=np.float64) - self.centre) / self.scale  # (N, 2F)
-        y = solve_triangular(self.cholesky, z.T, lower=True)  # (2F, N)
-        return np.sqrt((y * y).sum(axis=0))
+        return np.linalg.norm(solve_triangular(self.cholesky, z.T, lower=True), axis=0)
 
 
 def reference_scores(features, index: pd.DataFrame) -> np.ndarray:
@@ -62,8 +61,7 @@ def reference_scores(features, index: pd.DataFrame) -> np.ndarray:
     for (_, machine, section), pos in sections.items():
         train, test = pos[split[pos] == "train"], pos[split[pos] == "test"]
         if len(train) == 0:
-            log.warning("reference detector: %s section %s has no training clips", machine,
-                        section)
+            log.warning("reference detector: %s section %s has no training clips", machine, section)
             continue
         scores[test] = ReferenceDetector().fit(stats[train]).score(stats[test])
     return scores

@@ -129,7 +129,6 @@ class Centres:
 
     values: np.ndarray  # (C*S, D) float32, as learned (not normalised)
     table: pd.DataFrame  # row k: class, machine, section, domain, subcluster
-    n_subclusters: int
 
 
 def subcluster_centres(run: str | Path) -> Centres:
@@ -144,7 +143,7 @@ def subcluster_centres(run: str | Path) -> Centres:
     s = len(centres) // n
     table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), n)
-    return Centres(values=centres, table=table, n_subclusters=s)
+    return Centres(values=centres, table=table)
 
 
 def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from asd import AsdError
 from asd.checkpoint import load_model
 from asd.cli import run_command
 from asd.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.detectors import DetectorSet
-from asd.embed import embed, inference_batch, inference_device
+from asd.embed import embed, inference_batch
 from asd.features import load_audio, log_mel
 from asd.io import atomic_path
 from asd.submit import DETECTORS
@@ -54,7 +55,7 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
                 device: str | None = None) -> pd.DataFrame:
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
     ``device``: torch device (default: CUDA where present, else the CPU)."""
-    run, device = Path(run), inference_device(device)
+    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not run.is_dir():
         raise ScoreError(f"run folder {run} does not exist")
     dets = DetectorSet.load(run / DETECTORS)
@@ -84,9 +85,7 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
 def _main(args) -> None:
     table = score_files(args.run, args.files, args.machine, args.section, args.domain,
                         args.device)
-    with pd.option_context("display.max_rows", None, "display.width", 250,
-                           "display.max_colwidth", None):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
     if args.csv:
         with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
             table.to_csv(tmp, index=False, float_format="%.10g")
