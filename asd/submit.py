@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asd import AsdError
 from asd.cli import load_run, make_parser, run_command
@@ -97,42 +99,60 @@ def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size:
     return emb
 
 
-def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
-                  n_subclusters: int, cfg) -> DetectorSet:
-    """Detectors per (machine, section) of the training clips; emb (N, D): rows of ``index``,
-    whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
-    train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
-    dets = DetectorSet()
-    # many small (D x D) factorisations: BLAS threads cost more than they give
+def _fit_section(machine: str, section: str, *args) -> dict:
+    """``fit_section(*args)`` with one BLAS thread: many small (D x D) factorisations, for which
+    more threads cost more than they give."""
     with threadpool_limits(1):
-        for (machine, section), rows in train.groupby(["machine", "section"]):
-            source = rows.index[rows["domain"] == "source"].to_numpy()
-            target = rows.index[rows["domain"] == "target"].to_numpy()
-            c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
-            log.info("fitting detectors of %s section %s (%d source, %d target clips)", machine,
-                     section, len(source), len(target))
-            sub = None if c < 0 else centres[c * n_subclusters:(c + 1) * n_subclusters]
-            try:
-                fitted = fit_section(emb[source], emb[target], sub, cfg, n_subclusters)
-            except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
-                raise SubmitError(f"{machine} section {section}: {err}") from None
+        try:
+            return fit_section(*args)
+        except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
+            raise SubmitError(f"{machine} section {section}: {err}") from None
+
+
+def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
+                  n_subclusters: int, cfg, progress: bool = False) -> DetectorSet:
+    """Detectors per (machine, section) of the training clips, one process per usable core (the
+    same detectors as one after another); emb (N, D): rows of ``index``, whose ``class`` column
+    holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
+    from joblib import Parallel, delayed
+
+    train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
+    jobs = {}
+    for (machine, section), rows in train.groupby(["machine", "section"]):
+        source = rows.index[rows["domain"] == "source"].to_numpy()
+        c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
+        sub = None if c < 0 else centres[c * n_subclusters:(c + 1) * n_subclusters]
+        jobs[machine, section] = delayed(_fit_section)(
+            machine, section, emb[source], emb[rows.index[rows["domain"] == "target"]], sub, cfg,
+            n_subclusters)
+    workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
+    fits = Parallel(n_jobs=workers, return_as="generator")(jobs.values())
+    dets = DetectorSet()
+    with logging_redirect_tqdm():
+        for (machine, section), fitted in tqdm(zip(jobs, fits), total=len(jobs), unit="section",
+                                               desc="detectors", file=sys.stderr,
+                                               disable=not progress):
+            for det in fitted.values():
+                for note in det.info.get("warnings", ()):
+                    log.warning("%s section %s, %s detector: %s", machine, section, det.kind, note)
             dets.add(machine, section, fitted)
     return dets
 
 
 def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) -> pd.DataFrame:
     """One row per test clip: dataset, machine, section, domain, file, score, threshold,
-    decision (1: score above the threshold) and detector (the domain it was fitted on)."""
+    decision (1: score above the threshold) and detector (the kind that scored it: gmm, ocsvm)."""
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     out = index.iloc[test][["dataset", *GROUP, "file"]].reset_index(drop=True)
     score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
     for (machine, section, domain), pos in out.groupby(GROUP).indices.items():
         try:
-            det, detector[pos] = dets.lookup(machine, section, domain)
+            det, _ = dets.lookup(machine, section, domain)
         except KeyError as err:
             raise SubmitError(f"test clips of {machine} section {section} {domain}: "
                               f"{err.args[0]}; the data root has no training clips there") from None
-        score[pos], threshold[pos] = det.score(emb[test[pos]]), det.threshold
+        score[pos], threshold[pos], detector[pos] = (det.score(emb[test[pos]]), det.threshold,
+                                                     det.kind)
     out = out.assign(score=score, threshold=threshold,
                      decision=(score > threshold).astype(int), detector=detector)
     return out.sort_values(["dataset", *GROUP, "file"], kind="stable").reset_index(drop=True)
@@ -207,7 +227,7 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     emb = run_embeddings(run, loaded, cache.features, index, cfg.detectors.batch_size, device,
                          progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
-    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors)
+    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
     dets.save(run / DETECTORS)
     scores = score_test_clips(emb, index, dets)
     files = write_submission(scores, run / SUBMISSION)
