@@ -113,25 +113,22 @@ class GMMDetector(_Fitted):
 
         x = l2_normalise(emb)  # (N, D)
         n, d = x.shape
-        notes: list[str] = []  # edge cases, for the caller to report
-        info: dict = {"n_train": int(n), "warnings": notes}
-        means_init = None
-        if centres is not None:
-            means_init = l2_normalise(centres)  # (S, D)
+        info: dict = {"n_train": int(n), "warnings": []}  # warnings: edge cases, to report
+        means_init = None if centres is None else l2_normalise(centres)  # (S, D)
+        if means_init is not None:
             if n < len(means_init):
                 nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
                 keep = np.sort(np.argsort(-nearest, kind="stable")[:n])
-                notes.append(f"{n} training clips for {len(means_init)} components; using the "
-                             f"{n} centres nearest the data")
+                info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
+                                        f"using the {n} centres nearest the data")
                 info["centres_used"] = keep.tolist()
                 means_init = means_init[keep]
             k = len(means_init)
         else:
             k = min(n, n_components)
-            notes.append(f"no sub-cluster centres; {k} components from k-means")
-        info["n_components"] = int(k)
+            info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
         if n == 1:
-            notes.append("a single training clip; one Gaussian centred on it")
+            info["warnings"].append("a single training clip; one Gaussian centred on it")
             means, weights, converged, n_iter = x, np.ones(1), True, 0
             prec_chol = np.eye(d)[None] / math.sqrt(cfg.gmm_reg_covar)  # (1, D, D)
         else:
@@ -141,7 +138,7 @@ class GMMDetector(_Fitted):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 gmm.fit(x)
-            notes += [str(w.message) for w in caught]  # e.g. EM did not converge: kept as is
+            info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
             means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
                                                  gmm.n_iter_)
             prec_chol = gmm.precisions_cholesky_  # as (K, D, D):
@@ -149,7 +146,7 @@ class GMMDetector(_Fitted):
                 prec_chol = np.repeat(prec_chol[None], k, axis=0)
             elif cfg.gmm_covariance != "full":  # diag (K, D) or spherical (K,)
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
-        info.update(converged=bool(converged), n_iter=int(n_iter),
+        info.update(n_components=int(k), converged=bool(converged), n_iter=int(n_iter),
                     means_init="k-means" if means_init is None else "centres")
         return cls(means=means, precisions_cholesky=prec_chol, weights=weights,
                    means_init=means_init, info=info)
@@ -159,9 +156,8 @@ class GMMDetector(_Fitted):
         x = l2_normalise(emb)  # (N, D)
         d_log_2pi = x.shape[1] * math.log(2 * math.pi)
         return np.stack([-0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
-                         + np.log(np.diag(chol)).sum()
-                         for mu, chol in zip(self.means.astype(np.float64),
-                                             self.precisions_cholesky.astype(np.float64))], axis=1)
+                         + np.log(np.diag(chol), dtype=np.float64).sum()  # float32 arrays: upcast
+                         for mu, chol in zip(self.means, self.precisions_cholesky)], axis=1)
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus the best component's log-density."""
@@ -204,16 +200,11 @@ class OCSVMDetector(_Fitted):
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus scikit-learn's decision_function (the signed distance to
         the hyperplane, positive inside)."""
-        x, sv = l2_normalise(emb), self.support_vectors.astype(np.float64)  # (N, D), (M, D)
-        if self.kernel == "rbf":
-            sq = (x * x).sum(1)[:, None] + (sv * sv).sum(1)[None] - 2 * x @ sv.T
-            kernel = np.exp(-self.gamma * np.maximum(sq, 0.0))  # (N, M)
-        elif self.kernel == "poly":
-            kernel = (self.gamma * (x @ sv.T) + self.coef0) ** self.degree
-        elif self.kernel == "sigmoid":
-            kernel = np.tanh(self.gamma * (x @ sv.T) + self.coef0)
-        else:  # linear, the last kind config.py admits
-            kernel = x @ sv.T
+        from sklearn.metrics.pairwise import pairwise_kernels
+
+        kernel = pairwise_kernels(l2_normalise(emb), self.support_vectors.astype(np.float64),
+                                  metric=self.kernel, filter_params=True, gamma=self.gamma,
+                                  degree=self.degree, coef0=self.coef0)  # (N, M)
         return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
@@ -241,7 +232,10 @@ class DetectorSet:
     detectors: dict[tuple[str, str, str], Detector] = field(default_factory=dict)
 
     def add(self, machine: str, section: str, fitted: dict[str, Detector]) -> None:
+        """Add fit_section's detectors; their fits' warnings are logged with their section."""
         for domain, det in fitted.items():
+            for note in det.info.get("warnings", ()):
+                log.warning("%s section %s, %s detector: %s", machine, section, det.kind, note)
             self.detectors[(machine, section, domain)] = det
 
     def sections(self) -> list[tuple[str, str]]:
