@@ -63,19 +63,15 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
 class _Fitted:
     """Fitting with a decision threshold, shared by both detectors."""
 
-    def __post_init__(self) -> None:
-        """Arrays stored in float32, all the precision a score needs; scores upcast them."""
-        for f in dataclasses.fields(self):
-            if isinstance(value := getattr(self, f.name), np.ndarray):
-                setattr(self, f.name, value.astype(np.float32))
-
     @classmethod
     def fit(cls, emb: np.ndarray, cfg: DetectorConfig, *args):
         """Fit on training embeddings (N, D); threshold: :func:`gamma_threshold` of their
         scores. ``out_of_fold`` scores clip i with a refit without fold i % ``threshold_folds``:
         a detector scores its own few training clips far below new normal ones, so an in-sample
         threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample.
-        Edge cases of the fit are listed in ``info["warnings"]`` (the refits' are dropped)."""
+        Edge cases of the fit are listed in ``info["warnings"]`` (the refits' are dropped).
+        The detector keeps its arrays in float32, all the precision a score needs (scores upcast
+        them); its threshold comes from the float64 fits, so it does not depend on that."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -90,7 +86,9 @@ class _Fitted:
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        return det
+        arrays = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)}
+        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in arrays.items()
+                                           if isinstance(v, np.ndarray)})
 
 
 @dataclass

@@ -183,6 +183,9 @@ def test_save_load_round_trip_is_identical(cfg, blobs, tmp_path):
     x = np.concatenate([blobs["test"], blobs["far"]])
     for key, det in dets.detectors.items():
         other = back.detectors[key]
+        arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray)]
+        assert arrays and all(v.dtype == np.float32 for v in arrays)  # stored in float32 ...
+        assert det.score(x).dtype == np.float64  # ... scored in float64
         assert type(other) is type(det) and other.threshold == det.threshold
         assert np.array_equal(other.score(x), det.score(x))
         assert other.info == det.info
