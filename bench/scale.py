@@ -209,8 +209,10 @@ def plot(phases: list[Phase], path: Path) -> Path:
         mine = sorted((p for p in phases if p.name == name), key=lambda p: p.clips)
         x = [p.clips for p in mine]
         axes[0].plot(x, [p.seconds for p in mine], "o-", label=name)
-        axes[1].plot(x, [p.rss for p in mine], "o-", label=name)
-    for ax, what in zip(axes, ("wall time (s)", "peak RSS of the process tree (MiB)")):
+        line, = axes[1].plot(x, [p.rss for p in mine], "o-", label=name)
+        axes[1].plot(x, [p.own for p in mine], "x--", color=line.get_color())
+    for ax, what in zip(axes, ("wall time (s)", "peak memory of the process tree (MiB):\n"
+                                                "RSS solid, RSS less file pages dashed")):
         ax.set(xlabel="clips", ylabel=what, xlim=(0, None), ylim=(0, None))
         ax.grid(alpha=0.3)
     axes[0].legend()
