@@ -22,7 +22,7 @@ CONFIG_ARG = $(if $(CONFIG),--config $(CONFIG),)
 DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench bench-gpu tensorboard notebooks clean
+.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench bench-gpu bench-scale tensorboard notebooks clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench: install ## Speed of the feature cache, training data path and embedding a
 
 bench-gpu: install ## Step 1 on one GPU: samples/s of gpu, amp bf16 and fp16, memory, run times, loss vs CPU
 	$(PY) -m bench.gpu $(ARGS)
+
+bench-scale: install ## Time and memory of every step at 10/30/100 % of a full-size data set (ARGS=)
+	$(PY) -m bench.scale $(CONFIG_ARG) $(ARGS)
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost
 	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1

@@ -68,7 +68,10 @@ class _Fitted:
         """Fit on training embeddings (N, D); threshold: :func:`gamma_threshold` of their
         scores. ``out_of_fold`` scores clip i with a refit without fold i % ``threshold_folds``:
         a detector scores its own few training clips far below new normal ones, so an in-sample
-        threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample."""
+        threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample.
+        Edge cases of the fit are listed in ``info["warnings"]`` (the refits' are dropped).
+        The detector keeps its arrays in float32, all the precision a score needs (scores upcast
+        them); its threshold comes from the float64 fits, so it does not depend on that."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -77,18 +80,15 @@ class _Fitted:
             k = min(cfg.threshold_folds, n)
             fold = np.arange(n) % k
             scores = np.empty(n)
-            quiet = log.disabled  # the refits would repeat the fit's own warnings k times
-            log.disabled = True
-            try:
-                for f in range(k):
-                    refit = cls._fit_model(emb[fold != f], cfg, *args)
-                    scores[fold == f] = refit.score(emb[fold == f])
-            finally:
-                log.disabled = quiet
+            for f in range(k):
+                scores[fold == f] = cls._fit_model(emb[fold != f], cfg, *args).score(
+                    emb[fold == f])
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        return det
+        arrays = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)}
+        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in arrays.items()
+                                           if isinstance(v, np.ndarray)})
 
 
 @dataclass
@@ -111,24 +111,22 @@ class GMMDetector(_Fitted):
 
         x = l2_normalise(emb)  # (N, D)
         n, d = x.shape
-        info: dict = {"n_train": int(n)}
-        means_init = None
-        if centres is not None:
-            means_init = l2_normalise(centres)  # (S, D)
+        info: dict = {"n_train": int(n), "warnings": []}  # warnings: edge cases, to report
+        means_init = None if centres is None else l2_normalise(centres)  # (S, D)
+        if means_init is not None:
             if n < len(means_init):
                 nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
                 keep = np.sort(np.argsort(-nearest, kind="stable")[:n])
-                log.warning("GMM detector: %d training clips for %d components; using the %d "
-                            "centres nearest the data", n, len(means_init), n)
+                info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
+                                        f"using the {n} centres nearest the data")
                 info["centres_used"] = keep.tolist()
                 means_init = means_init[keep]
             k = len(means_init)
         else:
             k = min(n, n_components)
-            log.warning("GMM detector: no sub-cluster centres; %d components from k-means", k)
-        info["n_components"] = int(k)
+            info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
         if n == 1:
-            log.warning("GMM detector: a single training clip; one Gaussian centred on it")
+            info["warnings"].append("a single training clip; one Gaussian centred on it")
             means, weights, converged, n_iter = x, np.ones(1), True, 0
             prec_chol = np.eye(d)[None] / math.sqrt(cfg.gmm_reg_covar)  # (1, D, D)
         else:
@@ -138,26 +136,25 @@ class GMMDetector(_Fitted):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 gmm.fit(x)
-            for w in caught:  # e.g. EM did not converge: the last estimate is kept
-                log.warning("GMM detector: %s", w.message)
+            info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
             means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
                                                  gmm.n_iter_)
-            prec_chol = np.asarray(gmm.precisions_cholesky_, dtype=np.float64)  # as (K, D, D):
+            prec_chol = gmm.precisions_cholesky_  # as (K, D, D):
             if cfg.gmm_covariance == "tied":  # (D, D)
                 prec_chol = np.repeat(prec_chol[None], k, axis=0)
             elif cfg.gmm_covariance != "full":  # diag (K, D) or spherical (K,)
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
-        info.update(converged=bool(converged), n_iter=int(n_iter),
+        info.update(n_components=int(k), converged=bool(converged), n_iter=int(n_iter),
                     means_init="k-means" if means_init is None else "centres")
-        return cls(means=np.array(means, dtype=np.float64), precisions_cholesky=prec_chol,
-                   weights=np.array(weights, dtype=np.float64), means_init=means_init, info=info)
+        return cls(means=means, precisions_cholesky=prec_chol, weights=weights,
+                   means_init=means_init, info=info)
 
     def log_densities(self, emb: np.ndarray) -> np.ndarray:
         """Per-component Gaussian log-density of each normalised embedding.  # (N, K)"""
         x = l2_normalise(emb)  # (N, D)
         d_log_2pi = x.shape[1] * math.log(2 * math.pi)
         return np.stack([-0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
-                         + np.log(np.diag(chol)).sum()
+                         + np.log(np.diag(chol), dtype=np.float64).sum()  # float32 arrays: upcast
                          for mu, chol in zip(self.means, self.precisions_cholesky)], axis=1)
 
     def score(self, emb: np.ndarray) -> np.ndarray:
@@ -193,8 +190,7 @@ class OCSVMDetector(_Fitted):
                              f"got {gamma!r}") from None
         x = l2_normalise(emb)  # (N, D)
         svm = OneClassSVM(kernel=cfg.ocsvm_kernel, nu=cfg.ocsvm_nu, gamma=gamma).fit(x)
-        return cls(support_vectors=np.asarray(svm.support_vectors_, dtype=np.float64),
-                   dual_coef=np.asarray(svm.dual_coef_, dtype=np.float64).ravel(),
+        return cls(support_vectors=svm.support_vectors_, dual_coef=svm.dual_coef_.ravel(),
                    intercept=float(np.ravel(svm.intercept_)[0]), kernel=cfg.ocsvm_kernel,
                    gamma=float(svm._gamma), degree=int(svm.degree), coef0=float(svm.coef0),
                    info={"n_train": int(len(x)), "nu": cfg.ocsvm_nu})
@@ -202,17 +198,12 @@ class OCSVMDetector(_Fitted):
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus scikit-learn's decision_function (the signed distance to
         the hyperplane, positive inside)."""
-        x, sv = l2_normalise(emb), self.support_vectors  # (N, D), (M, D)
-        if self.kernel == "rbf":
-            sq = (x * x).sum(1)[:, None] + (sv * sv).sum(1)[None] - 2 * x @ sv.T
-            kernel = np.exp(-self.gamma * np.maximum(sq, 0.0))  # (N, M)
-        elif self.kernel == "poly":
-            kernel = (self.gamma * (x @ sv.T) + self.coef0) ** self.degree
-        elif self.kernel == "sigmoid":
-            kernel = np.tanh(self.gamma * (x @ sv.T) + self.coef0)
-        else:  # linear, the last kind config.py admits
-            kernel = x @ sv.T
-        return -(kernel @ self.dual_coef + self.intercept)
+        from sklearn.metrics.pairwise import pairwise_kernels
+
+        kernel = pairwise_kernels(l2_normalise(emb), self.support_vectors.astype(np.float64),
+                                  metric=self.kernel, filter_params=True, gamma=self.gamma,
+                                  degree=self.degree, coef0=self.coef0)  # (N, M)
+        return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
 Detector = GMMDetector | OCSVMDetector
@@ -239,7 +230,10 @@ class DetectorSet:
     detectors: dict[tuple[str, str, str], Detector] = field(default_factory=dict)
 
     def add(self, machine: str, section: str, fitted: dict[str, Detector]) -> None:
+        """Add fit_section's detectors; their fits' warnings are logged with their section."""
         for domain, det in fitted.items():
+            for note in det.info.get("warnings", ()):
+                log.warning("%s section %s, %s detector: %s", machine, section, det.kind, note)
             self.detectors[(machine, section, domain)] = det
 
     def sections(self) -> list[tuple[str, str]]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from asd import AsdError
 from asd.cli import load_run, make_parser, run_command
@@ -60,24 +63,17 @@ def clip_keys(index: pd.DataFrame) -> np.ndarray:
     return (index["dataset"] + "/" + index["machine"] + "/" + index["file"]).to_numpy(dtype=str)
 
 
-def features_digest(features, samples: int = 64) -> str:
-    """Cheap fingerprint of a feature array: its shape and up to ``samples`` spread-out clips."""
-    h = hashlib.sha256(repr(tuple(features.shape)).encode())
-    n = len(features)
-    for i in np.unique(np.linspace(0, n - 1, min(n, samples)).astype(int)):
-        h.update(np.ascontiguousarray(features[i]).tobytes())
-    return h.hexdigest()
-
-
-def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size: int,
+def run_embeddings(run: Path, loaded, cache, index: pd.DataFrame, batch_size: int,
                    device: str = "cpu", progress: bool = False) -> np.ndarray:
-    """Embeddings (N, D) of every clip, reusing ``RUN/embeddings.npz`` while it still fits."""
+    """Embeddings (N, D) of every clip of ``cache``, reusing ``RUN/embeddings.npz`` while its
+    model and its cache's clip files and feature settings are the same."""
     from asd.embed import embed, inference_batch
 
     path = run / EMBEDDINGS
     keys = clip_keys(index)
     model_sha = hashlib.sha256((run / "model.pth").read_bytes()).hexdigest()
-    feat_sha = features_digest(features)
+    feat_sha = hashlib.sha256(json.dumps([cache.settings[k] for k in ("features", "files")],
+                                         sort_keys=True).encode()).hexdigest()
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -87,7 +83,7 @@ def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size:
                     return z["embeddings"]
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable %s (%s)", path, err)
-    emb = embed(loaded.model, features, loaded.mean, loaded.std,
+    emb = embed(loaded.model, cache.features, loaded.mean, loaded.std,
                 inference_batch(batch_size, device), device,
                 wrap=lambda s: tqdm(s, desc="embeddings", unit="batch", file=sys.stderr,
                                     disable=not progress))
@@ -98,52 +94,61 @@ def run_embeddings(run: Path, loaded, features, index: pd.DataFrame, batch_size:
 
 
 def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
-                  n_subclusters: int, cfg) -> DetectorSet:
-    """Detectors per (machine, section) of the training clips; emb (N, D): rows of ``index``,
-    whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
+                  n_subclusters: int, cfg, progress: bool = False) -> DetectorSet:
+    """Detectors per (machine, section) of the training clips, one process per usable core (the
+    same detectors as one after another); emb (N, D): rows of ``index``, whose ``class`` column
+    holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
+    from joblib import Parallel, delayed, parallel_config
+
     train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
+    jobs = {}
+    for (machine, section), rows in train.groupby(["machine", "section"]):
+        source = rows.index[rows["domain"] == "source"].to_numpy()
+        c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
+        sub = None if c < 0 else centres[c * n_subclusters:(c + 1) * n_subclusters]
+        jobs[machine, section] = delayed(fit_section)(
+            emb[source], emb[rows.index[rows["domain"] == "target"]], sub, cfg, n_subclusters)
     dets = DetectorSet()
-    # many small (D x D) factorisations: BLAS threads cost more than they give
-    with threadpool_limits(1):
-        for (machine, section), rows in train.groupby(["machine", "section"]):
-            source = rows.index[rows["domain"] == "source"].to_numpy()
-            target = rows.index[rows["domain"] == "target"].to_numpy()
-            c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
-            log.info("fitting detectors of %s section %s (%d source, %d target clips)", machine,
-                     section, len(source), len(target))
-            sub = None if c < 0 else centres[c * n_subclusters:(c + 1) * n_subclusters]
-            try:
-                fitted = fit_section(emb[source], emb[target], sub, cfg, n_subclusters)
-            except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
-                raise SubmitError(f"{machine} section {section}: {err}") from None
-            dets.add(machine, section, fitted)
+    # many small (D x D) factorisations: more BLAS threads than one cost more than they give
+    with (threadpool_limits(1), parallel_config("loky", inner_max_num_threads=1),
+          logging_redirect_tqdm()):
+        fits = Parallel(n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1,
+                        return_as="generator")(jobs.values())
+        try:
+            for (machine, section), fitted in tqdm(zip(jobs, fits), total=len(jobs),
+                                                   desc="detectors", unit="section",
+                                                   file=sys.stderr, disable=not progress):
+                dets.add(machine, section, fitted)
+        except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
+            raise SubmitError(f"fitting the detectors: {err}") from None
     return dets
 
 
 def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) -> pd.DataFrame:
     """One row per test clip: dataset, machine, section, domain, file, score, threshold,
-    decision (1: score above the threshold) and detector (the domain it was fitted on)."""
+    decision (1: score above the threshold) and detector (the kind that scored it: gmm, ocsvm)."""
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     out = index.iloc[test][["dataset", *GROUP, "file"]].reset_index(drop=True)
     score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
     for (machine, section, domain), pos in out.groupby(GROUP).indices.items():
         try:
-            det, detector[pos] = dets.lookup(machine, section, domain)
+            det, _ = dets.lookup(machine, section, domain)
         except KeyError as err:
             raise SubmitError(f"test clips of {machine} section {section} {domain}: "
                               f"{err.args[0]}; the data root has no training clips there") from None
-        score[pos], threshold[pos] = det.score(emb[test[pos]]), det.threshold
+        score[pos], threshold[pos], detector[pos] = (det.score(emb[test[pos]]), det.threshold,
+                                                     det.kind)
     out = out.assign(score=score, threshold=threshold,
                      decision=(score > threshold).astype(int), detector=detector)
     return out.sort_values(["dataset", *GROUP, "file"], kind="stable").reset_index(drop=True)
 
 
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``:
-    per (machine, section, domain) ``anomaly_score_*`` / ``decision_result_*`` CSVs (``asd.data.
-    csv_name``: ``file name,score`` / ``file name,0|1``), no
-    header, rows sorted by file name (the official evaluator matches them by position). All are
-    renamed into place once all are complete; stale ones are removed. Returns the paths."""
+    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``: per
+    (machine, section, domain) ``anomaly_score_*`` / ``decision_result_*`` (``asd.data.csv_name``)
+    with ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header (the official
+    evaluator matches them by position). All are renamed into place once all are complete;
+    stale ones are removed. Returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -204,10 +209,9 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     if (pairs > 1).any():
         raise SubmitError("{} section {} appears in more than one dataset; the challenge file "
                           "names would clash".format(*pairs[pairs > 1].index[0]))
-    emb = run_embeddings(run, loaded, cache.features, index, cfg.detectors.batch_size, device,
-                         progress)
+    emb = run_embeddings(run, loaded, cache, index, cfg.detectors.batch_size, device, progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
-    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors)
+    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
     dets.save(run / DETECTORS)
     scores = score_test_clips(emb, index, dets)
     files = write_submission(scores, run / SUBMISSION)

@@ -129,7 +129,7 @@ def test_real_recordings_through_submit_and_score(real_audio, repo, tmp_path, ca
                                             f"data.cache_dir={tmp_path / 'cache'}",
                                             f"runs.dir={tmp_path / 'runs'}"] + TINY_MODEL)
     sub = make_submitted_run(cfg)
-    assert (sub.scores["detector"] == "source").all()
+    assert (sub.scores["detector"] == "gmm").all()
     assert ("bearing", "00") in sub.detectors.sections()
     assert "no target training clips" in caplog.text
     clip = (real_audio / "gearbox" / "test"

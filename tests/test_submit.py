@@ -5,7 +5,9 @@ plus classes.csv and config.yml, as the Step 2 runner leaves them.
 """
 
 import csv
+import dataclasses
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ from asd.cache import build_cache
 from asd.data import csv_name
 from asd.checkpoint import load_model, save_checkpoint
 from asd.model import build_model
-from asd.data import class_table, save_classes
+from asd.data import assign_classes, class_table, save_classes
 from asd.detectors import DetectorSet, GMMDetector, l2_normalise
 from asd.runs import new_run
 
@@ -150,8 +152,31 @@ def test_saved_detectors_reproduce_the_csv_scores(submitted):
     info = json.loads((submitted.run / sm.DETECTORS / "detectors.json").read_text())
     assert {e["kind"] for e in info["detectors"]} == {"gmm", "ocsvm"}
     s = submitted.scores
-    assert set(s["detector"]) == {"source", "target"}
+    assert set(s["detector"]) == {"gmm", "ocsvm"}
     assert ((s["score"] > s["threshold"]).astype(int) == s["decision"]).all()
+
+
+def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(cfg, submitted,
+                                                                         monkeypatch, caplog):
+    loaded = load_model(submitted.run / "model.pth")
+    index = assign_classes(build_cache(cfg, progress=False).index, loaded.classes)
+    emb = np.load(submitted.run / sm.EMBEDDINGS)["embeddings"]
+    args = (emb, index, loaded.head.centres.detach().numpy(), cfg.loss.n_subclusters,
+            dataclasses.replace(cfg.detectors, gmm_max_iter=1))
+    with caplog.at_level(logging.WARNING):
+        parallel = sm.fit_detectors(*args)  # one process per core: 2 here, 4 sections
+    assert "WARNING" in caplog.text and "fan section 00, gmm detector: " in caplog.text
+    assert "did not converge" in caplog.text
+    monkeypatch.setattr(sm.os, "sched_getaffinity", lambda pid: {0})
+    serial = sm.fit_detectors(*args)
+    assert list(serial.detectors) == list(parallel.detectors)
+    for key, det in serial.detectors.items():
+        other = parallel.detectors[key]
+        assert other.threshold == det.threshold and other.info == det.info
+        for f in dataclasses.fields(det):
+            a, b = getattr(det, f.name), getattr(other, f.name)
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else (a == b or f.name
+                                                                           == "threshold")
 
 
 def test_embeddings_are_reused(cfg, submitted, monkeypatch):
