@@ -114,13 +114,12 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
           logging_redirect_tqdm()):
         fits = Parallel(n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1,
                         return_as="generator")(jobs.values())
-        try:
-            for (machine, section), fitted in tqdm(zip(jobs, fits), total=len(jobs),
-                                                   desc="detectors", unit="section",
-                                                   file=sys.stderr, disable=not progress):
-                dets.add(machine, section, fitted)
-        except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
-            raise SubmitError(f"fitting the detectors: {err}") from None
+        for machine, section in tqdm(jobs, desc="detectors", unit="section", file=sys.stderr,
+                                     disable=not progress):
+            try:
+                dets.add(machine, section, next(fits))  # in the order of ``jobs``
+            except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
+                raise SubmitError(f"{machine} section {section}: {err}") from None
     return dets
 
 
