@@ -1,5 +1,5 @@
 """Read-only views of a run folder for the notebooks, as plain pandas / NumPy objects: training
-curves, embeddings with their clips, sub-cluster centres, scores with labels and thresholds.
+logs, embeddings with their clips, sub-cluster centres, scores with labels and thresholds.
 
 A missing or foreign file raises :class:`ViewError` naming the file and the step that writes it.
 """
@@ -71,19 +71,6 @@ def read_log(run: str | Path) -> pd.DataFrame:
     return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
 
 
-def training_log(run: str | Path) -> pd.DataFrame:
-    """The logs of every run of :func:`run_chain`, with ``stage`` (e.g. "stage1"), ``run``
-    (folder name) and ``global_iteration``: a later run continues after the one before."""
-    parts, offset = [], 0
-    for r in run_chain(run):
-        df = read_log(r).assign(stage=r.name.split("-", 1)[-1], run=r.name)
-        df["global_iteration"] = df["iteration"] + offset
-        offset = int(df["global_iteration"].iloc[-1]) if len(df) else offset
-        parts.append(df)
-    cols = ["stage", "run", "step", "iteration", "global_iteration", *LOG_COLUMNS]
-    return pd.concat(parts, ignore_index=True)[cols]
-
-
 def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame]:
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
@@ -112,8 +99,6 @@ def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
             values, keys = z["embeddings"], z["clips"]
     except (OSError, ValueError, KeyError) as err:
         raise ViewError(f"{path}: not an embeddings file of asd.submit ({err})") from None
-    if len(values) != len(keys):
-        raise ViewError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
     root, index = _clips(run, root)
     pos = pd.Series(np.arange(len(index)), index=clip_keys(index)).reindex(keys.astype(str))
     if pos.isna().any():
@@ -133,14 +118,11 @@ class Centres:
 
 def subcluster_centres(run: str | Path) -> Centres:
     """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
-    path = Path(run) / "model.pth"
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(Path(run) / "model.pth")
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
     n = len(classes)
-    if n == 0 or len(centres) % n:
-        raise ViewError(f"{path}: {len(centres)} centres do not split into {n} classes")
-    s = len(centres) // n
+    s = len(centres) // n  # the head holds S centres per class, class by class
     table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), n)
     return Centres(values=centres, table=table)
