@@ -212,8 +212,7 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     run = Path(run)
     if not (run / SUBMISSION).is_dir():
         raise SubmitError(f"{run / SUBMISSION} does not exist; run asd.submit (make submit) first")
-    if (run / "config.yml").is_file():
-        check_features(cfg.features, load_config(run / "config.yml").features, run)
+    check_features(cfg.features, load_config(run / "config.yml").features, run)
     submission = read_submission(run / SUBMISSION)
     keys = ["machine", "section", "domain", "file"]
     if submission.duplicated(keys).any():

@@ -31,12 +31,9 @@ class NotebookError(AsdError):
     """A notebook that cannot be run as asked; the message names the file."""
 
 
-def find_notebooks(folder: str | Path = NOTEBOOKS) -> list[Path]:
-    """``NN-*.ipynb`` files of ``folder``, in order."""
-    found = sorted(p for p in Path(folder).glob("[0-9][0-9]-*.ipynb") if p.is_file())
-    if not found:
-        raise NotebookError(f"{folder}: no NN-*.ipynb notebooks")
-    return found
+def find_notebooks() -> list[Path]:
+    """The project's ``notebooks/NN-*.ipynb``, in order."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
 
 
 def inject_parameters(nb, values: dict, where: str | Path = "notebook"):

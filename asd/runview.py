@@ -75,9 +75,7 @@ def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
     root = Path(root if root is not None else load_config(Path(run) / "config.yml").data.root)
-    index = index_dataset(root)
-    if (Path(run) / "classes.csv").is_file():
-        index = assign_classes(index, load_classes(Path(run) / "classes.csv"))
+    index = assign_classes(index_dataset(root), load_classes(Path(run) / "classes.csv"))
     return root, with_ground_truth(index, root)
 
 
@@ -121,10 +119,9 @@ def subcluster_centres(run: str | Path) -> Centres:
     ckpt = load_checkpoint(Path(run) / "model.pth")
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
-    n = len(classes)
-    s = len(centres) // n  # the head holds S centres per class, class by class
-    table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
-    table["subcluster"] = np.tile(np.arange(s), n)
+    s = len(centres) // len(classes)  # the head holds S centres per class, class by class
+    table = classes.loc[classes.index.repeat(s)].reset_index(drop=True)
+    table["subcluster"] = np.tile(np.arange(s), len(classes))
     return Centres(values=centres, table=table)
 
 
