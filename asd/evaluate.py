@@ -247,7 +247,8 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True,
     sections = section_table(clips)
     if sections.empty:
         raise SubmitError(f"{cfg.data.root}: no (machine, section, domain) has both normal and "
-                          f"anomalous labelled test clips (dev_data names, eval_data/ground_truth/)")
+                          f"anomalous labelled test clips (labels: dev_data names, "
+                          f"eval_data/ground_truth/)")
     results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
     with atomic_path(run / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from asd.cli import load_args_config, make_parser, run_command
+from asd.cli import make_parser, run_command
+from asd.config import load_config
 from asd.data import DataError, index_dataset
 
 
@@ -20,14 +21,20 @@ def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     return table.assign(total=table.sum(axis=1)).reset_index()
 
 
-def _main(args) -> None:
-    roots = [a for a in args.args if "=" not in a]
-    args.overrides = [a for a in args.args if "=" in a]
+def resolve_root(items: list[str], config: str | None) -> str:
+    """The ROOT among ``items`` (those without '=') if given, else the config's data.root; the
+    config, with the ``key.sub=value`` items as overrides, is only checked when it matters."""
+    roots, overrides = [a for a in items if "=" not in a], [a for a in items if "=" in a]
     if len(roots) > 1:
         raise DataError(f"expected at most one ROOT, got {roots}")
-    # the config (and the overrides) is read where data.root is needed, and checked if given
-    cfg = load_args_config(args) if args.config or args.overrides or not roots else None
-    root = roots[0] if roots else cfg.data.root
+    if roots and config is None and not overrides:
+        return roots[0]
+    cfg = load_config(config or "config.yml", overrides)
+    return roots[0] if roots else cfg.data.root
+
+
+def _main(args) -> None:
+    root = resolve_root(args.args, args.config)
     df = index_dataset(root)
     table = counts_table(df).replace({"dataset": {"": "-"}})
     print(f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "

@@ -21,7 +21,6 @@ from asd.config import Config, load_config
 from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
 from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
-LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
 SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "score",
                  "threshold", "decision", "path"]
 
@@ -55,18 +54,14 @@ def run_chain(run: str | Path) -> list[Path]:
 
 
 def read_log(run: str | Path) -> pd.DataFrame:
-    """One run's ``logs/train.csv`` (Catalyst's CSV logger), a row per logged epoch: ``step``
-    (epoch), ``iteration`` (mini-batches so far) and LOG_COLUMNS. Of an epoch logged twice (a
-    resumed run), the last row wins."""
+    """One run's ``logs/train.csv`` (runners.common's CSV logger), a row per logged epoch: ``step``
+    (epoch), ``iteration`` (mini-batches so far), loss, accuracy, s, lr and samples_per_s. Of an
+    epoch logged twice (a resumed run), the last row wins."""
     path = Path(run) / "logs" / "train.csv"
     if not path.is_file():
         raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
-    df = pd.read_csv(path)
-    missing = [c for c in ["step", "iteration", *LOG_COLUMNS] if c not in df.columns]
-    if missing:
-        raise ViewError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
-                        f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
-    df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "iteration"])
+    df = pd.read_csv(path).apply(pd.to_numeric, errors="coerce")
+    df = df.dropna(subset=["step", "iteration"])
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
 
