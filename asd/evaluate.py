@@ -137,39 +137,23 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
-def _header(run: Path, root: str | Path, config: str, figures: list[Path]) -> list[str]:
-    """What produced the results, with links relative to ``run`` (a markdown list)."""
-    from asd.notebooks import find_notebooks
-    from asd.runview import run_chain
-
-    try:
-        runs = [f"[{r.name}]({Path(os.path.relpath(r, run)).as_posix()})" for r in run_chain(run)]
-    except AsdError as err:  # a moved Step 1 run: results.md says so
-        runs = [f"{run.name} ({err})"]
-    pages = [f"[{p.stem}](notebooks/{p.stem}.html)" for p in find_notebooks()]
-    return [f"- data root: `{Path(root).resolve()}`", f"- config: `{config}`",
-            f"- runs, Step 1 first: {', '.join(runs)}",
-            f"- figures: {', '.join(f'[{p.stem}](figures/{p.name})' for p in figures)}",
-            f"- notebooks (`make notebooks FROM={run}` writes them): {', '.join(pages)}", ""]
-
-
-def render_markdown(results: pd.DataFrame, run: Path, header: list[str] = ()) -> str:
-    out = [f"# Results of {run.name}", "", *header,
-           "AUC / pAUC (p = 0.1) in %, harmonic means over sections and domains; each domain "
-           "is scored on its own test clips. 'simple reference' is a Gaussian on per-clip "
-           "log-mel mean and std (asd.reference) on the same clips.", ""]
+def result_blocks(results: pd.DataFrame, markdown: bool = False) -> list[str]:
+    """Per dataset: the machine table, the official scores and the per domain table, as printed
+    (plain text tables), or for results.md (``markdown``) with the per section table too."""
+    table = _markdown if markdown else (lambda df: df.to_string(index=False))  # every row
+    out = []
     for dataset in sorted(results["dataset"].unique()):
-        out += [f"## {dataset or 'data'}", "", _markdown(machine_table(results, dataset)), "",
-                *([PUBLISHED_NOTE + ".", ""] if dataset == "dev_data" else []),
-                official_line(results, dataset), "", "### Per domain", "",
-                _markdown(_systems_table(results, dataset, ["domain"], ["domain"])), "",
-                "### Per section and domain", ""]
-        detail = _systems_table(results, dataset, ["section"],
-                                ["machine", "section", "domain", "n_normal", "n_anomaly"])
-        counts = detail.pop("n_normal").astype(str) + "/" + detail.pop("n_anomaly").astype(str)
-        detail.insert(3, "clips (normal/anomaly)", counts)
-        out += [_markdown(detail), ""]
-    return "\n".join(out)
+        out += [f"## {dataset or 'data'}: harmonic means, AUC / pAUC (%)",
+                table(machine_table(results, dataset)),
+                *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
+                official_line(results, dataset),
+                "### Per domain, harmonic means over machines and sections",
+                table(_systems_table(results, dataset, ["domain"], ["domain"]))]
+        if markdown:  # with each section's normal and anomalous test clip counts
+            out += ["### Per section and domain", table(_systems_table(
+                results, dataset, ["section"], ["machine", "section", "domain", "n_normal",
+                                                "n_anomaly"]))]
+    return out
 
 
 def roc_figure(clips: pd.DataFrame, title: str):
@@ -228,8 +212,7 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     run = Path(run)
     if not (run / SUBMISSION).is_dir():
         raise SubmitError(f"{run / SUBMISSION} does not exist; run asd.submit (make submit) first")
-    if (run / "config.yml").is_file():
-        check_features(cfg.features, load_config(run / "config.yml").features, run)
+    check_features(cfg.features, load_config(run / "config.yml").features, run)
     submission = read_submission(run / SUBMISSION)
     keys = ["machine", "section", "domain", "file"]
     if submission.duplicated(keys).any():
@@ -242,9 +225,6 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     missing = test["anomaly"].isna()
     if missing.any():
         log.info("%d test clips without labels are not evaluated", int(missing.sum()))
-    if missing.all():
-        raise SubmitError(f"{cfg.data.root}: no labelled test clips (no dev_data labels and no "
-                          f"eval_data/ground_truth/)")
     clips = test[~missing].astype({"anomaly": int}).reset_index(drop=True).merge(
         submission[keys + ["score"]].rename(columns={"score": "ours"}), on=keys, how="left")
     lost = clips[clips["ours"].isna()]
@@ -266,8 +246,9 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True,
     clips = scored_clips(cfg, run)
     sections = section_table(clips)
     if sections.empty:
-        raise SubmitError("no (machine, section, domain) has both normal and anomalous labelled "
-                          "test clips")
+        raise SubmitError(f"{cfg.data.root}: no (machine, section, domain) has both normal and "
+                          f"anomalous labelled test clips (labels: dev_data names, "
+                          f"eval_data/ground_truth/)")
     results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
     with atomic_path(run / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
@@ -277,28 +258,43 @@ def evaluate(cfg: Config, run: str | Path, figures: bool = True,
         with atomic_path(written[-1]) as tmp:  # ROC small multiples, dev and eval apart
             roc_figure(g, f"{run.name}: ROC curves of the {dataset or 'data'} sections").savefig(
                 tmp, format="png", dpi=100)
-    header = _header(run, cfg.data.root, config or str(run / "config.yml"), written)
-    atomic_write_text(run / "results.md", render_markdown(results, run, header)
-                      + (f"\n## eval_data\n\nabsent: {absent}\n" if absent else ""))
-    return Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
+    ev = Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
+    atomic_write_text(run / "results.md", render_markdown(ev, cfg.data.root,
+                                                          config or str(run / "config.yml")))
+    return ev
+
+
+def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
+    """results.md: what produced it (links relative to the run folder), then every table."""
+    from asd.notebooks import find_notebooks
+    from asd.runview import run_chain
+
+    try:
+        runs = [f"[{r.name}]({Path(os.path.relpath(r, ev.run)).as_posix()})"
+                for r in run_chain(ev.run)]
+    except AsdError as err:  # a moved Step 1 run: results.md says so
+        runs = [f"{ev.run.name} ({err})"]
+    pages = [f"[{p.stem}](notebooks/{p.stem}.html)" for p in find_notebooks()]
+    header = [f"- data root: `{Path(root).resolve()}`", f"- config: `{config}`",
+              f"- runs, Step 1 first: {', '.join(runs)}",
+              f"- figures: {', '.join(f'[{p.stem}](figures/{p.name})' for p in ev.figures)}",
+              f"- notebooks (`make notebooks FROM={ev.run}` writes them): {', '.join(pages)}"]
+    out = [f"# Results of {ev.run.name}", "\n".join(header),
+           "AUC / pAUC (p = 0.1) in %, harmonic means over sections and domains; each domain "
+           "is scored on its own test clips. 'simple reference' is a Gaussian on per-clip "
+           "log-mel mean and std (asd.reference) on the same clips.",
+           *result_blocks(ev.results, markdown=True)]
+    if ev.absent:
+        out += ["## eval_data", f"absent: {ev.absent}"]
+    return "\n\n".join(out) + "\n"
 
 
 def report(ev: Evaluation) -> str:
-    """The printed tables: per dataset the machine table and the official scores."""
-    out = []  # DataFrame.to_string shows every row and column, unwrapped
-    for dataset in sorted(ev.results["dataset"].unique()):
-        out += [f"{dataset or 'data'}: harmonic means, AUC / pAUC (%)",
-                machine_table(ev.results, dataset).to_string(index=False),
-                *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
-                official_line(ev.results, dataset),
-                "per domain, harmonic means over machines and sections:",
-                _systems_table(ev.results, dataset, ["domain"], ["domain"]).to_string(index=False),
-                ""]
-    if ev.absent:
-        out += [f"eval_data: absent ({ev.absent})", ""]
-    out.append(f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; "
-               f"ROC figures: {', '.join(str(p) for p in ev.figures) or 'none'}")
-    return "\n".join(out)
+    """The printed tables (:func:`result_blocks`), what is absent and the files written."""
+    absent = [f"eval_data: absent ({ev.absent})"] if ev.absent else []
+    return "\n\n".join([*result_blocks(ev.results), *absent,
+                         f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; ROC "
+                         f"figures: {', '.join(str(p) for p in ev.figures) or 'none'}"])
 
 
 def _main(args) -> None:

@@ -1,5 +1,5 @@
 """Read-only views of a run folder for the notebooks, as plain pandas / NumPy objects: training
-curves, embeddings with their clips, sub-cluster centres, scores with labels and thresholds.
+logs, embeddings with their clips, sub-cluster centres, scores with labels and thresholds.
 
 A missing or foreign file raises :class:`ViewError` naming the file and the step that writes it.
 """
@@ -21,7 +21,6 @@ from asd.config import Config, load_config
 from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
 from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
-LOG_COLUMNS = ["loss", "accuracy", "s", "lr", "samples_per_s"]
 SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "score",
                  "threshold", "decision", "path"]
 
@@ -55,42 +54,23 @@ def run_chain(run: str | Path) -> list[Path]:
 
 
 def read_log(run: str | Path) -> pd.DataFrame:
-    """One run's ``logs/train.csv`` (Catalyst's CSV logger), a row per logged epoch: ``step``
-    (epoch), ``iteration`` (mini-batches so far) and LOG_COLUMNS. Of an epoch logged twice (a
-    resumed run), the last row wins."""
+    """One run's ``logs/train.csv`` (runners.common's CSV logger), a row per logged epoch: ``step``
+    (epoch), ``iteration`` (mini-batches so far), loss, accuracy, s, lr and samples_per_s. Of an
+    epoch logged twice (a resumed run), the last row wins."""
     path = Path(run) / "logs" / "train.csv"
     if not path.is_file():
         raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
-    df = pd.read_csv(path)
-    missing = [c for c in ["step", "iteration", *LOG_COLUMNS] if c not in df.columns]
-    if missing:
-        raise ViewError(f"{path}: expected Catalyst's CSV log with columns step, iteration, "
-                        f"{', '.join(LOG_COLUMNS)}; missing {', '.join(missing)}")
-    df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "iteration"])
+    df = pd.read_csv(path).apply(pd.to_numeric, errors="coerce")
+    df = df.dropna(subset=["step", "iteration"])
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
-
-
-def training_log(run: str | Path) -> pd.DataFrame:
-    """The logs of every run of :func:`run_chain`, with ``stage`` (e.g. "stage1"), ``run``
-    (folder name) and ``global_iteration``: a later run continues after the one before."""
-    parts, offset = [], 0
-    for r in run_chain(run):
-        df = read_log(r).assign(stage=r.name.split("-", 1)[-1], run=r.name)
-        df["global_iteration"] = df["iteration"] + offset
-        offset = int(df["global_iteration"].iloc[-1]) if len(df) else offset
-        parts.append(df)
-    cols = ["stage", "run", "step", "iteration", "global_iteration", *LOG_COLUMNS]
-    return pd.concat(parts, ignore_index=True)[cols]
 
 
 def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame]:
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
     root = Path(root if root is not None else load_config(Path(run) / "config.yml").data.root)
-    index = index_dataset(root)
-    if (Path(run) / "classes.csv").is_file():
-        index = assign_classes(index, load_classes(Path(run) / "classes.csv"))
+    index = assign_classes(index_dataset(root), load_classes(Path(run) / "classes.csv"))
     return root, with_ground_truth(index, root)
 
 
@@ -112,8 +92,6 @@ def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
             values, keys = z["embeddings"], z["clips"]
     except (OSError, ValueError, KeyError) as err:
         raise ViewError(f"{path}: not an embeddings file of asd.submit ({err})") from None
-    if len(values) != len(keys):
-        raise ViewError(f"{path}: {len(values)} embeddings for {len(keys)} clip names")
     root, index = _clips(run, root)
     pos = pd.Series(np.arange(len(index)), index=clip_keys(index)).reindex(keys.astype(str))
     if pos.isna().any():
@@ -133,16 +111,12 @@ class Centres:
 
 def subcluster_centres(run: str | Path) -> Centres:
     """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
-    path = Path(run) / "model.pth"
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(Path(run) / "model.pth")
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
-    n = len(classes)
-    if n == 0 or len(centres) % n:
-        raise ViewError(f"{path}: {len(centres)} centres do not split into {n} classes")
-    s = len(centres) // n
-    table = classes.loc[np.repeat(np.arange(n), s)].reset_index(drop=True)
-    table["subcluster"] = np.tile(np.arange(s), n)
+    s = len(centres) // len(classes)  # the head holds S centres per class, class by class
+    table = classes.loc[classes.index.repeat(s)].reset_index(drop=True)
+    table["subcluster"] = np.tile(np.arange(s), len(classes))
     return Centres(values=centres, table=table)
 
 

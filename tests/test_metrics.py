@@ -57,7 +57,7 @@ def test_harmonic_means():
 def test_bad_input_is_clear():
     with pytest.raises(ValueError, match="both normal and anomalous"):
         metrics.auc([0, 0], [1, 2])
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         metrics.auc([0, 1], [1, 2, 3])
     with pytest.raises(ValueError, match="NaN"):
         metrics.auc([0, 1], [np.nan, 1])

@@ -240,7 +240,7 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     assert ("| machine | ours | simple reference | published: report | published: AE | "
             "published: MobileNetV2 |") in md and ev.PUBLISHED_NOTE in md
     assert "66.12 / 58.18" in md and "### Per domain" in md
-    assert "per domain, harmonic means over machines and sections:" in ev.report(result)
+    assert "### Per domain, harmonic means over machines and sections" in ev.report(result)
     assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
         "roc_dev_data.png", "roc_eval_data.png"]
     assert "- figures: [roc_dev_data](figures/roc_dev_data.png)" in md
