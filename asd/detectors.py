@@ -1,14 +1,10 @@
 """Post-hoc anomaly detectors on embeddings (report 2.5, DESIGN.md "Detectors").
 
-Per (machine, section), on L2-normalised embeddings: source clips get a :class:`GMMDetector`
-(S components, full covariance, means started at the class's sub-cluster centres; score = minus
-the largest per-component log-density, weights ignored as in the method's original code), target
-clips an :class:`OCSVMDetector` (score = minus the signed distance to the hyperplane). Higher
-score = more anomalous. Both score with NumPy from their arrays, so a saved detector (``.npz`` +
-``detectors.json``, no pickle) scores bit for bit as the fitted one.
-
-Edge cases are warned and recorded in ``info``; a domain without training clips is scored by
-the other domain's detector (:meth:`DetectorSet.lookup`).
+Per (machine, section), on L2-normalised embeddings: a :class:`GMMDetector` for source clips,
+an :class:`OCSVMDetector` for target clips; higher score = more anomalous. Both score with NumPy
+from their arrays, so a saved detector (``.npz`` + ``detectors.json``, no pickle) scores bit for
+bit as the fitted one. Edge cases are warned and recorded in ``info``; a domain without training
+clips is scored by the other domain's detector (:meth:`DetectorSet.lookup`).
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ import json
 import logging
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -86,14 +83,14 @@ class _Fitted:
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        arrays = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)}
-        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in arrays.items()
+        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in vars(det).items()
                                            if isinstance(v, np.ndarray)})
 
 
 @dataclass
 class GMMDetector(_Fitted):
-    """Gaussian mixture on normalised embeddings; score = -max_k log N(x | mu_k, Sigma_k)."""
+    """Gaussian mixture on normalised embeddings; score = -max_k log N(x | mu_k, Sigma_k), the
+    weights ignored as in the method's original code."""
 
     kind: ClassVar[str] = "gmm"
     means: np.ndarray                 # (K, D)
@@ -113,18 +110,16 @@ class GMMDetector(_Fitted):
         n, d = x.shape
         info: dict = {"n_train": int(n), "warnings": []}  # warnings: edge cases, to report
         means_init = None if centres is None else l2_normalise(centres)  # (S, D)
-        if means_init is not None:
-            if n < len(means_init):
-                nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
-                keep = np.sort(np.argsort(-nearest, kind="stable")[:n])
-                info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
-                                        f"using the {n} centres nearest the data")
-                info["centres_used"] = keep.tolist()
-                means_init = means_init[keep]
-            k = len(means_init)
-        else:
-            k = min(n, n_components)
+        k = min(n, n_components if means_init is None else len(means_init))
+        if means_init is None:
             info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
+        elif k < len(means_init):
+            nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
+            keep = np.sort(np.argsort(-nearest, kind="stable")[:k])
+            info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
+                                    f"using the {n} centres nearest the data")
+            info["centres_used"] = keep.tolist()
+            means_init = means_init[keep]
         if n == 1:
             info["warnings"].append("a single training clip; one Gaussian centred on it")
             means, weights, converged, n_iter = x, np.ones(1), True, 0
@@ -240,19 +235,16 @@ class DetectorSet:
         """Sorted (machine, section) pairs that have at least one detector."""
         return sorted({(m, s) for m, s, _ in self.detectors})
 
-    def lookup(self, machine: str, section: str, domain: str) -> tuple[Detector, str]:
-        """The detector for test clips of (machine, section, domain) and the domain it was
-        fitted on: the other domain's when this one had no training clips (warned)."""
-        if (machine, section, domain) in self.detectors:
-            return self.detectors[(machine, section, domain)], domain
-        other = "target" if domain == "source" else "source"
-        if (machine, section, other) in self.detectors:
+    def lookup(self, machine: str, section: str, domain: str) -> Detector:
+        """The detector for test clips of (machine, section, domain): the other domain's when
+        this one had no training clips (warned); KeyError when neither had any."""
+        det = self.detectors.get((machine, section, domain))
+        if det is None:
+            other = "target" if domain == "source" else "source"
+            det = self.detectors[machine, section, other]
             log.warning("%s section %s has no %s training clips; scoring its %s clips with the "
                         "%s detector", machine, section, domain, domain, other)
-            return self.detectors[(machine, section, other)], other
-        known = ", ".join(f"{m} {s}" for m, s in self.sections()) or "none"
-        raise KeyError(f"no detector for machine {machine!r} section {section!r} "
-                       f"(known: {known})")
+        return det
 
     def save(self, folder: str | Path) -> None:
         """Write ``<machine>_section_<XX>_<domain>.npz`` per detector (its array fields) and
@@ -299,14 +291,10 @@ class DetectorSet:
                 raise AsdError(f"{index}: unknown detector kind {kind!r}")
             path = index.parent / name
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as err:
-                raise AsdError(f"cannot read detector file {path}: {err}") from None
-            try:
-                out.detectors[key] = _KINDS[kind](**arrays, **e["params"], info=e["info"],
-                                                  threshold=float(e["threshold"]))
-            except (KeyError, TypeError, ValueError) as err:
-                raise AsdError(f"detector file {path} or its entry in {index} is not usable "
-                               f"({type(err).__name__}: {err})") from None
+                with np.load(path, allow_pickle=False) as z:  # **z reads the arrays while it is open
+                    out.detectors[key] = _KINDS[kind](**z, **e["params"], info=e["info"],
+                                                      threshold=float(e["threshold"]))
+            except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as err:
+                raise AsdError(f"cannot read detector file {path}, or its entry in {index} is not "
+                               f"usable ({type(err).__name__}: {err})") from None
         return out

@@ -131,10 +131,10 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
     score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
     for (machine, section, domain), pos in out.groupby(GROUP).indices.items():
         try:
-            det, _ = dets.lookup(machine, section, domain)
-        except KeyError as err:
-            raise SubmitError(f"test clips of {machine} section {section} {domain}: "
-                              f"{err.args[0]}; the data root has no training clips there") from None
+            det = dets.lookup(machine, section, domain)
+        except KeyError:
+            raise SubmitError(f"test clips of {machine} section {section} {domain}: the data "
+                              f"root has no training clips of that section") from None
         score[pos], threshold[pos], detector[pos] = (det.score(emb[test[pos]]), det.threshold,
                                                      det.kind)
     out = out.assign(score=score, threshold=threshold,
@@ -161,12 +161,10 @@ def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
             stack.enter_context(atomic_path(folder / decision_name)).write_text("".join(
                 f"{f},{int(d)}\n" for f, d in zip(rows["file"], rows["decision"])))
             written += [folder / score_name, folder / decision_name]
-    stale = [*folder.glob("anomaly_score_*_test.csv"), *folder.glob("decision_result_*_test.csv")]
-    for old in sorted(set(stale) - set(written)):
-        log.info("removing %s from an earlier submit", old)
+    # CSVs of groups an earlier submit had, temporary files of one killed while writing
+    for old in sorted(set(folder.glob("*_test.csv*")) - set(written)):
+        log.info("removing %s", old)
         old.unlink()
-    for tmp in folder.glob(".*_test.csv.*.tmp"):  # left by a submit killed while writing
-        tmp.unlink()
     return written
 
 
@@ -224,11 +222,10 @@ def summary(sub: Submission) -> str:
     table = (sub.scores.groupby(["dataset", "machine", "domain"])
              .agg(clips=("file", "size"), flagged=("decision", "mean")).reset_index())
     table["flagged"] = (100 * table["flagged"]).round(1).astype(str) + " %"
-    with pd.option_context("display.max_rows", None, "display.width", 200):
-        lines = [table.to_string(index=False)] if len(table) else []
-    return "\n".join([f"{len(sub.detectors.sections())} (machine, section) pairs, "
-                      f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
-                      f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}", *lines])
+    head = (f"{len(sub.detectors.sections())} (machine, section) pairs, "
+            f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
+            f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}")
+    return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
 
 
 def _main(args) -> None:
