@@ -9,13 +9,12 @@ clips is scored by the other domain's detector (:meth:`DetectorSet.lookup`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -52,13 +51,12 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
             if math.isfinite(value):
                 return mean + std * value, "gamma"
         except (ValueError, RuntimeError, FloatingPointError) as err:
-            log.warning("gamma fit of %d training scores failed (%s); using the empirical "
-                        "quantile", scores.size, err)
+            log.warning("gamma fit failed (%s); using the empirical quantile", err)
     return float(np.quantile(scores, quantile)), "quantile"
 
 
-class _Fitted:
-    """Fitting with a decision threshold, shared by both detectors."""
+class Detector:
+    """A fitted detector with its decision threshold: the fitting both kinds share."""
 
     @classmethod
     def fit(cls, emb: np.ndarray, cfg: DetectorConfig, *args):
@@ -66,9 +64,8 @@ class _Fitted:
         scores. ``out_of_fold`` scores clip i with a refit without fold i % ``threshold_folds``:
         a detector scores its own few training clips far below new normal ones, so an in-sample
         threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample.
-        Edge cases of the fit are listed in ``info["warnings"]`` (the refits' are dropped).
-        The detector keeps its arrays in float32, all the precision a score needs (scores upcast
-        them); its threshold comes from the float64 fits, so it does not depend on that."""
+        The fit's edge cases go to ``info["warnings"]`` (the refits' are dropped). Arrays are
+        kept in float32 (scores upcast them); the threshold comes from the float64 fits."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -83,12 +80,12 @@ class _Fitted:
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in vars(det).items()
-                                           if isinstance(v, np.ndarray)})
+        return replace(det, **{k: v.astype(np.float32) for k, v in vars(det).items()
+                               if isinstance(v, np.ndarray)})
 
 
 @dataclass
-class GMMDetector(_Fitted):
+class GMMDetector(Detector):
     """Gaussian mixture on normalised embeddings; score = -max_k log N(x | mu_k, Sigma_k), the
     weights ignored as in the method's original code."""
 
@@ -134,11 +131,10 @@ class GMMDetector(_Fitted):
             info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
             means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
                                                  gmm.n_iter_)
-            prec_chol = gmm.precisions_cholesky_  # as (K, D, D):
-            if cfg.gmm_covariance == "tied":  # (D, D)
-                prec_chol = np.repeat(prec_chol[None], k, axis=0)
-            elif cfg.gmm_covariance != "full":  # diag (K, D) or spherical (K,)
+            prec_chol = gmm.precisions_cholesky_  # as (K, D, D), from tied (D, D) too:
+            if cfg.gmm_covariance in ("diag", "spherical"):  # (K, D) or (K,)
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
+            prec_chol = np.broadcast_to(prec_chol, (k, d, d))
         info.update(n_components=int(k), converged=bool(converged), n_iter=int(n_iter),
                     means_init="k-means" if means_init is None else "centres")
         return cls(means=means, precisions_cholesky=prec_chol, weights=weights,
@@ -158,7 +154,7 @@ class GMMDetector(_Fitted):
 
 
 @dataclass
-class OCSVMDetector(_Fitted):
+class OCSVMDetector(Detector):
     """One-Class SVM on normalised embeddings."""
 
     kind: ClassVar[str] = "ocsvm"
@@ -201,7 +197,6 @@ class OCSVMDetector(_Fitted):
         return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
-Detector = GMMDetector | OCSVMDetector
 _KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
 
 
@@ -253,15 +248,14 @@ class DetectorSet:
         entries = []
         for (machine, section, domain), det in sorted(self.detectors.items()):
             name = f"{machine}_section_{section}_{domain}.npz"
-            values = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)
-                      if f.name not in ("threshold", "info") and getattr(det, f.name) is not None}
-            arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+            params = {k: v for k, v in vars(det).items()
+                      if k not in ("threshold", "info") and v is not None}
+            arrays = {k: params.pop(k) for k in list(params) if isinstance(params[k], np.ndarray)}
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
             entries.append({"machine": machine, "section": section, "domain": domain,
                             "kind": det.kind, "file": name, "threshold": det.threshold,
-                            "params": {k: v for k, v in values.items() if k not in arrays},
-                            "info": det.info})
+                            "params": params, "info": det.info})
         # the index goes last: a reader never sees it before the arrays it names
         atomic_write_text(folder / "detectors.json",
                           json.dumps({"format": FORMAT, "detectors": entries}, indent=1))
@@ -291,7 +285,7 @@ class DetectorSet:
                 raise AsdError(f"{index}: unknown detector kind {kind!r}")
             path = index.parent / name
             try:
-                with np.load(path, allow_pickle=False) as z:  # **z reads the arrays while it is open
+                with np.load(path, allow_pickle=False) as z:  # **z reads the arrays: inside
                     out.detectors[key] = _KINDS[kind](**z, **e["params"], info=e["info"],
                                                       threshold=float(e["threshold"]))
             except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as err:

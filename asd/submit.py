@@ -13,13 +13,12 @@ notebooks. Prints a summary and the run folder as the last line.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,8 @@ class SubmitError(AsdError):
 
 def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | str = "run") -> None:
     """Refuse feature settings that differ from the run's (the storage dtype may differ)."""
-    diffs = config_diffs({"features": dataclasses.asdict(run)},
-                         {"features": dataclasses.asdict(wanted)}, ["features"], "run", "config",
-                         skip=["features.dtype"])
+    diffs = config_diffs({"features": asdict(run)}, {"features": asdict(wanted)}, ["features"],
+                         "run", "config", skip=["features.dtype"])
     if diffs:
         raise SubmitError(f"the config's feature settings differ from those {run_dir} was "
                           f"trained with (its config.yml): {'; '.join(diffs)}")
@@ -143,24 +141,19 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
 
 
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``: per
-    (machine, section, domain) ``anomaly_score_*`` / ``decision_result_*`` (``asd.data.csv_name``)
-    with ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header (the official
-    evaluator matches them by position). All are renamed into place once all are complete;
-    stale ones are removed. Returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Write the challenge CSVs (``asd.data.csv_name``) of ``scores`` (score_test_clips' table)
+    into ``folder``: ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header
+    (the official evaluator matches them by position). All are renamed into place once all are
+    complete; stale ones are removed."""
+    folder, written = Path(folder), []  # atomic_path makes the folder
     with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
         for (machine, section, domain), rows in scores.groupby(GROUP):
             rows = rows.sort_values("file", kind="stable")
-            score_name, decision_name = (csv_name(kind, machine, section, domain)
-                                         for kind in ("anomaly_score", "decision_result"))
-            stack.enter_context(atomic_path(folder / score_name)).write_text("".join(
-                f"{f},{float(s)!r}\n" for f, s in zip(rows["file"], rows["score"])))
-            stack.enter_context(atomic_path(folder / decision_name)).write_text("".join(
-                f"{f},{int(d)}\n" for f, d in zip(rows["file"], rows["decision"])))
-            written += [folder / score_name, folder / decision_name]
+            for kind, values in (("anomaly_score", [repr(float(s)) for s in rows["score"]]),
+                                 ("decision_result", [str(int(d)) for d in rows["decision"]])):
+                written.append(folder / csv_name(kind, machine, section, domain))
+                stack.enter_context(atomic_path(written[-1])).write_text(
+                    "".join(f"{f},{v}\n" for f, v in zip(rows["file"], values)))
     # CSVs of groups an earlier submit had, temporary files of one killed while writing
     for old in sorted(set(folder.glob("*_test.csv*")) - set(written)):
         log.info("removing %s", old)
@@ -172,10 +165,9 @@ def read_submission(folder: str | Path) -> pd.DataFrame:
     """Read the submission back: DataFrame[machine, section, domain, file, score, decision]."""
     out = read_csvs(folder, "anomaly_score", "score").merge(
         read_csvs(folder, "decision_result", "decision", [0, 1]), on=[*GROUP, "file"], how="left")
-    if out["decision"].isna().any():
-        lost = out[out["decision"].isna()].iloc[0]
-        raise SubmitError(f"{folder}: {lost['file']} ({lost['machine']} section "
-                          f"{lost['section']} {lost['domain']}) has a score but no decision")
+    lost = out[out["decision"].isna()]
+    if len(lost):
+        raise SubmitError(f"{folder}: {' '.join(lost.iloc[0][[*GROUP, 'file']])} has no decision")
     return out.astype({"decision": int})
 
 
@@ -196,8 +188,7 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     from asd.checkpoint import load_model
     from asd.data import assign_classes
 
-    run = Path(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(run / "model.pth", device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
