@@ -107,9 +107,10 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
         jobs[machine, section] = delayed(fit_section)(
             emb[source], emb[rows.index[rows["domain"] == "target"]], sub, cfg, n_subclusters)
     dets = DetectorSet()
-    # many small (D x D) factorisations: more BLAS threads than one cost more than they give
-    with (threadpool_limits(1), parallel_config("loky", inner_max_num_threads=1),
-          logging_redirect_tqdm()):
+    # many small (D x D) factorisations: more BLAS threads than one cost more than they give;
+    # idle workers leave within a second, so none outlives (with our stderr) a killed submit
+    with (threadpool_limits(1), logging_redirect_tqdm(),
+          parallel_config("loky", inner_max_num_threads=1, idle_worker_timeout=1)):
         fits = Parallel(n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1,
                         return_as="generator")(jobs.values())
         for machine, section in tqdm(jobs, desc="detectors", unit="section", file=sys.stderr,
