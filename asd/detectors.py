@@ -44,8 +44,7 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
     mean, std = float(scores.mean()), float(scores.std())
     if scores.size >= 3 and std > 0:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(action="ignore"):
                 shape, loc, scale = scipy.stats.gamma.fit((scores - mean) / std)
                 value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
             if math.isfinite(value):
@@ -125,8 +124,7 @@ class GMMDetector(Detector):
             gmm = GaussianMixture(n_components=k, covariance_type=cfg.gmm_covariance,
                                   reg_covar=cfg.gmm_reg_covar, max_iter=cfg.gmm_max_iter,
                                   means_init=means_init, random_state=0)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with warnings.catch_warnings(record=True, action="always") as caught:
                 gmm.fit(x)
             info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
             means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
