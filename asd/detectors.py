@@ -1,24 +1,20 @@
 """Post-hoc anomaly detectors on embeddings (report 2.5, DESIGN.md "Detectors").
 
-Per (machine, section), on L2-normalised embeddings: source clips get a :class:`GMMDetector`
-(S components, full covariance, means started at the class's sub-cluster centres; score = minus
-the largest per-component log-density, weights ignored as in the method's original code), target
-clips an :class:`OCSVMDetector` (score = minus the signed distance to the hyperplane). Higher
-score = more anomalous. Both score with NumPy from their arrays, so a saved detector (``.npz`` +
-``detectors.json``, no pickle) scores bit for bit as the fitted one.
-
-Edge cases are warned and recorded in ``info``; a domain without training clips is scored by
-the other domain's detector (:meth:`DetectorSet.lookup`).
+Per (machine, section), on L2-normalised embeddings: a :class:`GMMDetector` for source clips,
+an :class:`OCSVMDetector` for target clips; higher score = more anomalous. Both score with NumPy
+from their arrays, so a saved detector (``.npz`` + ``detectors.json``, no pickle) scores bit for
+bit as the fitted one. Edge cases are warned and recorded in ``info``; a domain without training
+clips is scored by the other domain's detector (:meth:`DetectorSet.lookup`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -48,20 +44,18 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
     mean, std = float(scores.mean()), float(scores.std())
     if scores.size >= 3 and std > 0:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(action="ignore"):
                 shape, loc, scale = scipy.stats.gamma.fit((scores - mean) / std)
                 value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
             if math.isfinite(value):
                 return mean + std * value, "gamma"
         except (ValueError, RuntimeError, FloatingPointError) as err:
-            log.warning("gamma fit of %d training scores failed (%s); using the empirical "
-                        "quantile", scores.size, err)
+            log.warning("gamma fit failed (%s); using the empirical quantile", err)
     return float(np.quantile(scores, quantile)), "quantile"
 
 
-class _Fitted:
-    """Fitting with a decision threshold, shared by both detectors."""
+class Detector:
+    """A fitted detector with its decision threshold: the fitting both kinds share."""
 
     @classmethod
     def fit(cls, emb: np.ndarray, cfg: DetectorConfig, *args):
@@ -69,9 +63,8 @@ class _Fitted:
         scores. ``out_of_fold`` scores clip i with a refit without fold i % ``threshold_folds``:
         a detector scores its own few training clips far below new normal ones, so an in-sample
         threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample.
-        Edge cases of the fit are listed in ``info["warnings"]`` (the refits' are dropped).
-        The detector keeps its arrays in float32, all the precision a score needs (scores upcast
-        them); its threshold comes from the float64 fits, so it does not depend on that."""
+        The fit's edge cases go to ``info["warnings"]`` (the refits' are dropped). Arrays are
+        kept in float32 (scores upcast them); the threshold comes from the float64 fits."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -86,14 +79,14 @@ class _Fitted:
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        arrays = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)}
-        return dataclasses.replace(det, **{k: v.astype(np.float32) for k, v in arrays.items()
-                                           if isinstance(v, np.ndarray)})
+        return replace(det, **{k: v.astype(np.float32) for k, v in vars(det).items()
+                               if isinstance(v, np.ndarray)})
 
 
 @dataclass
-class GMMDetector(_Fitted):
-    """Gaussian mixture on normalised embeddings; score = -max_k log N(x | mu_k, Sigma_k)."""
+class GMMDetector(Detector):
+    """Gaussian mixture on normalised embeddings; score = -max_k log N(x | mu_k, Sigma_k), the
+    weights ignored as in the method's original code."""
 
     kind: ClassVar[str] = "gmm"
     means: np.ndarray                 # (K, D)
@@ -113,18 +106,16 @@ class GMMDetector(_Fitted):
         n, d = x.shape
         info: dict = {"n_train": int(n), "warnings": []}  # warnings: edge cases, to report
         means_init = None if centres is None else l2_normalise(centres)  # (S, D)
-        if means_init is not None:
-            if n < len(means_init):
-                nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
-                keep = np.sort(np.argsort(-nearest, kind="stable")[:n])
-                info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
-                                        f"using the {n} centres nearest the data")
-                info["centres_used"] = keep.tolist()
-                means_init = means_init[keep]
-            k = len(means_init)
-        else:
-            k = min(n, n_components)
+        k = min(n, n_components if means_init is None else len(means_init))
+        if means_init is None:
             info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
+        elif k < len(means_init):
+            nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
+            keep = np.sort(np.argsort(-nearest, kind="stable")[:k])
+            info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
+                                    f"using the {n} centres nearest the data")
+            info["centres_used"] = keep.tolist()
+            means_init = means_init[keep]
         if n == 1:
             info["warnings"].append("a single training clip; one Gaussian centred on it")
             means, weights, converged, n_iter = x, np.ones(1), True, 0
@@ -133,17 +124,15 @@ class GMMDetector(_Fitted):
             gmm = GaussianMixture(n_components=k, covariance_type=cfg.gmm_covariance,
                                   reg_covar=cfg.gmm_reg_covar, max_iter=cfg.gmm_max_iter,
                                   means_init=means_init, random_state=0)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with warnings.catch_warnings(record=True, action="always") as caught:
                 gmm.fit(x)
             info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
             means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
                                                  gmm.n_iter_)
-            prec_chol = gmm.precisions_cholesky_  # as (K, D, D):
-            if cfg.gmm_covariance == "tied":  # (D, D)
-                prec_chol = np.repeat(prec_chol[None], k, axis=0)
-            elif cfg.gmm_covariance != "full":  # diag (K, D) or spherical (K,)
+            prec_chol = gmm.precisions_cholesky_  # as (K, D, D), from tied (D, D) too:
+            if cfg.gmm_covariance in ("diag", "spherical"):  # (K, D) or (K,)
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
+            prec_chol = np.broadcast_to(prec_chol, (k, d, d))
         info.update(n_components=int(k), converged=bool(converged), n_iter=int(n_iter),
                     means_init="k-means" if means_init is None else "centres")
         return cls(means=means, precisions_cholesky=prec_chol, weights=weights,
@@ -163,7 +152,7 @@ class GMMDetector(_Fitted):
 
 
 @dataclass
-class OCSVMDetector(_Fitted):
+class OCSVMDetector(Detector):
     """One-Class SVM on normalised embeddings."""
 
     kind: ClassVar[str] = "ocsvm"
@@ -206,7 +195,6 @@ class OCSVMDetector(_Fitted):
         return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
-Detector = GMMDetector | OCSVMDetector
 _KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
 
 
@@ -240,19 +228,16 @@ class DetectorSet:
         """Sorted (machine, section) pairs that have at least one detector."""
         return sorted({(m, s) for m, s, _ in self.detectors})
 
-    def lookup(self, machine: str, section: str, domain: str) -> tuple[Detector, str]:
-        """The detector for test clips of (machine, section, domain) and the domain it was
-        fitted on: the other domain's when this one had no training clips (warned)."""
-        if (machine, section, domain) in self.detectors:
-            return self.detectors[(machine, section, domain)], domain
-        other = "target" if domain == "source" else "source"
-        if (machine, section, other) in self.detectors:
+    def lookup(self, machine: str, section: str, domain: str) -> Detector:
+        """The detector for test clips of (machine, section, domain): the other domain's when
+        this one had no training clips (warned); KeyError when neither had any."""
+        det = self.detectors.get((machine, section, domain))
+        if det is None:
+            other = "target" if domain == "source" else "source"
+            det = self.detectors[machine, section, other]
             log.warning("%s section %s has no %s training clips; scoring its %s clips with the "
                         "%s detector", machine, section, domain, domain, other)
-            return self.detectors[(machine, section, other)], other
-        known = ", ".join(f"{m} {s}" for m, s in self.sections()) or "none"
-        raise KeyError(f"no detector for machine {machine!r} section {section!r} "
-                       f"(known: {known})")
+        return det
 
     def save(self, folder: str | Path) -> None:
         """Write ``<machine>_section_<XX>_<domain>.npz`` per detector (its array fields) and
@@ -261,15 +246,14 @@ class DetectorSet:
         entries = []
         for (machine, section, domain), det in sorted(self.detectors.items()):
             name = f"{machine}_section_{section}_{domain}.npz"
-            values = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)
-                      if f.name not in ("threshold", "info") and getattr(det, f.name) is not None}
-            arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+            params = {k: v for k, v in vars(det).items()
+                      if k not in ("threshold", "info") and v is not None}
+            arrays = {k: params.pop(k) for k in list(params) if isinstance(params[k], np.ndarray)}
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
             entries.append({"machine": machine, "section": section, "domain": domain,
                             "kind": det.kind, "file": name, "threshold": det.threshold,
-                            "params": {k: v for k, v in values.items() if k not in arrays},
-                            "info": det.info})
+                            "params": params, "info": det.info})
         # the index goes last: a reader never sees it before the arrays it names
         atomic_write_text(folder / "detectors.json",
                           json.dumps({"format": FORMAT, "detectors": entries}, indent=1))
@@ -299,14 +283,10 @@ class DetectorSet:
                 raise AsdError(f"{index}: unknown detector kind {kind!r}")
             path = index.parent / name
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as err:
-                raise AsdError(f"cannot read detector file {path}: {err}") from None
-            try:
-                out.detectors[key] = _KINDS[kind](**arrays, **e["params"], info=e["info"],
-                                                  threshold=float(e["threshold"]))
-            except (KeyError, TypeError, ValueError) as err:
-                raise AsdError(f"detector file {path} or its entry in {index} is not usable "
-                               f"({type(err).__name__}: {err})") from None
+                with np.load(path, allow_pickle=False) as z:  # **z reads the arrays: inside
+                    out.detectors[key] = _KINDS[kind](**z, **e["params"], info=e["info"],
+                                                      threshold=float(e["threshold"]))
+            except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as err:
+                raise AsdError(f"cannot read detector file {path}, or its entry in {index} is not "
+                               f"usable ({type(err).__name__}: {err})") from None
         return out

@@ -75,7 +75,7 @@ def score_files(run: str | Path, files: list[str | Path], machine: str | None = 
                 inference_batch(loaded.cfg.detectors.batch_size, device), device=device)  # (N, D)
     rows = []
     for f, (m, s, d), e in zip(files, clips, emb):
-        det, _ = dets.lookup(m, s, d)
+        det = dets.lookup(m, s, d)
         score = float(det.score(e[None])[0])
         rows.append({"file": str(f), "machine": m, "section": s, "domain": d, "score": score,
                      "threshold": float(det.threshold), "decision": int(score > det.threshold)})

@@ -13,13 +13,12 @@ notebooks. Prints a summary and the run folder as the last line.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,8 @@ class SubmitError(AsdError):
 
 def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | str = "run") -> None:
     """Refuse feature settings that differ from the run's (the storage dtype may differ)."""
-    diffs = config_diffs({"features": dataclasses.asdict(run)},
-                         {"features": dataclasses.asdict(wanted)}, ["features"], "run", "config",
-                         skip=["features.dtype"])
+    diffs = config_diffs({"features": asdict(run)}, {"features": asdict(wanted)}, ["features"],
+                         "run", "config", skip=["features.dtype"])
     if diffs:
         raise SubmitError(f"the config's feature settings differ from those {run_dir} was "
                           f"trained with (its config.yml): {'; '.join(diffs)}")
@@ -109,9 +107,10 @@ def fit_detectors(emb: np.ndarray, index: pd.DataFrame, centres: np.ndarray,
         jobs[machine, section] = delayed(fit_section)(
             emb[source], emb[rows.index[rows["domain"] == "target"]], sub, cfg, n_subclusters)
     dets = DetectorSet()
-    # many small (D x D) factorisations: more BLAS threads than one cost more than they give
-    with (threadpool_limits(1), parallel_config("loky", inner_max_num_threads=1),
-          logging_redirect_tqdm()):
+    # many small (D x D) factorisations: more BLAS threads than one cost more than they give;
+    # idle workers leave within a second, so none outlives (with our stderr) a killed submit
+    with (threadpool_limits(1), logging_redirect_tqdm(),
+          parallel_config("loky", inner_max_num_threads=1, idle_worker_timeout=1)):
         fits = Parallel(n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1,
                         return_as="generator")(jobs.values())
         for machine, section in tqdm(jobs, desc="detectors", unit="section", file=sys.stderr,
@@ -131,10 +130,10 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
     score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
     for (machine, section, domain), pos in out.groupby(GROUP).indices.items():
         try:
-            det, _ = dets.lookup(machine, section, domain)
-        except KeyError as err:
-            raise SubmitError(f"test clips of {machine} section {section} {domain}: "
-                              f"{err.args[0]}; the data root has no training clips there") from None
+            det = dets.lookup(machine, section, domain)
+        except KeyError:
+            raise SubmitError(f"test clips of {machine} section {section} {domain}: the data "
+                              f"root has no training clips of that section") from None
         score[pos], threshold[pos], detector[pos] = (det.score(emb[test[pos]]), det.threshold,
                                                      det.kind)
     out = out.assign(score=score, threshold=threshold,
@@ -143,30 +142,23 @@ def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) ->
 
 
 def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the challenge CSVs of ``scores`` (score_test_clips' table) into ``folder``: per
-    (machine, section, domain) ``anomaly_score_*`` / ``decision_result_*`` (``asd.data.csv_name``)
-    with ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header (the official
-    evaluator matches them by position). All are renamed into place once all are complete;
-    stale ones are removed. Returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Write the challenge CSVs (``asd.data.csv_name``) of ``scores`` (score_test_clips' table)
+    into ``folder``: ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header
+    (the official evaluator matches them by position). All are renamed into place once all are
+    complete; stale ones are removed."""
+    folder, written = Path(folder), []  # atomic_path makes the folder
     with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
         for (machine, section, domain), rows in scores.groupby(GROUP):
             rows = rows.sort_values("file", kind="stable")
-            score_name, decision_name = (csv_name(kind, machine, section, domain)
-                                         for kind in ("anomaly_score", "decision_result"))
-            stack.enter_context(atomic_path(folder / score_name)).write_text("".join(
-                f"{f},{float(s)!r}\n" for f, s in zip(rows["file"], rows["score"])))
-            stack.enter_context(atomic_path(folder / decision_name)).write_text("".join(
-                f"{f},{int(d)}\n" for f, d in zip(rows["file"], rows["decision"])))
-            written += [folder / score_name, folder / decision_name]
-    stale = [*folder.glob("anomaly_score_*_test.csv"), *folder.glob("decision_result_*_test.csv")]
-    for old in sorted(set(stale) - set(written)):
-        log.info("removing %s from an earlier submit", old)
+            for kind, values in (("anomaly_score", [repr(float(s)) for s in rows["score"]]),
+                                 ("decision_result", [str(int(d)) for d in rows["decision"]])):
+                written.append(folder / csv_name(kind, machine, section, domain))
+                stack.enter_context(atomic_path(written[-1])).write_text(
+                    "".join(f"{f},{v}\n" for f, v in zip(rows["file"], values)))
+    # CSVs of groups an earlier submit had, temporary files of one killed while writing
+    for old in sorted(set(folder.glob("*_test.csv*")) - set(written)):
+        log.info("removing %s", old)
         old.unlink()
-    for tmp in folder.glob(".*_test.csv.*.tmp"):  # left by a submit killed while writing
-        tmp.unlink()
     return written
 
 
@@ -174,10 +166,9 @@ def read_submission(folder: str | Path) -> pd.DataFrame:
     """Read the submission back: DataFrame[machine, section, domain, file, score, decision]."""
     out = read_csvs(folder, "anomaly_score", "score").merge(
         read_csvs(folder, "decision_result", "decision", [0, 1]), on=[*GROUP, "file"], how="left")
-    if out["decision"].isna().any():
-        lost = out[out["decision"].isna()].iloc[0]
-        raise SubmitError(f"{folder}: {lost['file']} ({lost['machine']} section "
-                          f"{lost['section']} {lost['domain']}) has a score but no decision")
+    lost = out[out["decision"].isna()]
+    if len(lost):
+        raise SubmitError(f"{folder}: {' '.join(lost.iloc[0][[*GROUP, 'file']])} has no decision")
     return out.astype({"decision": int})
 
 
@@ -198,8 +189,7 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
     from asd.checkpoint import load_model
     from asd.data import assign_classes
 
-    run = Path(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(run / "model.pth", device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
@@ -224,11 +214,10 @@ def summary(sub: Submission) -> str:
     table = (sub.scores.groupby(["dataset", "machine", "domain"])
              .agg(clips=("file", "size"), flagged=("decision", "mean")).reset_index())
     table["flagged"] = (100 * table["flagged"]).round(1).astype(str) + " %"
-    with pd.option_context("display.max_rows", None, "display.width", 200):
-        lines = [table.to_string(index=False)] if len(table) else []
-    return "\n".join([f"{len(sub.detectors.sections())} (machine, section) pairs, "
-                      f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
-                      f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}", *lines])
+    head = (f"{len(sub.detectors.sections())} (machine, section) pairs, "
+            f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
+            f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}")
+    return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
 
 
 def _main(args) -> None:
