@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def run_embeddings(run: Path, loaded, cache, index: pd.DataFrame, batch_size: in
                         and np.array_equal(z["clips"], keys)):
                     log.info("reusing %s", path)
                     return z["embeddings"]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("ignoring unreadable %s (%s)", path, err)
     emb = embed(loaded.model, cache.features, loaded.mean, loaded.std,
                 inference_batch(batch_size, device), device,

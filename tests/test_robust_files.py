@@ -176,6 +176,17 @@ def test_tampered_embeddings_are_recomputed(runs, run2, marker, capsys, caplog):
         np.testing.assert_allclose(z["embeddings"], good, rtol=1e-4, atol=1e-5)  # threads
 
 
+def test_truncated_embeddings_are_recomputed(runs, run2, capsys, caplog):
+    path = run2 / "embeddings.npz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a disk that filled up
+    code, err = call(submit_cli.main, ["--config", runs.config, "--from", run2,
+                                       "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "ignoring unreadable" in caplog.text
+    with np.load(path, allow_pickle=False) as z:
+        assert len(z["embeddings"]) == len(z["clips"])
+
+
 def test_tampered_cache_files_are_rebuilt(runs, tmp_path, marker, caplog):
     cfg = load_config(runs.config).replace(**{"data.cache_dir": str(tmp_path / "cache")})
     good = build_cache(cfg, progress=False, workers=1)
