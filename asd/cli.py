@@ -18,8 +18,6 @@ from asd import AsdError
 from asd.config import Config, load_config
 from asd.runs import finished_run, latest_run
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "config.yml"
 
 
@@ -59,10 +57,10 @@ def run_command(main: Callable[[argparse.Namespace], Optional[int]],
         return main(args) or 0
     except (AsdError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return 2
     except KeyboardInterrupt as err:
         print(f"{parser.prog}: interrupted{f' {err}' if str(err) else ''}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 130
 
 
 def load_run(args: argparse.Namespace, kind: str = "stage2") -> tuple[Path, Config]:

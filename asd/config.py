@@ -70,8 +70,7 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class Stage1Config:
-    epochs: int
+class StepConfig:  # the keys of both steps (a run's saved config.yml lists them first)
     batch_size: int
     optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
@@ -81,16 +80,15 @@ class Stage1Config:
 
 
 @dataclass(frozen=True)
-class Stage2Config:
+class Stage1Config(StepConfig):
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Stage2Config(StepConfig):
     iterations: int
-    batch_size: int
-    optimizer: Literal["adamp", "adam", "sgd"]
-    lr: float
-    weight_decay: Annotated[float, ">= 0"]
-    seed: Annotated[int, "any"]
     trainable: tuple[str, ...]
     log_every: int
-    checkpoint_every: int
 
 
 @dataclass(frozen=True)
