@@ -47,9 +47,7 @@ class Step(TrainRun):
         """(epochs, steps per epoch, total steps, epochs between two checkpoints)."""
 
     def init_model(self, model: "Classifier") -> None:
-        """Initial weights (``init``'s, else fresh) and what trains (all)."""
-        if self.init is not None:
-            model.load(load_checkpoint(self.init))
+        """Initial weights (fresh) and what trains (all)."""
 
     def set_modes(self, net: nn.Module) -> None:
         """Parts kept in eval mode; Catalyst puts the whole model in training mode each epoch."""
