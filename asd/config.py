@@ -246,10 +246,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} extends itself")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text()) or {}  # an empty file: no groups
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of groups at the top level")
     base = data.pop("extends", None)
