@@ -47,10 +47,8 @@ def load_args_config(args: argparse.Namespace, run: str | Path | None = None) ->
 
 def run_command(main: Callable[[argparse.Namespace], Optional[int]],
                 parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> int:
-    """Parse ``argv``, call ``main(args)`` and return its exit status.
-
-    A ``KeyboardInterrupt`` raised with a message (e.g. how to resume) prints that message.
-    """
+    """Parse ``argv``, call ``main(args)`` and return its exit status; a ``KeyboardInterrupt``
+    raised with a message (e.g. how to resume) prints that message."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -15,6 +15,7 @@ from typing import ClassVar, Optional
 
 import torch
 from catalyst import dl
+from tensorboardX import SummaryWriter
 from torch import nn
 from tqdm import tqdm
 
@@ -119,8 +120,6 @@ class TensorboardLogger(dl.TensorboardLogger):
 
     def _check_loader_key(self, loader_key: str) -> None:
         if loader_key not in self.loggers:
-            from tensorboardX import SummaryWriter
-
             self.loggers[loader_key] = SummaryWriter(os.path.join(self.logdir, loader_key),
                                                      purge_step=self.purge_step)
 
