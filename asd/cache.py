@@ -76,10 +76,9 @@ class FeatureCache:
     def open(cls, path: str | Path) -> FeatureCache:
         """Open a complete cache folder; CacheError naming the folder when it is not one."""
         path = Path(path)
-        if not path.is_dir():
-            raise CacheError(f"feature cache {path} does not exist")
-        if not (path / "settings.json").is_file():  # stale, or a build was interrupted
-            raise CacheError(f"feature cache {path} is incomplete; run `make cache` to rebuild it")
+        if not (path / "settings.json").is_file():  # none, stale, or a build was interrupted
+            state = "is incomplete" if path.is_dir() else "does not exist"
+            raise CacheError(f"feature cache {path} {state}; run `make cache` to build it")
         try:
             settings = json.loads((path / "settings.json").read_text())
             if settings["format"] != FORMAT or settings["complete"] is not True:

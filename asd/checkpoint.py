@@ -74,8 +74,6 @@ def save_checkpoint(path: str | Path, *, model: nn.Module | dict, head: nn.Modul
     data = {"format": FORMAT, "config": cfg.to_dict(),
             "classes": pd.DataFrame(classes).to_dict("list"), "feature_stats": stats,
             "model": _state(model), "head": _state(head), "step": dict(step)}
-    if clash := set(extra or {}) & set(data):
-        raise ValueError(f"save_checkpoint: extra keys {sorted(clash)} clash with reserved keys")
     data.update(extra or {})
     _check_safe(data, "checkpoint")
     try:
@@ -150,12 +148,10 @@ def step1_model(run: Path, cfg: Config) -> Path:
 
 
 def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[int]:
-    """For ``--resume``: None when the run is finished, else the epoch its last checkpoint ends
-    (0: none yet). Removes a killed writer's temporary files, refuses a checkpoint written with
-    other settings than config.yml holds now, drops the log rows of later epochs (logged again),
-    and where every epoch was done writes ``model.pth`` as the finished run would have."""
-    if (run_dir / "model.pth").is_file():
-        return None
+    """For ``--resume`` of a run without ``model.pth``: the epoch its last checkpoint ends (0: none
+    yet). Removes a killed writer's temporary files, refuses a checkpoint written with other
+    settings than config.yml holds now, drops the log rows of later epochs (logged again); where
+    every epoch was done, writes ``model.pth`` as the finished run would have and returns None."""
     last = run_dir / "checkpoints" / "last.pth"
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()

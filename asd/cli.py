@@ -18,8 +18,6 @@ from asd import AsdError
 from asd.config import Config, load_config
 from asd.runs import finished_run, latest_run
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "config.yml"
 
 
@@ -49,20 +47,18 @@ def load_args_config(args: argparse.Namespace, run: str | Path | None = None) ->
 
 def run_command(main: Callable[[argparse.Namespace], Optional[int]],
                 parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> int:
-    """Parse ``argv``, call ``main(args)`` and return its exit status.
-
-    A ``KeyboardInterrupt`` raised with a message (e.g. how to resume) prints that message.
-    """
+    """Parse ``argv``, call ``main(args)`` and return its exit status; a ``KeyboardInterrupt``
+    raised with a message (e.g. how to resume) prints that message."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main(args) or 0
     except (AsdError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return 2
     except KeyboardInterrupt as err:
         print(f"{parser.prog}: interrupted{f' {err}' if str(err) else ''}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 130
 
 
 def load_run(args: argparse.Namespace, kind: str = "stage2") -> tuple[Path, Config]:

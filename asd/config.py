@@ -70,8 +70,7 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class Stage1Config:
-    epochs: int
+class StepConfig:  # the keys of both steps (a run's saved config.yml lists them first)
     batch_size: int
     optimizer: Literal["adamp", "adam", "sgd"]
     lr: float
@@ -81,16 +80,15 @@ class Stage1Config:
 
 
 @dataclass(frozen=True)
-class Stage2Config:
+class Stage1Config(StepConfig):
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Stage2Config(StepConfig):
     iterations: int
-    batch_size: int
-    optimizer: Literal["adamp", "adam", "sgd"]
-    lr: float
-    weight_decay: Annotated[float, ">= 0"]
-    seed: Annotated[int, "any"]
     trainable: tuple[str, ...]
     log_every: int
-    checkpoint_every: int
 
 
 @dataclass(frozen=True)
@@ -213,7 +211,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
     """A Config from a copy of ``data`` with ``data[group][name] = value`` for each ("group.name",
-    value) of ``overrides``; an override must not replace a whole group."""
+    value) of ``overrides`` (a group set to a value is refused by ``_build``, naming it)."""
     data = copy.deepcopy(data)
     for key, value in overrides:
         node, prefix = data, ""
@@ -223,8 +221,6 @@ def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
                 raise ConfigError(f"override of unknown config key '{key}' "
                                   f"('{prefix}{part}' does not exist; {known})")
             parent, node, prefix = node, node[part], f"{prefix}{part}."
-        if isinstance(node, dict):
-            raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
         parent[part] = value
     return _build(Config, data, "")
 
@@ -250,10 +246,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} extends itself")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text()) or {}  # an empty file: no groups
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of groups at the top level")
     base = data.pop("extends", None)

@@ -207,19 +207,14 @@ def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.Data
     return out[["machine", "section", "domain", "file", value]]
 
 
-def load_ground_truth(root: str | Path) -> pd.DataFrame:
-    """Ground-truth rows of ``root``: DataFrame[machine, section, domain, file, anomaly (0|1)]."""
-    return read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
-
-
 def with_ground_truth(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """``index`` with the ``label`` of its unlabelled clips taken from the evaluation ground
     truth of ``root`` where that folder exists (clips it does not list stay None)."""
-    unknown = index["label"].isna().to_numpy()
-    if not unknown.any() or not ground_truth_dir(root).is_dir():
+    if index["label"].notna().all() or not ground_truth_dir(root).is_dir():
         return index
     keys = ["machine", "section", "domain", "file"]
-    found = index[keys].merge(load_ground_truth(root), on=keys, how="left")["anomaly"]
-    label = index["label"].to_numpy(dtype=object).copy()
-    label[unknown] = found.map({0: "normal", 1: "anomaly"}).to_numpy(dtype=object)[unknown]
-    return index.assign(label=[v if isinstance(v, str) else None for v in label])
+    truth = read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
+    anomaly = index[keys].merge(truth, on=keys, how="left")["anomaly"]  # NaN: a clip not listed
+    found = anomaly.map({0: "normal", 1: "anomaly"})
+    return index.assign(label=[a if isinstance(a, str) else b if isinstance(b, str) else None
+                               for a, b in zip(index["label"], found)])

@@ -16,10 +16,7 @@ from typing import Iterator
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed.
-
-    An OSError while writing (a full disk) is raised again naming ``path``, which Python's own
-    message for a failed write does not.
-    """
+    An OSError while writing (a full disk) is raised again naming ``path`` (Python's does not)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

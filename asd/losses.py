@@ -64,10 +64,6 @@ class SubClusterAdaCos(nn.Module):
         nn.init.xavier_uniform_(self.centres)
         self.register_buffer("s", torch.tensor(initial_scale(n_classes * n_subclusters)))
 
-    def extra_repr(self) -> str:
-        return (f"n_classes={self.n_classes}, n_subclusters={self.n_subclusters}, "
-                f"dim={self.dim}, max_angle={self.max_angle:.4f}")
-
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding to each sub-cluster centre: (B, D) -> (B, C*S)."""
         dtype = torch.promote_types(torch.promote_types(emb.dtype, self.centres.dtype),

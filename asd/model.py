@@ -62,8 +62,9 @@ def _conv_len(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
 
-class EmbeddingNet(nn.Module):
-    """Table 1's modified ResNet: (B, 1, frames, mels) -> (B, embedding_dim)."""
+class EmbeddingNet(nn.Sequential):
+    """Table 1's modified ResNet: (B, 1, frames, mels) -> (B, embedding_dim), its parts in order:
+    stem, stage1.., pool, flatten, head."""
 
     def __init__(self, cfg: ModelConfig, frames: int = 313, mels: int = 128):
         super().__init__()
@@ -82,11 +83,6 @@ class EmbeddingNet(nn.Module):
         self.pool = nn.MaxPool2d((cfg.time_pool, 1), stride=1)
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear((t - cfg.time_pool + 1) * f * c, cfg.embedding_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, D)
-        for layer in self.children():  # stem, stage1.., pool, flatten, head
-            x = layer(x)
-        return x
 
     def summary(self) -> str:
         """Table 1 as built: each layer's output size (T x F x C) and parameter count."""

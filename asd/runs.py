@@ -12,8 +12,6 @@ from pathlib import Path
 
 from asd.config import Config, ConfigError, save_config
 
-log = logging.getLogger(__name__)
-
 _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
 
@@ -52,8 +50,9 @@ def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
                                              else "pass the run to resume"))
     skipped = [r.name for r in runs[runs.index(found[-1]) + 1:]]
     if skipped and finished:
-        log.warning("skipping unfinished run(s) %s (resume them with RESUME=); using %s",
-                    ", ".join(skipped), found[-1])
+        logging.getLogger(__name__).warning(
+            "skipping unfinished run(s) %s (resume them with RESUME=); using %s",
+            ", ".join(skipped), found[-1])
     return found[-1]
 
 

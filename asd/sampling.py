@@ -52,8 +52,6 @@ class MixupBatches:
                  labels: Sequence[int], first_rows: Sequence[int], second_rows: Sequence[int],
                  batch_size: int, steps_per_epoch: int, total_steps: int, seed: int,
                  device: torch.device | str = "cpu", cache_on_device: bool = False) -> None:
-        if len(first_rows) == 0 or len(second_rows) == 0:
-            raise ValueError("no training clips to draw mixup pairs from")
         self.device, self.seed, self.done = torch.device(device), seed, 0
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.total_steps, self.generator = total_steps, torch.Generator()
@@ -104,9 +102,6 @@ class MixupBatches:
     def load_state_dict(self, state: dict) -> None:
         """Restore the position; the seed stays this process's own (each DDP rank has one)."""
         self.done = int(state["done"])
-
-    def __getstate__(self):  # spawned DDP workers reopen the cache; never pickle the arrays
-        raise TypeError("MixupBatches is built inside each process; it is not picklable")
 
 
 def _to_device(features: np.ndarray, rows: np.ndarray, device: torch.device):

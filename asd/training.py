@@ -106,7 +106,6 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
         if not (run_dir / "config.yml").is_file():
             raise ConfigError(f"{run_dir} is not a run folder (no config.yml)")
         cfg = load_config(run_dir / "config.yml", args.overrides)
-        check_config(cfg, kind.name)
         if (run_dir / "model.pth").is_file():
             return run_dir, None  # finished
         table = load_classes(run_dir / "classes.csv")
@@ -115,7 +114,7 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
     else:
         run_dir = None
         cfg, table, init = kind.start(args)
-        check_config(cfg, kind.name)
+    check_config(cfg, kind.name)
     if init is not None:
         check_classes(load_checkpoint(init), table, init)
     cache = build_cache(cfg, progress=not args.no_progress)

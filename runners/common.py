@@ -15,6 +15,7 @@ from typing import ClassVar, Optional
 
 import torch
 from catalyst import dl
+from tensorboardX import SummaryWriter
 from torch import nn
 from tqdm import tqdm
 
@@ -47,9 +48,7 @@ class Step(TrainRun):
         """(epochs, steps per epoch, total steps, epochs between two checkpoints)."""
 
     def init_model(self, model: "Classifier") -> None:
-        """Initial weights (``init``'s, else fresh) and what trains (all)."""
-        if self.init is not None:
-            model.load(load_checkpoint(self.init))
+        """Initial weights (fresh) and what trains (all)."""
 
     def set_modes(self, net: nn.Module) -> None:
         """Parts kept in eval mode; Catalyst puts the whole model in training mode each epoch."""
@@ -121,8 +120,6 @@ class TensorboardLogger(dl.TensorboardLogger):
 
     def _check_loader_key(self, loader_key: str) -> None:
         if loader_key not in self.loggers:
-            from tensorboardX import SummaryWriter
-
             self.loggers[loader_key] = SummaryWriter(os.path.join(self.logdir, loader_key),
                                                      purge_step=self.purge_step)
 

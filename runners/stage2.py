@@ -14,7 +14,7 @@ from typing import Optional
 
 from torch import nn
 
-from asd.checkpoint import step1_model
+from asd.checkpoint import load_checkpoint, step1_model
 from asd.cli import load_run
 from asd.data import load_classes
 from asd.model import build_model
@@ -42,7 +42,7 @@ class Stage2(Step):
         return cfg, load_classes(run / "classes.csv"), init
 
     def init_model(self, model: nn.Module) -> None:
-        super().init_model(model)  # Step 1's weights
+        model.load(load_checkpoint(self.init))  # Step 1's weights
         set_trainable(model.net, self.settings.trainable)  # the head always trains
 
     def set_modes(self, net: nn.Module) -> None:

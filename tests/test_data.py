@@ -7,8 +7,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from asd.data import (COLUMNS, ClipName, DataError, assign_classes, class_table, index_dataset,
-                      load_classes, load_ground_truth, parse_name, save_classes)
+from asd.data import (COLUMNS, ClipName, DataError, assign_classes, class_table, ground_truth_dir,
+                      index_dataset, load_classes, parse_name, read_csvs, save_classes)
 from asd.index import counts_table, main as index_main
 
 
@@ -185,7 +185,7 @@ def test_malformed_name_names_its_path(tmp_path):
 def test_ground_truth_folder_is_not_a_machine(tiny_data):
     df = index_dataset(tiny_data)
     assert "ground_truth" not in set(df["machine"])
-    gt = load_ground_truth(tiny_data)
+    gt = read_csvs(ground_truth_dir(tiny_data), "ground_truth", "anomaly", [0, 1])
     assert list(gt.columns) == ["machine", "section", "domain", "file", "anomaly"]
 
 

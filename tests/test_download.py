@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from asd.data import ground_truth_dir, index_dataset, load_ground_truth
+from asd.data import ground_truth_dir, index_dataset, read_csvs
 from asd.download import RECORDS, STATE, DownloadError, download, main
 
 DEV, TRAIN, TEST, TRUTH = RECORDS
@@ -148,7 +148,7 @@ def test_make_data_fetches_all_four_records(zenodo, tmp_path, capsys):
     assert len(index) == len(MACHINES) * (4 + 2 + 4)
     assert set(zip(index["dataset"], index["section"])) == {("dev_data", "00"),
                                                             ("eval_data", "03")}
-    truth = load_ground_truth(root)
+    truth = read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
     assert len(truth) == len(MACHINES) * 4 and set(truth["machine"]) == set(MACHINES)
     assert sorted(p.name for p in ground_truth_dir(root).iterdir()) == sorted(
         f"ground_truth_{m}_section_03_{d}_test.csv" for m in MACHINES for d in ("source", "target"))
@@ -174,7 +174,8 @@ def test_other_word_order_bare_md5_machines_and_kept_archives(zenodo, tmp_path, 
     assert main([f"data.root={root}", "--machines", "fan", "--keep-archives"]) == 0
     assert (root / "eval_data" / "fan" / "train").is_dir()
     assert not (root / "dev_data" / "ToyTrain").exists()
-    assert set(load_ground_truth(root)["machine"]) == {"fan"}
+    truth = read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
+    assert set(truth["machine"]) == {"fan"}
     assert (root / STATE / "eval_data_train_fan.zip").is_file()
     assert not zenodo.file_requests("dev_data_ToyTrain.zip")
 

@@ -81,11 +81,6 @@ def test_normalisation_uses_cache_stats():
     assert torch.all(next(iter(b))["x_a"] == 1.0)
 
 
-def test_empty_domain_is_an_error():
-    with pytest.raises(ValueError, match="no training clips"):
-        make(SOURCE, [])
-
-
 def test_training_rows_of_the_run_classes():
     import pandas as pd
 

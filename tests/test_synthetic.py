@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asd.data import DataError, ground_truth_dir, index_dataset, load_ground_truth, parse_name
+from asd.data import DataError, ground_truth_dir, index_dataset, parse_name, read_csvs
 from asd.synthetic import FAULTS, MACHINES, MARKER, generate, main, plan, render
 
 SMALL = dict(machines=("valve", "ToyCar"), dev_sections=("01",), eval_sections=("04",),
@@ -82,7 +82,7 @@ def test_ground_truth_matches_eval_files(tiny_data):
                            (tiny_data / "eval_data" / machine / f"{domain}_test").glob("*.wav"))
             assert [r[0] for r in rows] == files  # sorted, one row per clip
             assert sorted(r[1] for r in rows) == ["0", "0", "0", "1", "1", "1"]
-    gt = load_ground_truth(tiny_data)
+    gt = read_csvs(ground_truth_dir(tiny_data), "ground_truth", "anomaly", [0, 1])
     assert len(gt) == 24 and set(gt["anomaly"]) == {0, 1}
 
 
@@ -203,7 +203,7 @@ def test_like_dcase2021_writes_a_fraction(tmp_path, capsys):
     assert counts[("eval_data", "04", "source", "train")] == 4  # round(1092 * 0.004)
     assert (counts.xs("target", level="domain").xs("train", level="split") == 3).all()
     assert (counts.xs("test", level="split") == 2).all()  # at least one normal, one anomalous
-    assert len(load_ground_truth(root)) == 3 * 2 * 2
+    assert len(read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])) == 12
     from bench.faults import clip_faults  # plans the set again from its marker
 
     assert len(clip_faults(root)) == len(df)
