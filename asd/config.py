@@ -211,7 +211,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
     """A Config from a copy of ``data`` with ``data[group][name] = value`` for each ("group.name",
-    value) of ``overrides`` (a group set to a value is refused by ``_build``, naming it)."""
+    value) of ``overrides``; a whole group cannot be overridden."""
     data = copy.deepcopy(data)
     for key, value in overrides:
         node, prefix = data, ""
@@ -221,6 +221,8 @@ def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
                 raise ConfigError(f"override of unknown config key '{key}' "
                                   f"('{prefix}{part}' does not exist; {known})")
             parent, node, prefix = node, node[part], f"{prefix}{part}."
+        if isinstance(node, dict):
+            raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
         parent[part] = value
     return _build(Config, data, "")
 

@@ -89,7 +89,8 @@ def test_overrides_are_typed(repo):
     ("stage1.epochs=three", "stage1.epochs"),
     ("stage1.epochs=1.5", "stage1.epochs"),
     ("engine.name=tpu", "engine.name"),
-    ("stage1=3", "stage1"),
+    ("stage1=3", "override 'stage1' names a group"),
+    ("stage1={epochs: 3}", "override 'stage1' names a group"),
     ("stage1.epochs", "key.sub=value"),
 ])
 def test_bad_overrides_name_the_key(repo, override, words):
