@@ -174,6 +174,12 @@ def load_classes(path: str | Path) -> pd.DataFrame:
     return table.astype({"class": int, "machine": object, "section": object, "domain": object})
 
 
+def report_order(frame: pd.DataFrame, by: list) -> pd.DataFrame:
+    """``frame`` sorted by its string columns ``by``, case aside: machines in the report's order
+    (fan, gearbox, pump, slider, ToyCar, ToyTrain, valve) in every table and figure."""
+    return frame.sort_values(by, key=lambda col: col.str.lower(), kind="stable")
+
+
 def ground_truth_dir(root: str | Path) -> Path:
     """Where the evaluation test labels of ``root`` live (official evaluator's CSV format)."""
     return Path(root) / "eval_data" / GROUND_TRUTH

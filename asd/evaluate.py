@@ -25,7 +25,7 @@ import pandas as pd
 from asd import AsdError, metrics
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, load_config
-from asd.data import ground_truth_dir, with_ground_truth
+from asd.data import ground_truth_dir, report_order, with_ground_truth
 from asd.io import atomic_path, atomic_write_text
 from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
 
@@ -47,11 +47,6 @@ PUBLISHED_NOTE = ("published: the report's Table 2 and the DCASE 2021 Task 2 AE 
                   "baselines, on the REAL development data; not measured on this data")
 RESULT_COLUMNS = ["dataset", "level", "machine", "section", "domain", "system", "auc", "pauc",
                   "score", "n_normal", "n_anomaly"]
-
-
-def report_order(frame: pd.DataFrame, by: list) -> pd.DataFrame:
-    """``frame`` sorted by its string columns ``by``, machines in the report's order."""
-    return frame.sort_values(by, key=lambda col: col.str.lower(), kind="stable")
 
 
 def missing_ground_truth(root: str | Path) -> str | None:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from asd.cli import make_parser, run_command
 from asd.config import load_config
-from asd.data import DataError, index_dataset
+from asd.data import DataError, index_dataset, report_order
 
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
@@ -18,7 +18,7 @@ def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     keys = ["dataset", "machine", "section", "domain", "split"]
     table = pd.crosstab([index_df[k] for k in keys], index_df["label"].fillna("unlabelled"))
     table = table.reindex(columns=[c for c in ("normal", "anomaly", "unlabelled") if c in table])
-    return table.assign(total=table.sum(axis=1)).reset_index()
+    return report_order(table.assign(total=table.sum(axis=1)).reset_index(), keys)
 
 
 def resolve_root(items: list[str], config: str | None) -> str:

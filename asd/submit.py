@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.cli import load_run, make_parser, run_command
 from asd.config import Config, FeatureConfig, config_diffs
-from asd.data import csv_name, read_csvs
+from asd.data import csv_name, read_csvs, report_order
 from asd.detectors import DetectorSet, fit_section
 from asd.io import atomic_path
 
@@ -212,8 +212,8 @@ def submit(cfg: Config, run: str | Path, device: str | None = None,
 
 def summary(sub: Submission) -> str:
     """Counts, and the share of test clips flagged per (dataset, machine, domain)."""
-    table = (sub.scores.groupby(["dataset", "machine", "domain"])
-             .agg(clips=("file", "size"), flagged=("decision", "mean")).reset_index())
+    table = report_order(sub.scores.groupby(["dataset", "machine", "domain"]).agg(
+        clips=("file", "size"), flagged=("decision", "mean")).reset_index(), ["dataset", "machine"])
     table["flagged"] = (100 * table["flagged"]).round(1).astype(str) + " %"
     head = (f"{len(sub.detectors.sections())} (machine, section) pairs, "
             f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
