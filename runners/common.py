@@ -76,7 +76,7 @@ class ConsoleLogger(dl.ConsoleLogger):
         if scope == "loader":
             tqdm.write(f"epoch {runner.epoch_step}/{runner.num_epochs}  loss {metrics['loss']:.3f}"
                        f"  acc {metrics['accuracy']:.3f}  s {metrics['s']:.1f}  lr "
-                       f"{metrics['lr']:.0e}  {metrics['samples_per_s']:.0f} samples/s")
+                       f"{metrics['lr']:.0e}  {metrics['samples_per_s']:.0f} samples a second")
 
 
 class Progress(dl.Callback):
