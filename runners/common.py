@@ -181,7 +181,8 @@ class MixupRunner(dl.Runner):
     def __init__(self, step: Step) -> None:
         super().__init__()
         self.step = step
-        self.cache, self.sums, self.tic = None, None, 0.0  # set by get_loaders, on_loader_start
+        self.cache = None  # set by get_loaders
+        self.sums, self.eye, self.tic = None, None, 0.0  # set by on_loader_start
 
     def get_loggers(self):
         logdir = str(self.step.run_dir / "logs")
@@ -226,11 +227,11 @@ class MixupRunner(dl.Runner):
         super().on_loader_start(runner)  # puts the whole model in training mode
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
         self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)  # loss, hits
+        self.eye = torch.eye(len(self.step.classes["class"]), device=self.engine.device)  # (C, C)
         self.tic = time.perf_counter()
 
     def handle_batch(self, batch):
-        eye = torch.eye(len(self.step.classes["class"]), device=self.engine.device)
-        y_a, y_b = eye[batch["y_a"]], eye[batch["y_b"]]  # one-hot; F.one_hot reads on the CPU
+        y_a, y_b = self.eye[batch["y_a"]], self.eye[batch["y_b"]]  # one-hot without a host read
         x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, batch["lam"])  # (B, 1, T, F), (B, C)
         if self.engine.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
