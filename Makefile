@@ -22,7 +22,7 @@ CONFIG_ARG = $(if $(CONFIG),--config $(CONFIG),)
 DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo test test-fast bench bench-gpu bench-scale tensorboard notebooks clean
+.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo lint test test-fast bench bench-gpu bench-scale tensorboard notebooks clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ demo: install ## The whole pipeline on generated data with configs/demo.yml, the
 	$(MAKE) --no-print-directory synth SYNTH="$(DEMO_SYNTH)" CONFIG=$(DEMO_CONFIG)
 	$(MAKE) --no-print-directory stage1 stage2 submit evaluate CONFIG=$(DEMO_CONFIG)
 
+lint: install ## Check layout and the readability rules of pyproject.toml (ruff format + ruff check)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
 test: install ## Run every test (the CI command)
 	$(PY) -m pytest -q -ra tests
 
@@ -82,7 +86,7 @@ bench-scale: install ## Time and memory of every step at 10/30/100 % of a full-s
 	$(PY) -m bench.scale $(CONFIG_ARG) $(ARGS)
 
 tensorboard: install ## Serve the runs' TensorBoard logs on localhost
-	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1
+	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.infra.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1
 
 notebooks: install ## Execute the notebooks against a run (FROM=) and write HTML copies into it
 	$(PY) -m asd.notebooks $(CONFIG_ARG) $(FROM_ARG) $(ARGS)

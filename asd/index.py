@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from asd.cli import make_parser, run_command
-from asd.config import load_config
-from asd.data import DataError, index_dataset, report_order
+from asd.infra.cli import make_parser, run_command
+from asd.infra.config import load_config
+from asd.infra.data import DataError, index_dataset, report_order
 
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
@@ -37,15 +37,21 @@ def _main(args) -> None:
     root = resolve_root(args.args, args.config)
     df = index_dataset(root)
     table = counts_table(df).replace({"dataset": {"": "-"}})
-    print(f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "
-          f"{int(df['class'].max()) + 1} classes (machine, section, domain) with training clips")
+    print(
+        f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "
+        f"{int(df['class'].max()) + 1} classes (machine, section, domain) with training clips"
+    )
     print(table.to_string(index=False))  # every row, never wrapped
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("asd.index", __doc__, overrides=False)
-    parser.add_argument("args", nargs="*", metavar="[ROOT] [key.sub=value]",
-                        help="data root (default: data.root of the config) and config overrides")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="[ROOT] [key.sub=value]",
+        help="data root (default: data.root of the config) and config overrides",
+    )
     return run_command(_main, parser, argv)
 
 

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 from asd import AsdError
-from asd.cli import load_run, make_parser, run_command
-from asd.io import atomic_path
+from asd.infra.cli import load_run, make_parser, run_command
+from asd.infra.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,13 @@ def inject_parameters(nb, values: dict, where: str | Path = "notebook"):
 
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1:
-        raise NotebookError(f"{where}: expected exactly one cell tagged 'parameters', "
-                            f"found {len(tagged)}")
-    cell = nbformat.v4.new_code_cell("# Parameters injected by asd.notebooks\n" + "".join(
-        f"{key} = {value!r}\n" for key, value in values.items()))
+        raise NotebookError(
+            f"{where}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+        )
+    cell = nbformat.v4.new_code_cell(
+        "# Parameters injected by asd.notebooks\n"
+        + "".join(f"{key} = {value!r}\n" for key, value in values.items())
+    )
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(tagged[0] + 1, cell)
     return nb
@@ -57,11 +60,15 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
     from nbconvert import HTMLExporter
 
     nb = inject_parameters(nbformat.read(path, as_version=4), values, path)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": os.getcwd()}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}
+    )
     paths = (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH"))  # this checkout's asd
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     try:
         client.execute(env=env)
         error = None
@@ -81,9 +88,11 @@ def _main(args) -> int:
     missing = [p for p in notebooks if not p.is_file()]
     if missing:
         raise NotebookError(f"notebook {missing[0]} does not exist")
-    values = {"RUN": str(run.resolve()),
-              "CONFIG": str(Path(args.config).resolve()) if args.config else None,
-              "OVERRIDES": list(args.overrides)}
+    values = {
+        "RUN": str(run.resolve()),
+        "CONFIG": str(Path(args.config).resolve()) if args.config else None,
+        "OVERRIDES": list(args.overrides),
+    }
     failed = 0
     for path in notebooks:
         log.info("running %s against %s", path.name, run)
@@ -98,10 +107,16 @@ def _main(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("asd.notebooks", __doc__,
-                         from_help="run folder (default: the latest finished *-stage2 run)")
-    parser.add_argument("--notebooks", nargs="*", default=None, metavar="NOTEBOOK",
-                        help="only these notebooks (default: every notebooks/NN-*.ipynb)")
+    parser = make_parser(
+        "asd.notebooks", __doc__, from_help="run folder (default: the latest finished *-stage2 run)"
+    )
+    parser.add_argument(
+        "--notebooks",
+        nargs="*",
+        default=None,
+        metavar="NOTEBOOK",
+        help="only these notebooks (default: every notebooks/NN-*.ipynb)",
+    )
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     return run_command(_main, parser, argv)
 

@@ -7,30 +7,41 @@ A missing or foreign file raises :class:`ViewError` naming the file and the step
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from asd import AsdError
-from asd.checkpoint import load_checkpoint
-from asd.cli import load_run
-from asd.config import Config, load_config
-from asd.data import assign_classes, index_dataset, load_classes, with_ground_truth
+from asd.infra.checkpoint import load_checkpoint
+from asd.infra.cli import load_run
+from asd.infra.config import Config, load_config
+from asd.infra.data import assign_classes, index_dataset, load_classes, with_ground_truth
 from asd.submit import EMBEDDINGS, SCORES, clip_keys
 
-SCORE_COLUMNS = ["dataset", "machine", "section", "domain", "file", "label", "score",
-                 "threshold", "decision", "path"]
+SCORE_COLUMNS = [
+    "dataset",
+    "machine",
+    "section",
+    "domain",
+    "file",
+    "label",
+    "score",
+    "threshold",
+    "decision",
+    "path",
+]
 
 
 class ViewError(AsdError):
     """A run folder that lacks what a view needs; the message names the file."""
 
 
-def open_run(run: str | Path | None = None, config: str | Path | None = None,
-             overrides: Iterable[str] = ()) -> tuple[Path, Config]:
+def open_run(
+    run: str | Path | None = None, config: str | Path | None = None, overrides: Iterable[str] = ()
+) -> tuple[Path, Config]:
     """The finished run (default: the latest ``*-stage2``) and the config to read its data with
     (default: its own ``config.yml``), as ``make submit FROM= CONFIG= ARGS=`` picks them."""
     return load_run(argparse.Namespace(from_run=run, config=config, overrides=list(overrides)))
@@ -45,8 +56,10 @@ def run_chain(run: str | Path) -> list[Path]:
         name = init_file.read_text().strip()
         init = next((p for p in (chain[0] / name, chain[0].parent / name) if p.is_file()), None)
         if init is None or not (init.parent / "config.yml").is_file():
-            raise ViewError(f"{init_file} names {name}, which is not the model.pth of a run "
-                            f"folder (moved or deleted?)")
+            raise ViewError(
+                f"{init_file} names {name}, which is not the model.pth of a run "
+                f"folder (moved or deleted?)"
+            )
         if any(init.parent.resolve() == p.resolve() for p in chain):
             raise ViewError(f"{init_file}: the runs name each other in a loop")
         chain.insert(0, init.parent)
@@ -79,7 +92,7 @@ class Embeddings:
     """Embeddings of a run and the clips they belong to (row i of both)."""
 
     values: np.ndarray  # (N, D) float32, as the model outputs them (not normalised)
-    clips: pd.DataFrame  # the clips' index rows (asd.data.COLUMNS) in the order of ``values``
+    clips: pd.DataFrame  # the clips' index rows (asd.infra.data.COLUMNS) in the order of ``values``
 
 
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
@@ -95,8 +108,10 @@ def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
     root, index = _clips(run, root)
     pos = pd.Series(np.arange(len(index)), index=clip_keys(index)).reindex(keys.astype(str))
     if pos.isna().any():
-        raise ViewError(f"{path} holds clip {pos.index[pos.isna()][0]}, which is not under the "
-                        f"data root {root}; pass the root asd.submit used")
+        raise ViewError(
+            f"{path} holds clip {pos.index[pos.isna()][0]}, which is not under the "
+            f"data root {root}; pass the root asd.submit used"
+        )
     clips = index.iloc[pos.to_numpy(dtype=int)].reset_index(drop=True)
     return Embeddings(values=values.astype(np.float32, copy=False), clips=clips)
 
@@ -132,6 +147,8 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     out = sub.merge(index[index["split"] == "test"][["path", "label", *keys]], on=keys, how="left")
     lost = out[out["path"].isna()]
     if len(lost):
-        raise ViewError(f"{path}: {len(lost)} scored clips are not test clips under the data "
-                        f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used")
+        raise ViewError(
+            f"{path}: {len(lost)} scored clips are not test clips under the data "
+            f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used"
+        )
     return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)

@@ -1,7 +1,7 @@
 """Embedding extraction speed on this machine's CPU against the batch size.
 
-``asd.submit`` embeds every clip of a data root with ``asd.embed.embed``; on a CPU the batch
-size it uses is ``asd.embed.CPU_BATCH`` (``asd.embed.inference_batch``). This script times
+``asd.submit`` embeds every clip of a data root with ``asd.method.embed.embed``; on a CPU the batch
+size it uses is ``asd.method.embed.CPU_BATCH`` (``asd.method.embed.inference_batch``). This script times
 the report's model (random weights: speed does not depend on them) on random log-mels at
 several batch sizes, interleaved round by round so that a busy machine slows all alike, and
 prints clips/s per batch size (median over rounds) and each one's ratio to the largest batch.
@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from asd.config import load_config
-from asd.embed import CPU_BATCH, embed
-from asd.model import build_model
+from asd.infra.config import load_config
+from asd.method.embed import CPU_BATCH, embed
+from asd.method.model import build_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             embed(net, feats, mean, std, batch_size=b)
             times[b].append(time.perf_counter() - t0)
-    print(f"embedding {args.clips} clips on CPU ({torch.get_num_threads()} torch threads), "
-          f"median of {args.rounds} rounds")
+    print(
+        f"embedding {args.clips} clips on CPU ({torch.get_num_threads()} torch threads), "
+        f"median of {args.rounds} rounds"
+    )
     print(f"{'batch':>6} {'clips/s':>9} {'vs batch ' + str(batches[-1]):>14}")
     base = args.clips / float(np.median(times[batches[-1]]))
     for b in batches:
         rate = args.clips / float(np.median(times[b]))
-        mark = "  <- asd.embed.CPU_BATCH" if b == CPU_BATCH else ""
+        mark = "  <- asd.method.embed.CPU_BATCH" if b == CPU_BATCH else ""
         print(f"{b:>6} {rate:>9.0f} {rate / base:>13.2f}x{mark}")
     return 0
 

@@ -6,7 +6,7 @@
    temporary folder, then, in turns, ``repeats`` times each: decoding alone (soundfile), the
    project's log-mel alone (``log_mel_batch`` on 50 decoded clips in turn, one thread), plain
    librosa per clip (``librosa.load`` + ``melspectrogram`` + ``power_to_db``, one process; with
-   OpenBLAS's default threads and with one thread), and ``asd.cache.build_cache`` from scratch
+   OpenBLAS's default threads and with one thread), and ``asd.infra.feature_cache.build_cache`` from scratch
    (index, decoding, log-mel, float16 array, stats, index and settings files; the call alone,
    not reading the config before it or deleting the cache after it) with one worker and with
    ``--workers``. Prints clips/s (median and best of the repeats), CPU ms per clip (the
@@ -56,8 +56,7 @@ def noise_root(root: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         y = (0.05 * rng.standard_normal(160000)).astype(np.float32)
-        sf.write(folder / f"section_00_source_train_normal_{i:04d}.wav", y, 16000,
-                 subtype="PCM_16")
+        sf.write(folder / f"section_00_source_train_normal_{i:04d}.wav", y, 16000, subtype="PCM_16")
     return root
 
 
@@ -66,8 +65,18 @@ def synthetic_root(root: Path, clips: int) -> Path:
 
     # two machines, one dev section: per machine n_source + 3 target + 2 x 6 test clips
     n_source = max(1, clips // 2 - 3 - 12)
-    return generate(root, machines=("fan", "valve"), dev_sections=("00",), eval_sections=(),
-                    n_source=n_source, n_target=3, n_test=6, duration=10.0, seed=0, workers=2)
+    return generate(
+        root,
+        machines=("fan", "valve"),
+        dev_sections=("00",),
+        eval_sections=(),
+        n_source=n_source,
+        n_target=3,
+        n_test=6,
+        duration=10.0,
+        seed=0,
+        workers=2,
+    )
 
 
 def child_build(root: str, cache_dir: str, workers: int | None) -> None:
@@ -75,9 +84,9 @@ def child_build(root: str, cache_dir: str, workers: int | None) -> None:
     (KiB; Linux's ru_maxrss)."""
     import torch  # noqa: F401 - counted in the baseline, as in any real run
 
-    from asd.cache import build_cache
-    from asd.config import load_config
-    from asd.features import mel_filterbank
+    from asd.infra.config import load_config
+    from asd.infra.feature_cache import build_cache
+    from asd.method.features import mel_filterbank
 
     cfg = load_config(REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={cache_dir}"])
     mel_filterbank(cfg.features)
@@ -87,8 +96,17 @@ def child_build(root: str, cache_dir: str, workers: int | None) -> None:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest worker
-    print(json.dumps({"clips": len(cache), "before_kb": before, "peak_kb": peak,
-                      "worker_kb": worker, "seconds": seconds}))
+    print(
+        json.dumps(
+            {
+                "clips": len(cache),
+                "before_kb": before,
+                "peak_kb": peak,
+                "worker_kb": worker,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def measure_memory(tmp: Path, sizes: list[int], workers: int | None) -> list[dict]:
@@ -109,10 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__)
     parser.add_argument("--clips", type=int, default=400, help="synthetic clips for the speed test")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes of the cache builder (default: the usable cores)")
-    parser.add_argument("--memory", default="500,2000",
-                        help="clip counts of the memory runs ('' skips them)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the cache builder (default: the usable cores)",
+    )
+    parser.add_argument(
+        "--memory", default="500,2000", help="clip counts of the memory runs ('' skips them)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "CACHE_DIR"), help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.child:
@@ -130,16 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         import soundfile as sf
         from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
-        from asd.cache import build_cache
-        from asd.config import load_config
-        from asd.data import index_dataset
+        from asd.infra.config import load_config
+        from asd.infra.data import index_dataset
+        from asd.infra.feature_cache import build_cache
 
         t = time.perf_counter()
         root = synthetic_root(tmp / "synth", ns.clips)
         paths = list(index_dataset(root)["path"])
         n = len(paths)
-        print(f"{n} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
-              f"({workers} builder worker(s); machine: {cores} usable cores)")
+        print(
+            f"{n} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
+            f"({workers} builder worker(s); machine: {cores} usable cores)"
+        )
         fc = load_config(REPO / "config.yml").features
 
         def decode():
@@ -153,14 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         def librosa_loop():
             for p in paths:
                 y, sr = librosa.load(p, sr=fc.sample_rate)
-                S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=fc.n_fft,
-                                                   hop_length=fc.hop_length, n_mels=fc.n_mels,
-                                                   fmin=fc.fmin, fmax=fc.fmax, power=fc.power)
+                S = librosa.feature.melspectrogram(
+                    y=y,
+                    sr=sr,
+                    n_fft=fc.n_fft,
+                    hop_length=fc.hop_length,
+                    n_mels=fc.n_mels,
+                    fmin=fc.fmin,
+                    fmax=fc.fmax,
+                    power=fc.power,
+                )
                 librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
 
         import torch
 
-        from asd.features import load_audio, log_mel_batch
+        from asd.method.features import load_audio, log_mel_batch
 
         held = [torch.from_numpy(load_audio(p, fc))[None] for p in paths[:50]]
 
@@ -177,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         def ours(k, n_workers=workers):
             """Build from scratch; returns (wall, CPU) seconds of build_cache alone: reading
             the config and deleting the cache afterwards are not feature extraction."""
-            cfg = load_config(REPO / "config.yml", [f"data.root={root}",
-                                                    f"data.cache_dir={tmp / f'cache{k}'}"])
+            cfg = load_config(
+                REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={tmp / f'cache{k}'}"]
+            )
             start, start_cpu = time.perf_counter(), cpu_seconds()
             build_cache(cfg, progress=False, workers=n_workers)  # its workers are reaped
             spent = time.perf_counter() - start, cpu_seconds() - start_cpu
@@ -192,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}  # CPU ms per clip, all threads
         for k in range(ns.repeats):
-            for name, fn in (("decode", decode), ("logmel", log_mel_only),
-                             ("librosa", plain_librosa),
-                             ("librosa1", lambda: plain_librosa(1)),
-                             ("asd1", lambda: ours(k, 1)), ("asd", lambda: ours(k))):
+            for name, fn in (
+                ("decode", decode),
+                ("logmel", log_mel_only),
+                ("librosa", plain_librosa),
+                ("librosa1", lambda: plain_librosa(1)),
+                ("asd1", lambda k=k: ours(k, 1)),
+                ("asd", lambda k=k: ours(k)),
+            ):
                 # OpenBLAS's threads spin for ~0.1 s after librosa (or a changed thread limit)
                 # used them: let them go idle, or they count towards the next row
                 time.sleep(0.3)
@@ -207,32 +244,44 @@ def main(argv: list[str] | None = None) -> int:
         best = {k: max(v) for k, v in rates.items()}
         cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
         print(f"{'':44s}{'median':>10s}{'best':>10s}  clips/s  {'CPU ms/clip':>12s}")
-        labels = {"decode": "decoding only (soundfile, 1 thread)",
-                  "logmel": "asd log-mel only (decoded clips, 1 thread)",
-                  "librosa": "librosa per clip, 1 process, BLAS default",
-                  "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
-                  "asd1": "asd build_cache (1 worker, to disk)",
-                  "asd": f"asd build_cache ({workers} worker(s), to disk)"}
+        labels = {
+            "decode": "decoding only (soundfile, 1 thread)",
+            "logmel": "asd log-mel only (decoded clips, 1 thread)",
+            "librosa": "librosa per clip, 1 process, BLAS default",
+            "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
+            "asd1": "asd build_cache (1 worker, to disk)",
+            "asd": f"asd build_cache ({workers} worker(s), to disk)",
+        }
         for k, label in labels.items():
             print(f"{label:44s}{med[k]:10.0f}{best[k]:10.0f}  {'':7s}{cpu_ms[k]:12.2f}")
         # against the faster librosa variant: OpenBLAS threads help it on an idle machine and
         # hurt it badly on a loaded one
-        lib_med, lib_best = max(med["librosa"], med["librosa1"]), max(best["librosa"],
-                                                                        best["librosa1"])
-        print(f"speed-up of build_cache over the faster plain librosa: "
-              f"{med['asd'] / lib_med:.1f}x (median), {best['asd'] / lib_best:.1f}x (best)")
+        lib_med, lib_best = (
+            max(med["librosa"], med["librosa1"]),
+            max(best["librosa"], best["librosa1"]),
+        )
+        print(
+            f"speed-up of build_cache over the faster plain librosa: "
+            f"{med['asd'] / lib_med:.1f}x (median), {best['asd'] / lib_best:.1f}x (best)"
+        )
         # wall clock on a shared machine depends on the others' load; CPU time much less so
         lib_cpu = min(cpu_ms["librosa"], cpu_ms["librosa1"])
-        print(f"CPU time per clip, librosa / build_cache (workers included): "
-              f"{lib_cpu / cpu_ms['asd']:.1f}x")
-        print(f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x "
-              f"(median)")
+        print(
+            f"CPU time per clip, librosa / build_cache (workers included): "
+            f"{lib_cpu / cpu_ms['asd']:.1f}x"
+        )
+        print(
+            f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x "
+            f"(median)"
+        )
 
         for r in memory:
-            print(f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
-                  f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
-                  f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
-                  f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s")
+            print(
+                f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
+                f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
+                f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
+                f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s"
+            )
     return 0
 
 

@@ -4,7 +4,7 @@ steps' loss against the CPU.
 For each of ``gpu`` (fp32; convolutions in TF32 as PyTorch's default), ``amp`` bf16, ``amp``
 fp16 and ``amp`` bf16 with the model in channels_last, a fresh process trains the report's
 model with the project's runner (runners.common.MixupRunner, runners.stage1.Stage1's step,
-asd.sampling.MixupBatches, MaskedAdamP) on a feature cache of the real data set's size (59,514
+asd.method.sampling.MixupBatches, MaskedAdamP) on a feature cache of the real data set's size (59,514
 clips x 313 frames x 128 mels, float16, random values) at batch 256, and prints:
 
 - samples/s over the timed epochs (the runner's own measure, after warm-up epochs that include
@@ -35,19 +35,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from catalyst import dl
 
-from asd.cache import FORMAT
-from asd.config import load_config
-from asd.data import COLUMNS, class_table
-from asd.training import check_config
+from asd.infra.config import load_config
+from asd.infra.data import COLUMNS, class_table
+from asd.infra.feature_cache import FORMAT
+from asd.infra.training import check_config
 from runners.common import MixupRunner, make_engine
 from runners.stage1 import Stage1
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
-PER_SECTION = {("source", "train"): 1000, ("target", "train"): 3, ("source", "test"): 207,
-               ("target", "test"): 207}  # x 7 machines x 6 sections: 59,514 clips
+PER_SECTION = {
+    ("source", "train"): 1000,
+    ("target", "train"): 3,
+    ("source", "test"): 207,
+    ("target", "test"): 207,
+}  # x 7 machines x 6 sections: 59,514 clips
 ENGINES = {  # name: (config overrides, model in channels_last)
     "gpu (fp32/TF32)": (["engine.name=gpu"], False),
     "amp bf16": (["engine.name=amp", "engine.amp_dtype=bf16"], False),
@@ -59,31 +62,45 @@ TOLERANCE = {"gpu": 0.02, "amp": 0.05}
 STEP1_ITERATIONS, STEP2_ITERATIONS = 24_750, 5_000
 
 
-def make_cache(folder: Path, per_section: dict = PER_SECTION, machines=MACHINES,
-               sections=("00", "01", "02", "03", "04", "05"), frames: int = 313,
-               mels: int = 128) -> Path:
+def make_cache(
+    folder: Path,
+    per_section: dict = PER_SECTION,
+    machines=MACHINES,
+    sections=("00", "01", "02", "03", "04", "05"),
+    frames: int = 313,
+    mels: int = 128,
+) -> Path:
     """A complete feature cache folder (asd.cache's files) of random float16 log-mels."""
-    rows = [(m, s, d, split) for m in machines for s in sections
-            for (d, split), n in per_section.items() for _ in range(n)]
+    rows = [
+        (m, s, d, split)
+        for m in machines
+        for s in sections
+        for (d, split), n in per_section.items()
+        for _ in range(n)
+    ]
     index = pd.DataFrame(rows, columns=["machine", "section", "domain", "split"])
     index["dataset"] = np.where(index["section"] < "03", "dev_data", "eval_data")
     index["index"] = index.groupby(["machine", "section", "domain", "split"]).cumcount()
-    index["file"] = [f"section_{s}_{d}_{split}_{i:04d}.wav" for s, d, split, i in zip(
-        index["section"], index["domain"], index["split"], index["index"])]
+    index["file"] = [
+        f"section_{s}_{d}_{split}_{i:04d}.wav"
+        for s, d, split, i in zip(index["section"], index["domain"], index["split"], index["index"])
+    ]
     index["path"] = index["file"]
     index["label"] = np.where(index["split"] == "test", "normal", "")
     index["attributes"], index["class"] = "", 0
     folder.mkdir(parents=True, exist_ok=True)
     index[COLUMNS].to_csv(folder / "index.csv", index=False)
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float16,
-                                         shape=(len(index), frames, mels))
+    features = np.lib.format.open_memmap(
+        folder / "features.npy", mode="w+", dtype=np.float16, shape=(len(index), frames, mels)
+    )
     block = np.random.default_rng(0).normal(-40, 10, size=(256, frames, mels)).astype(np.float16)
     for start in range(0, len(index), len(block)):  # shifted copies of one random block
         stop = min(len(index), start + len(block))
         features[start:stop] = block[: stop - start] + np.float16(start % 13)
     features.flush()
-    np.savez(folder / "stats.npz", mean=np.full(mels, -34, np.float32),
-             std=np.full(mels, 11, np.float32))
+    np.savez(
+        folder / "stats.npz", mean=np.full(mels, -34, np.float32), std=np.full(mels, 11, np.float32)
+    )
     (folder / "settings.json").write_text(json.dumps({"format": FORMAT, "complete": True}))
     return folder
 
@@ -126,13 +143,24 @@ def train(cfg, cache: Path, run_dir: Path, plan: tuple[int, int], channels_last:
     classes = class_table(index)
     n_source = int(((index["split"] == "train") & (index["domain"] == "source")).sum())
     run_dir.mkdir(parents=True, exist_ok=True)
-    step = BenchStep(cfg=cfg, run_dir=run_dir, cache=cache, classes=classes.to_dict("list"),
-                     n_source=n_source, progress=False)
+    step = BenchStep(
+        cfg=cfg,
+        run_dir=run_dir,
+        cache=cache,
+        classes=classes.to_dict("list"),
+        n_source=n_source,
+        progress=False,
+    )
     step.plan = plan
     runner = BenchRunner(step)
     runner.channels_last = channels_last
-    runner.train(loaders={}, engine=make_engine(cfg), seed=cfg.stage1.seed, num_epochs=plan[0],
-                 hparams=cfg.to_dict())
+    runner.train(
+        loaders={},
+        engine=make_engine(cfg),
+        seed=cfg.stage1.seed,
+        num_epochs=plan[0],
+        hparams=cfg.to_dict(),
+    )
     return runner
 
 
@@ -140,11 +168,12 @@ def child(name: str, cache: Path, tmp: Path, args) -> dict:
     """One engine in this process: the loss comparison run, then (not on the CPU) the timed."""
     overrides, channels_last = ENGINES.get(name, (["engine.name=cpu"], False))
     cfg = load_config(REPO / "config.yml", [*overrides, *args.overrides])
-    compare = cfg.replace(**{"stage1.batch_size": args.compare_batch,
-                             "engine.cache_on_device": False})
+    compare = cfg.replace(
+        **{"stage1.batch_size": args.compare_batch, "engine.cache_on_device": False}
+    )
     half = math.ceil(args.compare_steps / 2)
     runner = train(compare, cache, tmp / "compare", (2, half), channels_last)
-    out = {"losses": torch.stack(runner.losses).tolist()[:args.compare_steps]}
+    out = {"losses": torch.stack(runner.losses).tolist()[: args.compare_steps]}
     if name == "cpu":
         return out
     del runner
@@ -153,27 +182,50 @@ def child(name: str, cache: Path, tmp: Path, args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     epochs = args.warmup + args.timed
     runner = train(cfg, cache, tmp / "speed", (epochs, args.steps), channels_last)
-    rates = [runner.experiment_metrics[e]["train"]["samples_per_s"]
-             for e in range(args.warmup + 1, epochs + 1)]
+    rates = [
+        runner.experiment_metrics[e]["train"]["samples_per_s"]
+        for e in range(args.warmup + 1, epochs + 1)
+    ]
     samples = args.steps * cfg.stage1.batch_size
     seconds = sum(samples / r for r in rates)
-    return {**out, "samples_per_s": samples * len(rates) / seconds,
-            "ms_per_step": 1e3 * seconds / (len(rates) * args.steps),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "batch": cfg.stage1.batch_size, "stage2_batch": cfg.stage2.batch_size}
+    return {
+        **out,
+        "samples_per_s": samples * len(rates) / seconds,
+        "ms_per_step": 1e3 * seconds / (len(rates) * args.steps),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "batch": cfg.stage1.batch_size,
+        "stage2_batch": cfg.stage2.batch_size,
+    }
 
 
 def run_child(name: str, cache: Path, tmp: Path, args, seconds: float) -> dict:
     """``child`` in a fresh process (accelerate keeps one precision per process)."""
     if seconds < 20:
         return {"error": "skipped: the time budget (--budget) is spent"}
-    cmd = [sys.executable, "-m", "bench.gpu", "--child", name, "--cache", str(cache),
-           "--tmp", str(tmp), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--timed", str(args.timed), "--compare-steps", str(args.compare_steps),
-           "--compare-batch", str(args.compare_batch), *args.overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.gpu",
+        "--child",
+        name,
+        "--cache",
+        str(cache),
+        "--tmp",
+        str(tmp),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--timed",
+        str(args.timed),
+        "--compare-steps",
+        str(args.compare_steps),
+        "--compare-batch",
+        str(args.compare_batch),
+        *args.overrides,
+    ]
     try:
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                             timeout=seconds)
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=seconds)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {seconds:.0f} s (the time budget, --budget)"}
     if out.returncode != 0:
@@ -189,15 +241,19 @@ def minutes(iterations: int, batch: int, rate: float) -> str:
 def report(results: dict, args) -> int:
     """Print the comparison with the CPU; 1 where a result is missing or does not agree."""
     cpu, status = results.get("cpu", {}), 0
-    print(f"\nfirst {args.compare_steps} steps' loss at batch {args.compare_batch} against the "
-          f"CPU (same seed and batches); agreement: the largest |loss - CPU| / CPU at most "
-          f"{TOLERANCE['gpu']:.0%} (gpu), {TOLERANCE['amp']:.0%} (amp)")
+    print(
+        f"\nfirst {args.compare_steps} steps' loss at batch {args.compare_batch} against the "
+        f"CPU (same seed and batches); agreement: the largest |loss - CPU| / CPU at most "
+        f"{TOLERANCE['gpu']:.0%} (gpu), {TOLERANCE['amp']:.0%} (amp)"
+    )
     if "losses" not in cpu:
         print(f"  CPU reference: {cpu.get('error', 'not run')}")
         return 1
     ref = np.array(cpu["losses"])
-    print(f"  {'engine':24s} {'loss step 1':>12s} {f'step {len(ref)}':>10s} "
-          f"{'largest diff':>13s}  agrees")
+    print(
+        f"  {'engine':24s} {'loss step 1':>12s} {f'step {len(ref)}':>10s} "
+        f"{'largest diff':>13s}  agrees"
+    )
     print(f"  {'cpu':24s} {ref[0]:12.4f} {ref[-1]:10.4f}")
     for name in ENGINES:
         r = results.get(name, {})
@@ -209,8 +265,9 @@ def report(results: dict, args) -> int:
         diff = float(np.max(np.abs(loss - ref) / np.abs(ref)))
         ok = diff <= TOLERANCE[name.split()[0]]
         status |= not ok
-        print(f"  {name:24s} {loss[0]:12.4f} {loss[-1]:10.4f} {diff:12.2%}  "
-              f"{'yes' if ok else 'NO'}")
+        print(
+            f"  {name:24s} {loss[0]:12.4f} {loss[-1]:10.4f} {diff:12.2%}  {'yes' if ok else 'NO'}"
+        )
     return status
 
 
@@ -221,8 +278,12 @@ def main(argv=None) -> int:
     p.add_argument("--timed", type=int, default=2, help="timed epochs")
     p.add_argument("--compare-steps", type=int, default=50)
     p.add_argument("--compare-batch", type=int, default=64)
-    p.add_argument("--budget", type=float, default=300,
-                   help="seconds in all; the engines still to run when it is spent are skipped")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=300,
+        help="seconds in all; the engines still to run when it is spent are skipped",
+    )
     p.add_argument("--tmp", default=None, help="folder for the 4.8 GB cache (default: /tmp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -232,25 +293,35 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, Path(args.cache), Path(args.tmp), args)))
         return 0
     if not torch.cuda.is_available():
-        print("bench.gpu: no CUDA GPU is visible; it measures training on a GPU only",
-              file=sys.stderr)
+        print(
+            "bench.gpu: no CUDA GPU is visible; it measures training on a GPU only", file=sys.stderr
+        )
         return 1
     start = time.perf_counter()
     gpu = torch.cuda.get_device_properties(0)
-    print(f"{gpu.name} ({gpu.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA "
-          f"{torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}, TF32: matmul "
-          f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}")
+    print(
+        f"{gpu.name} ({gpu.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA "
+        f"{torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}, TF32: matmul "
+        f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}"
+    )
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         cache = make_cache(Path(tmp) / "cache")
         shape = np.load(cache / "features.npy", mmap_mode="r").shape
-        print(f"feature cache: {shape[0]:,} clips x {shape[1]} x {shape[2]} float16 (random), "
-              f"{(cache / 'features.npy').stat().st_size / 1e9:.2f} GB, written in "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"feature cache: {shape[0]:,} clips x {shape[1]} x {shape[2]} float16 (random), "
+            f"{(cache / 'features.npy').stat().st_size / 1e9:.2f} GB, written in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         batch = load_config(REPO / "config.yml", args.overrides).stage1.batch_size
-        print(f"Step 1 at batch {batch}: {args.warmup} warm-up and {args.timed} timed epochs of "
-              f"{args.steps} iterations per engine; goal: Step 1 in 10 min (10,500 samples/s)")
-        print(f"  {'engine':24s} {'samples/s':>10s} {'ms/step':>8s} {'peak GiB':>9s} "
-              f"{'Step 1':>10s} {'Step 2 <=':>10s}", flush=True)
+        print(
+            f"Step 1 at batch {batch}: {args.warmup} warm-up and {args.timed} timed epochs of "
+            f"{args.steps} iterations per engine; goal: Step 1 in 10 min (10,500 samples/s)"
+        )
+        print(
+            f"  {'engine':24s} {'samples/s':>10s} {'ms/step':>8s} {'peak GiB':>9s} "
+            f"{'Step 1':>10s} {'Step 2 <=':>10s}",
+            flush=True,
+        )
         results = {}
         for name in [*ENGINES, "cpu"]:
             left = args.budget - (time.perf_counter() - start)
@@ -262,9 +333,12 @@ def main(argv=None) -> int:
                 print(f"  {name:24s} {r['error']}", flush=True)
                 continue
             rate = r["samples_per_s"]
-            print(f"  {name:24s} {rate:10.0f} {r['ms_per_step']:8.1f} {r['peak_gib']:9.2f} "
-                  f"{minutes(STEP1_ITERATIONS, r['batch'], rate):>10s} "
-                  f"{minutes(STEP2_ITERATIONS, r['stage2_batch'], rate):>10s}", flush=True)
+            print(
+                f"  {name:24s} {rate:10.0f} {r['ms_per_step']:8.1f} {r['peak_gib']:9.2f} "
+                f"{minutes(STEP1_ITERATIONS, r['batch'], rate):>10s} "
+                f"{minutes(STEP2_ITERATIONS, r['stage2_batch'], rate):>10s}",
+                flush=True,
+            )
         status = report(results, args)
     print(f"\nbench.gpu took {time.perf_counter() - start:.0f} s")
     return status

@@ -37,11 +37,11 @@ from pathlib import Path
 import psutil
 
 from asd import AsdError
-from asd.cli import make_parser, run_command
-from asd.data import ground_truth_dir, index_dataset, with_ground_truth
+from asd.infra.cli import make_parser, run_command
+from asd.infra.data import ground_truth_dir, index_dataset, with_ground_truth
 
 PHASES = ("cache", "stage1", "stage2", "submit", "evaluate")
-MIB = 2 ** 20
+MIB = 2**20
 MEMORY = "bench.scale own memory MiB:"
 
 
@@ -69,7 +69,8 @@ def subsample(root: Path, out: Path, fraction: float) -> Path:
         return root
     marker = {"root": str(root.resolve()), "fraction": fraction}
     if (out / "subsample.json").is_file() and json.loads(
-            (out / "subsample.json").read_text()) == marker:
+        (out / "subsample.json").read_text()
+    ) == marker:
         return out
     shutil.rmtree(out, ignore_errors=True)
     index = with_ground_truth(index_dataset(root), root)
@@ -149,28 +150,55 @@ def run_fraction(fraction: float, args, work: Path) -> list[Phase]:
     cache, runs = work / "cache", work / f"runs-{fraction:g}"
     for old in (cache, runs):  # built afresh: a reused cache or embeddings would time nothing
         shutil.rmtree(old, ignore_errors=True)
-    common = ["--config", args.config, f"data.root={root}", f"data.cache_dir={cache}",
-              f"runs.dir={runs}", *args.overrides]
+    common = [
+        "--config",
+        args.config,
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        f"runs.dir={runs}",
+        *args.overrides,
+    ]
     py, n = sys.executable, str(args.iterations)
     out, run = [], ""
     for name in PHASES:
-        cmd = {"cache": [py, "-m", "asd.cache", *common],
-               "stage1": [py, "-c", "import sys, bench.scale as b; "
-                          "sys.exit(b.step1(int(sys.argv[1]), sys.argv[2:]))", n,
-                          "--no-progress", *common],
-               "stage2": [py, "-m", "runners.stage2", "--from", run, "--no-progress", *common,
-                          f"stage2.iterations={n}", f"stage2.log_every={n}",
-                          f"stage2.checkpoint_every={n}"],
-               "submit": [py, "-m", "asd.submit", "--from", run, "--device", "cpu", *common],
-               "evaluate": [py, "-m", "asd.evaluate", "--from", run, *common]}[name]
+        cmd = {
+            "cache": [py, "-m", "asd.cache", *common],
+            "stage1": [
+                py,
+                "-c",
+                "import sys, bench.scale as b; sys.exit(b.step1(int(sys.argv[1]), sys.argv[2:]))",
+                n,
+                "--no-progress",
+                *common,
+            ],
+            "stage2": [
+                py,
+                "-m",
+                "runners.stage2",
+                "--from",
+                run,
+                "--no-progress",
+                *common,
+                f"stage2.iterations={n}",
+                f"stage2.log_every={n}",
+                f"stage2.checkpoint_every={n}",
+            ],
+            "submit": [py, "-m", "asd.submit", "--from", run, "--device", "cpu", *common],
+            "evaluate": [py, "-m", "asd.evaluate", "--from", run, *common],
+        }[name]
         seconds, samples, last = measure(cmd, work / "logs" / f"{name}-{fraction:g}")
         run = last if name in ("stage1", "stage2") else run
-        marks = [float(line.rsplit(" ", 1)[1]) for line in
-                 (work / "logs" / f"{name}-{fraction:g}.err").read_text().splitlines()
-                 if line.startswith(MEMORY)]
+        marks = [
+            float(line.rsplit(" ", 1)[1])
+            for line in (work / "logs" / f"{name}-{fraction:g}.err").read_text().splitlines()
+            if line.startswith(MEMORY)
+        ]
         out.append(Phase(fraction, clips, name, seconds, samples, marks))
-        print(f"{fraction:8g} {clips:7d}  {name:9s} {seconds:8.1f} {out[-1].rss:9.0f} "
-              f"{out[-1].own:9.0f}", flush=True)
+        print(
+            f"{fraction:8g} {clips:7d}  {name:9s} {seconds:8.1f} {out[-1].rss:9.0f} "
+            f"{out[-1].own:9.0f}",
+            flush=True,
+        )
     shutil.rmtree(cache, ignore_errors=True)  # the full-size cache is 4.8 GB
     return out
 
@@ -183,17 +211,25 @@ def report(phases: list[Phase], iterations: int) -> list[str]:
     lines = []
     if small < large:
         clips = last["cache"].clips / first["cache"].clips
-        lines += ["", f"growth {small:g} -> {large:g} ({clips:.1f}x the clips):",
-                  f"{'phase':9s} {'time':>7s} {'RSS':>7s} {'own':>7s}"]
+        lines += [
+            "",
+            f"growth {small:g} -> {large:g} ({clips:.1f}x the clips):",
+            f"{'phase':9s} {'time':>7s} {'RSS':>7s} {'own':>7s}",
+        ]
         for name in PHASES:
             a, b = first[name], last[name]
-            lines.append(f"{name:9s} {b.seconds / a.seconds:6.2f}x {b.rss / a.rss:6.2f}x "
-                         f"{b.own / a.own:6.2f}x")
+            lines.append(
+                f"{name:9s} {b.seconds / a.seconds:6.2f}x {b.rss / a.rss:6.2f}x "
+                f"{b.own / a.own:6.2f}x"
+            )
     marks = last["stage1"].marks
-    lines += ["", f"Step 1 at {large:g}, own memory (MiB) after 0, 1/{len(marks) - 1}, ... of its "
-              f"{iterations} iterations: {' / '.join(f'{v:.0f}' for v in marks)}",
-              f"submit at {large:g}: peak RSS {last['submit'].rss:.0f} MiB "
-              f"(own {last['submit'].own:.0f} MiB)"]
+    lines += [
+        "",
+        f"Step 1 at {large:g}, own memory (MiB) after 0, 1/{len(marks) - 1}, ... of its "
+        f"{iterations} iterations: {' / '.join(f'{v:.0f}' for v in marks)}",
+        f"submit at {large:g}: peak RSS {last['submit'].rss:.0f} MiB "
+        f"(own {last['submit'].own:.0f} MiB)",
+    ]
     return lines
 
 
@@ -209,10 +245,15 @@ def plot(phases: list[Phase], path: Path) -> Path:
         mine = sorted((p for p in phases if p.name == name), key=lambda p: p.clips)
         x = [p.clips for p in mine]
         axes[0].plot(x, [p.seconds for p in mine], "o-", label=name)
-        line, = axes[1].plot(x, [p.rss for p in mine], "o-", label=name)
+        (line,) = axes[1].plot(x, [p.rss for p in mine], "o-", label=name)
         axes[1].plot(x, [p.own for p in mine], "x--", color=line.get_color())
-    for ax, what in zip(axes, ("wall time (s)", "peak memory of the process tree (MiB):\n"
-                                                "RSS solid, RSS less file pages dashed")):
+    for ax, what in zip(
+        axes,
+        (
+            "wall time (s)",
+            "peak memory of the process tree (MiB):\nRSS solid, RSS less file pages dashed",
+        ),
+    ):
         ax.set(xlabel="clips", ylabel=what, xlim=(0, None), ylim=(0, None))
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -233,10 +274,14 @@ def _main(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not Path(args.root).exists():
         print(f"writing the full-size synthetic data set into {args.root}", flush=True)
-        subprocess.run([sys.executable, "-m", "asd.synthetic", args.root, "--like-dcase2021"],
-                       check=True)
-    print(f"{'fraction':>8s} {'clips':>7s}  {'phase':9s} {'time s':>8s} {'RSS MiB':>9s} "
-          f"{'own MiB':>9s}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "asd.synthetic", args.root, "--like-dcase2021"], check=True
+        )
+    print(
+        f"{'fraction':>8s} {'clips':>7s}  {'phase':9s} {'time s':>8s} {'RSS MiB':>9s} "
+        f"{'own MiB':>9s}",
+        flush=True,
+    )
     phases = [p for f in fractions for p in run_fraction(f, args, work)]
     print("\n".join(report(phases, args.iterations)))
     print(f"plot: {plot(phases, work / 'scale.png')}")
@@ -247,15 +292,28 @@ def _main(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("bench.scale", __doc__)
-    parser.add_argument("--fractions", default="0.1,0.3,1",
-                        help="shares of the root's clips, comma-separated (default: 0.1,0.3,1)")
-    parser.add_argument("--root", default="data/synthetic-dcase2021",
-                        help="the full-size data set (written there when missing; default: "
-                             "data/synthetic-dcase2021)")
-    parser.add_argument("--work", default=".bench/scale",
-                        help="subsamples, caches, runs, logs and the PNG (default: .bench/scale)")
-    parser.add_argument("--iterations", type=int, default=20,
-                        help="iterations of Step 1 and of Step 2 (default: 20)")
+    parser.add_argument(
+        "--fractions",
+        default="0.1,0.3,1",
+        help="shares of the root's clips, comma-separated (default: 0.1,0.3,1)",
+    )
+    parser.add_argument(
+        "--root",
+        default="data/synthetic-dcase2021",
+        help="the full-size data set (written there when missing; default: "
+        "data/synthetic-dcase2021)",
+    )
+    parser.add_argument(
+        "--work",
+        default=".bench/scale",
+        help="subsamples, caches, runs, logs and the PNG (default: .bench/scale)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=20,
+        help="iterations of Step 1 and of Step 2 (default: 20)",
+    )
     return run_command(_main, parser, argv)
 
 

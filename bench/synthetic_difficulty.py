@@ -29,14 +29,15 @@ from scipy.stats import hmean
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from asd.data import index_dataset
+from asd.infra.data import index_dataset
 from asd.synthetic import MACHINES, generate
 
 
 def clip_vectors(path: str) -> dict[str, np.ndarray]:
     wave, sr = sf.read(path, dtype="float32")
-    mel = librosa.feature.melspectrogram(y=wave, sr=sr, n_fft=1024, hop_length=512, n_mels=128,
-                                         power=2.0)
+    mel = librosa.feature.melspectrogram(
+        y=wave, sr=sr, n_fft=1024, hop_length=512, n_mels=128, power=2.0
+    )
     db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)  # (F, T)
     mean = db.mean(axis=1)
     peak = np.percentile(db, 99, axis=1) - np.median(db, axis=1)
@@ -53,8 +54,15 @@ def section_aucs(df: pd.DataFrame, vectors: dict[str, np.ndarray]) -> pd.DataFra
             for domain in ("source", "target"):
                 mask = (test["domain"] == domain).to_numpy()
                 y = (test["label"][mask] == "anomaly").to_numpy()
-                rows.append({"detector": name, "machine": machine, "section": section,
-                             "domain": domain, "auc": roc_auc_score(y, score[mask])})
+                rows.append(
+                    {
+                        "detector": name,
+                        "machine": machine,
+                        "section": section,
+                        "domain": domain,
+                        "auc": roc_auc_score(y, score[mask]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -71,9 +79,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.root or tmp)
         if not (root / "dev_data").is_dir():
-            generate(root, machines=a.machines.split(","), dev_sections=a.sections.split(","),
-                     eval_sections=(), n_source=a.n_source, n_test=a.n_test, seed=a.seed,
-                     workers=a.workers, progress=True)
+            generate(
+                root,
+                machines=a.machines.split(","),
+                dev_sections=a.sections.split(","),
+                eval_sections=(),
+                n_source=a.n_source,
+                n_test=a.n_test,
+                seed=a.seed,
+                workers=a.workers,
+                progress=True,
+            )
         df = index_dataset(root)
         df = df[df["dataset"] == "dev_data"].reset_index(drop=True)
         per_clip = [clip_vectors(path) for path in df["path"]]
@@ -83,8 +99,14 @@ def main() -> None:
     print((100 * table).round(1).to_string())
     print((100 * aucs.groupby("detector")["auc"].apply(hmean)).round(1).to_string())
     print("per section:")
-    print((100 * aucs.set_index(["detector", "machine", "section", "domain"])["auc"]
-           .unstack("domain")).round(1).to_string())
+    print(
+        (
+            100
+            * aucs.set_index(["detector", "machine", "section", "domain"])["auc"].unstack("domain")
+        )
+        .round(1)
+        .to_string()
+    )
 
 
 if __name__ == "__main__":

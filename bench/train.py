@@ -3,7 +3,7 @@
 Both feed the same model (EmbeddingNet + sub-cluster AdaCos, channels_last, AdamP) from the
 same float16 feature cache on disk, in the same run:
 
-- project: ``asd.sampling.MixupBatches`` gathers whole batches of rows from the memory-mapped
+- project: ``asd.method.sampling.MixupBatches`` gathers whole batches of rows from the memory-mapped
   cache where the model runs, and mixup happens in the training step;
 - plain: a ``Dataset`` whose items load two cached clips each, and a ``collate_fn`` that mixes
   them, through a ``DataLoader`` (no worker processes: the two cores train the model).
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asd.config import load_config
-from asd.losses import kl_loss, mixup
-from asd.model import build_model
-from asd.optim import build_optimizer
-from asd.sampling import MixupBatches
+from asd.infra.config import load_config
+from asd.method.losses import kl_loss, mixup
+from asd.method.model import build_model
+from asd.method.optim import build_optimizer
+from asd.method.sampling import MixupBatches
 
 REPO = Path(__file__).resolve().parents[1]
 N_CLASSES = 42  # source classes of the full data set
@@ -115,8 +115,18 @@ def _timed(cfg, batches, steps):
 
 def run_project(cfg, features, mean, std, labels, batch, steps):
     rows = np.arange(len(features))
-    batches = MixupBatches(features, mean, std, labels, rows, rows, batch_size=batch,
-                           steps_per_epoch=steps + 1, total_steps=steps + 1, seed=0)
+    batches = MixupBatches(
+        features,
+        mean,
+        std,
+        labels,
+        rows,
+        rows,
+        batch_size=batch,
+        steps_per_epoch=steps + 1,
+        total_steps=steps + 1,
+        seed=0,
+    )
 
     def mixed():  # what the runner's handle_batch does before the model
         for b in batches:
@@ -141,12 +151,16 @@ def speed(args) -> None:
         mean = np.full(f.n_mels, -40, np.float32)
         std = np.full(f.n_mels, 10, np.float32)
         labels = np.arange(args.clips) % N_CLASSES
-        print(f"Step 1 on CPU ({torch.get_num_threads()} threads), batch {args.batch}, "
-              f"{args.steps} timed steps, cache of {args.clips} clips (float16, memory-mapped)")
+        print(
+            f"Step 1 on CPU ({torch.get_num_threads()} threads), batch {args.batch}, "
+            f"{args.steps} timed steps, cache of {args.clips} clips (float16, memory-mapped)"
+        )
         best = {}
         for _ in range(args.rounds):  # interleaved rounds: both see the same machine state
-            for name, fn in (("project (MixupBatches)", run_project),
-                             ("plain Dataset + DataLoader", run_plain)):
+            for name, fn in (
+                ("project (MixupBatches)", run_project),
+                ("plain Dataset + DataLoader", run_plain),
+            ):
                 data_t, model_t = fn(cfg, features, mean, std, labels, args.batch, args.steps)
                 if name not in best or data_t + model_t < sum(best[name]):
                     best[name] = (data_t, model_t)
@@ -155,11 +169,15 @@ def speed(args) -> None:
         for name, (data_t, model_t) in best.items():
             total = data_t + model_t
             rows.append((name, args.batch * args.steps / total, data_t / total))
-            print(f"{name:28s} {rows[-1][1]:10.1f} {1e3 * data_t / args.steps:14.1f} "
-                  f"{data_t / total:13.1%}")
+            print(
+                f"{name:28s} {rows[-1][1]:10.1f} {1e3 * data_t / args.steps:14.1f} "
+                f"{data_t / total:13.1%}"
+            )
         (_, (dp, _)), (_, (dr, _)) = best.items()
-        print(f"ratio project / plain: {rows[0][1] / rows[1][1]:.2f}x per step, "
-              f"{dr / dp:.1f}x faster data path alone")
+        print(
+            f"ratio project / plain: {rows[0][1] / rows[1][1]:.2f}x per step, "
+            f"{dr / dp:.1f}x faster data path alone"
+        )
 
 
 def status_kb(field: str) -> int:
@@ -181,10 +199,17 @@ def memory_child(cache: str, steps: int, batch: int) -> None:
     labels = np.arange(n) % N_CLASSES
     base = status_kb("RssAnon")
     run_project(cfg, features, mean, std, labels, batch, steps)
-    print(json.dumps({"clips": n, "cache_mb": features.nbytes / 2**20,
-                      "peak_rss_mb": status_kb("VmHWM") / 1024,
-                      "anon_mb": status_kb("RssAnon") / 1024,
-                      "anon_before_mb": base / 1024}))
+    print(
+        json.dumps(
+            {
+                "clips": n,
+                "cache_mb": features.nbytes / 2**20,
+                "peak_rss_mb": status_kb("VmHWM") / 1024,
+                "anon_mb": status_kb("RssAnon") / 1024,
+                "anon_before_mb": base / 1024,
+            }
+        )
+    )
 
 
 def memory(args) -> None:
@@ -194,16 +219,34 @@ def memory(args) -> None:
         path = Path(tmp) / "features.npy"
         t = time.perf_counter()
         make_cache(path, 42_000, f.frames, f.n_mels)
-        print(f"\nfull-size cache: 42,000 clips, {path.stat().st_size / 2**30:.2f} GiB "
-              f"(written in {time.perf_counter() - t:.0f} s)")
+        print(
+            f"\nfull-size cache: 42,000 clips, {path.stat().st_size / 2**30:.2f} GiB "
+            f"(written in {time.perf_counter() - t:.0f} s)"
+        )
         for steps in (4, 16):
-            out = subprocess.run([sys.executable, "-m", "bench.train", "--child", str(path),
-                                  "--steps", str(steps), "--batch", str(args.batch)],
-                                 capture_output=True, text=True, cwd=REPO, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.train",
+                    "--child",
+                    str(path),
+                    "--steps",
+                    str(steps),
+                    "--batch",
+                    str(args.batch),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                check=True,
+            )
             m = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"CPU Step 1, {steps:2d} steps of {args.batch}: peak RSS "
-                  f"{m['peak_rss_mb']:.0f} MiB (process-own memory {m['anon_mb']:.0f} MiB) "
-                  f"for a {m['cache_mb']:.0f} MiB cache")
+            print(
+                f"CPU Step 1, {steps:2d} steps of {args.batch}: peak RSS "
+                f"{m['peak_rss_mb']:.0f} MiB (process-own memory {m['anon_mb']:.0f} MiB) "
+                f"for a {m['cache_mb']:.0f} MiB cache"
+            )
 
 
 def main() -> None:

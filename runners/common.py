@@ -2,7 +2,7 @@
 
 ``MixupRunner.handle_batch`` is the report's training step: mixup -> embedding net -> sub-cluster
 AdaCos (eq. 1) -> KL loss; what differs between Step 1 and Step 2 is a ``Step`` (runners.stage1,
-runners.stage2). ``Checkpoints`` writes asd.checkpoint's format (Catalyst's ignore ``resume``).
+runners.stage2). ``Checkpoints`` writes asd.infra.checkpoint's format (Catalyst's ignore ``resume``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import warnings
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 from catalyst import dl
@@ -19,15 +19,15 @@ from tensorboardX import SummaryWriter
 from torch import nn
 from tqdm import tqdm
 
-from asd.cache import FeatureCache
-from asd.checkpoint import load_checkpoint, save_checkpoint
-from asd.cli import make_parser, run_command
-from asd.config import Config
-from asd.losses import kl_loss, mixup
-from asd.model import build_model
-from asd.optim import build_optimizer
-from asd.sampling import MixupBatches, training_rows
-from asd.training import TrainRun, prepare, world_size
+from asd.infra.checkpoint import load_checkpoint, save_checkpoint
+from asd.infra.cli import make_parser, run_command
+from asd.infra.config import Config
+from asd.infra.feature_cache import FeatureCache
+from asd.infra.training import TrainRun, prepare, world_size
+from asd.method.losses import kl_loss, mixup
+from asd.method.model import build_model
+from asd.method.optim import build_optimizer
+from asd.method.sampling import MixupBatches, training_rows
 
 # handle_batch does the backward pass and the optimiser step itself, on purpose.
 warnings.filterwarnings("ignore", message=r"No ``I(Backward|Optimizer)Callback")
@@ -38,7 +38,7 @@ class Step(TrainRun):
 
     name: ClassVar[str]
     domains: ClassVar[tuple[str, str]]  # where the first and the second clip of a pair come from
-    from_help: ClassVar[Optional[str]] = None
+    from_help: ClassVar[str | None] = None
 
     @property
     def settings(self):
@@ -47,7 +47,7 @@ class Step(TrainRun):
     def schedule(self) -> tuple[int, int, int, int]:
         """(epochs, steps per epoch, total steps, epochs between two checkpoints)."""
 
-    def init_model(self, model: "Classifier") -> None:
+    def init_model(self, model: Classifier) -> None:
         """Initial weights (fresh) and what trains (all)."""
 
     def set_modes(self, net: nn.Module) -> None:
@@ -61,7 +61,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.net, self.head = net, head
 
-    def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.net(x).float(), target)  # (B, 1, T, F) -> (B, C) log-probs
 
     def load(self, ckpt: dict) -> None:
@@ -74,9 +74,11 @@ class ConsoleLogger(dl.ConsoleLogger):
 
     def log_metrics(self, metrics, scope, runner):
         if scope == "loader":
-            tqdm.write(f"epoch {runner.epoch_step}/{runner.num_epochs}  loss {metrics['loss']:.3f}"
-                       f"  acc {metrics['accuracy']:.3f}  s {metrics['s']:.1f}  lr "
-                       f"{metrics['lr']:.0e}  {metrics['samples_per_s']:.0f} samples a second")
+            tqdm.write(
+                f"epoch {runner.epoch_step}/{runner.num_epochs}  loss {metrics['loss']:.3f}"
+                f"  acc {metrics['accuracy']:.3f}  s {metrics['s']:.1f}  lr "
+                f"{metrics['lr']:.0e}  {metrics['samples_per_s']:.0f} samples a second"
+            )
 
 
 class Progress(dl.Callback):
@@ -86,15 +88,15 @@ class Progress(dl.Callback):
         super().__init__(order=dl.CallbackOrder.External)
         self.total, self.bar = total, tqdm(disable=True)  # made as the first epoch starts
 
-    def on_loader_start(self, runner: "MixupRunner") -> None:
+    def on_loader_start(self, runner: MixupRunner) -> None:
         if self.bar.disable and runner.engine.is_main_process:  # after a resume's checkpoint
             done = runner.batch_step // runner.engine.num_processes
             self.bar = tqdm(total=self.total, initial=done, unit="it", dynamic_ncols=True)
 
-    def on_batch_end(self, runner: "MixupRunner") -> None:
+    def on_batch_end(self, runner: MixupRunner) -> None:
         self.bar.update()
 
-    def on_experiment_end(self, runner: "MixupRunner") -> None:
+    def on_experiment_end(self, runner: MixupRunner) -> None:
         self.bar.close()
 
     on_exception = on_experiment_end
@@ -116,12 +118,13 @@ class CSVLogger(dl.CSVLogger):
 class TensorboardLogger(dl.TensorboardLogger):
     """A resumed run's event files purge the epochs logged again (no doubled curves)."""
 
-    purge_step: Optional[int] = None
+    purge_step: int | None = None
 
     def _check_loader_key(self, loader_key: str) -> None:
         if loader_key not in self.loggers:
-            self.loggers[loader_key] = SummaryWriter(os.path.join(self.logdir, loader_key),
-                                                     purge_step=self.purge_step)
+            self.loggers[loader_key] = SummaryWriter(
+                os.path.join(self.logdir, loader_key), purge_step=self.purge_step
+            )
 
 
 class Checkpoints(dl.Callback):
@@ -133,7 +136,7 @@ class Checkpoints(dl.Callback):
         self.step, self.first = step, 0  # first: the epoch this process started after
         self.last = step.run_dir / "checkpoints" / "last.pth"
 
-    def on_experiment_start(self, runner: "MixupRunner") -> None:
+    def on_experiment_start(self, runner: MixupRunner) -> None:
         if self.step.resume and self.last.is_file():
             ckpt = load_checkpoint(self.last)
             runner.engine.unwrap_model(runner.model).load(ckpt)
@@ -148,27 +151,41 @@ class Checkpoints(dl.Callback):
             runner.loggers["tensorboard"].purge_step = runner.epoch_step + 1
         self.first = runner.epoch_step
 
-    def on_epoch_start(self, runner: "MixupRunner") -> None:
+    def on_epoch_start(self, runner: MixupRunner) -> None:
         done = runner.epoch_step - 1
         if done > self.first and done % self.step.schedule()[3] == 0:
             self.save(runner, done)
 
-    def on_experiment_end(self, runner: "MixupRunner") -> None:
+    def on_experiment_end(self, runner: MixupRunner) -> None:
         self.save(runner, runner.epoch_step, final=True)
 
-    def save(self, runner: "MixupRunner", epoch: int, final: bool = False) -> None:
+    def save(self, runner: MixupRunner, epoch: int, final: bool = False) -> None:
         """``last.pth`` with the resume state; at the end also ``model.pth`` without it."""
         if runner.engine.is_main_process:
             model, world = runner.engine.unwrap_model(runner.model), runner.engine.num_processes
-            step = {"stage": self.step.name, "epoch": epoch,
-                    "iteration": runner.batch_step // world, "samples": runner.sample_step,
-                    "world_size": world, "done": epoch >= runner.num_epochs}
-            parts = dict(model=model.net, head=model.head, cfg=self.step.cfg, step=step,
-                         classes=self.step.classes, mean=runner.cache.mean, std=runner.cache.std)
+            step = {
+                "stage": self.step.name,
+                "epoch": epoch,
+                "iteration": runner.batch_step // world,
+                "samples": runner.sample_step,
+                "world_size": world,
+                "done": epoch >= runner.num_epochs,
+            }
+            parts = dict(
+                model=model.net,
+                head=model.head,
+                cfg=self.step.cfg,
+                step=step,
+                classes=self.step.classes,
+                mean=runner.cache.mean,
+                std=runner.cache.std,
+            )
             scaler = runner.engine.scaler  # fp16's loss scale; None without one
-            state = {"optimizer": runner.optimizer.state_dict(),
-                     "sampler": runner.loaders["train"].state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None}
+            state = {
+                "optimizer": runner.optimizer.state_dict(),
+                "sampler": runner.loaders["train"].state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            }
             save_checkpoint(self.last, **parts, extra=state)
             if final:
                 save_checkpoint(self.step.run_dir / "model.pth", **parts)
@@ -186,20 +203,32 @@ class MixupRunner(dl.Runner):
 
     def get_loggers(self):
         logdir = str(self.step.run_dir / "logs")
-        return {"console": ConsoleLogger(), "csv": CSVLogger(logdir=logdir),
-                "tensorboard": TensorboardLogger(os.path.join(logdir, "tensorboard"))}
+        return {
+            "console": ConsoleLogger(),
+            "csv": CSVLogger(logdir=logdir),
+            "tensorboard": TensorboardLogger(os.path.join(logdir, "tensorboard")),
+        }
 
     def get_loaders(self):
         step, world = self.step, self.engine.num_processes
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
         _, steps_per_epoch, total, _ = step.schedule()
-        return {"train": MixupBatches(
-            self.cache.features, self.cache.mean, self.cache.std, labels,
-            *(rows[domain] for domain in step.domains),
-            batch_size=step.settings.batch_size // world, steps_per_epoch=steps_per_epoch,
-            total_steps=total, seed=step.settings.seed + 7919 * self.engine.process_index,
-            device=self.engine.device, cache_on_device=step.cache_on_device)}
+        return {
+            "train": MixupBatches(
+                self.cache.features,
+                self.cache.mean,
+                self.cache.std,
+                labels,
+                *(rows[domain] for domain in step.domains),
+                batch_size=step.settings.batch_size // world,
+                steps_per_epoch=steps_per_epoch,
+                total_steps=total,
+                seed=step.settings.seed + 7919 * self.engine.process_index,
+                device=self.engine.device,
+                cache_on_device=step.cache_on_device,
+            )
+        }
 
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
@@ -246,13 +275,17 @@ class MixupRunner(dl.Runner):
 
     def on_loader_end(self, runner):
         loss, accuracy = epoch_means(self.sums, self.loader_sample_step)
-        self.loader_metrics.update({
-            "loss": loss, "accuracy": accuracy,
-            "s": float(self.engine.unwrap_model(self.model).head.s),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": self.loader_sample_step / max(time.perf_counter() - self.tic, 1e-9),
-            "iteration": float(self.batch_step // self.engine.num_processes),
-        })
+        self.loader_metrics.update(
+            {
+                "loss": loss,
+                "accuracy": accuracy,
+                "s": float(self.engine.unwrap_model(self.model).head.s),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": self.loader_sample_step
+                / max(time.perf_counter() - self.tic, 1e-9),
+                "iteration": float(self.batch_step // self.engine.num_processes),
+            }
+        )
         super().on_loader_end(runner)
 
 
@@ -265,7 +298,7 @@ def epoch_means(sums: torch.Tensor, samples: int) -> list[float]:
 
 
 def make_engine(cfg: Config) -> dl.Engine:
-    """The Catalyst engine named by ``engine.name`` (asd.training.check_config checked it)."""
+    """The Catalyst engine named by ``engine.name`` (asd.infra.training.check_config checked it)."""
     e, cuda = cfg.engine, torch.cuda.is_available()
     precision = e.amp_dtype if e.name in ("amp", "ddp_amp") else None
     if e.name == "cpu":
@@ -279,16 +312,23 @@ def make_engine(cfg: Config) -> dl.Engine:
         port = s.getsockname()[1]
     on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
     world = world_size(cfg)  # one process per GPU or CPU
-    return dl.DistributedDataParallelEngine(world_size=world, num_node_workers=world, port=port,
-                                            mixed_precision=precision, **on_cpu)
+    return dl.DistributedDataParallelEngine(
+        world_size=world, num_node_workers=world, port=port, mixed_precision=precision, **on_cpu
+    )
 
 
-def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:
+def main(kind: type[Step], doc: str, argv: list[str] | None = None) -> int:
     """The command line of a step: train a new run or finish one, then print its folder."""
     parser = make_parser(f"runners.{kind.name}", doc, from_help=kind.from_help)
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
-                        help=f"finish an interrupted run with its own config.yml (default: the "
-                             f"latest *-{kind.name} run)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN",
+        help=f"finish an interrupted run with its own config.yml (default: the "
+        f"latest *-{kind.name} run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> None:
@@ -296,11 +336,18 @@ def main(kind: type[Step], doc: str, argv: Optional[list[str]] = None) -> int:
         if step is not None:  # None: the run is finished
             runner, epochs = MixupRunner(step), step.schedule()[0]
             try:
-                runner.train(loaders={}, engine=make_engine(step.cfg), seed=step.settings.seed,
-                             num_epochs=epochs, hparams=step.cfg.to_dict())
+                runner.train(
+                    loaders={},
+                    engine=make_engine(step.cfg),
+                    seed=step.settings.seed,
+                    num_epochs=epochs,
+                    hparams=step.cfg.to_dict(),
+                )
             except KeyboardInterrupt:  # one line that says how to finish the run
-                raise KeyboardInterrupt(f"at epoch {max(runner.epoch_step, 1)} of {epochs}; "
-                                        f"finish with make {kind.name} RESUME={run_dir}") from None
+                raise KeyboardInterrupt(
+                    f"at epoch {max(runner.epoch_step, 1)} of {epochs}; "
+                    f"finish with make {kind.name} RESUME={run_dir}"
+                ) from None
         print(run_dir)
 
     return run_command(run, parser, argv)

@@ -9,9 +9,9 @@ Both print the run folder (``runs/NNN-stage1``) as their last line.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
-from runners.common import Step, main as step_main
+from runners.common import Step
+from runners.common import main as step_main
 
 
 class Stage1(Step):
@@ -26,7 +26,7 @@ class Stage1(Step):
         return s.epochs, steps, s.epochs * steps, s.checkpoint_every
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return step_main(Stage1, __doc__, argv)
 
 

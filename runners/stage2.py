@@ -10,16 +10,16 @@ Starts from a finished Step 1 run's ``model.pth``; only the parts of the net tha
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from torch import nn
 
-from asd.checkpoint import load_checkpoint, step1_model
-from asd.cli import load_run
-from asd.data import load_classes
-from asd.model import build_model
-from asd.optim import set_trainable
-from runners.common import Step, main as step_main
+from asd.infra.checkpoint import load_checkpoint, step1_model
+from asd.infra.cli import load_run
+from asd.infra.data import load_classes
+from asd.method.model import build_model
+from asd.method.optim import set_trainable
+from runners.common import Step
+from runners.common import main as step_main
 
 
 class Stage2(Step):
@@ -31,8 +31,12 @@ class Stage2(Step):
 
     def schedule(self) -> tuple[int, int, int, int]:
         s = self.settings
-        return (math.ceil(s.iterations / s.log_every), s.log_every, s.iterations,
-                max(1, s.checkpoint_every // s.log_every))
+        return (
+            math.ceil(s.iterations / s.log_every),
+            s.log_every,
+            s.iterations,
+            max(1, s.checkpoint_every // s.log_every),
+        )
 
     @classmethod
     def start(cls, args):
@@ -51,7 +55,7 @@ class Stage2(Step):
                 part.eval()  # frozen batch-norm statistics
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return step_main(Stage2, __doc__, argv)
 
 

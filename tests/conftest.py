@@ -32,21 +32,33 @@ def tiny_data(tmp_path_factory) -> Path:
     from asd.synthetic import generate
 
     root = tmp_path_factory.mktemp("tiny_data")
-    return generate(root, machines=("fan", "valve"), dev_sections=("00",), eval_sections=("03",),
-                    n_source=12, n_target=3, n_test=6, duration=10.0, seed=0)
+    return generate(
+        root,
+        machines=("fan", "valve"),
+        dev_sections=("00",),
+        eval_sections=("03",),
+        n_source=12,
+        n_target=3,
+        n_test=6,
+        duration=10.0,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_data, tmp_path_factory):
     """config.yml pointed at tiny_data, with the cache and runs in a temporary folder."""
-    from asd.config import load_config
+    from asd.infra.config import load_config
 
     tmp = tmp_path_factory.mktemp("tiny_cfg")
-    return load_config(REPO / "config.yml", [
-        f"data.root={tiny_data}",
-        f"data.cache_dir={tmp / 'cache'}",
-        f"runs.dir={tmp / 'runs'}",
-    ])
+    return load_config(
+        REPO / "config.yml",
+        [
+            f"data.root={tiny_data}",
+            f"data.cache_dir={tmp / 'cache'}",
+            f"runs.dir={tmp / 'runs'}",
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +81,10 @@ def runs(tiny_cfg, tmp_path_factory):
 @pytest.fixture
 def config(runs, tmp_path) -> Path:
     """The shared runs' settings (and feature cache), with a runs folder of this test's own."""
-    from asd.config import load_config
     from robust_helpers import write_config
 
-    return write_config(load_config(runs.config), tmp_path / "config.yml",
-                        [f"runs.dir={tmp_path / 'runs'}"])
+    from asd.infra.config import load_config
+
+    return write_config(
+        load_config(runs.config), tmp_path / "config.yml", [f"runs.dir={tmp_path / 'runs'}"]
+    )

@@ -20,19 +20,36 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 # a tiny model and schedule (Step 1: 6 steps per epoch on tiny_data's 48 source clips)
-TINY = ["model.stem_channels=4", "model.stage_channels=[4,4,8,8]", "model.embedding_dim=16",
-        "loss.n_subclusters=4", "stage1.epochs=3", "stage1.batch_size=8",
-        "stage2.iterations=4", "stage2.batch_size=8", "stage2.log_every=1",
-        "stage2.checkpoint_every=1", "detectors.batch_size=16", "engine.num_threads=1"]
+TINY = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,8,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+    "stage1.epochs=3",
+    "stage1.batch_size=8",
+    "stage2.iterations=4",
+    "stage2.batch_size=8",
+    "stage2.log_every=1",
+    "stage2.checkpoint_every=1",
+    "detectors.batch_size=16",
+    "engine.num_threads=1",
+]
 
 
-def cli(module: str, *args: str, timeout: float = 300, preexec_fn=None,
-        check: bool | None = None) -> subprocess.CompletedProcess:
+def cli(
+    module: str, *args: str, timeout: float = 300, preexec_fn=None, check: bool | None = None
+) -> subprocess.CompletedProcess:
     """``python -m module args...`` from the repository root; check=True/False asserts the
     exit status is zero/non-zero (showing stderr otherwise)."""
-    out = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=ENV,
-                         capture_output=True, text=True, timeout=timeout,
-                         preexec_fn=preexec_fn)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
     if check is True:
         assert out.returncode == 0, out.stderr[-3000:]
     elif check is False:
@@ -41,18 +58,24 @@ def cli(module: str, *args: str, timeout: float = 300, preexec_fn=None,
 
 
 def popen(module: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # Run as ``python -c DYING SPEC MODULE ARGS...``: MODULE's command line, killed with SIGKILL at
-# a precise moment. SPEC is "write:WHERE:N" (the Nth file written through asd.io.atomic_path
+# a precise moment. SPEC is "write:WHERE:N" (the Nth file written through asd.infra.io.atomic_path
 # whose path contains WHERE is cut to half its size on disk, then the process dies before the
 # rename, as if the power went mid-write) or "replace:WHERE:N" (dies just before the Nth rename
 # onto such a path, after the earlier ones).
 DYING = r"""
 import contextlib, os, runpy, signal, sys
-import asd.io
+import asd.infra.io
 kind, where, nth = sys.argv[1].split(":")
 seen = []
 def due(path):
@@ -64,7 +87,7 @@ def die():
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 if kind == "write":
-    real_atomic_path = asd.io.atomic_path
+    real_atomic_path = asd.infra.io.atomic_path
     @contextlib.contextmanager
     def atomic_path(path):
         with real_atomic_path(path) as tmp:
@@ -72,7 +95,7 @@ if kind == "write":
             if due(path):
                 os.truncate(tmp, os.path.getsize(tmp) // 2)
                 die()
-    asd.io.atomic_path = atomic_path  # before the modules that import it are loaded
+    asd.infra.io.atomic_path = atomic_path  # before the modules that import it are loaded
 else:
     real_replace = os.replace
     def replace(src, dst, *args, **kwargs):
@@ -87,8 +110,14 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 def cli_killed(spec: str, module: str, *args: str, timeout: float = 300):
     """``python -m module args`` killed at the moment ``spec`` names (see DYING)."""
-    out = subprocess.run([sys.executable, "-c", DYING, spec, module, *map(str, args)], cwd=REPO,
-                         env=ENV, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", DYING, spec, module, *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == -signal.SIGKILL, (out.returncode, out.stderr[-3000:])
     return out
 
@@ -120,22 +149,30 @@ def refused(out: subprocess.CompletedProcess, *words: str) -> str:
 
 def file_size_limit(nbytes: int):
     """preexec_fn: files may not grow beyond ``nbytes``; writes then fail with EFBIG."""
+
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
     return limit
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Relative path -> bytes of every file under ``folder``."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def temp_files(folder: Path) -> list[Path]:
-    """Temporary files of asd.io.atomic_path (``.name.XXXX.tmp``) and the cache builder."""
-    return sorted(p for p in Path(folder).rglob(".*") if p.is_file()
-                  and (p.suffix == ".tmp" or p.name.startswith(".features.")))
+    """Temporary files of asd.infra.io.atomic_path (``.name.XXXX.tmp``) and the cache builder."""
+    return sorted(
+        p
+        for p in Path(folder).rglob(".*")
+        if p.is_file() and (p.suffix == ".tmp" or p.name.startswith(".features."))
+    )
 
 
 @dataclass
@@ -159,7 +196,7 @@ def write_config(cfg, path: Path, overrides=()) -> Path:
     """``cfg`` with ``key.sub=value`` overrides, resolved, as a config file at ``path``."""
     import yaml
 
-    from asd.config import from_dict
+    from asd.infra.config import from_dict
 
     cfg = from_dict(cfg.to_dict(), overrides)
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -170,11 +207,18 @@ def tiny_runs(tiny_cfg, tmp_path_factory) -> TinyRuns:
     """Step 1, Step 2 and submit of the tiny model on tiny_data, through the command lines
     (the session fixture ``runs`` of tests/conftest.py builds it once)."""
     base = tmp_path_factory.mktemp("robust_runs")
-    config = write_config(tiny_cfg, base / "config.yml", [
-        f"runs.dir={base / 'runs'}", f"data.cache_dir={base / 'cache'}", *TINY])
-    run1 = Path(cli("runners.stage1", "--config", config, "--no-progress",
-                    check=True).stdout.split()[-1])
-    run2 = Path(cli("runners.stage2", "--config", config, "--no-progress", "--from", run1,
-                    check=True).stdout.split()[-1])
+    config = write_config(
+        tiny_cfg,
+        base / "config.yml",
+        [f"runs.dir={base / 'runs'}", f"data.cache_dir={base / 'cache'}", *TINY],
+    )
+    run1 = Path(
+        cli("runners.stage1", "--config", config, "--no-progress", check=True).stdout.split()[-1]
+    )
+    run2 = Path(
+        cli(
+            "runners.stage2", "--config", config, "--no-progress", "--from", run1, check=True
+        ).stdout.split()[-1]
+    )
     cli("asd.submit", "--config", config, "--from", run2, "--device", "cpu", check=True)
     return TinyRuns(config=config, stage1=run1, stage2=run2)

@@ -7,12 +7,13 @@ import pandas as pd
 
 
 def test_clip_faults_follow_the_generator(tiny_data):
-    from asd.data import index_dataset
+    from asd.infra.data import index_dataset
     from bench.faults import clip_faults
 
     faults = clip_faults(tiny_data)
-    index = index_dataset(tiny_data).merge(faults, on=["dataset", "machine", "file"],
-                                           how="left", validate="one_to_one")
+    index = index_dataset(tiny_data).merge(
+        faults, on=["dataset", "machine", "file"], how="left", validate="one_to_one"
+    )
     assert index["fault"].notna().all()  # every clip on disk was planned
     normal = index["label"] == "normal"
     assert (index.loc[normal, "fault"] == "").all()
@@ -25,13 +26,19 @@ def test_fault_aucs_per_fault_and_severity():
     from bench.faults import fault_aucs, fault_table
 
     # one group: 4 normal clips, "a" faults that ours ranks on top, "b" faults it ranks last
-    clips = pd.DataFrame({
-        "dataset": "dev_data", "machine": "fan", "section": "00", "domain": "source",
-        "anomaly": [0, 0, 0, 0, 1, 1, 1, 1],
-        "fault": ["", "", "", "", "a", "a", "b", "b"],
-        "severity": [0, 0, 0, 0, 0.2, 0.9, 0.3, 0.8],
-        "ours": [1, 2, 3, 4, 10, 11, -1, -2],
-        "reference": [1, 2, 3, 4, 0, 10, 0, 10]})
+    clips = pd.DataFrame(
+        {
+            "dataset": "dev_data",
+            "machine": "fan",
+            "section": "00",
+            "domain": "source",
+            "anomaly": [0, 0, 0, 0, 1, 1, 1, 1],
+            "fault": ["", "", "", "", "a", "a", "b", "b"],
+            "severity": [0, 0, 0, 0, 0.2, 0.9, 0.3, 0.8],
+            "ours": [1, 2, 3, 4, 10, 11, -1, -2],
+            "reference": [1, 2, 3, 4, 0, 10, 0, 10],
+        }
+    )
     aucs = fault_aucs(clips).set_index(["fault", "band", "system"])["auc"]
     assert aucs[("a", "all", "ours")] == 1.0 and aucs[("b", "all", "ours")] == 0.0
     assert aucs[("a", "subtle", "reference")] == 0.0 and aucs[("a", "clear", "reference")] == 1.0

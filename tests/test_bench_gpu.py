@@ -12,21 +12,36 @@ import numpy as np
 from bench import gpu
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.stem_channels=4", "model.stage_channels=[4,4,8,8]", "model.embedding_dim=16",
-        "loss.n_subclusters=4"]
+TINY = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,8,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+]
 
 
 def test_refuses_without_cuda():
-    out = subprocess.run([sys.executable, "-m", "bench.gpu"], cwd=REPO, capture_output=True,
-                         text=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.gpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+        timeout=300,
+    )
     assert out.returncode == 1 and out.stdout == ""
-    assert out.stderr.strip() == ("bench.gpu: no CUDA GPU is visible; it measures training on a "
-                                  "GPU only")
+    assert out.stderr.strip() == (
+        "bench.gpu: no CUDA GPU is visible; it measures training on a GPU only"
+    )
 
 
 def test_cpu_child_trains_the_first_steps_with_the_runner(tmp_path):
-    counts = {("source", "train"): 6, ("target", "train"): 2, ("source", "test"): 1,
-              ("target", "test"): 1}
+    counts = {
+        ("source", "train"): 6,
+        ("target", "train"): 2,
+        ("source", "test"): 1,
+        ("target", "test"): 1,
+    }
     cache = gpu.make_cache(tmp_path / "cache", counts, machines=("fan",), sections=("00", "03"))
     args = argparse.Namespace(compare_steps=5, compare_batch=4, overrides=TINY)
     first = gpu.child("cpu", cache, tmp_path / "a", args)

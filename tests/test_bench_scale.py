@@ -4,11 +4,17 @@ import re
 
 import pytest
 
-from asd.data import ground_truth_dir, index_dataset, with_ground_truth
+from asd.infra.data import ground_truth_dir, index_dataset, with_ground_truth
 from bench import scale
 
-TINY = ["model.stem_channels=4", "model.stage_channels=[4,4,4,8]", "model.embedding_dim=16",
-        "loss.n_subclusters=4", "stage1.batch_size=16", "stage2.batch_size=16"]
+TINY = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,4,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+    "stage1.batch_size=16",
+    "stage2.batch_size=16",
+]
 
 
 def test_subsample_links_a_share_of_every_group(tiny_data, tmp_path):
@@ -26,11 +32,14 @@ def test_subsample_links_a_share_of_every_group(tiny_data, tmp_path):
     assert (half / "subsample.json").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fractions", "0,1"], "--fractions 0,1: expected numbers in (0, 1]"),
-    (["--fractions", "0.5,2"], "expected numbers in (0, 1]"),
-    (["--iterations", "0"], "--iterations 0: expected at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fractions", "0,1"], "--fractions 0,1: expected numbers in (0, 1]"),
+        (["--fractions", "0.5,2"], "expected numbers in (0, 1]"),
+        (["--iterations", "0"], "--iterations 0: expected at least 1"),
+    ],
+)
 def test_refuses_bad_arguments_in_one_line(args, message, tmp_path, capsys):
     assert scale.main(args + ["--work", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -40,8 +49,22 @@ def test_refuses_bad_arguments_in_one_line(args, message, tmp_path, capsys):
 @pytest.mark.slow
 def test_whole_bench_on_the_tiny_data_set(tiny_data, tmp_path, capsys, repo, monkeypatch):
     monkeypatch.chdir(repo)
-    assert scale.main(["--root", str(tiny_data), "--work", str(tmp_path), "--fractions",
-                       "0.5,1", "--iterations", "2", *TINY]) == 0
+    assert (
+        scale.main(
+            [
+                "--root",
+                str(tiny_data),
+                "--work",
+                str(tmp_path),
+                "--fractions",
+                "0.5,1",
+                "--iterations",
+                "2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"full-scale submit: \d+ s", out[-1])
     assert sum(1 for line in out if re.match(r"\s+(0\.5|1)\s+\d+\s+\w+", line)) == 10

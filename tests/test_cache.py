@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import asd.cache
-import asd.features
-from asd.cache import CacheError, FeatureCache, build_cache, cache_folder
-from asd.config import load_config
-from asd.data import index_dataset
-from asd.features import AudioError, log_mel
+import asd.infra.feature_cache
+import asd.method.features
+from asd.infra.config import load_config
+from asd.infra.data import index_dataset
+from asd.infra.feature_cache import CacheError, FeatureCache, build_cache, cache_folder
+from asd.method.features import AudioError, log_mel
 
 SR = 16000
 
@@ -43,9 +43,11 @@ def make_root(root: Path) -> Path:
     for machine in ("fan", "valve"):
         base = root / "dev_data" / machine
         names = [f"train/section_00_source_train_normal_{i:04d}_a_{i}.wav" for i in range(3)]
-        names += ["train/section_00_target_train_normal_0000_a_9.wav",
-                  "source_test/section_00_source_test_normal_0000.wav",
-                  "target_test/section_00_target_test_anomaly_0000.wav"]
+        names += [
+            "train/section_00_target_train_normal_0000_a_9.wav",
+            "source_test/section_00_source_test_normal_0000.wav",
+            "target_test/section_00_target_test_anomaly_0000.wav",
+        ]
         for name in names:
             write_clip(base / name, seed)
             seed += 1
@@ -55,26 +57,30 @@ def make_root(root: Path) -> Path:
 @pytest.fixture
 def cfg(repo, tmp_path):
     root = make_root(tmp_path / "data")
-    return load_config(repo / "config.yml", [f"data.root={root}",
-                                             f"data.cache_dir={tmp_path / 'cache'}"])
+    return load_config(
+        repo / "config.yml", [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
+    )
 
 
 def count_decodes(monkeypatch) -> list:
     calls = []
-    real = asd.cache.read_audio
+    real = asd.infra.feature_cache.read_audio
 
     def counting(path, fc):
         calls.append(path)
         return real(path, fc)
 
-    monkeypatch.setattr(asd.cache, "read_audio", counting)
+    monkeypatch.setattr(asd.infra.feature_cache, "read_audio", counting)
     return calls
 
 
 def temporaries(cfg) -> list[str]:
     """What a build leaves in cache_dir besides complete cache folders and their lock files."""
-    return sorted(p.name for p in Path(cfg.data.cache_dir).iterdir()
-                  if not p.name.endswith(".lock") and not (p / "settings.json").is_file())
+    return sorted(
+        p.name
+        for p in Path(cfg.data.cache_dir).iterdir()
+        if not p.name.endswith(".lock") and not (p / "settings.json").is_file()
+    )
 
 
 def test_build_contents_match_log_mel_and_index(cfg):
@@ -89,7 +95,7 @@ def test_build_contents_match_log_mel_and_index(cfg):
     assert cache.index["section"].tolist() == ["00"] * n
     singles = []
     for i, path in enumerate(cache.index["path"]):
-        feats = log_mel(asd.features.load_audio(path, cfg.features), SR, cfg.features)
+        feats = log_mel(asd.method.features.load_audio(path, cfg.features), SR, cfg.features)
         np.testing.assert_allclose(cache.features[i].astype(np.float32), feats, atol=0.04)
         singles.append(feats)
     train = np.concatenate([f for f, s in zip(singles, cache.index["split"]) if s == "train"])
@@ -100,7 +106,11 @@ def test_build_contents_match_log_mel_and_index(cfg):
     assert settings["complete"] is True and settings["clips"] == n
     assert settings["features"]["n_mels"] == 128
     assert sorted(p.name for p in cache.path.iterdir()) == [
-        "features.npy", "index.csv", "settings.json", "stats.npz"]
+        "features.npy",
+        "index.csv",
+        "settings.json",
+        "stats.npz",
+    ]
     assert temporaries(cfg) == []
 
 
@@ -119,7 +129,7 @@ def test_worker_processes_give_the_same_bytes_as_one(cfg, tmp_path):
 
 
 _PARENT = os.getpid()
-_REAL_EXTRACT_CHUNK = asd.cache._extract_chunk
+_REAL_EXTRACT_CHUNK = asd.infra.feature_cache._extract_chunk
 
 
 def _dies_in_a_worker(*args):  # module level: the process pool pickles it by name
@@ -129,12 +139,12 @@ def _dies_in_a_worker(*args):  # module level: the process pool pickles it by na
 
 
 def test_a_dying_worker_process_fails_the_build_and_keeps_nothing(cfg, monkeypatch):
-    real = asd.cache._extract_chunk
-    monkeypatch.setattr(asd.cache, "_extract_chunk", _dies_in_a_worker)
+    real = asd.infra.feature_cache._extract_chunk
+    monkeypatch.setattr(asd.infra.feature_cache, "_extract_chunk", _dies_in_a_worker)
     with pytest.raises(CacheError, match="worker process died.*nothing is kept"):
         build_cache(cfg, progress=False, workers=2, chunk_size=2)
     assert not cache_folder(cfg).exists() and temporaries(cfg) == []
-    monkeypatch.setattr(asd.cache, "_extract_chunk", real)
+    monkeypatch.setattr(asd.infra.feature_cache, "_extract_chunk", real)
     assert len(build_cache(cfg, progress=False, workers=2)) == 12
 
 
@@ -163,8 +173,9 @@ def test_changed_files_rebuild(cfg, monkeypatch, change):
     victim = root / "dev_data" / "fan" / "train" / "section_00_source_train_normal_0001_a_1.wav"
     expected = {"add": 13, "remove": 11, "rewrite": 12}[change]
     if change == "add":
-        write_clip(root / "dev_data" / "fan" / "train" / "section_00_source_train_normal_0003.wav",
-                   99)
+        write_clip(
+            root / "dev_data" / "fan" / "train" / "section_00_source_train_normal_0003.wav", 99
+        )
     elif change == "remove":
         victim.unlink()
     else:  # same name and size, new content (another seed): must not reuse stale features
@@ -175,12 +186,12 @@ def test_changed_files_rebuild(cfg, monkeypatch, change):
     assert second.path == first.path and len(second) == expected and len(calls) == expected
     if change == "rewrite":
         row = second.index.index[second.index["path"] == str(victim)][0]
-        fresh = log_mel(asd.features.load_audio(victim, cfg.features), SR, cfg.features)
+        fresh = log_mel(asd.method.features.load_audio(victim, cfg.features), SR, cfg.features)
         np.testing.assert_allclose(second.features[row].astype(np.float32), fresh, atol=0.04)
 
 
 def test_interrupted_build_is_never_used(cfg, monkeypatch):
-    real = asd.cache._extract_chunk
+    real = asd.infra.feature_cache._extract_chunk
     seen = []
 
     def dying(*args):
@@ -189,14 +200,14 @@ def test_interrupted_build_is_never_used(cfg, monkeypatch):
         seen.append(1)
         return real(*args)
 
-    monkeypatch.setattr(asd.cache, "_extract_chunk", dying)
+    monkeypatch.setattr(asd.infra.feature_cache, "_extract_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, progress=False, workers=1, chunk_size=4)
     folder = cache_folder(cfg)
     assert not folder.exists() and temporaries(cfg) == []  # the temporary folder is removed
     with pytest.raises(CacheError, match="does not exist"):
         FeatureCache.open(folder)
-    monkeypatch.setattr(asd.cache, "_extract_chunk", real)
+    monkeypatch.setattr(asd.infra.feature_cache, "_extract_chunk", real)
     cache = build_cache(cfg, progress=False, workers=1)
     assert len(cache) == 12 and cache.settings["complete"] is True
 
@@ -234,8 +245,8 @@ def test_killed_build_process_leaves_no_usable_cache(cfg, repo):
     """SIGKILL a real build mid-way (its chunks slowed down), then check and rebuild."""
     script = (
         "import sys, time\n"
-        "import asd.cache as c\n"
-        "from asd.config import load_config\n"
+        "import asd.infra.feature_cache as c\n"
+        "from asd.infra.config import load_config\n"
         "real = c._extract_chunk\n"
         "def slow(*a):\n"
         "    out = real(*a); print('chunk', flush=True); time.sleep(30); return out\n"
@@ -243,9 +254,18 @@ def test_killed_build_process_leaves_no_usable_cache(cfg, repo):
         f"cfg = load_config({str(repo / 'config.yml')!r}, sys.argv[1:])\n"
         "c.build_cache(cfg, progress=False, workers=1, chunk_size=2)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, f"data.root={cfg.data.root}",
-                             f"data.cache_dir={cfg.data.cache_dir}"],
-                            stdout=subprocess.PIPE, text=True, cwd=repo)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            script,
+            f"data.root={cfg.data.root}",
+            f"data.cache_dir={cfg.data.cache_dir}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=repo,
+    )
     try:
         assert proc.stdout.readline().strip() == "chunk"  # one chunk written, more to come
     finally:
@@ -260,8 +280,13 @@ def test_killed_build_process_leaves_no_usable_cache(cfg, repo):
 
 
 def test_bad_clip_fails_the_build_naming_it(cfg):
-    bad = Path(cfg.data.root) / "dev_data" / "valve" / "train" / \
-        "section_00_source_train_normal_0002_a_2.wav"
+    bad = (
+        Path(cfg.data.root)
+        / "dev_data"
+        / "valve"
+        / "train"
+        / "section_00_source_train_normal_0002_a_2.wav"
+    )
     bad.write_bytes(b"not audio at all" * 100)
     with pytest.raises(AudioError, match=str(bad)):
         build_cache(cfg, progress=False, workers=2, chunk_size=2)
@@ -271,8 +296,10 @@ def test_bad_clip_fails_the_build_naming_it(cfg):
 def test_concurrent_builders_build_once(cfg, monkeypatch):
     calls = count_decodes(monkeypatch)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        build_cache(cfg, progress=False, workers=1))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(build_cache(cfg, progress=False, workers=1)))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -283,10 +310,16 @@ def test_concurrent_builders_build_once(cfg, monkeypatch):
 
 def test_converted_clips_are_summarised_in_one_warning(cfg):
     root = Path(cfg.data.root)
-    write_clip(root / "dev_data" / "fan" / "train" / "section_00_source_train_normal_0007.wav",
-               5, seconds=12.0)
-    with pytest.warns(asd.features.AudioWarning, match=r"1 clip\(s\) were converted.*normal_0007"
-                                                       r"\.wav: 12\.000 s gives 376 frames"):
+    write_clip(
+        root / "dev_data" / "fan" / "train" / "section_00_source_train_normal_0007.wav",
+        5,
+        seconds=12.0,
+    )
+    with pytest.warns(
+        asd.method.features.AudioWarning,
+        match=r"1 clip\(s\) were converted.*normal_0007"
+        r"\.wav: 12\.000 s gives 376 frames",
+    ):
         cache = build_cache(cfg, progress=False, workers=1)
     assert cache.settings["converted_clips"] == 1
 
@@ -317,16 +350,20 @@ def test_synthetic_data_set_in_the_challenge_layout(tiny_cfg):
     assert len(unlabelled) > 0 and unlabelled["label"].isna().all()  # None survives the CSV
     assert np.isfinite(cache.features[:]).all() and np.all(cache.std > 0.1)
     i = len(index) // 2
-    feats = log_mel(asd.features.load_audio(index["path"][i], tiny_cfg.features), SR,
-                    tiny_cfg.features)
+    feats = log_mel(
+        asd.method.features.load_audio(index["path"][i], tiny_cfg.features), SR, tiny_cfg.features
+    )
     np.testing.assert_allclose(cache.features[i].astype(np.float32), feats, atol=0.04)
 
 
 def test_real_recordings_cache(real_audio, repo, tmp_path):
     """2023 layout (machine/train, machine/test), attributes in names, 12 s clips cropped."""
-    cfg = load_config(repo / "config.yml", [f"data.root={real_audio}",
-                                            f"data.cache_dir={tmp_path / 'cache'}"])
-    with pytest.warns(asd.features.AudioWarning, match=r"8 clip\(s\) were converted.*cropped"):
+    cfg = load_config(
+        repo / "config.yml", [f"data.root={real_audio}", f"data.cache_dir={tmp_path / 'cache'}"]
+    )
+    with pytest.warns(
+        asd.method.features.AudioWarning, match=r"8 clip\(s\) were converted.*cropped"
+    ):
         cache = build_cache(cfg, progress=False)
     assert cache.features.shape == (28, 313, 128)
     assert cache.settings["converted_clips"] == 8  # the ToyCar and ToyTrain clips are 12 s

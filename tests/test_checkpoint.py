@@ -7,13 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from asd.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from asd.config import load_config
-from asd.model import build_model
+from asd.infra.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from asd.infra.config import load_config
+from asd.method.model import build_model
 
-TINY = ["features.frames=64", "features.n_mels=32", "model.stem_channels=4",
-        "model.stage_channels=[4, 4, 8, 8]", "model.time_pool=2", "model.embedding_dim=6",
-        "loss.n_subclusters=2"]
+TINY = [
+    "features.frames=64",
+    "features.n_mels=32",
+    "model.stem_channels=4",
+    "model.stage_channels=[4, 4, 8, 8]",
+    "model.time_pool=2",
+    "model.embedding_dim=6",
+    "loss.n_subclusters=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +29,14 @@ def cfg(repo):
 
 @pytest.fixture
 def classes():
-    return pd.DataFrame({"class": [0, 1, 2], "machine": ["fan", "fan", "pump"],
-                         "section": ["00", "00", "01"], "domain": ["source", "target", "source"]})
+    return pd.DataFrame(
+        {
+            "class": [0, 1, 2],
+            "machine": ["fan", "fan", "pump"],
+            "section": ["00", "00", "01"],
+            "domain": ["source", "target", "source"],
+        }
+    )
 
 
 @pytest.fixture
@@ -38,17 +50,31 @@ def trained(cfg, classes):
 
 
 def save(path, cfg, classes, model, head, **kw):
-    return save_checkpoint(path, model=model, head=head, cfg=cfg, classes=classes,
-                           mean=np.arange(32, dtype=np.float32), std=np.ones(32, np.float32),
-                           step={"epoch": 3, "iteration": 120}, **kw)
+    return save_checkpoint(
+        path,
+        model=model,
+        head=head,
+        cfg=cfg,
+        classes=classes,
+        mean=np.arange(32, dtype=np.float32),
+        std=np.ones(32, np.float32),
+        step={"epoch": 3, "iteration": 120},
+        **kw,
+    )
 
 
 def test_round_trip_rebuilds_the_same_outputs(tmp_path, cfg, classes, trained):
     model, head = trained
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()])
     gen = torch.Generator().manual_seed(7)
-    path = save(tmp_path / "run" / "model.pth", cfg, classes, model, head,
-                extra={"optimizer": opt.state_dict(), "rng": gen.get_state(), "seed": 2021})
+    path = save(
+        tmp_path / "run" / "model.pth",
+        cfg,
+        classes,
+        model,
+        head,
+        extra={"optimizer": opt.state_dict(), "rng": gen.get_state(), "seed": 2021},
+    )
     assert [p.name for p in path.parent.iterdir()] == ["model.pth"]  # no temporary left over
 
     raw = torch.load(path, weights_only=True)
@@ -126,7 +152,7 @@ def test_unsafe_contents_are_refused_and_nothing_written(tmp_path, cfg, classes,
 
 
 def test_trim_log_keeps_complete_rows_up_to_the_epoch(tmp_path):
-    from asd.checkpoint import trim_log
+    from asd.infra.checkpoint import trim_log
 
     log = tmp_path / "train.csv"
     log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")  # the last row cut mid-write

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from asd.config import ConfigError, load_config
+from asd.infra.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path)
     a key without a default stays required."""
     import yaml
 
-    from asd.config import ConfigError
+    from asd.infra.config import ConfigError
 
     data = yaml.safe_load((repo / "config.yml").read_text())
     for key in ("threshold_scores", "threshold_folds"):
@@ -76,23 +76,28 @@ def test_a_stored_config_older_than_a_key_loads_with_its_default(repo, tmp_path)
 
 
 def test_overrides_are_typed(repo):
-    cfg = load_config(repo / "config.yml",
-                      ["stage1.epochs=3", "stage1.lr=1e-2", "model.stage_channels=[8, 8, 8, 8]"])
+    cfg = load_config(
+        repo / "config.yml",
+        ["stage1.epochs=3", "stage1.lr=1e-2", "model.stage_channels=[8, 8, 8, 8]"],
+    )
     assert cfg.stage1.epochs == 3 and cfg.stage1.lr == 0.01
     assert cfg.model.stage_channels == (8, 8, 8, 8)
     assert cfg.replace(**{"stage2.iterations": 7}).stage2.iterations == 7
 
 
-@pytest.mark.parametrize("override, words", [
-    ("stage1.epoch=3", "stage1.epoch"),
-    ("nothing.here=1", "nothing"),
-    ("stage1.epochs=three", "stage1.epochs"),
-    ("stage1.epochs=1.5", "stage1.epochs"),
-    ("engine.name=tpu", "engine.name"),
-    ("stage1=3", "override 'stage1' names a group"),
-    ("stage1={epochs: 3}", "override 'stage1' names a group"),
-    ("stage1.epochs", "key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("stage1.epoch=3", "stage1.epoch"),
+        ("nothing.here=1", "nothing"),
+        ("stage1.epochs=three", "stage1.epochs"),
+        ("stage1.epochs=1.5", "stage1.epochs"),
+        ("engine.name=tpu", "engine.name"),
+        ("stage1=3", "override 'stage1' names a group"),
+        ("stage1={epochs: 3}", "override 'stage1' names a group"),
+        ("stage1.epochs", "key.sub=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(repo, override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         load_config(repo / "config.yml", [override])
@@ -122,7 +127,7 @@ def test_demo_extends_base(repo):
 
 
 def test_roundtrip(tmp_path, cfg):
-    from asd.config import save_config
+    from asd.infra.config import save_config
 
     save_config(cfg, tmp_path / "c.yml")
     assert load_config(tmp_path / "c.yml") == cfg
@@ -133,6 +138,9 @@ def test_a_typo_names_the_nearest_key(repo, tmp_path):
         load_config(repo / "config.yml", ["stage1.epoch=3"])
     bad = tmp_path / "bad.yml"
     bad.write_text((repo / "config.yml").read_text().replace("detectors:", "detector:"))
-    with pytest.raises(ConfigError, match=r"unknown config key 'detector' \(did you mean "
-                                          r"'detectors'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'detector' \(did you mean "
+        r"'detectors'\?",
+    ):
         load_config(bad)

@@ -7,41 +7,73 @@ import shutil
 import pandas as pd
 import pytest
 
-from asd.data import (COLUMNS, ClipName, DataError, assign_classes, class_table, ground_truth_dir,
-                      index_dataset, load_classes, parse_name, read_csvs, save_classes)
-from asd.index import counts_table, main as index_main
+from asd.index import counts_table
+from asd.index import main as index_main
+from asd.infra.data import (
+    COLUMNS,
+    ClipName,
+    DataError,
+    assign_classes,
+    class_table,
+    ground_truth_dir,
+    index_dataset,
+    load_classes,
+    parse_name,
+    read_csvs,
+    save_classes,
+)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("section_00_source_train_normal_0000_strength_1_ambient.wav",
-     ClipName("00", "source", "train", "normal", 0, "strength_1_ambient")),
-    ("section_01_source_train_normal_0042_A1Spd28VMic1.wav",
-     ClipName("01", "source", "train", "normal", 42, "A1Spd28VMic1")),
-    ("section_02_target_train_normal_0001_0_g_25_mm_2000_mV_none.wav",
-     ClipName("02", "target", "train", "normal", 1, "0_g_25_mm_2000_mV_none")),
-    ("section_00_target_test_anomaly_0012.wav",
-     ClipName("00", "target", "test", "anomaly", 12, "")),
-    ("section_04_source_test_0199.wav", ClipName("04", "source", "test", None, 199, "")),
-    ("section_00_target_test_anomaly_0015_car_A2_spd_6_mic_2.wav",
-     ClipName("00", "target", "test", "anomaly", 15, "car_A2_spd_6_mic_2")),
-    ("section_00_source_test_normal_0027_vel_730_ac_0.11.wav",
-     ClipName("00", "source", "test", "normal", 27, "vel_730_ac_0.11")),
-    ("section_00_source_test_0003_volt_1.5_wt_150.wav",
-     ClipName("00", "source", "test", None, 3, "volt_1.5_wt_150")),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "section_00_source_train_normal_0000_strength_1_ambient.wav",
+            ClipName("00", "source", "train", "normal", 0, "strength_1_ambient"),
+        ),
+        (
+            "section_01_source_train_normal_0042_A1Spd28VMic1.wav",
+            ClipName("01", "source", "train", "normal", 42, "A1Spd28VMic1"),
+        ),
+        (
+            "section_02_target_train_normal_0001_0_g_25_mm_2000_mV_none.wav",
+            ClipName("02", "target", "train", "normal", 1, "0_g_25_mm_2000_mV_none"),
+        ),
+        (
+            "section_00_target_test_anomaly_0012.wav",
+            ClipName("00", "target", "test", "anomaly", 12, ""),
+        ),
+        ("section_04_source_test_0199.wav", ClipName("04", "source", "test", None, 199, "")),
+        (
+            "section_00_target_test_anomaly_0015_car_A2_spd_6_mic_2.wav",
+            ClipName("00", "target", "test", "anomaly", 15, "car_A2_spd_6_mic_2"),
+        ),
+        (
+            "section_00_source_test_normal_0027_vel_730_ac_0.11.wav",
+            ClipName("00", "source", "test", "normal", 27, "vel_730_ac_0.11"),
+        ),
+        (
+            "section_00_source_test_0003_volt_1.5_wt_150.wav",
+            ClipName("00", "source", "test", None, 3, "volt_1.5_wt_150"),
+        ),
+    ],
+)
 def test_parse_name(name, expected):
     assert parse_name(name) == expected
     assert parse_name(f"/some/folder/{name}") == expected
 
 
-@pytest.mark.parametrize("name, words", [
-    ("normal_id_00_00000000.wav", "expected section_XX_"),
-    ("section_00_middle_train_normal_0000.wav", "unknown domain 'middle'"),
-    ("section_0_source_test_0001.wav", "expected section_XX_"),
-    ("section_00_source_test_anomaly.wav", "expected section_XX_"),
-    ("section_00_source_train_0001.wav", "train_normal"),
-    ("section_00_source_test_normal_0001.flac", "expected section_XX_"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("normal_id_00_00000000.wav", "expected section_XX_"),
+        ("section_00_middle_train_normal_0000.wav", "unknown domain 'middle'"),
+        ("section_0_source_test_0001.wav", "expected section_XX_"),
+        ("section_00_source_test_anomaly.wav", "expected section_XX_"),
+        ("section_00_source_train_0001.wav", "train_normal"),
+        ("section_00_source_test_normal_0001.flac", "expected section_XX_"),
+    ],
+)
 def test_parse_name_errors_name_the_file(name, words):
     with pytest.raises(DataError) as err:
         parse_name(name)
@@ -53,13 +85,23 @@ def test_real_audio_folder(real_audio):
     df = index_dataset(real_audio)
     assert list(df.columns) == COLUMNS
     assert len(df) == 28 and set(df["dataset"]) == {""}
-    assert set(df["machine"]) == {"ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider",
-                                  "valve"}
+    assert set(df["machine"]) == {
+        "ToyCar",
+        "ToyTrain",
+        "bearing",
+        "fan",
+        "gearbox",
+        "slider",
+        "valve",
+    }
     assert (df["section"] == "00").all()
     assert set(df["split"]) == {"train", "test"} and set(df["label"]) == {"normal", "anomaly"}
     row = df[df["file"] == "section_00_source_test_normal_0027_vel_730_ac_0.11.wav"].iloc[0]
-    assert (row["machine"], row["domain"], row["attributes"]) == ("slider", "source",
-                                                                  "vel_730_ac_0.11")
+    assert (row["machine"], row["domain"], row["attributes"]) == (
+        "slider",
+        "source",
+        "vel_730_ac_0.11",
+    )
     # only source training clips exist there: target test clips belong to no class
     assert (df.loc[df["domain"] == "target", "class"] == -1).all()
     assert (df.loc[df["domain"] == "source", "class"] >= 0).all()
@@ -106,12 +148,16 @@ def test_assign_classes_across_roots(tiny_data, tmp_path):
     assert class_table(small)["class"].tolist() == [0, 1]  # its own ids start at 0
     mapped = assign_classes(small, table)
     for _, row in mapped.iterrows():
-        want = table[(table["machine"] == row["machine"]) & (table["section"] == row["section"])
-                     & (table["domain"] == row["domain"])]["class"].item()
+        want = table[
+            (table["machine"] == row["machine"])
+            & (table["section"] == row["section"])
+            & (table["domain"] == row["domain"])
+        ]["class"].item()
         assert row["class"] == want
     unknown = table[table["machine"] == "valve"].assign(machine="pump")
-    assert (assign_classes(index_dataset(tiny_data).query("machine == 'valve'"), unknown)["class"]
-            == -1).all()
+    assert (
+        assign_classes(index_dataset(tiny_data).query("machine == 'valve'"), unknown)["class"] == -1
+    ).all()
 
 
 def test_load_classes_errors(tmp_path):
@@ -123,8 +169,9 @@ def test_load_classes_errors(tmp_path):
         load_classes(bad)
 
 
-def _machine_tree(root, machine="fan", train=("section_00_source_train_normal_0000_a_1.wav",),
-                  tests=()):
+def _machine_tree(
+    root, machine="fan", train=("section_00_source_train_normal_0000_a_1.wav",), tests=()
+):
     for name in train:
         (root / "dev_data" / machine / "train").mkdir(parents=True, exist_ok=True)
         (root / "dev_data" / machine / "train" / name).write_bytes(b"")
@@ -134,8 +181,13 @@ def _machine_tree(root, machine="fan", train=("section_00_source_train_normal_00
 
 
 def test_dev_only_root_and_2023_layout(tmp_path):
-    _machine_tree(tmp_path, tests=[("test", "section_00_target_test_anomaly_0001_a_2.wav"),
-                                   ("test", "section_00_source_test_normal_0001_a_1.wav")])
+    _machine_tree(
+        tmp_path,
+        tests=[
+            ("test", "section_00_target_test_anomaly_0001_a_2.wav"),
+            ("test", "section_00_source_test_normal_0001_a_1.wav"),
+        ],
+    )
     df = index_dataset(tmp_path)
     assert set(df["dataset"]) == {"dev_data"} and len(df) == 3
     assert df.loc[df["split"] == "test", "attributes"].tolist() == ["a_1", "a_2"]
@@ -191,8 +243,12 @@ def test_ground_truth_folder_is_not_a_machine(tiny_data):
 
 def test_counts_table_and_cli(tiny_data, capsys):
     table = counts_table(index_dataset(tiny_data))
-    row = table[(table["dataset"] == "dev_data") & (table["machine"] == "fan")
-                & (table["domain"] == "source") & (table["split"] == "test")].iloc[0]
+    row = table[
+        (table["dataset"] == "dev_data")
+        & (table["machine"] == "fan")
+        & (table["domain"] == "source")
+        & (table["split"] == "test")
+    ].iloc[0]
     assert (row["normal"], row["anomaly"], row["unlabelled"], row["total"]) == (3, 3, 0, 6)
     assert index_main([str(tiny_data)]) == 0
     out = capsys.readouterr().out

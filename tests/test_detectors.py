@@ -9,9 +9,15 @@ import scipy.stats
 import sklearn.mixture
 from sklearn.svm import OneClassSVM
 
-from asd.config import load_config
-from asd.detectors import (DetectorSet, GMMDetector, OCSVMDetector, fit_section,
-                           gamma_threshold, l2_normalise)
+from asd.infra.config import load_config
+from asd.method.detectors import (
+    DetectorSet,
+    GMMDetector,
+    OCSVMDetector,
+    fit_section,
+    gamma_threshold,
+    l2_normalise,
+)
 
 D, S = 16, 4
 
@@ -32,8 +38,13 @@ def blobs():
         return unit[rng.integers(0, S, n)] + spread * rng.normal(size=(n, D))
 
     far = -unit.mean(0, keepdims=True) + 0.3 * rng.normal(size=(1, D))
-    return {"centres": 3.0 * centres,  # unnormalised, as the loss holds them
-            "source": around(60), "test": around(20), "target": around(3), "far": far}
+    return {
+        "centres": 3.0 * centres,  # unnormalised, as the loss holds them
+        "source": around(60),
+        "test": around(20),
+        "target": around(3),
+        "far": far,
+    }
 
 
 def test_gmm_scores_far_clip_above_normal_ones(cfg, blobs):
@@ -83,9 +94,13 @@ def test_gmm_log_density_matches_scipy(cfg, blobs):
 def test_gmm_other_covariance_types_match_sklearn(cfg, blobs, covariance):
     c = cfg.__class__(**{**cfg.__dict__, "gmm_covariance": covariance})
     det = GMMDetector.fit(blobs["source"], c, blobs["centres"])
-    ref = sklearn.mixture.GaussianMixture(S, covariance_type=covariance, reg_covar=1e-3,
-                                          means_init=l2_normalise(blobs["centres"]),
-                                          random_state=0).fit(l2_normalise(blobs["source"]))
+    ref = sklearn.mixture.GaussianMixture(
+        S,
+        covariance_type=covariance,
+        reg_covar=1e-3,
+        means_init=l2_normalise(blobs["centres"]),
+        random_state=0,
+    ).fit(l2_normalise(blobs["source"]))
     x = l2_normalise(blobs["test"])
     ll = ref._estimate_log_prob(x)  # per-component log-density, weights excluded
     assert np.allclose(det.score(x), -ll.max(1))
@@ -102,8 +117,9 @@ def test_fewer_clips_than_components_uses_nearest_centres(cfg, blobs):
     unit = l2_normalise(blobs["centres"])
     clips = unit[[3, 1]] + 0.01
     det = GMMDetector.fit(clips, cfg, blobs["centres"])
-    assert det.info["warnings"] == ["2 training clips for 4 components; using the 2 centres "
-                                    "nearest the data"]  # once: the refits' are dropped
+    assert det.info["warnings"] == [
+        "2 training clips for 4 components; using the 2 centres nearest the data"
+    ]  # once: the refits' are dropped
     assert det.info["n_components"] == 2 and det.info["centres_used"] == [1, 3]
     assert np.allclose(det.means_init, unit[[1, 3]])
     assert np.isfinite(det.threshold)
@@ -154,8 +170,7 @@ def test_threshold_flags_about_the_quantile_of_new_normal_clips(cfg):
     det = GMMDetector.fit(train, cfg, 3.0 * unit)
     assert det.info["threshold_scores"] == "5-fold"
     assert 0.02 < (det.score(new) > det.threshold).mean() < 0.25  # 0.05 here
-    own = GMMDetector.fit(train, dataclasses.replace(cfg, threshold_scores="training"),
-                          3.0 * unit)
+    own = GMMDetector.fit(train, dataclasses.replace(cfg, threshold_scores="training"), 3.0 * unit)
     assert own.info["threshold_scores"] == "training"
     assert own.threshold < det.threshold
     assert (own.score(new) > own.threshold).mean() > 0.4  # in-sample: half the normals (0.53)
@@ -167,8 +182,9 @@ def test_threshold_folds_and_small_sections(cfg, blobs):
     assert three.info["threshold_scores"] == "3-fold" and np.isfinite(three.threshold)
     two = OCSVMDetector.fit(blobs["target"][:2], cfg)
     assert two.info["threshold_scores"] == "training"
-    folds = GMMDetector.fit(blobs["source"], dataclasses.replace(cfg, threshold_folds=2),
-                            blobs["centres"])
+    folds = GMMDetector.fit(
+        blobs["source"], dataclasses.replace(cfg, threshold_folds=2), blobs["centres"]
+    )
     assert folds.info["threshold_scores"] == "2-fold"
 
 
@@ -217,7 +233,7 @@ def test_reference_detector_direction_and_distance():
     import pandas as pd
     from sklearn.covariance import ledoit_wolf
 
-    from asd.reference import ReferenceDetector, clip_statistics, reference_scores
+    from asd.method.reference import ReferenceDetector, clip_statistics, reference_scores
 
     rng = np.random.default_rng(2)
     feats = rng.normal(-40, 3, size=(30, 20, 8)).astype(np.float16)  # (N, T, F)
@@ -226,9 +242,15 @@ def test_reference_detector_direction_and_distance():
     assert stats.shape == (30, 16)
     x = feats.astype(np.float64)
     assert np.allclose(stats, np.concatenate([x.mean(1), x.std(1)], 1))
-    index = pd.DataFrame({"dataset": "dev_data", "machine": "fan", "section": "00",
-                          "domain": ["source"] * 18 + ["target"] * 2 + ["source"] * 10,
-                          "split": ["train"] * 20 + ["test"] * 10})
+    index = pd.DataFrame(
+        {
+            "dataset": "dev_data",
+            "machine": "fan",
+            "section": "00",
+            "domain": ["source"] * 18 + ["target"] * 2 + ["source"] * 10,
+            "split": ["train"] * 20 + ["test"] * 10,
+        }
+    )
     scores = reference_scores(feats, index)
     assert np.isnan(scores[:20]).all() and np.isfinite(scores[20:]).all()
     assert scores[-1] > scores[20:-1].max()

@@ -19,14 +19,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from robust_helpers import ENV, REPO, TINY, cli, write_config
 from torch import nn
 
-from asd.checkpoint import load_checkpoint
-from asd.config import ConfigError
-from asd.losses import SubClusterAdaCos
-from asd.training import check_config, use_device_cache, world_size
+from asd.infra.checkpoint import load_checkpoint
+from asd.infra.config import ConfigError
+from asd.infra.training import check_config, use_device_cache, world_size
+from asd.method.losses import SubClusterAdaCos
 from runners.common import epoch_means
-from robust_helpers import ENV, REPO, TINY, cli, write_config
 
 N_CLASSES, N_SUB, DIM, BATCH = 3, 4, 8, 12  # BATCH: the global batch of two processes
 
@@ -48,8 +48,9 @@ def scale_after_one_step(emb: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         emb, target = (t.chunk(world)[rank] for t in global_batch())
         torch.save(scale_after_one_step(emb, target), os.path.join(out, f"s{rank}.pt"))
@@ -75,21 +76,25 @@ def test_every_rank_estimates_the_scale_and_metrics_of_the_whole_batch(tmp_path)
     half = scale_after_one_step(*(t.chunk(2)[0] for t in global_batch()))
     assert not torch.allclose(half, whole, rtol=1e-4)  # a rank's share alone would differ
     for r in (0, 1):  # logged loss and accuracy: the means over both ranks' samples
-        torch.testing.assert_close(torch.load(tmp_path / f"m{r}.pt"),
-                                   torch.tensor([0.3, 0.1], dtype=torch.float64))
+        torch.testing.assert_close(
+            torch.load(tmp_path / f"m{r}.pt"), torch.tensor([0.3, 0.1], dtype=torch.float64)
+        )
 
 
 # -- the checks a GPU machine needs, with torch.cuda monkeypatched --------------------------
 
+
 @pytest.fixture
 def gpus(monkeypatch):
     """``gpus(n, free=..., bf16=...)``: torch.cuda sees n GPUs with ``free`` bytes each."""
+
     def fake(n: int, free: int = 10**10, bf16: bool = True) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (free, 2 * free))
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Tesla T4")
+
     return fake
 
 
@@ -97,17 +102,29 @@ def engine(cfg, **settings):
     return cfg.replace(**{f"engine.{k}": v for k, v in settings.items()})
 
 
-@pytest.mark.parametrize("n,settings,words", [
-    (1, dict(name="ddp", world_size=2), "engine.world_size=2: DDP takes one GPU a process "
-                                        "(0: all), and 1 GPU(s) are visible"),
-    (0, dict(name="ddp", world_size=0), "engine.world_size=0: DDP takes one GPU a process"),
-    (1, dict(name="amp", amp_dtype="bf16"), "the GPU (Tesla T4) does not support bf16; use "
-                                            "engine.amp_dtype=fp16"),
-    (2, dict(name="ddp_amp", amp_dtype="bf16"), "does not support bf16"),
-    (0, dict(name="ddp_amp", amp_dtype="fp16", world_size=2), "fp16 needs a CUDA GPU"),
-    (3, dict(name="ddp", world_size=0), "stage1.batch_size=8 does not split over "
-                                        "engine.world_size=3"),
-])
+@pytest.mark.parametrize(
+    "n,settings,words",
+    [
+        (
+            1,
+            dict(name="ddp", world_size=2),
+            "engine.world_size=2: DDP takes one GPU a process (0: all), and 1 GPU(s) are visible",
+        ),
+        (0, dict(name="ddp", world_size=0), "engine.world_size=0: DDP takes one GPU a process"),
+        (
+            1,
+            dict(name="amp", amp_dtype="bf16"),
+            "the GPU (Tesla T4) does not support bf16; use engine.amp_dtype=fp16",
+        ),
+        (2, dict(name="ddp_amp", amp_dtype="bf16"), "does not support bf16"),
+        (0, dict(name="ddp_amp", amp_dtype="fp16", world_size=2), "fp16 needs a CUDA GPU"),
+        (
+            3,
+            dict(name="ddp", world_size=0),
+            "stage1.batch_size=8 does not split over engine.world_size=3",
+        ),
+    ],
+)
 def test_engines_this_machine_cannot_run_are_refused(tiny_cfg, gpus, n, settings, words):
     gpus(n, bf16=False)
     with pytest.raises(ConfigError) as err:
@@ -117,8 +134,12 @@ def test_engines_this_machine_cannot_run_are_refused(tiny_cfg, gpus, n, settings
 
 def test_engines_this_machine_can_run(tiny_cfg, gpus):
     gpus(4)
-    for settings in (dict(name="ddp", world_size=0), dict(name="ddp_amp", world_size=2),
-                     dict(name="amp", amp_dtype="bf16"), dict(name="gpu")):
+    for settings in (
+        dict(name="ddp", world_size=0),
+        dict(name="ddp_amp", world_size=2),
+        dict(name="amp", amp_dtype="bf16"),
+        dict(name="gpu"),
+    ):
         check_config(engine(tiny_cfg, **settings), "stage1")
     assert world_size(engine(tiny_cfg, name="ddp", world_size=0)) == 4  # 0: every GPU
     assert world_size(engine(tiny_cfg, name="amp", world_size=3)) == 1
@@ -131,8 +152,7 @@ def test_cache_on_device_only_where_the_training_rows_fit(tiny_cfg, gpus):
     rows = np.arange(50)  # the training rows: 4,000 bytes
     gpus(2, free=10_000)
     assert use_device_cache(engine(tiny_cfg, name="gpu"), features, rows)
-    assert not use_device_cache(engine(tiny_cfg, name="gpu", cache_on_device=False), features,
-                                rows)
+    assert not use_device_cache(engine(tiny_cfg, name="gpu", cache_on_device=False), features, rows)
     assert not use_device_cache(tiny_cfg, features, rows)  # engine.name=cpu
     gpus(2, free=7_000)  # room for the training rows, not for the whole cache (8,000 bytes)
     assert use_device_cache(engine(tiny_cfg, name="ddp", world_size=2), features, rows)
@@ -161,16 +181,21 @@ def test_sync_batch_norm_under_ddp_on_cuda(tiny_cfg, sync_bn):
     from runners.stage1 import Stage1
 
     cfg = engine(tiny_cfg, name="ddp", sync_bn=sync_bn)
-    runner = MixupRunner(Stage1(cfg=cfg, run_dir=Path(), cache=Path(),
-                                classes={"class": [0, 1]}, n_source=0))
-    for device, is_ddp, synced in [("cuda", True, sync_bn), ("cuda", False, False),
-                                   ("cpu", True, False)]:  # torch's SyncBatchNorm: CUDA only
+    runner = MixupRunner(
+        Stage1(cfg=cfg, run_dir=Path(), cache=Path(), classes={"class": [0, 1]}, n_source=0)
+    )
+    for device, is_ddp, synced in [
+        ("cuda", True, sync_bn),
+        ("cuda", False, False),
+        ("cpu", True, False),
+    ]:  # torch's SyncBatchNorm: CUDA only
         runner.engine = SimpleNamespace(device=torch.device(device), is_ddp=is_ddp)
         kinds = {type(m) for m in runner.get_model().modules()}
         assert (nn.SyncBatchNorm in kinds) == synced and (nn.BatchNorm2d in kinds) != synced
 
 
 # -- training runs --------------------------------------------------------------------------
+
 
 def test_fp16_loss_scale_survives_a_resume(tiny_cfg, tmp_path, monkeypatch):
     """The engine's GradScaler (a CPU one here, doubling its scale every step) is saved in
@@ -191,8 +216,11 @@ def test_fp16_loss_scale_survives_a_resume(tiny_cfg, tmp_path, monkeypatch):
     save = common.Checkpoints.save
     monkeypatch.setattr(common, "make_engine", engine_with_scaler)
     monkeypatch.setattr(common.Checkpoints, "save", stop_after_first_checkpoint)
-    config = write_config(tiny_cfg, tmp_path / "config.yml",
-                          [f"runs.dir={tmp_path / 'runs'}", *TINY, "stage1.epochs=2"])
+    config = write_config(
+        tiny_cfg,
+        tmp_path / "config.yml",
+        [f"runs.dir={tmp_path / 'runs'}", *TINY, "stage1.epochs=2"],
+    )
     assert stage1.main(["--config", str(config), "--no-progress"]) == 130
     (run,) = (tmp_path / "runs").glob("*-stage1")
     killed = load_checkpoint(run / "checkpoints" / "last.pth")
@@ -212,16 +240,23 @@ def test_ddp_amp_killed_then_resumed_equals_uninterrupted(tiny_cfg, tmp_path):
     from test_robust_interrupt import assert_same_log, assert_same_model
 
     ddp = [*TINY, "engine.name=ddp_amp", "engine.amp_dtype=bf16", "engine.world_size=2"]
-    configs = {name: write_config(tiny_cfg, tmp_path / f"{name}.yml",
-                                  [f"runs.dir={tmp_path / name}", *ddp])
-               for name in ("reference", "killed")}
+    configs = {
+        name: write_config(
+            tiny_cfg, tmp_path / f"{name}.yml", [f"runs.dir={tmp_path / name}", *ddp]
+        )
+        for name in ("reference", "killed")
+    }
     cli("runners.stage1", "--config", configs["reference"], "--no-progress", check=True)
     (reference,) = (tmp_path / "reference").glob("*-stage1")
 
-    proc = subprocess.Popen([sys.executable, "-m", "runners.stage1", "--config",
-                             configs["killed"], "--no-progress"], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own group: the workers die with it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runners.stage1", "--config", configs["killed"], "--no-progress"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # its own group: the workers die with it
     deadline = time.time() + 300
     while not list((tmp_path / "killed").glob("*-stage1/checkpoints/last.pth")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from asd.data import ground_truth_dir, index_dataset, read_csvs
 from asd.download import RECORDS, STATE, DownloadError, download, main
+from asd.infra.data import ground_truth_dir, index_dataset, read_csvs
 
 DEV, TRAIN, TEST, TRUTH = RECORDS
 MACHINES = ("fan", "ToyTrain")
@@ -31,23 +31,34 @@ def make_zip(members: dict[str, bytes]) -> bytes:
 
 
 def dev_zip(m: str) -> bytes:
-    return make_zip({
-        f"{m}/train/section_00_source_train_normal_0000_a_1.wav": WAV,
-        f"{m}/train/section_00_target_train_normal_0000_a_2.wav": WAV,
-        f"{m}/source_test/section_00_source_test_anomaly_0000.wav": WAV,
-        f"{m}/target_test/section_00_target_test_normal_0000.wav": WAV,
-        f"__MACOSX/{m}/train/._section_00_source_train_normal_0000_a_1.wav": b"apple",
-        f"{m}/readme.txt": b"stray", "LICENSE.txt": b"stray"})
+    return make_zip(
+        {
+            f"{m}/train/section_00_source_train_normal_0000_a_1.wav": WAV,
+            f"{m}/train/section_00_target_train_normal_0000_a_2.wav": WAV,
+            f"{m}/source_test/section_00_source_test_anomaly_0000.wav": WAV,
+            f"{m}/target_test/section_00_target_test_normal_0000.wav": WAV,
+            f"__MACOSX/{m}/train/._section_00_source_train_normal_0000_a_1.wav": b"apple",
+            f"{m}/readme.txt": b"stray",
+            "LICENSE.txt": b"stray",
+        }
+    )
 
 
 def eval_train_zip(m: str) -> bytes:
-    return make_zip({f"{m}/train/section_03_{d}_train_normal_0000_a_1.wav": WAV
-                     for d in ("source", "target")} | {"__MACOSX/._x": b"apple"})
+    return make_zip(
+        {f"{m}/train/section_03_{d}_train_normal_0000_a_1.wav": WAV for d in ("source", "target")}
+        | {"__MACOSX/._x": b"apple"}
+    )
 
 
 def eval_test_zip(m: str) -> bytes:
-    return make_zip({f"{m}/{d}_test/section_03_{d}_test_000{i}.wav": WAV
-                     for d in ("source", "target") for i in (0, 1)})
+    return make_zip(
+        {
+            f"{m}/{d}_test/section_03_{d}_test_000{i}.wav": WAV
+            for d in ("source", "target")
+            for i in (0, 1)
+        }
+    )
 
 
 def truth_zip() -> bytes:
@@ -58,7 +69,8 @@ def truth_zip() -> bytes:
         for d in ("source", "target"):
             name = f"ground_truth_{m}_section_03_{d}_test.csv"
             members[f"{top}ground_truth_data/{name}"] = (
-                f"section_03_{d}_test_0000.wav,0\nsection_03_{d}_test_0001.wav,1\n".encode())
+                f"section_03_{d}_test_0000.wav,0\nsection_03_{d}_test_0001.wav,1\n".encode()
+            )
             members[f"__MACOSX/{top}ground_truth_data/._{name}"] = b"apple"
     return make_zip(members)
 
@@ -114,12 +126,24 @@ class FakeZenodo:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def record_json(self, record_id: int) -> dict:
-        files = [{"id": "x", "key": key, "size": len(data),
-                  "checksum": self.checksums.get(key, f"md5:{hashlib.md5(data).hexdigest()}"),
-                  "links": {"self": f"{self.url}/files/{record_id}/{key}"}}
-                 for key, data in self.files[record_id].items()]
-        files.append({"key": "README.md", "size": 3, "checksum": "md5:" + "0" * 32,
-                      "links": {"self": f"{self.url}/files/{record_id}/README.md"}})
+        files = [
+            {
+                "id": "x",
+                "key": key,
+                "size": len(data),
+                "checksum": self.checksums.get(key, f"md5:{hashlib.md5(data).hexdigest()}"),
+                "links": {"self": f"{self.url}/files/{record_id}/{key}"},
+            }
+            for key, data in self.files[record_id].items()
+        ]
+        files.append(
+            {
+                "key": "README.md",
+                "size": 3,
+                "checksum": "md5:" + "0" * 32,
+                "links": {"self": f"{self.url}/files/{record_id}/README.md"},
+            }
+        )
         return {"id": record_id, "metadata": {"title": "fake"}, "files": files}
 
     def file_requests(self, key: str) -> list:
@@ -146,17 +170,18 @@ def test_make_data_fetches_all_four_records(zenodo, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(root)
     index = index_dataset(root)
     assert len(index) == len(MACHINES) * (4 + 2 + 4)
-    assert set(zip(index["dataset"], index["section"])) == {("dev_data", "00"),
-                                                            ("eval_data", "03")}
+    assert set(zip(index["dataset"], index["section"])) == {("dev_data", "00"), ("eval_data", "03")}
     truth = read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
     assert len(truth) == len(MACHINES) * 4 and set(truth["machine"]) == set(MACHINES)
     assert sorted(p.name for p in ground_truth_dir(root).iterdir()) == sorted(
-        f"ground_truth_{m}_section_03_{d}_test.csv" for m in MACHINES for d in ("source", "target"))
+        f"ground_truth_{m}_section_03_{d}_test.csv" for m in MACHINES for d in ("source", "target")
+    )
     # stray entries stay out; archives are deleted, only the markers remain
     assert not (root / "__MACOSX").exists()
     assert not (root / "dev_data" / "fan" / "readme.txt").exists()
     assert sorted(p.name for p in (root / STATE).iterdir()) == sorted(
-        f"{k}.done" for files in zenodo.files.values() for k in files)
+        f"{k}.done" for files in zenodo.files.values() for k in files
+    )
     assert not list(root.glob(".unpack-*"))
     assert len(zenodo.requests) == 4 + 7  # 4 record JSONs, one GET per file
     zenodo.requests.clear()  # a second run finds every file done
@@ -168,7 +193,8 @@ def test_other_word_order_bare_md5_machines_and_kept_archives(zenodo, tmp_path, 
     files = zenodo.files[TRAIN.record_id]
     files["eval_data_train_fan.zip"] = files.pop("eval_data_fan_train.zip")  # 2020 order
     zenodo.checksums["eval_data_train_fan.zip"] = hashlib.md5(
-        files["eval_data_train_fan.zip"]).hexdigest()  # bare hex
+        files["eval_data_train_fan.zip"]
+    ).hexdigest()  # bare hex
     monkeypatch.setenv("ASD_ZENODO_URL", zenodo.url)
     root = tmp_path / "data"
     assert main([f"data.root={root}", "--machines", "fan", "--keep-archives"]) == 0
@@ -185,14 +211,26 @@ def test_resume_a_part_file_and_a_broken_connection(zenodo, tmp_path):
     data = zenodo.files[DEV.record_id]["dev_data_fan.zip"]
     (root / STATE).mkdir(parents=True)
     (root / STATE / "dev_data_fan.zip.part").write_bytes(data[:1000])
-    big = make_zip({f"fan/train/section_03_source_train_normal_000{i}_a_1.wav": bytes(1 << 20)
-                    for i in range(3)})  # larger than one read, so a whole block arrives
+    big = make_zip(
+        {
+            f"fan/train/section_03_source_train_normal_000{i}_a_1.wav": bytes(1 << 20)
+            for i in range(3)
+        }
+    )  # larger than one read, so a whole block arrives
     zenodo.files[TRAIN.record_id]["eval_data_fan_train.zip"] = big
     zenodo.cut["eval_data_fan_train.zip"] = len(big) // 2
-    download(root, base_url=zenodo.url, records=[DEV, TRAIN], machines=["fan"], progress=False,
-             timeout=10, retries=1)
+    download(
+        root,
+        base_url=zenodo.url,
+        records=[DEV, TRAIN],
+        machines=["fan"],
+        progress=False,
+        timeout=10,
+        retries=1,
+    )
     assert zenodo.file_requests("dev_data_fan.zip") == [
-        (f"/files/{DEV.record_id}/dev_data_fan.zip", "bytes=1000-")]
+        (f"/files/{DEV.record_id}/dev_data_fan.zip", "bytes=1000-")
+    ]
     first, again = [r for _, r in zenodo.file_requests("eval_data_fan_train.zip")]
     assert first is None and 0 < int(re.fullmatch(r"bytes=(\d+)-", again)[1]) <= len(big) // 2
     assert len(list((root / "eval_data" / "fan" / "train").iterdir())) == 3
@@ -204,10 +242,18 @@ def test_server_ignoring_range_restarts_the_file(zenodo, tmp_path):
     root = tmp_path / "data"
     (root / STATE).mkdir(parents=True)
     (root / STATE / "eval_data_fan_test.zip.part").write_bytes(b"x" * 500)  # stale bytes
-    download(root, base_url=zenodo.url, records=[TEST], machines=["fan"], progress=False,
-             keep_archives=True, timeout=10)
-    assert ((root / STATE / "eval_data_fan_test.zip").read_bytes()
-            == zenodo.files[TEST.record_id]["eval_data_fan_test.zip"])
+    download(
+        root,
+        base_url=zenodo.url,
+        records=[TEST],
+        machines=["fan"],
+        progress=False,
+        keep_archives=True,
+        timeout=10,
+    )
+    assert (root / STATE / "eval_data_fan_test.zip").read_bytes() == zenodo.files[TEST.record_id][
+        "eval_data_fan_test.zip"
+    ]
 
 
 def test_bad_checksum_is_a_clear_error_and_keeps_nothing(zenodo, tmp_path):
@@ -228,7 +274,7 @@ def test_broken_archives_leave_nothing_half_done(zenodo, tmp_path):
     files, root = zenodo.files[TRAIN.record_id], tmp_path / "data"
     good = files["eval_data_fan_train.zip"]
     i = good.index(b"RIFF")  # a stored member's bytes changed: its CRC no longer matches
-    files["eval_data_fan_train.zip"] = good[:i] + b"JUNK" + good[i + 4:]
+    files["eval_data_fan_train.zip"] = good[:i] + b"JUNK" + good[i + 4 :]
     with pytest.raises(DownloadError, match=r"eval_data_fan_train\.zip: cannot unpack.*CRC"):
         download(root, base_url=zenodo.url, records=[TRAIN], progress=False, timeout=10)
     files["eval_data_fan_train.zip"] = make_zip({"fan/readme.txt": b"hi", "../evil": b"x"})
@@ -263,8 +309,20 @@ def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
 
 
 def test_make_data_passes_data_args(repo):
-    out = subprocess.run(["make", "-n", "-C", str(repo), "data", "VENV=/nonexistent",
-                          "DATA_ARGS=--machines fan --keep-archives", "ARGS=data.root=D"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-C",
+            str(repo),
+            "data",
+            "VENV=/nonexistent",
+            "DATA_ARGS=--machines fan --keep-archives",
+            "ARGS=data.root=D",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     command = r"-m asd\.download\s+(--config \S+\s+)?--machines fan --keep-archives data\.root=D"
     assert re.search(command, out), out

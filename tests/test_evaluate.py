@@ -20,11 +20,16 @@ ORDER = ["fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve"]
 def labelled_clips(machines=("valve", "ToyTrain", "fan", "ToyCar", "gearbox")) -> pd.DataFrame:
     """Labelled test clips of two datasets, both systems scored (random, seeded)."""
     rng = np.random.default_rng(0)
-    rows = [(dataset, machine, section, domain, i % 2, rng.normal(i % 2), rng.normal())
-            for dataset, section in (("dev_data", "00"), ("eval_data", "03"))
-            for machine in machines for domain in ("source", "target") for i in range(8)]
-    return pd.DataFrame(rows, columns=["dataset", "machine", "section", "domain", "anomaly",
-                                       "ours", "reference"])
+    rows = [
+        (dataset, machine, section, domain, i % 2, rng.normal(i % 2), rng.normal())
+        for dataset, section in (("dev_data", "00"), ("eval_data", "03"))
+        for machine in machines
+        for domain in ("source", "target")
+        for i in range(8)
+    ]
+    return pd.DataFrame(
+        rows, columns=["dataset", "machine", "section", "domain", "anomaly", "ours", "reference"]
+    )
 
 
 def test_machines_follow_the_reports_order_everywhere():
@@ -45,10 +50,16 @@ def test_published_numbers_are_labelled_and_only_beside_dev_data():
     results = pd.concat([sections, ev.summary_rows(sections)], ignore_index=True)
     dev = ev.machine_table(results, "dev_data")
     assert [c for c in dev.columns if "report" in c or "AE" in c or "Mobile" in c] == [
-        "published: report", "published: AE", "published: MobileNetV2"]
+        "published: report",
+        "published: AE",
+        "published: MobileNetV2",
+    ]
     assert "REAL development data" in ev.PUBLISHED_NOTE
     assert list(ev.machine_table(results, "eval_data").columns) == [
-        "machine", "ours", "simple reference"]
+        "machine",
+        "ours",
+        "simple reference",
+    ]
     assert "published, real development data" in ev.official_line(results, "dev_data")
 
 
@@ -60,8 +71,13 @@ def test_roc_figure_is_one_panel_per_section_with_an_explained_style():
     assert len(panels) == 4  # 2 machines x 2 sections
     assert all(len(ax.get_lines()) == 1 + 4 for ax in panels)  # chance line, 2 domains x 2
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["source, ours", "source, simple reference", "target, ours",
-                      "target, simple reference", "pAUC region: FPR <= 0.1"]
+    assert labels == [
+        "source, ours",
+        "source, simple reference",
+        "target, ours",
+        "target, simple reference",
+        "pAUC region: FPR <= 0.1",
+    ]
 
 
 def test_results_md_names_what_produced_it(runs, tmp_path):
@@ -77,12 +93,13 @@ def test_results_md_names_what_produced_it(runs, tmp_path):
     assert md[2:7] == [
         f"- data root: `{root}`",
         f"- config: `{run / 'config.yml'}`",
-        f"- runs, Step 1 first: [{runs.stage1.name}](../{runs.stage1.name}), "
-        f"[{run.name}](.)",
+        f"- runs, Step 1 first: [{runs.stage1.name}](../{runs.stage1.name}), [{run.name}](.)",
         "- figures: [roc_dev_data](figures/roc_dev_data.png), "
         "[roc_eval_data](figures/roc_eval_data.png)",
         f"- notebooks (`make notebooks FROM={run}` writes them): "
         "[01-training](notebooks/01-training.html), [02-embeddings](notebooks/02-embeddings.html), "
-        "[03-scores](notebooks/03-scores.html), [04-errors](notebooks/04-errors.html)"]
-    assert all((run / "figures" / name).is_file() for name in ("roc_dev_data.png",
-                                                                "roc_eval_data.png"))
+        "[03-scores](notebooks/03-scores.html), [04-errors](notebooks/04-errors.html)",
+    ]
+    assert all(
+        (run / "figures" / name).is_file() for name in ("roc_dev_data.png", "roc_eval_data.png")
+    )

@@ -6,9 +6,9 @@ import shutil
 
 from robust_helpers import cli, write_config
 
-from asd.config import load_config
-from asd.data import ground_truth_dir
 from asd.evaluate import missing_ground_truth
+from asd.infra.config import load_config
+from asd.infra.data import ground_truth_dir
 
 
 def test_missing_ground_truth_names_the_folder_and_the_command(tmp_path):
@@ -28,8 +28,11 @@ def test_evaluate_without_eval_ground_truth(runs, tiny_cfg, tmp_path):
     shutil.copytree(tiny_cfg.data.root, root, ignore=shutil.ignore_patterns("ground_truth"))
     run = tmp_path / "run"
     shutil.copytree(runs.stage2, run)  # the shared run stays as it is
-    config = write_config(load_config(runs.config), tmp_path / "config.yml",
-                          [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"])
+    config = write_config(
+        load_config(runs.config),
+        tmp_path / "config.yml",
+        [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"],
+    )
     out = cli("asd.evaluate", "--config", config, "--from", run, "--no-figures", check=True)
     warning = [line for line in out.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warning) == 1 and str(ground_truth_dir(root)) in warning[0]

@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 
 from asd.cache import main
-from asd.config import load_config
-from asd.features import AudioError, AudioWarning, load_audio, log_mel, log_mel_batch
+from asd.infra.config import load_config
+from asd.method.features import AudioError, AudioWarning, load_audio, log_mel, log_mel_batch
 
 SR = 16000
 
@@ -25,9 +25,16 @@ def cfg(repo):
 
 def librosa_log_mel(y, fc, top_db=None):
     """The reference: librosa's own defaults for everything the settings do not name."""
-    S = librosa.feature.melspectrogram(y=y, sr=fc.sample_rate, n_fft=fc.n_fft,
-                                       hop_length=fc.hop_length, n_mels=fc.n_mels, fmin=fc.fmin,
-                                       fmax=fc.fmax, power=fc.power)
+    S = librosa.feature.melspectrogram(
+        y=y,
+        sr=fc.sample_rate,
+        n_fft=fc.n_fft,
+        hop_length=fc.hop_length,
+        n_mels=fc.n_mels,
+        fmin=fc.fmin,
+        fmax=fc.fmax,
+        power=fc.power,
+    )
     return librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=top_db).T  # (T, M)
 
 
@@ -35,8 +42,12 @@ def signals(seconds=10.0):
     rng = np.random.default_rng(0)
     n = int(seconds * SR)
     t = np.arange(n) / SR
-    hum = (0.3 * np.sin(2 * np.pi * 120 * t) + 0.2 * np.sin(2 * np.pi * 360 * t + 1)
-           + 0.1 * np.sin(2 * np.pi * 1250 * t) + 0.01 * rng.standard_normal(n))
+    hum = (
+        0.3 * np.sin(2 * np.pi * 120 * t)
+        + 0.2 * np.sin(2 * np.pi * 360 * t + 1)
+        + 0.1 * np.sin(2 * np.pi * 1250 * t)
+        + 0.01 * rng.standard_normal(n)
+    )
     chirp = 0.2 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.02 * rng.standard_normal(n)
     return {
         "white": 0.1 * rng.standard_normal(n),
@@ -69,9 +80,16 @@ def test_log_mel_top_db_and_other_settings(cfg):
     y = signals()["chirp+noise"].astype(np.float32)
     fc = cfg.replace(**{"features.top_db": 80.0}).features
     np.testing.assert_allclose(log_mel(y, SR, fc), librosa_log_mel(y, fc, top_db=80.0), atol=1e-3)
-    fc = cfg.replace(**{"features.n_mels": 64, "features.fmin": 50.0, "features.fmax": 7000.0,
-                        "features.n_fft": 2048, "features.hop_length": 256,
-                        "features.frames": 626}).features
+    fc = cfg.replace(
+        **{
+            "features.n_mels": 64,
+            "features.fmin": 50.0,
+            "features.fmax": 7000.0,
+            "features.n_fft": 2048,
+            "features.hop_length": 256,
+            "features.frames": 626,
+        }
+    ).features
     ours = log_mel(y, SR, fc)
     assert ours.shape == (626, 64)
     np.testing.assert_allclose(ours, librosa_log_mel(y, fc)[:626], atol=1e-3)
@@ -89,7 +107,7 @@ def test_length_is_fitted_like_a_zero_padded_clip(cfg):
     long = log_mel(y, SR, fc)  # 12 s: librosa gives 376 frames, we keep the first 313
     assert long.shape == (313, 128)
     np.testing.assert_allclose(long, librosa_log_mel(y, fc)[:313], atol=1e-3)
-    short = y[:5 * SR]
+    short = y[: 5 * SR]
     padded = np.pad(short, (0, 10 * SR - len(short)))
     np.testing.assert_allclose(log_mel(short, SR, fc), librosa_log_mel(padded, fc), atol=1e-3)
     # every length from 159744 to 160255 samples is "313 frames" for librosa: unchanged here
@@ -137,8 +155,17 @@ def test_a_batch_equals_its_clips_one_by_one(cfg, overrides, samples):
 # load_audio
 
 
-@pytest.mark.parametrize("subtype,tol", [("PCM_16", 1e-4), ("PCM_24", 1e-6), ("PCM_32", 1e-6),
-                                         ("PCM_U8", 1e-2), ("FLOAT", 0), ("DOUBLE", 0)])
+@pytest.mark.parametrize(
+    "subtype,tol",
+    [
+        ("PCM_16", 1e-4),
+        ("PCM_24", 1e-6),
+        ("PCM_32", 1e-6),
+        ("PCM_U8", 1e-2),
+        ("FLOAT", 0),
+        ("DOUBLE", 0),
+    ],
+)
 def test_load_audio_reads_common_wav_formats(tmp_path, cfg, subtype, tol):
     y = (0.1 * np.random.default_rng(1).standard_normal(10 * SR)).clip(-0.99, 0.99)
     path = write(tmp_path / f"clip_{subtype}.wav", y, subtype=subtype)
@@ -195,8 +222,9 @@ def test_load_audio_resamples(tmp_path, cfg, rate):
 
 @pytest.mark.parametrize("seconds,how", [(12.0, "cropped"), (4.0, "zero-padded")])
 def test_load_audio_warns_about_length(tmp_path, cfg, seconds, how):
-    path = write(tmp_path / "odd.wav", 0.01 * np.random.default_rng(4).standard_normal(
-        int(seconds * SR)))
+    path = write(
+        tmp_path / "odd.wav", 0.01 * np.random.default_rng(4).standard_normal(int(seconds * SR))
+    )
     with pytest.warns(AudioWarning, match=rf"odd\.wav: .* {how} to 313"):
         wave = load_audio(path, cfg.features)
     assert len(wave) == int(seconds * SR)  # load_audio keeps it; log_mel fits it
@@ -253,13 +281,13 @@ def test_real_recordings_flow_through(real_audio, cfg):
         assert feats.shape == (313, 128) and np.isfinite(feats).all()
         if len(wave) > 160255:  # the 12 s ToyCar / ToyTrain clips
             long += 1
-            assert any("cropped to 313" in str(w.message) and f.name in str(w.message)
-                       for w in caught)
+            assert any(
+                "cropped to 313" in str(w.message) and f.name in str(w.message) for w in caught
+            )
         else:
             assert not caught
         if f.name in compare:  # a 12 s and a 10 s clip against librosa
-            np.testing.assert_allclose(feats, librosa_log_mel(wave, cfg.features)[:313],
-                                       atol=1e-3)
+            np.testing.assert_allclose(feats, librosa_log_mel(wave, cfg.features)[:313], atol=1e-3)
     assert long >= 4
 
 
@@ -271,10 +299,14 @@ def test_cli_builds_the_cache_and_prints_its_folder(tmp_path, repo, capsys, monk
     root = tmp_path / "data"
     rng = np.random.default_rng(3)
     for i in range(3):
-        write(root / "dev_data" / "fan" / "train" / f"section_00_source_train_normal_{i:04d}.wav",
-              0.05 * rng.standard_normal(10 * SR))
-    write(root / "dev_data" / "fan" / "source_test" / "section_00_source_test_anomaly_0000.wav",
-          0.05 * rng.standard_normal(10 * SR))
+        write(
+            root / "dev_data" / "fan" / "train" / f"section_00_source_train_normal_{i:04d}.wav",
+            0.05 * rng.standard_normal(10 * SR),
+        )
+    write(
+        root / "dev_data" / "fan" / "source_test" / "section_00_source_test_anomaly_0000.wav",
+        0.05 * rng.standard_normal(10 * SR),
+    )
     monkeypatch.chdir(repo)
     argv = ["data.root=" + str(root), "data.cache_dir=" + str(tmp_path / "cache")]
     assert main(argv) == 0

@@ -8,12 +8,18 @@ import torch
 from adamp import AdamP
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from asd.config import save_config
-from asd.optim import MaskedAdamP
+from asd.infra.config import save_config
+from asd.method.optim import MaskedAdamP
 from runners import common, stage1
 
-TINY = ["model.stem_channels=4", "model.stage_channels=[4,4,8,8]", "model.embedding_dim=16",
-        "loss.n_subclusters=4", "stage1.epochs=2", "stage1.batch_size=8"]
+TINY = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,8,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+    "stage1.epochs=2",
+    "stage1.batch_size=8",
+]
 
 
 class HostWaits(TorchDispatchMode):
@@ -35,8 +41,12 @@ def test_the_counter_sees_a_read():
 
 def test_optimizer_step_reads_nothing():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
-                                torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 3),
+    )
     counts = []
     for kind in (AdamP, MaskedAdamP):
         opt = kind(model.parameters(), lr=1e-3, weight_decay=1e-5)

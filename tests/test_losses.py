@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asd.losses import SubClusterAdaCos, initial_scale, kl_loss, mixup
+from asd.method.losses import SubClusterAdaCos, initial_scale, kl_loss, mixup
 
 
 def one_hot(labels, n):
@@ -37,8 +37,9 @@ def test_shapes_parameters_and_initial_scale():
     h = SubClusterAdaCos(84, 32, 128)
     assert h.centres.shape == (84 * 32, 128) and h.centres.requires_grad
     assert "s" in dict(h.named_buffers()) and "s" in h.state_dict()
-    assert h.s.shape == () and math.isclose(h.s.item(), math.sqrt(2) * math.log(84 * 32 - 1),
-                                            rel_tol=1e-6)
+    assert h.s.shape == () and math.isclose(
+        h.s.item(), math.sqrt(2) * math.log(84 * 32 - 1), rel_tol=1e-6
+    )
     assert initial_scale(1) == initial_scale(3) > 0  # documented fallback for C*S <= 2
     assert torch.isfinite(SubClusterAdaCos(1, 1, 4).s)
     assert h.cosine(torch.randn(3, 128)).shape == (3, 84 * 32)
@@ -67,8 +68,9 @@ def test_single_subcluster_is_plain_adacos_cross_entropy():
     emb, labels = torch.randn(7, 8), torch.randint(0, 6, (7,))
     log_p = h(emb)
     torch.testing.assert_close(log_p, torch.log_softmax(h.s * h.cosine(emb), dim=1))
-    torch.testing.assert_close(kl_loss(log_p, one_hot(labels, 6)),
-                               F.cross_entropy(h.s * h.cosine(emb), labels))
+    torch.testing.assert_close(
+        kl_loss(log_p, one_hot(labels, 6)), F.cross_entropy(h.s * h.cosine(emb), labels)
+    )
 
 
 def test_scale_update_follows_adacos(head):
@@ -133,14 +135,22 @@ def test_gradients_reach_embeddings_and_centres(head):
 def test_never_nan_or_inf(n_classes, n_sub, kind):
     torch.manual_seed(3)
     dim, b = 16, 6
-    emb = {"zeros": torch.zeros(b, dim),
-           "huge": torch.full((b, dim), 1e30) * torch.randn(b, dim).sign(),
-           "identical": torch.randn(1, dim).repeat(b, 1), "tiny": torch.randn(b, dim) * 1e-40,
-           "random": torch.randn(b, dim) * 50}[kind].requires_grad_()
+    emb = {
+        "zeros": torch.zeros(b, dim),
+        "huge": torch.full((b, dim), 1e30) * torch.randn(b, dim).sign(),
+        "identical": torch.randn(1, dim).repeat(b, 1),
+        "tiny": torch.randn(b, dim) * 1e-40,
+        "random": torch.randn(b, dim) * 50,
+    }[kind].requires_grad_()
     h = SubClusterAdaCos(n_classes, n_sub, dim)
     labels = torch.randint(0, n_classes, (b,))
-    target, _ = mixup(one_hot(labels, n_classes), one_hot(labels.roll(1), n_classes),
-                      torch.zeros(b, 1), torch.zeros(b, 1), torch.rand(b))
+    target, _ = mixup(
+        one_hot(labels, n_classes),
+        one_hot(labels.roll(1), n_classes),
+        torch.zeros(b, 1),
+        torch.zeros(b, 1),
+        torch.rand(b),
+    )
     for _ in range(3):  # several scale updates in a row
         log_p = h.train()(emb, target)
         loss = kl_loss(log_p, target)
@@ -188,8 +198,10 @@ def test_mixup_labels_and_lambda():
     assert lam.shape == (1000,) and lam.dtype == torch.float32
     assert (lam >= 0).all() and (lam <= 1).all() and 0.4 < lam.mean() < 0.6
     n, c = 1000, 7
-    ya, yb = one_hot(torch.randint(0, c, (n,), generator=g), c), one_hot(
-        torch.randint(0, c, (n,), generator=g), c)
+    ya, yb = (
+        one_hot(torch.randint(0, c, (n,), generator=g), c),
+        one_hot(torch.randint(0, c, (n,), generator=g), c),
+    )
     for shape in [(n, 3), (n, 1, 5, 4), (n, 2, 3, 4, 5)]:
         xa, xb = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         x, y = mixup(xa, xb, ya, yb, lam)

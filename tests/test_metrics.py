@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd import metrics
+from asd.method import metrics
 
 Y = [0, 0, 1, 1]
 S = [0.1, 0.4, 0.35, 0.8]

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from asd.config import load_config
-from asd.model import EmbeddingNet
+from asd.infra.config import load_config
+from asd.method.model import EmbeddingNet
 
 # Table 1, T x F x C (time x mel x channels); PyTorch holds (C, T, F).
 TABLE1 = {
@@ -34,9 +34,12 @@ def net(cfg):
 
 def test_forward_hooks_agree_with_table1(net):
     seen = {}
-    hooks = [getattr(net, n).register_forward_hook(
-        lambda m, i, o, n=n: seen.__setitem__(n, tuple(o.shape[1:])))
-        for n in ("stem", "stage1", "stage2", "stage3", "stage4", "pool", "flatten", "head")]
+    hooks = [
+        getattr(net, n).register_forward_hook(
+            lambda m, i, o, n=n: seen.__setitem__(n, tuple(o.shape[1:]))
+        )
+        for n in ("stem", "stage1", "stage2", "stage3", "stage4", "pool", "flatten", "head")
+    ]
     try:
         with torch.no_grad():
             out = net(torch.randn(3, 1, 313, 128))
@@ -81,10 +84,13 @@ def test_summary_shows_sizes_and_parameter_count(net):
 
 
 def test_summary_command_prints(repo):
-    code = ("from asd.config import load_config; from asd.model import EmbeddingNet; "
-            "print(EmbeddingNet(load_config().model).summary())")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "from asd.infra.config import load_config; from asd.method.model import EmbeddingNet; "
+        "print(EmbeddingNet(load_config().model).summary())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
     assert "157 x 64 x 16" in out and "1 x 4 x 128" in out and "total parameters" in out
 
 

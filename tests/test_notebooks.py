@@ -18,28 +18,32 @@ import pytest
 import torch
 
 from asd import AsdError, runview
-from asd.config import load_config
-from asd.runs import latest_run
 from asd import notebooks as nbs
 from asd import submit as sm
-from asd.cache import build_cache
-from asd.checkpoint import save_checkpoint
-from asd.model import build_model
-from asd.config import save_config
-from asd.data import class_table, save_classes
-from asd.runs import new_run
+from asd.infra.checkpoint import save_checkpoint
+from asd.infra.config import load_config, save_config
+from asd.infra.data import class_table, save_classes
+from asd.infra.feature_cache import build_cache
+from asd.infra.runs import latest_run, new_run
+from asd.method.model import build_model
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]-*.ipynb"))
-TINY_MODEL = {"model.stem_channels": 4, "model.stage_channels": [4, 4, 4, 8],
-              "model.embedding_dim": 16, "loss.n_subclusters": 4}
+TINY_MODEL = {
+    "model.stem_channels": 4,
+    "model.stage_channels": [4, 4, 4, 8],
+    "model.embedding_dim": 16,
+    "loss.n_subclusters": 4,
+}
 LOG_HEADER = "step,accuracy,iteration,loss,lr,s,samples_per_s\n"
 
 
 def write_log(run: Path, rows: list[tuple]) -> None:
     """logs/train.csv as Catalyst's CSV logger writes it: (step, iteration, loss) rows."""
     (run / "logs").mkdir(parents=True, exist_ok=True)
-    (run / "logs" / "train.csv").write_text(LOG_HEADER + "".join(
-        f"{step},0.5,{float(it)},{loss},0.001,5.0,100.0\n" for step, it, loss in rows))
+    (run / "logs" / "train.csv").write_text(
+        LOG_HEADER
+        + "".join(f"{step},0.5,{float(it)},{loss},0.001,5.0,100.0\n" for step, it, loss in rows)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +60,16 @@ def fake(tiny_cfg, tmp_path_factory):
         save_classes(classes, run / "classes.csv")
         torch.manual_seed(seed)
         model, head = build_model(cfg, len(classes))
-        save_checkpoint(run / "model.pth", model=model, head=head, cfg=cfg, classes=classes,
-                        mean=cache.mean, std=cache.std, step={"iteration": 0})
+        save_checkpoint(
+            run / "model.pth",
+            model=model,
+            head=head,
+            cfg=cfg,
+            classes=classes,
+            mean=cache.mean,
+            std=cache.std,
+            step={"iteration": 0},
+        )
         runs.append(run)
     run1, run2 = runs
     write_log(run1, [(1, 12, 2.0), (2, 24, 1.5), (3, 36, 1.2)])
@@ -71,8 +83,12 @@ def fake(tiny_cfg, tmp_path_factory):
 
 
 def test_there_are_four_numbered_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01-training.ipynb", "02-embeddings.ipynb",
-                                           "03-scores.ipynb", "04-errors.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01-training.ipynb",
+        "02-embeddings.ipynb",
+        "03-scores.ipynb",
+        "04-errors.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -100,8 +116,11 @@ def test_notebook_has_one_parameter_cell_and_reads_runs_through_asd(path):
 
 def test_inject_parameters_goes_right_after_the_parameter_cell():
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("RUN = None"),
-                nbformat.v4.new_code_cell("print(RUN)")]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        nbformat.v4.new_code_cell("RUN = None"),
+        nbformat.v4.new_code_cell("print(RUN)"),
+    ]
     nb.cells[1].metadata["tags"] = ["parameters"]
     nbs.inject_parameters(nb, {"RUN": "/x/001-stage2", "CONFIG": "c.yml"})
     assert nb.cells[2].source.splitlines()[1:] == ["RUN = '/x/001-stage2'", "CONFIG = 'c.yml'"]
@@ -188,8 +207,9 @@ def test_scores_agree_with_the_submission(fake):
     assert table["decision"].tolist() == expected["decision"].tolist()
     assert (table["decision"] == (table["score"] > table["threshold"])).all()
     dev = table[table["dataset"] == "dev_data"]
-    assert (dev["label"] == np.where(dev["file"].str.contains("_anomaly_"), "anomaly",
-                                     "normal")).all()
+    assert (
+        dev["label"] == np.where(dev["file"].str.contains("_anomaly_"), "anomaly", "normal")
+    ).all()
     assert table["label"].notna().all() and all(Path(p).is_file() for p in table["path"])
 
 
@@ -202,7 +222,7 @@ def test_subcluster_centres_follow_the_class_table(fake):
     fan = classes.query("machine == 'fan' and section == '00' and domain == 'source'")
     rows = centres.table.eval("machine == 'fan' and section == '00' and domain == 'source'")
     fan = int(fan["class"].iloc[0])
-    assert np.array_equal(centres.values[rows.to_numpy()], centres.values[4 * fan:4 * fan + 4])
+    assert np.array_equal(centres.values[rows.to_numpy()], centres.values[4 * fan : 4 * fan + 4])
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -218,8 +238,14 @@ def trained(tiny_cfg, tmp_path_factory):
     cfg = tiny_cfg.replace(**{"runs.dir": str(tmp / "runs"), **TINY_MODEL})
     config = tmp / "config.yml"
     save_config(cfg, config)
-    small = ["stage1.epochs=2", "stage1.batch_size=8", "stage2.iterations=4",
-             "stage2.batch_size=8", "stage2.log_every=2", "stage2.checkpoint_every=2"]
+    small = [
+        "stage1.epochs=2",
+        "stage1.batch_size=8",
+        "stage2.iterations=4",
+        "stage2.batch_size=8",
+        "stage2.log_every=2",
+        "stage2.checkpoint_every=2",
+    ]
     stage1.main(["--config", str(config), "--no-progress", *small])
     run1 = latest_run(load_config(config).runs.dir, "stage1")
     stage2.main(["--config", str(config), "--no-progress", "--from", str(run1), *small])
@@ -259,8 +285,10 @@ def test_every_notebook_runs_against_a_tiny_trained_run(trained, capsys):
 def test_a_failing_cell_fails_the_command_and_keeps_the_html(fake, tmp_path, capsys):
     _, config, _, run2, _ = fake
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("RUN = None"),
-                nbformat.v4.new_code_cell("raise ValueError('boom in ' + RUN)")]
+    nb.cells = [
+        nbformat.v4.new_code_cell("RUN = None"),
+        nbformat.v4.new_code_cell("raise ValueError('boom in ' + RUN)"),
+    ]
     nb.cells[0].metadata["tags"] = ["parameters"]
     path = tmp_path / "09-broken.ipynb"
     nbformat.write(nb, path)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from adamp import AdamP
 
-from asd.config import load_config
-from asd.losses import kl_loss
-from asd.model import build_model
-from asd.optim import MaskedAdamP
+from asd.infra.config import load_config
+from asd.method.losses import kl_loss
+from asd.method.model import build_model
+from asd.method.optim import MaskedAdamP
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,13 +26,19 @@ def train(net, head, opt, batches):
 
 @pytest.mark.parametrize("lr,weight_decay", [(1e-3, 1e-5), (1e-2, 1e-2)])
 def test_same_steps_as_adamp_on_the_model(lr, weight_decay):
-    cfg = load_config(REPO / "config.yml", ["model.stage_channels=[4,4,8,8]",
-                                            "model.stem_channels=4"])
+    cfg = load_config(
+        REPO / "config.yml", ["model.stage_channels=[4,4,8,8]", "model.stem_channels=4"]
+    )
     torch.manual_seed(0)
     net, head = build_model(cfg, 6)
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(2, 1, 313, 128, generator=gen),
-                torch.softmax(torch.randn(2, 6, generator=gen), 1)) for _ in range(4)]
+    batches = [
+        (
+            torch.randn(2, 1, 313, 128, generator=gen),
+            torch.softmax(torch.randn(2, 6, generator=gen), 1),
+        )
+        for _ in range(4)
+    ]
     results = []
     for kind in (AdamP, MaskedAdamP):
         n, h = copy.deepcopy(net), copy.deepcopy(head)
@@ -46,9 +52,11 @@ def test_same_steps_as_adamp_on_the_model(lr, weight_decay):
 def test_each_branch_of_the_projection():
     """Per-channel projection, whole-weight projection and none, each with weight decay."""
     w = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    grads = {"channel": torch.tensor([[0.0, 1.0], [0.0, -1.0]]),  # each row orthogonal to w's
-             "layer": torch.tensor([[1.0, 0.0], [-1.0, 0.0]]),  # rows parallel, sum orthogonal
-             "none": torch.tensor([[1.0, 0.5], [1.0, 0.5]])}
+    grads = {
+        "channel": torch.tensor([[0.0, 1.0], [0.0, -1.0]]),  # each row orthogonal to w's
+        "layer": torch.tensor([[1.0, 0.0], [-1.0, 0.0]]),  # rows parallel, sum orthogonal
+        "none": torch.tensor([[1.0, 0.5], [1.0, 0.5]]),
+    }
     for name, grad in grads.items():
         out = []
         for kind in (AdamP, MaskedAdamP):
@@ -66,7 +74,8 @@ def test_channels_last_weights_take_the_same_steps():
     gen = torch.Generator().manual_seed(0)
     w, g = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)
     g_scale_invariant = g - w * (g * w).sum((1, 2, 3), keepdim=True) / w.square().sum(
-        (1, 2, 3), keepdim=True)  # a weight followed by batch norm: projected per channel
+        (1, 2, 3), keepdim=True
+    )  # a weight followed by batch norm: projected per channel
     for grad in (g, g_scale_invariant):
         out = []
         for layout in (torch.contiguous_format, torch.channels_last):

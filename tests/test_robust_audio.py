@@ -1,7 +1,7 @@
 """Bad and odd audio, names and folders through the entry points, on purpose.
 
 Each case goes through indexing (``python -m asd.index``), the feature cache (``python -m
-asd.features``) and scoring with a submitted tiny run (``python -m asd.score RUN FILE``), by
+asd.method.features``) and scoring with a submitted tiny run (``python -m asd.score RUN FILE``), by
 their ``main()`` functions (one subprocess per entry point checks exit codes and stderr for
 real). Outcomes:
 
@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from robust_helpers import cli, refused, write_config
 
 from asd import cache as feat_cli
 from asd import index as index_cli
 from asd import score as score_cli
-from asd.config import load_config
-from asd.features import AudioWarning
-from robust_helpers import cli, refused, write_config
+from asd.infra.config import load_config
+from asd.method.features import AudioWarning
 
 SR = 16000
 SLOT = Path("dev_data", "fan", "source_test", "section_00_source_test_normal_0000.wav")
@@ -73,9 +73,17 @@ def base_root(tmp_path_factory) -> Path:
     """One machine, dev section 00: 4 source + 1 target training clips, 2 test clips a domain."""
     from asd.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("robust_audio") / "data", machines=("fan",),
-                    dev_sections=("00",), eval_sections=(), n_source=4, n_target=1, n_test=2,
-                    duration=10.0, seed=0)
+    return generate(
+        tmp_path_factory.mktemp("robust_audio") / "data",
+        machines=("fan",),
+        dev_sections=("00",),
+        eval_sections=(),
+        n_source=4,
+        n_target=1,
+        n_test=2,
+        duration=10.0,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +170,12 @@ def test_odd_but_readable_audio(name, cases, base_root, runs, cache_args, tmp_pa
     if ODD[name] is None:
         code, out, err = call(feat_cli.main, [*cache_args, "--root", root], capsys)
     else:
-        with pytest.warns(AudioWarning, match=rf"1 clip\(s\) .*{SLOT.name}: "
-                                              + re.escape(ODD[name])):
+        with pytest.warns(
+            AudioWarning, match=rf"1 clip\(s\) .*{SLOT.name}: " + re.escape(ODD[name])
+        ):
             code, out, err = call(feat_cli.main, [*cache_args, "--root", root], capsys)
     assert code == 0, err
-    from asd.cache import FeatureCache
+    from asd.infra.feature_cache import FeatureCache
 
     cache = FeatureCache.open(out.strip().splitlines()[-1])
     row = int(np.flatnonzero(cache.index["path"] == str(clip.absolute()))[0])
@@ -196,8 +205,18 @@ def test_entry_points_in_subprocesses(cases, base_root, runs, tmp_path):
     """Exit codes and stderr of the real commands: a clean message, never a traceback."""
     root = case_root(base_root, tmp_path, cases["truncated_data"])
     bad = root / SLOT
-    refused(cli("asd.cache", "--config", runs.config, "--root", root,
-                f"data.cache_dir={tmp_path / 'cache'}"), str(bad), "truncated WAV file")
+    refused(
+        cli(
+            "asd.cache",
+            "--config",
+            runs.config,
+            "--root",
+            root,
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ),
+        str(bad),
+        "truncated WAV file",
+    )
     refused(cli("asd.score", runs.stage2, bad), str(bad), "truncated WAV file")
 
     silent = tmp_path / "fan" / "test" / "section_00_source_test_0007.wav"
@@ -224,8 +243,9 @@ def test_name_outside_the_scheme(base_root, runs, cache_args, tmp_path, capsys):
     assert code == 2 and f"{odd}: not a DCASE clip name" in err
     code, _, err = call(score_cli.main, [runs.stage2, odd], capsys)
     assert code == 2 and str(odd) in err and "give --section and --domain" in err
-    code, out, err = call(score_cli.main, [runs.stage2, odd, "--section", "00",
-                                           "--domain", "source"], capsys)
+    code, out, err = call(
+        score_cli.main, [runs.stage2, odd, "--section", "00", "--domain", "source"], capsys
+    )
     assert code == 0 and "fan_recording_01.wav" in out
 
 
@@ -255,13 +275,16 @@ def _missing_root(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("make,words", [
-    (_missing_root, "does not exist"),
-    (_empty_root, "expected dev_data/ or eval_data/"),
-    (_empty_dev_data, "no .wav files found"),
-    (_without_train_folder, "machine folder without a train/ folder"),
-    (_without_train_clips, "no .wav files"),
-])
+@pytest.mark.parametrize(
+    "make,words",
+    [
+        (_missing_root, "does not exist"),
+        (_empty_root, "expected dev_data/ or eval_data/"),
+        (_empty_dev_data, "no .wav files found"),
+        (_without_train_folder, "machine folder without a train/ folder"),
+        (_without_train_clips, "no .wav files"),
+    ],
+)
 def test_missing_or_empty_folders(make, words, base_root, cache_args, tmp_path, capsys):
     path = make(case_root(base_root, tmp_path))
     root = tmp_path / "root"
@@ -292,20 +315,26 @@ def test_root_with_only_dev_data(base_root, runs, tmp_path, capsys):
     assert code == 0 and "9 clips" in out and "eval_data" not in out
     run = tmp_path / "run"
     shutil.copytree(runs.stage2, run)  # the shared run stays as it is
-    config = write_config(load_config(runs.config),
-                          tmp_path / "config.yml",
-                          [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"])
-    code, out, err = call(submit.main, ["--config", config, "--from", run, "--device", "cpu"],
-                          capsys)
+    config = write_config(
+        load_config(runs.config),
+        tmp_path / "config.yml",
+        [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"],
+    )
+    code, out, err = call(
+        submit.main, ["--config", config, "--from", run, "--device", "cpu"], capsys
+    )
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(run)
     names = sorted(p.name for p in (run / "submission").iterdir())
-    assert names == sorted(f"{kind}_fan_section_00_{d}_test.csv"
-                           for kind in ("anomaly_score", "decision_result")
-                           for d in ("source", "target"))
+    assert names == sorted(
+        f"{kind}_fan_section_00_{d}_test.csv"
+        for kind in ("anomaly_score", "decision_result")
+        for d in ("source", "target")
+    )
     rows = pd.read_csv(run / "submission" / names[0], header=None)
     assert len(rows) == 2 and np.isfinite(rows[1]).all()
-    code, out, err = call(evaluate.main, ["--config", config, "--from", run, "--no-figures"],
-                          capsys)
+    code, out, err = call(
+        evaluate.main, ["--config", config, "--from", run, "--no-figures"], capsys
+    )
     assert code == 0, err
     assert set(pd.read_csv(run / "results.csv")["dataset"]) == {"dev_data"}

@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from robust_helpers import cli, copy_run, refused
 
 from asd import cache, evaluate, index, submit
-from asd.config import load_config
-from robust_helpers import cli, copy_run, refused
+from asd.infra.config import load_config
 from runners import stage1, stage2
 
 
@@ -66,6 +66,7 @@ MAINS = {
 
 def bad_configs(config: Path, tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
     """case -> (arguments, words the message must hold)."""
+
     def copy(name: str, group: str, key: str, value) -> Path:
         return edited(Path(shutil.copy(config, tmp_path / name)), group, key, value)
 
@@ -76,20 +77,34 @@ def bad_configs(config: Path, tmp_path: Path) -> dict[str, tuple[list[str], list
     broken = tmp_path / "broken.yml"
     broken.write_text("stage1: [epochs: 3\n")
     return {
-        "unknown key": (["--config", unknown],
-                        [str(unknown), "unknown config key 'stage1.epochz'"]),
-        "wrong type": (["--config", wrong], [str(wrong), "'stage1.epochs': expected an integer, "
-                                                          "got 'ten'"]),
-        "missing key": (["--config", missing_key], [str(missing_key),
-                                                    "missing config key 'detectors.ocsvm_nu'"]),
-        "out of range": (["--config", zero], [str(zero), "'stage2.log_every': expected a value "
-                                                         "> 0, got 0"]),
-        "missing file": (["--config", tmp_path / "nope.yml"],
-                         [f"config file {tmp_path / 'nope.yml'} does not exist"]),
-        "unknown override": (["--config", config, "stage3.epochs=2"],
-                             ["override of unknown config key 'stage3.epochs'"]),
-        "override type": (["--config", config, "stage1.batch_size=[8]"],
-                          ["'stage1.batch_size': expected an integer, got [8]"]),
+        "unknown key": (
+            ["--config", unknown],
+            [str(unknown), "unknown config key 'stage1.epochz'"],
+        ),
+        "wrong type": (
+            ["--config", wrong],
+            [str(wrong), "'stage1.epochs': expected an integer, got 'ten'"],
+        ),
+        "missing key": (
+            ["--config", missing_key],
+            [str(missing_key), "missing config key 'detectors.ocsvm_nu'"],
+        ),
+        "out of range": (
+            ["--config", zero],
+            [str(zero), "'stage2.log_every': expected a value > 0, got 0"],
+        ),
+        "missing file": (
+            ["--config", tmp_path / "nope.yml"],
+            [f"config file {tmp_path / 'nope.yml'} does not exist"],
+        ),
+        "unknown override": (
+            ["--config", config, "stage3.epochs=2"],
+            ["override of unknown config key 'stage3.epochs'"],
+        ),
+        "override type": (
+            ["--config", config, "stage1.batch_size=[8]"],
+            ["'stage1.batch_size': expected an integer, got [8]"],
+        ),
         "not YAML": (["--config", broken], [f"config file {broken} is not valid YAML"]),
     }
 
@@ -105,27 +120,47 @@ def test_bad_configs_in_every_command(config, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.time_pool=50", "model.time_pool=50 exceeds"),
-    ("loss.max_angle=2.0", "max_angle must lie in (0, pi/2)"),
-    ("engine.name=ddp", "stage1.batch_size=8 does not split over engine.world_size=3"),
-])
-def test_settings_a_model_or_engine_refuses_leave_no_run_folder(runs, config, tmp_path,
-                                                                 override, words, capsys):
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.time_pool=50", "model.time_pool=50 exceeds"),
+        ("loss.max_angle=2.0", "max_angle must lie in (0, pi/2)"),
+        ("engine.name=ddp", "stage1.batch_size=8 does not split over engine.world_size=3"),
+    ],
+)
+def test_settings_a_model_or_engine_refuses_leave_no_run_folder(
+    runs, config, tmp_path, override, words, capsys
+):
     runs_dir = tmp_path / "fresh-runs"
-    code, err = call(stage1.main, ["--config", config, "--no-progress", f"runs.dir={runs_dir}",
-                                   "stage1.batch_size=8", "engine.world_size=3", override],
-                     capsys)
+    code, err = call(
+        stage1.main,
+        [
+            "--config",
+            config,
+            "--no-progress",
+            f"runs.dir={runs_dir}",
+            "stage1.batch_size=8",
+            "engine.world_size=3",
+            override,
+        ],
+        capsys,
+    )
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not runs_dir.exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module,case", [
-    ("asd.index", "unknown key"), ("asd.cache", "wrong type"),
-    ("runners.stage1", "missing file"), ("runners.stage2", "unknown override"),
-    ("asd.submit", "out of range"), ("asd.evaluate", "missing key"),
-])
+@pytest.mark.parametrize(
+    "module,case",
+    [
+        ("asd.index", "unknown key"),
+        ("asd.cache", "wrong type"),
+        ("runners.stage1", "missing file"),
+        ("runners.stage2", "unknown override"),
+        ("asd.submit", "out of range"),
+        ("asd.evaluate", "missing key"),
+    ],
+)
 def test_bad_configs_in_subprocesses(config, tmp_path, module, case):
     args, words = bad_configs(config, tmp_path)[case]
     refused(cli(module, *args), *words)
@@ -135,36 +170,48 @@ def test_bad_configs_in_subprocesses(config, tmp_path, module, case):
 # Run folders made with other settings
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.embedding_dim=8", "model.embedding_dim: Step 1 run 16, config 8"),
-    ("features.n_mels=64", "features.n_mels: Step 1 run 128, config 64"),
-    ("loss.n_subclusters=2", "loss.n_subclusters: Step 1 run 4, config 2"),
-])
-def test_step2_from_a_step1_run_with_other_settings(runs, config, tmp_path, override, words,
-                                                    capsys):
-    code, err = call(stage2.main, ["--config", config, "--from", runs.stage1, "--no-progress",
-                                   override], capsys)
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.embedding_dim=8", "model.embedding_dim: Step 1 run 16, config 8"),
+        ("features.n_mels=64", "features.n_mels: Step 1 run 128, config 64"),
+        ("loss.n_subclusters=2", "loss.n_subclusters: Step 1 run 4, config 2"),
+    ],
+)
+def test_step2_from_a_step1_run_with_other_settings(
+    runs, config, tmp_path, override, words, capsys
+):
+    code, err = call(
+        stage2.main, ["--config", config, "--from", runs.stage1, "--no-progress", override], capsys
+    )
     assert code == 2 and words in err and str(runs.stage1) in err
     assert not (tmp_path / "runs").exists()
 
 
 def test_step2_from_what_is_not_a_finished_step1_run(runs, config, tmp_path, capsys):
-    code, err = call(stage2.main, ["--config", config, "--from", runs.stage2, "--no-progress"],
-                     capsys)
+    code, err = call(
+        stage2.main, ["--config", config, "--from", runs.stage2, "--no-progress"], capsys
+    )
     assert code == 2 and f"{runs.stage2} is not a Step 1 run" in err
     assert len(err.strip().splitlines()) == 1
     unfinished = resumable(runs.stage1, tmp_path)
-    code, err = call(stage2.main, ["--config", config, "--from", unfinished, "--no-progress"],
-                     capsys)
-    assert code == 2 and f"{unfinished / 'model.pth'} does not exist; the run has not finished" in err
+    code, err = call(
+        stage2.main, ["--config", config, "--from", unfinished, "--no-progress"], capsys
+    )
+    assert (
+        code == 2 and f"{unfinished / 'model.pth'} does not exist; the run has not finished" in err
+    )
     assert f"make stage1 RESUME={unfinished}" in err
     assert not (tmp_path / "runs").exists()
 
 
 def test_step2_from_a_run_folder_alone(runs, tmp_path, capsys):
     """No --config: the Step 1 run's own config.yml, with the overrides on top."""
-    code, _ = call(stage2.main, ["--from", runs.stage1, "--no-progress",
-                                 f"runs.dir={tmp_path / 'runs'}"], capsys)
+    code, _ = call(
+        stage2.main,
+        ["--from", runs.stage1, "--no-progress", f"runs.dir={tmp_path / 'runs'}"],
+        capsys,
+    )
     assert code == 0
     (run,) = (tmp_path / "runs").glob("*-stage2")
     expected = load_config(runs.stage1 / "config.yml", [f"runs.dir={tmp_path / 'runs'}"])
@@ -186,24 +233,43 @@ def test_step2_from_a_step1_run_on_other_data(runs, config, tmp_path, capsys):
     code, err = call(stage2.main, ["--config", config, "--from", run1, "--no-progress"], capsys)
     assert code == 2 and "has no source training clips of the run's classes" in err
     assert "pump 00" in err
-    refused(cli("runners.stage2", "--config", config, "--from", run1, "--no-progress"),
-            "has no source training clips")
+    refused(
+        cli("runners.stage2", "--config", config, "--from", run1, "--no-progress"),
+        "has no source training clips",
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_step2_trainable_must_name_a_part(runs, config, tmp_path, capsys):
-    code, err = call(stage2.main, ["--config", config, "--from", runs.stage1, "--no-progress",
-                                   "stage2.trainable=[stage9]"], capsys)
+    code, err = call(
+        stage2.main,
+        ["--config", config, "--from", runs.stage1, "--no-progress", "stage2.trainable=[stage9]"],
+        capsys,
+    )
     assert code == 2 and "stage2.trainable names ['stage9']" in err
     assert not (tmp_path / "runs").exists()
 
 
 def test_submit_and_evaluate_with_other_feature_settings(runs, capsys):
-    refused(cli("asd.submit", "--config", runs.config, "--from", runs.stage2, "--device", "cpu",
-                "features.hop_length=256"),
-            "features.hop_length: run 512, config 256", str(runs.stage2))
-    code, err = call(evaluate.main, ["--config", runs.config, "--from", runs.stage2,
-                                     "features.fmax=4000"], capsys)
+    refused(
+        cli(
+            "asd.submit",
+            "--config",
+            runs.config,
+            "--from",
+            runs.stage2,
+            "--device",
+            "cpu",
+            "features.hop_length=256",
+        ),
+        "features.hop_length: run 512, config 256",
+        str(runs.stage2),
+    )
+    code, err = call(
+        evaluate.main,
+        ["--config", runs.config, "--from", runs.stage2, "features.fmax=4000"],
+        capsys,
+    )
     assert code == 2 and "features.fmax: run 8000.0, config 4000.0" in err
 
 
@@ -214,13 +280,16 @@ def resumable(run: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("step,group,key,value", [
-    ("stage1", "model", "embedding_dim", 8),
-    ("stage1", "stage1", "batch_size", 16),
-    ("stage1", "features", "n_fft", 2048),
-    ("stage2", "loss", "n_subclusters", 8),
-    ("stage2", "stage2", "lr", 0.01),
-])
+@pytest.mark.parametrize(
+    "step,group,key,value",
+    [
+        ("stage1", "model", "embedding_dim", 8),
+        ("stage1", "stage1", "batch_size", 16),
+        ("stage1", "features", "n_fft", 2048),
+        ("stage2", "loss", "n_subclusters", 8),
+        ("stage2", "stage2", "lr", 0.01),
+    ],
+)
 def test_resume_of_an_edited_run(runs, tmp_path, step, group, key, value, capsys):
     run = resumable(getattr(runs, step), tmp_path)
     old = load_config(run / "config.yml").to_dict()[group][key]
@@ -261,8 +330,11 @@ def test_resume_without_a_run_takes_the_latest_unfinished_one(runs, config, tmp_
 def test_resume_of_an_invalid_or_foreign_run(runs, tmp_path, capsys):
     run = resumable(runs.stage1, tmp_path)
     edited(run / "config.yml", "stage1", "epochs", "ten")
-    refused(cli("runners.stage1", "--resume", run, "--no-progress"),
-            str(run / "config.yml"), "'stage1.epochs': expected an integer")
+    refused(
+        cli("runners.stage1", "--resume", run, "--no-progress"),
+        str(run / "config.yml"),
+        "'stage1.epochs': expected an integer",
+    )
     code, err = call(stage1.main, ["--resume", tmp_path, "--no-progress"], capsys)
     assert code == 2 and f"{tmp_path} is not a run folder (no config.yml)" in err
     # Step 2 whose Step 1 model is gone

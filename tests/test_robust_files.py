@@ -26,14 +26,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from robust_helpers import REPO, cli, file_size_limit, refused, snapshot, temp_files, write_config
 
 from asd import score as score_cli
 from asd import submit as submit_cli
-from asd.cache import CacheError, FeatureCache, build_cache, cache_folder
-from asd.checkpoint import CheckpointError, load_checkpoint
-from asd.config import ConfigError, load_config
-from robust_helpers import (REPO, cli, file_size_limit, refused, snapshot, temp_files,
-                            write_config)
+from asd.infra.checkpoint import CheckpointError, load_checkpoint
+from asd.infra.config import ConfigError, load_config
+from asd.infra.feature_cache import CacheError, FeatureCache, build_cache, cache_folder
 
 
 class Payload:
@@ -98,8 +97,10 @@ def test_checkpoint_with_code_through_the_commands(runs, run2, tmp_path, marker,
 
     zipped, _ = evil_checkpoints(run2 / "model.pth", tmp_path, marker)
     shutil.copy(zipped, run2 / "model.pth")
-    refused(cli("asd.submit", "--config", runs.config, "--from", run2, "--device", "cpu"),
-            f"checkpoint {run2 / 'model.pth'} cannot be read")
+    refused(
+        cli("asd.submit", "--config", runs.config, "--from", run2, "--device", "cpu"),
+        f"checkpoint {run2 / 'model.pth'} cannot be read",
+    )
     clip = tmp_path / "fan" / "test" / "section_00_source_test_0000.wav"  # never read
     code, err = call(score_cli.main, [run2, clip], capsys)
     assert code == 2 and f"checkpoint {run2 / 'model.pth'} cannot be read" in err
@@ -107,8 +108,9 @@ def test_checkpoint_with_code_through_the_commands(runs, run2, tmp_path, marker,
     # Step 2 from a Step 1 run whose model.pth carries code; a resume whose last.pth does
     run1 = Path(shutil.copytree(runs.stage1, tmp_path / "run1"))
     shutil.copy(zipped, run1 / "model.pth")
-    config = write_config(load_config(runs.config), tmp_path / "c.yml",
-                          [f"runs.dir={tmp_path / 'runs'}"])
+    config = write_config(
+        load_config(runs.config), tmp_path / "c.yml", [f"runs.dir={tmp_path / 'runs'}"]
+    )
     code, err = call(stage2.main, ["--config", config, "--from", run1, "--no-progress"], capsys)
     assert code != 0 and f"checkpoint {run1 / 'model.pth'} cannot be read" in err
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
@@ -127,8 +129,13 @@ def test_tampered_detector_npz_is_refused(runs, run2, marker, capsys):
     target = run2 / "detectors" / "fan_section_00_source.npz"
     with open(target, "wb") as f:
         np.savez(f, means=np.array([Payload(marker)], dtype=object))
-    clip = Path(load_config(runs.config).data.root) / "dev_data" / "fan" / "source_test" / \
-        "section_00_source_test_normal_0000.wav"
+    clip = (
+        Path(load_config(runs.config).data.root)
+        / "dev_data"
+        / "fan"
+        / "source_test"
+        / "section_00_source_test_normal_0000.wav"
+    )
     code, err = call(score_cli.main, [run2, clip], capsys)
     assert code == 2 and f"cannot read detector file {target}" in err
     assert "allow_pickle=False" in err
@@ -139,17 +146,20 @@ def test_tampered_detector_npz_is_refused(runs, run2, marker, capsys):
     assert marker.is_dir()
 
 
-@pytest.mark.parametrize("entry,words", [
-    ({"file": "../../../etc/passwd"}, "is not a file name"),
-    ({"file": None}, "is not a file name"),
-    ({"kind": "pickle"}, "unknown detector kind"),
-    ({"machine": None, "delete": "machine"}, "a detector entry lacks 'machine'"),
-    ({"threshold": "high"}, "is not usable (ValueError"),
-])
+@pytest.mark.parametrize(
+    "entry,words",
+    [
+        ({"file": "../../../etc/passwd"}, "is not a file name"),
+        ({"file": None}, "is not a file name"),
+        ({"kind": "pickle"}, "unknown detector kind"),
+        ({"machine": None, "delete": "machine"}, "a detector entry lacks 'machine'"),
+        ({"threshold": "high"}, "is not usable (ValueError"),
+    ],
+)
 def test_tampered_detectors_json_is_refused(run2, entry, words):
     import json
 
-    from asd.detectors import DetectorSet
+    from asd.method.detectors import DetectorSet
 
     index = run2 / "detectors" / "detectors.json"
     meta = json.loads(index.read_text())
@@ -165,10 +175,15 @@ def test_tampered_detectors_json_is_refused(run2, entry, words):
 def test_tampered_embeddings_are_recomputed(runs, run2, marker, capsys, caplog):
     good = np.load(run2 / "embeddings.npz")["embeddings"]
     with open(run2 / "embeddings.npz", "wb") as f:
-        np.savez(f, embeddings=good, clips=np.array([Payload(marker)], dtype=object),
-                 model_sha256=np.array([Payload(marker)], dtype=object))
-    code, err = call(submit_cli.main, ["--config", runs.config, "--from", run2,
-                                       "--device", "cpu"], capsys)
+        np.savez(
+            f,
+            embeddings=good,
+            clips=np.array([Payload(marker)], dtype=object),
+            model_sha256=np.array([Payload(marker)], dtype=object),
+        )
+    code, err = call(
+        submit_cli.main, ["--config", runs.config, "--from", run2, "--device", "cpu"], capsys
+    )
     assert code == 0, err
     assert "ignoring unreadable" in caplog.text and "embeddings.npz" in caplog.text
     assert not marker.exists()
@@ -179,8 +194,9 @@ def test_tampered_embeddings_are_recomputed(runs, run2, marker, capsys, caplog):
 def test_truncated_embeddings_are_recomputed(runs, run2, capsys, caplog):
     path = run2 / "embeddings.npz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a disk that filled up
-    code, err = call(submit_cli.main, ["--config", runs.config, "--from", run2,
-                                       "--device", "cpu"], capsys)
+    code, err = call(
+        submit_cli.main, ["--config", runs.config, "--from", run2, "--device", "cpu"], capsys
+    )
     assert code == 0, err
     assert "ignoring unreadable" in caplog.text
     with np.load(path, allow_pickle=False) as z:
@@ -216,14 +232,17 @@ def test_yaml_tags_that_run_code_are_refused(runs, tmp_path, marker, capsys):
 
     text = Path(runs.config).read_text()
     evil = tmp_path / "evil.yml"
-    evil.write_text(text.replace("runs:\n", f"runs: !!python/object/apply:os.mkdir "
-                                            f"['{marker}']\nignored:\n", 1))
+    evil.write_text(
+        text.replace("runs:\n", f"runs: !!python/object/apply:os.mkdir ['{marker}']\nignored:\n", 1)
+    )
     with pytest.raises(ConfigError, match=rf"config file {evil} is not valid YAML"):
         load_config(evil)
     code, err = call(index_cli.main, ["--config", evil], capsys)
     assert code == 2 and f"config file {evil} is not valid YAML" in err
-    refused(cli("runners.stage1", "--config", evil, "--no-progress"),
-            f"config file {evil} is not valid YAML")
+    refused(
+        cli("runners.stage1", "--config", evil, "--no-progress"),
+        f"config file {evil} is not valid YAML",
+    )
     # a run folder's config.yml, read again by --resume
     run = Path(shutil.copytree(runs.stage1, tmp_path / "run1"))
     (run / "model.pth").unlink()
@@ -244,10 +263,22 @@ def test_yaml_tags_that_run_code_are_refused(runs, tmp_path, marker, capsys):
 def test_full_disk_while_building_the_cache(runs, tmp_path):
     from asd.synthetic import generate
 
-    root = generate(tmp_path / "data", machines=("fan",), dev_sections=("00",), eval_sections=(),
-                    n_source=4, n_target=1, n_test=2, duration=10.0, seed=0)
-    config = write_config(load_config(runs.config), tmp_path / "config.yml",
-                          [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"])
+    root = generate(
+        tmp_path / "data",
+        machines=("fan",),
+        dev_sections=("00",),
+        eval_sections=(),
+        n_source=4,
+        n_target=1,
+        n_test=2,
+        duration=10.0,
+        seed=0,
+    )
+    config = write_config(
+        load_config(runs.config),
+        tmp_path / "config.yml",
+        [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"],
+    )
     cfg = load_config(config)
     build_cache(cfg, progress=False, workers=1)
     folder = cache_folder(cfg)
@@ -255,8 +286,9 @@ def test_full_disk_while_building_the_cache(runs, tmp_path):
     first, second = sorted((root / "dev_data" / "fan" / "source_test").iterdir())
     shutil.copy(second, first)  # the data changed: the cache must be rebuilt
 
-    out = cli("asd.cache", "--config", config, "--workers", "1",
-              preexec_fn=file_size_limit(100_000))  # features.npy needs 721 kB
+    out = cli(
+        "asd.cache", "--config", config, "--workers", "1", preexec_fn=file_size_limit(100_000)
+    )  # features.npy needs 721 kB
     refused(out, f"feature cache {folder}: the build failed", "File too large")
     after = snapshot(folder)
     for name in ("features.npy", "index.csv", "stats.npz"):
@@ -279,8 +311,9 @@ def test_full_disk_while_saving_a_checkpoint(runs, tmp_path):
     torch.save(data, last)
     good = last.read_bytes()
 
-    out = cli("runners.stage1", "--resume", run, "--no-progress",
-              preexec_fn=file_size_limit(20_000))  # the checkpoint needs 150 kB
+    out = cli(
+        "runners.stage1", "--resume", run, "--no-progress", preexec_fn=file_size_limit(20_000)
+    )  # the checkpoint needs 150 kB
     refused(out, f"stage1: error: cannot write checkpoint {last}", "unchanged")
     assert last.read_bytes() == good
     assert not temp_files(run) and not (run / "model.pth").exists()
@@ -288,18 +321,29 @@ def test_full_disk_while_saving_a_checkpoint(runs, tmp_path):
 
 def test_full_disk_while_submitting(runs, run2):
     before = snapshot(run2)
-    out = cli("asd.submit", "--config", runs.config, "--from", run2, "--device", "cpu",
-              "detectors.threshold_quantile=0.5", preexec_fn=file_size_limit(2_000))
+    out = cli(
+        "asd.submit",
+        "--config",
+        runs.config,
+        "--from",
+        run2,
+        "--device",
+        "cpu",
+        "detectors.threshold_quantile=0.5",
+        preexec_fn=file_size_limit(2_000),
+    )
     refused(out, "File too large", str(run2 / "detectors"))
     assert snapshot(run2) == before  # detectors, CSVs, scores.csv: all as they were
 
 
 def test_full_disk_while_writing_the_submission_csvs(tmp_path):
     """One group's CSV does not fit: the earlier groups' new CSVs are not renamed either."""
+
     def table(n_valve: int, score: float) -> pd.DataFrame:
         rows = [("fan", "00", "source", f"section_00_source_test_{i:04d}.wav") for i in range(3)]
-        rows += [("valve", "00", "source", f"section_00_source_test_{i:04d}.wav")
-                 for i in range(n_valve)]
+        rows += [
+            ("valve", "00", "source", f"section_00_source_test_{i:04d}.wav") for i in range(n_valve)
+        ]
         df = pd.DataFrame(rows, columns=["machine", "section", "domain", "file"])
         return df.assign(score=score, decision=1)
 
@@ -307,10 +351,17 @@ def test_full_disk_while_writing_the_submission_csvs(tmp_path):
     submit_cli.write_submission(table(3, 1.0), folder)
     before = snapshot(folder)
     table(200, 2.0).to_pickle(tmp_path / "new.pkl")  # valve's new CSVs are over 5 kB
-    code = ("import sys, pandas as pd; from asd.submit import write_submission; "
-            "write_submission(pd.read_pickle(sys.argv[1]), sys.argv[2])")
-    out = subprocess.run([sys.executable, "-c", code, tmp_path / "new.pkl", folder], cwd=REPO,
-                         capture_output=True, text=True, preexec_fn=file_size_limit(1_000))
+    code = (
+        "import sys, pandas as pd; from asd.submit import write_submission; "
+        "write_submission(pd.read_pickle(sys.argv[1]), sys.argv[2])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, tmp_path / "new.pkl", folder],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=file_size_limit(1_000),
+    )
     assert out.returncode != 0
     assert "File too large" in out.stderr and "anomaly_score_valve_section_00" in out.stderr
     assert snapshot(folder) == before  # fan's CSVs were written too, but never renamed
@@ -319,19 +370,32 @@ def test_full_disk_while_writing_the_submission_csvs(tmp_path):
 def test_full_disk_while_writing_results(runs, run2, capsys):
     from asd import evaluate
 
-    code, err = call(evaluate.main, ["--config", runs.config, "--from", run2, "--no-figures"],
-                     capsys)
+    code, err = call(
+        evaluate.main, ["--config", runs.config, "--from", run2, "--no-figures"], capsys
+    )
     assert code == 0, err
     before = snapshot(run2)
-    out = cli("asd.evaluate", "--config", runs.config, "--from", run2, "--no-figures",
-              preexec_fn=file_size_limit(1_000))  # results.csv needs a few kB
+    out = cli(
+        "asd.evaluate",
+        "--config",
+        runs.config,
+        "--from",
+        run2,
+        "--no-figures",
+        preexec_fn=file_size_limit(1_000),
+    )  # results.csv needs a few kB
     refused(out, "File too large", str(run2 / "results.csv"))
     assert snapshot(run2) == before
 
 
 def test_full_disk_while_writing_score_csv(runs, tmp_path, monkeypatch, capsys):
-    clip = Path(load_config(runs.config).data.root) / "dev_data" / "fan" / "source_test" / \
-        "section_00_source_test_normal_0000.wav"
+    clip = (
+        Path(load_config(runs.config).data.root)
+        / "dev_data"
+        / "fan"
+        / "source_test"
+        / "section_00_source_test_normal_0000.wav"
+    )
     out_csv = tmp_path / "scores.csv"
     out_csv.write_text("previous\n")
 

@@ -26,13 +26,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from robust_helpers import (
+    cli,
+    cli_killed,
+    copy_run,
+    kill_when,
+    popen,
+    snapshot,
+    temp_files,
+    write_config,
+)
 
-from asd.cache import CacheError, FeatureCache, cache_folder
-from asd.checkpoint import load_checkpoint
-from asd.config import load_config
+from asd.infra.checkpoint import load_checkpoint
+from asd.infra.config import load_config
+from asd.infra.feature_cache import CacheError, FeatureCache, cache_folder
 from asd.runview import read_log
-from robust_helpers import (cli, cli_killed, copy_run, kill_when, popen, snapshot, temp_files,
-                            write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +74,9 @@ def board_points(run: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_cache_build_killed_then_rebuilt(runs, tmp_path):
-    config = write_config(load_config(runs.config), tmp_path / "config.yml",
-                          [f"data.cache_dir={tmp_path / 'cache'}"])
+    config = write_config(
+        load_config(runs.config), tmp_path / "config.yml", [f"data.cache_dir={tmp_path / 'cache'}"]
+    )
     cfg = load_config(config)
     folder = cache_folder(cfg)
     proc = popen("asd.cache", "--config", config, "--workers", "1")
@@ -160,8 +169,15 @@ def test_submit_killed_while_writing_csvs(runs, tmp_path, moment):
     shutil.copytree(runs.stage2, run)
     before = snapshot(run / "submission")
     # another threshold quantile: new decision CSVs (the scores stay the same)
-    args = ["--config", runs.config, "--from", run, "--device", "cpu",
-            "detectors.threshold_quantile=0.5"]
+    args = [
+        "--config",
+        runs.config,
+        "--from",
+        run,
+        "--device",
+        "cpu",
+        "detectors.threshold_quantile=0.5",
+    ]
     cli_killed(f"{moment}:submission:3", "asd.submit", *args)
     killed = snapshot(run / "submission")
     assert not [p for p in killed if not p.startswith(".") and p not in before]

@@ -13,19 +13,25 @@ import pandas as pd
 import pytest
 import torch
 
-from asd.checkpoint import load_checkpoint, load_model
-from asd.config import load_config
-from asd.optim import MaskedAdamP
+from asd.infra.checkpoint import load_checkpoint, load_model
+from asd.infra.config import load_config
+from asd.method.optim import MaskedAdamP
 from runners import stage1, stage2
 from runners.common import MixupRunner
 
-SMALL = ["stage1.epochs=2", "stage1.batch_size=8", "stage2.iterations=4", "stage2.batch_size=8",
-         "stage2.log_every=2", "stage2.checkpoint_every=2"]
+SMALL = [
+    "stage1.epochs=2",
+    "stage1.batch_size=8",
+    "stage2.iterations=4",
+    "stage2.batch_size=8",
+    "stage2.log_every=2",
+    "stage2.checkpoint_every=2",
+]
 
 
 def cli(tiny_cfg, tmp_path):
     """Write tiny_cfg (with fresh runs.dir) to a file and return the CLI args for it."""
-    from asd.config import save_config
+    from asd.infra.config import save_config
 
     cfg = tiny_cfg.replace(**{"runs.dir": str(tmp_path / "runs")})
     save_config(cfg, tmp_path / "config.yml")
@@ -91,9 +97,13 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
     args = cli(tiny_cfg, tmp_path)
     args = [a for a in args if not a.startswith("stage1.epochs")] + ["stage1.epochs=6"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "runners.stage1", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runners.stage1", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     runs = tmp_path / "runs"
     deadline = time.time() + 300
     while time.time() < deadline and not list(runs.glob("*-stage1/checkpoints/last.pth")):
@@ -105,9 +115,13 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
     assert not (run / "model.pth").exists()
     interrupted_at = load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"]
     assert 1 <= interrupted_at < 6
-    out = subprocess.run([sys.executable, "-m", "runners.stage1", "--resume", str(run),
-                          "--no-progress"], env=env, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-m", "runners.stage1", "--resume", str(run), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(run)
     final = load_checkpoint(run / "model.pth")
@@ -119,8 +133,13 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
 @pytest.mark.slow
 def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
     args = cli(tiny_cfg, tmp_path) + ["engine.name=ddp", "engine.world_size=2", "stage1.epochs=1"]
-    out = subprocess.run([sys.executable, "-m", "runners.stage1", *args], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "runners.stage1", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = Path(out.stdout.strip().splitlines()[-1])
     loaded = load_model(run / "model.pth")
@@ -133,8 +152,8 @@ def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("name", ["gpu", "amp"])
 def test_gpu_engines_refuse_without_cuda(tiny_cfg, name, monkeypatch):
-    from asd.config import ConfigError
-    from asd.training import check_config
+    from asd.infra.config import ConfigError
+    from asd.infra.training import check_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=f"engine.name={name} needs a CUDA GPU"):
@@ -152,18 +171,25 @@ def test_engines_are_catalysts(tiny_cfg):
 
 
 def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monkeypatch):
-    """A backbone is one function in asd.model.BACKBONES and one config line; stage2.trainable names its
+    """A backbone is one function in asd.method.model.BACKBONES and one config line; stage2.trainable names its
     parts; Step 1, Step 2 and submit run with it."""
     from collections import OrderedDict
 
-    from asd import model, submit
+    from asd import submit
+    from asd.method import model
 
     def tiny(cfg):  # (B, 1, T, F) -> (B, D)
-        return torch.nn.Sequential(OrderedDict(
-            conv=torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
-                                     torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
-            pool=torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()),
-            head=torch.nn.Linear(4, cfg.model.embedding_dim)))
+        return torch.nn.Sequential(
+            OrderedDict(
+                conv=torch.nn.Sequential(
+                    torch.nn.Conv2d(1, 4, 3, stride=2, padding=1),
+                    torch.nn.BatchNorm2d(4),
+                    torch.nn.ReLU(),
+                ),
+                pool=torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()),
+                head=torch.nn.Linear(4, cfg.model.embedding_dim),
+            )
+        )
 
     monkeypatch.setitem(model.BACKBONES, "tiny", tiny)  # removed again afterwards
     args = cli(tiny_cfg, tmp_path) + ["model.backbone=tiny", "stage2.trainable=[head]"]
@@ -175,6 +201,10 @@ def test_another_backbone_through_both_steps_and_submit(tiny_cfg, tmp_path, monk
     assert set(before["model"]) == set(tiny(tiny_cfg).state_dict())
     changed = {k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])}
     assert changed == {"head.weight", "head.bias"}
-    assert submit.main(["--config", str(tmp_path / "config.yml"), "--from", str(run2),
-                        "--device", "cpu"]) == 0
+    assert (
+        submit.main(
+            ["--config", str(tmp_path / "config.yml"), "--from", str(run2), "--device", "cpu"]
+        )
+        == 0
+    )
     assert list((run2 / "submission").glob("anomaly_score_*.csv"))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from asd.losses import mixup
-from asd.sampling import MixupBatches
+from asd.method.losses import mixup
+from asd.method.sampling import MixupBatches
 
 
 def make(first, second, **kw):
@@ -76,30 +76,51 @@ def test_resume_draws_the_same_batches():
 def test_normalisation_uses_cache_stats():
     n, t, f = 4, 3, 2
     features = np.full((n, t, f), 5, np.float16)
-    b = MixupBatches(features, np.full(f, 3, np.float32), np.full(f, 2, np.float32), [0] * n,
-                     [0, 1], [2, 3], batch_size=2, steps_per_epoch=1, total_steps=1, seed=0)
+    b = MixupBatches(
+        features,
+        np.full(f, 3, np.float32),
+        np.full(f, 2, np.float32),
+        [0] * n,
+        [0, 1],
+        [2, 3],
+        batch_size=2,
+        steps_per_epoch=1,
+        total_steps=1,
+        seed=0,
+    )
     assert torch.all(next(iter(b))["x_a"] == 1.0)
 
 
 def test_training_rows_of_the_run_classes():
     import pandas as pd
 
-    from asd.config import ConfigError
-    from asd.sampling import check_clips, training_rows
+    from asd.infra.config import ConfigError
+    from asd.method.sampling import check_clips, training_rows
 
-    index = pd.DataFrame({
-        "machine": ["fan"] * 4 + ["pump"], "section": ["00"] * 5,
-        "domain": ["source", "target", "source", "source", "source"],
-        "split": ["train", "train", "test", "train", "train"]})
-    classes = pd.DataFrame({"class": [0, 1], "machine": ["fan", "fan"], "section": ["00", "00"],
-                            "domain": ["source", "target"]})
+    index = pd.DataFrame(
+        {
+            "machine": ["fan"] * 4 + ["pump"],
+            "section": ["00"] * 5,
+            "domain": ["source", "target", "source", "source", "source"],
+            "split": ["train", "train", "test", "train", "train"],
+        }
+    )
+    classes = pd.DataFrame(
+        {
+            "class": [0, 1],
+            "machine": ["fan", "fan"],
+            "section": ["00", "00"],
+            "domain": ["source", "target"],
+        }
+    )
     labels, rows = training_rows(index, classes)
     assert labels.tolist() == [0, 1, 0, 0, -1]  # pump 00 is no class of the run
     assert rows["source"].tolist() == [0, 3] and rows["target"].tolist() == [1]
     check_clips(rows, ["source", "target"], classes, "data", "stage2")
     with pytest.raises(ConfigError, match="no target training clips of the run's classes"):
-        check_clips({**rows, "target": rows["target"][:0]}, ["source", "target"], classes,
-                    "data", "stage2")
+        check_clips(
+            {**rows, "target": rows["target"][:0]}, ["source", "target"], classes, "data", "stage2"
+        )
 
 
 def test_an_epoch_draws_in_the_generator_order_of_one_batch_after_another():

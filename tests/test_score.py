@@ -9,15 +9,19 @@ import torch
 
 from asd import score as sc
 from asd import submit as sm
-from asd.cache import build_cache
-from asd.checkpoint import save_checkpoint
-from asd.model import build_model
-from asd.config import load_config
-from asd.data import class_table, save_classes
-from asd.runs import new_run
+from asd.infra.checkpoint import save_checkpoint
+from asd.infra.config import load_config
+from asd.infra.data import class_table, save_classes
+from asd.infra.feature_cache import build_cache
+from asd.infra.runs import new_run
+from asd.method.model import build_model
 
-TINY_MODEL = ["model.stem_channels=4", "model.stage_channels=[4,4,4,8]",
-              "model.embedding_dim=16", "loss.n_subclusters=4"]
+TINY_MODEL = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,4,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+]
 
 
 def make_submitted_run(cfg):
@@ -28,8 +32,16 @@ def make_submitted_run(cfg):
     save_classes(classes, run / "classes.csv")
     torch.manual_seed(0)
     model, head = build_model(cfg, len(classes))
-    save_checkpoint(run / "model.pth", model=model, head=head, cfg=cfg, classes=classes,
-                    mean=cache.mean, std=cache.std, step={"iteration": 0})
+    save_checkpoint(
+        run / "model.pth",
+        model=model,
+        head=head,
+        cfg=cfg,
+        classes=classes,
+        mean=cache.mean,
+        std=cache.std,
+        step={"iteration": 0},
+    )
     return sm.submit(cfg, run, device="cpu")
 
 
@@ -41,15 +53,26 @@ def data_root(tiny_data):
 @pytest.fixture(scope="module")
 def submitted(tiny_cfg, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_cfg.replace(**{"runs.dir": str(runs), "model.stem_channels": 4,
-                              "model.stage_channels": [4, 4, 4, 8], "model.embedding_dim": 16,
-                              "loss.n_subclusters": 4})
+    cfg = tiny_cfg.replace(
+        **{
+            "runs.dir": str(runs),
+            "model.stem_channels": 4,
+            "model.stage_channels": [4, 4, 4, 8],
+            "model.embedding_dim": 16,
+            "loss.n_subclusters": 4,
+        }
+    )
     return make_submitted_run(cfg)
 
 
 def _clip(data_root, domain="source", label="anomaly"):
-    return data_root / "dev_data" / "fan" / f"{domain}_test" / \
-        f"section_00_{domain}_test_{label}_0000.wav"
+    return (
+        data_root
+        / "dev_data"
+        / "fan"
+        / f"{domain}_test"
+        / f"section_00_{domain}_test_{label}_0000.wav"
+    )
 
 
 def test_scores_match_the_submission(submitted, data_root):
@@ -125,15 +148,22 @@ def test_run_without_detectors(tmp_path, capsys, data_root):
 
 def test_real_recordings_through_submit_and_score(real_audio, repo, tmp_path, caplog):
     """DCASE 2023 names and layout, 12 s clips, no target training clips (source detector)."""
-    cfg = load_config(repo / "config.yml", [f"data.root={real_audio}",
-                                            f"data.cache_dir={tmp_path / 'cache'}",
-                                            f"runs.dir={tmp_path / 'runs'}"] + TINY_MODEL)
+    cfg = load_config(
+        repo / "config.yml",
+        [
+            f"data.root={real_audio}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"runs.dir={tmp_path / 'runs'}",
+        ]
+        + TINY_MODEL,
+    )
     sub = make_submitted_run(cfg)
     assert (sub.scores["detector"] == "gmm").all()
     assert ("bearing", "00") in sub.detectors.sections()
     assert "no target training clips" in caplog.text
-    clip = (real_audio / "gearbox" / "test"
-            / "section_00_target_test_anomaly_0040_volt_1.5_wt_130.wav")
+    clip = (
+        real_audio / "gearbox" / "test" / "section_00_target_test_anomaly_0040_volt_1.5_wt_130.wav"
+    )
     table = sc.score_files(sub.run, [clip])
     assert table[["machine", "section", "domain"]].iloc[0].tolist() == ["gearbox", "00", "target"]
     assert np.isfinite(table["score"].iloc[0])

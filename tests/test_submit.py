@@ -1,6 +1,6 @@
 """Submission CSVs and the submit -> evaluate path on a tiny data set with a fake run.
 
-The fake run is a randomly initialised tiny model saved with asd.checkpoint.save_checkpoint,
+The fake run is a randomly initialised tiny model saved with asd.infra.checkpoint.save_checkpoint,
 plus classes.csv and config.yml, as the Step 2 runner leaves them.
 """
 
@@ -16,16 +16,19 @@ import torch
 
 from asd import evaluate as ev
 from asd import submit as sm
-from asd.cache import build_cache
-from asd.data import csv_name
-from asd.checkpoint import load_model, save_checkpoint
-from asd.model import build_model
-from asd.data import assign_classes, class_table, save_classes
-from asd.detectors import DetectorSet, GMMDetector, l2_normalise
-from asd.runs import new_run
+from asd.infra.checkpoint import load_model, save_checkpoint
+from asd.infra.data import assign_classes, class_table, csv_name, save_classes
+from asd.infra.feature_cache import build_cache
+from asd.infra.runs import new_run
+from asd.method.detectors import DetectorSet, GMMDetector, l2_normalise
+from asd.method.model import build_model
 
-TINY_MODEL = ["model.stem_channels=4", "model.stage_channels=[4,4,4,8]",
-              "model.embedding_dim=16", "loss.n_subclusters=4"]
+TINY_MODEL = [
+    "model.stem_channels=4",
+    "model.stage_channels=[4,4,4,8]",
+    "model.embedding_dim=16",
+    "loss.n_subclusters=4",
+]
 
 
 def make_run(cfg, seed=0):
@@ -36,8 +39,16 @@ def make_run(cfg, seed=0):
     save_classes(classes, run / "classes.csv")
     torch.manual_seed(seed)
     model, head = build_model(cfg, len(classes))
-    save_checkpoint(run / "model.pth", model=model, head=head, cfg=cfg, classes=classes,
-                    mean=cache.mean, std=cache.std, step={"iteration": 0})
+    save_checkpoint(
+        run / "model.pth",
+        model=model,
+        head=head,
+        cfg=cfg,
+        classes=classes,
+        mean=cache.mean,
+        std=cache.std,
+        step={"iteration": 0},
+    )
     return run
 
 
@@ -45,9 +56,15 @@ def make_run(cfg, seed=0):
 def cfg(tiny_cfg, tmp_path_factory):
     """The shared tiny data set (fan, valve; dev 00, eval 03) with a tiny model."""
     runs = tmp_path_factory.mktemp("runs")
-    return tiny_cfg.replace(**{"runs.dir": str(runs), "model.stem_channels": 4,
-                               "model.stage_channels": [4, 4, 4, 8], "model.embedding_dim": 16,
-                               "loss.n_subclusters": 4})
+    return tiny_cfg.replace(
+        **{
+            "runs.dir": str(runs),
+            "model.stem_channels": 4,
+            "model.stage_channels": [4, 4, 4, 8],
+            "model.embedding_dim": 16,
+            "loss.n_subclusters": 4,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,32 +78,49 @@ def submitted(cfg):
 
 def test_csv_names():
     assert csv_name("anomaly_score", "ToyCar", "03", "target") == (
-        "anomaly_score_ToyCar_section_03_target_test.csv")
+        "anomaly_score_ToyCar_section_03_target_test.csv"
+    )
 
 
 def test_write_submission_format(tmp_path):
-    scores = pd.DataFrame({
-        "machine": ["fan"] * 3 + ["pump"], "section": ["00"] * 3 + ["01"],
-        "domain": ["source"] * 3 + ["target"],
-        "file": ["section_00_source_test_normal_0001.wav",
-                 "section_00_source_test_anomaly_0000.wav",
-                 "section_00_source_test_normal_0000.wav", "section_01_target_test_0000.wav"],
-        "score": [0.5, 2.25, -1.0, 3.0], "decision": [0, 1, 0, 1]})
+    scores = pd.DataFrame(
+        {
+            "machine": ["fan"] * 3 + ["pump"],
+            "section": ["00"] * 3 + ["01"],
+            "domain": ["source"] * 3 + ["target"],
+            "file": [
+                "section_00_source_test_normal_0001.wav",
+                "section_00_source_test_anomaly_0000.wav",
+                "section_00_source_test_normal_0000.wav",
+                "section_01_target_test_0000.wav",
+            ],
+            "score": [0.5, 2.25, -1.0, 3.0],
+            "decision": [0, 1, 0, 1],
+        }
+    )
     (tmp_path / "anomaly_score_gone_section_09_source_test.csv").write_text("x,1\n")
     written = sm.write_submission(scores, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written) == [
-        "anomaly_score_fan_section_00_source_test.csv",
-        "anomaly_score_pump_section_01_target_test.csv",
-        "decision_result_fan_section_00_source_test.csv",
-        "decision_result_pump_section_01_target_test.csv"]
+    assert (
+        sorted(p.name for p in tmp_path.iterdir())
+        == sorted(p.name for p in written)
+        == [
+            "anomaly_score_fan_section_00_source_test.csv",
+            "anomaly_score_pump_section_01_target_test.csv",
+            "decision_result_fan_section_00_source_test.csv",
+            "decision_result_pump_section_01_target_test.csv",
+        ]
+    )
     text = (tmp_path / "anomaly_score_fan_section_00_source_test.csv").read_text()
-    assert text == ("section_00_source_test_anomaly_0000.wav,2.25\n"
-                    "section_00_source_test_normal_0000.wav,-1.0\n"
-                    "section_00_source_test_normal_0001.wav,0.5\n")
+    assert text == (
+        "section_00_source_test_anomaly_0000.wav,2.25\n"
+        "section_00_source_test_normal_0000.wav,-1.0\n"
+        "section_00_source_test_normal_0001.wav,0.5\n"
+    )
     assert (tmp_path / "decision_result_fan_section_00_source_test.csv").read_text() == (
         "section_00_source_test_anomaly_0000.wav,1\n"
         "section_00_source_test_normal_0000.wav,0\n"
-        "section_00_source_test_normal_0001.wav,0\n")
+        "section_00_source_test_normal_0001.wav,0\n"
+    )
     back = sm.read_submission(tmp_path)
     assert len(back) == 4 and back["score"].dtype.kind == "f"
 
@@ -114,8 +148,10 @@ def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
     folder = submitted.run / sm.SUBMISSION
     expected = set()
     for (machine, section, domain), rows in test.groupby(["machine", "section", "domain"]):
-        score_name, decision_name = (csv_name(kind, machine, section, domain)
-                                     for kind in ("anomaly_score", "decision_result"))
+        score_name, decision_name = (
+            csv_name(kind, machine, section, domain)
+            for kind in ("anomaly_score", "decision_result")
+        )
         expected |= {score_name, decision_name}
         names, scores = _read_like_evaluator(folder / score_name)
         assert names == sorted(rows["file"])  # one row per clip, basename, sorted
@@ -127,7 +163,8 @@ def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
         assert d_names == names and set(decisions) <= {0.0, 1.0}
     assert {p.name for p in folder.iterdir()} == expected
     assert {("fan", "00"), ("fan", "03"), ("valve", "00"), ("valve", "03")} == set(
-        submitted.detectors.sections())
+        submitted.detectors.sections()
+    )
 
 
 def test_gmm_starts_at_the_run_class_centres(cfg, submitted):
@@ -140,9 +177,14 @@ def test_gmm_starts_at_the_run_class_centres(cfg, submitted):
         if domain != "source":
             continue
         assert isinstance(det, GMMDetector)
-        c = int(classes[(classes.machine == machine) & (classes.section == section)
-                        & (classes.domain == "source")]["class"].iloc[0])
-        assert np.allclose(det.means_init, l2_normalise(centres[c * s:(c + 1) * s]))
+        c = int(
+            classes[
+                (classes.machine == machine)
+                & (classes.section == section)
+                & (classes.domain == "source")
+            ]["class"].iloc[0]
+        )
+        assert np.allclose(det.means_init, l2_normalise(centres[c * s : (c + 1) * s]))
 
 
 def test_saved_detectors_reproduce_the_csv_scores(submitted):
@@ -156,13 +198,19 @@ def test_saved_detectors_reproduce_the_csv_scores(submitted):
     assert ((s["score"] > s["threshold"]).astype(int) == s["decision"]).all()
 
 
-def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(cfg, submitted,
-                                                                         monkeypatch, caplog):
+def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(
+    cfg, submitted, monkeypatch, caplog
+):
     loaded = load_model(submitted.run / "model.pth")
     index = assign_classes(build_cache(cfg, progress=False).index, loaded.classes)
     emb = np.load(submitted.run / sm.EMBEDDINGS)["embeddings"]
-    args = (emb, index, loaded.head.centres.detach().numpy(), cfg.loss.n_subclusters,
-            dataclasses.replace(cfg.detectors, gmm_max_iter=1))
+    args = (
+        emb,
+        index,
+        loaded.head.centres.detach().numpy(),
+        cfg.loss.n_subclusters,
+        dataclasses.replace(cfg.detectors, gmm_max_iter=1),
+    )
     with caplog.at_level(logging.WARNING):
         parallel = sm.fit_detectors(*args)  # one process per core: 2 here, 4 sections
     assert "WARNING" in caplog.text and "fan section 00, gmm detector: " in caplog.text
@@ -175,28 +223,38 @@ def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(cfg, su
         assert other.threshold == det.threshold and other.info == det.info
         for f in dataclasses.fields(det):
             a, b = getattr(det, f.name), getattr(other, f.name)
-            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else (a == b or f.name
-                                                                           == "threshold")
+            assert (
+                np.array_equal(a, b)
+                if isinstance(a, np.ndarray)
+                else (a == b or f.name == "threshold")
+            )
 
 
 def test_embeddings_are_reused(cfg, submitted, monkeypatch):
-    import asd.embed
+    import asd.method.embed
 
     def fail(*a, **k):
         raise AssertionError("embeddings recomputed")
 
-    monkeypatch.setattr(asd.embed, "embed", fail)
+    monkeypatch.setattr(asd.method.embed, "embed", fail)
     again = sm.submit(cfg, submitted.run, device="cpu")
     pd.testing.assert_frame_equal(again.scores, submitted.scores)
 
 
-def test_submit_cli_prints_run_last_and_refuses_other_features(cfg, submitted, capsys,
-                                                               tmp_path, repo):
+def test_submit_cli_prints_run_last_and_refuses_other_features(
+    cfg, submitted, capsys, tmp_path, repo
+):
     config = tmp_path / "c.yml"
     config.write_text(f"extends: {repo / 'config.yml'}\n")
-    args = ["--config", str(config), "--from", str(submitted.run),
-            f"data.root={cfg.data.root}", f"data.cache_dir={cfg.data.cache_dir}",
-            f"runs.dir={cfg.runs.dir}"] + TINY_MODEL
+    args = [
+        "--config",
+        str(config),
+        "--from",
+        str(submitted.run),
+        f"data.root={cfg.data.root}",
+        f"data.cache_dir={cfg.data.cache_dir}",
+        f"runs.dir={cfg.runs.dir}",
+    ] + TINY_MODEL
     assert sm.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(submitted.run)
@@ -219,36 +277,53 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     assert (sec["n_normal"] == 3).all() and (sec["n_anomaly"] == 3).all()
     all_ours = r[(r["level"] == "all") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
     dev = sec[(sec["system"] == "ours") & (sec["dataset"] == "dev_data")]
-    from asd import metrics
+    from asd.method import metrics
+
     assert all_ours["score"].iloc[0] == pytest.approx(
-        metrics.official_score(dev["auc"], dev["pauc"]))
+        metrics.official_score(dev["auc"], dev["pauc"])
+    )
     assert all_ours["auc"].iloc[0] == pytest.approx(metrics.hmean(dev["auc"]))
     by_domain = r[(r["level"] == "domain") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
     assert sorted(by_domain["domain"]) == ["source", "target"]
     for row in by_domain.itertuples():
         own = dev[dev["domain"] == row.domain]
-        assert (row.auc, row.pauc) == pytest.approx((metrics.hmean(own["auc"]),
-                                                     metrics.hmean(own["pauc"])))
+        assert (row.auc, row.pauc) == pytest.approx(
+            (metrics.hmean(own["auc"]), metrics.hmean(own["pauc"]))
+        )
     # the CSV agrees with the submission files
     clip = result.clips.iloc[0]
     names, scores = _read_like_evaluator(
-        submitted.run / sm.SUBMISSION / csv_name("anomaly_score", clip.machine, clip.section, clip.domain))
+        submitted.run
+        / sm.SUBMISSION
+        / csv_name("anomaly_score", clip.machine, clip.section, clip.domain)
+    )
     assert scores[names.index(clip.file)] == pytest.approx(clip.ours)
     saved = pd.read_csv(submitted.run / "results.csv", dtype={"section": str})
     assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
     md = (submitted.run / "results.md").read_text()
-    assert ("| machine | ours | simple reference | published: report | published: AE | "
-            "published: MobileNetV2 |") in md and ev.PUBLISHED_NOTE in md
+    assert (
+        "| machine | ours | simple reference | published: report | published: AE | "
+        "published: MobileNetV2 |"
+    ) in md and ev.PUBLISHED_NOTE in md
     assert "66.12 / 58.18" in md and "### Per domain" in md
     assert "### Per domain, harmonic means over machines and sections" in ev.report(result)
     assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
-        "roc_dev_data.png", "roc_eval_data.png"]
+        "roc_dev_data.png",
+        "roc_eval_data.png",
+    ]
     assert "- figures: [roc_dev_data](figures/roc_dev_data.png)" in md
 
 
 def test_evaluate_cli_prints_run_last(cfg, submitted, capsys, repo):
-    args = ["--config", str(repo / "config.yml"), "--from", str(submitted.run), "--no-figures",
-            f"data.root={cfg.data.root}", f"data.cache_dir={cfg.data.cache_dir}"] + TINY_MODEL
+    args = [
+        "--config",
+        str(repo / "config.yml"),
+        "--from",
+        str(submitted.run),
+        "--no-figures",
+        f"data.root={cfg.data.root}",
+        f"data.cache_dir={cfg.data.cache_dir}",
+    ] + TINY_MODEL
     assert ev.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(submitted.run)
@@ -278,7 +353,7 @@ def test_published_numbers_match_design_md(repo):
 
 
 def test_embed_streams_batches_in_eval_mode(cfg):
-    from asd.embed import embed
+    from asd.method.embed import embed
 
     torch.manual_seed(0)
     model, _ = build_model(cfg, 2)

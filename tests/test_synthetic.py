@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asd.data import DataError, ground_truth_dir, index_dataset, parse_name, read_csvs
+from asd.infra.data import DataError, ground_truth_dir, index_dataset, parse_name, read_csvs
 from asd.synthetic import FAULTS, MACHINES, MARKER, generate, main, plan, render
 
-SMALL = dict(machines=("valve", "ToyCar"), dev_sections=("01",), eval_sections=("04",),
-             n_source=2, n_target=1, n_test=2, duration=1.0)
+SMALL = dict(
+    machines=("valve", "ToyCar"),
+    dev_sections=("01",),
+    eval_sections=("04",),
+    n_source=2,
+    n_target=1,
+    n_test=2,
+    duration=1.0,
+)
 
 
 def _files(root):
@@ -32,8 +39,10 @@ def test_counts(tiny_data):
             assert counts[(dataset, machine, section, "source", "test")] == 6
             assert counts[(dataset, machine, section, "target", "test")] == 6
     dev_test = df[(df["dataset"] == "dev_data") & (df["split"] == "test")]
-    assert (dev_test.groupby(["machine", "domain"])["label"]
-            .apply(lambda s: (s == "anomaly").sum()) == 3).all()
+    assert (
+        dev_test.groupby(["machine", "domain"])["label"].apply(lambda s: (s == "anomaly").sum())
+        == 3
+    ).all()
     assert (df.loc[df["split"] == "train", "label"] == "normal").all()
 
 
@@ -69,8 +78,11 @@ def test_eval_names_carry_no_labels(tiny_data):
 def test_ground_truth_matches_eval_files(tiny_data):
     folder = ground_truth_dir(tiny_data)
     assert folder == tiny_data / "eval_data" / "ground_truth"
-    expected = {f"ground_truth_{m}_section_03_{d}_test.csv" for m in ("fan", "valve")
-                for d in ("source", "target")}
+    expected = {
+        f"ground_truth_{m}_section_03_{d}_test.csv"
+        for m in ("fan", "valve")
+        for d in ("source", "target")
+    }
     assert {p.name for p in folder.iterdir()} == expected
     for machine in ("fan", "valve"):
         for domain in ("source", "target"):
@@ -78,8 +90,9 @@ def test_ground_truth_matches_eval_files(tiny_data):
             text = path.read_text()
             assert text.endswith("\n") and "\r" not in text and not text.startswith("file")
             rows = list(csv.reader(text.splitlines()))
-            files = sorted(p.name for p in
-                           (tiny_data / "eval_data" / machine / f"{domain}_test").glob("*.wav"))
+            files = sorted(
+                p.name for p in (tiny_data / "eval_data" / machine / f"{domain}_test").glob("*.wav")
+            )
             assert [r[0] for r in rows] == files  # sorted, one row per clip
             assert sorted(r[1] for r in rows) == ["0", "0", "0", "1", "1", "1"]
     gt = read_csvs(ground_truth_dir(tiny_data), "ground_truth", "anomaly", [0, 1])
@@ -87,13 +100,20 @@ def test_ground_truth_matches_eval_files(tiny_data):
 
 
 def test_wav_format(tiny_data):
-    for path in list((tiny_data / "dev_data" / "fan" / "train").glob("*.wav"))[:3] + list(
-            (tiny_data / "eval_data" / "valve" / "target_test").glob("*.wav"))[:3]:
+    for path in (
+        list((tiny_data / "dev_data" / "fan" / "train").glob("*.wav"))[:3]
+        + list((tiny_data / "eval_data" / "valve" / "target_test").glob("*.wav"))[:3]
+    ):
         info = sf.info(path)
         assert (info.format, info.subtype, info.samplerate, info.channels, info.frames) == (
-            "WAV", "PCM_16", 16000, 1, 160000)
+            "WAV",
+            "PCM_16",
+            16000,
+            1,
+            160000,
+        )
         wave, _ = sf.read(path, dtype="float32")
-        assert 0.003 < float(np.sqrt(np.mean(wave ** 2))) < 0.5
+        assert 0.003 < float(np.sqrt(np.mean(wave**2))) < 0.5
         assert np.abs(wave).max() < 1.0
 
 
@@ -120,8 +140,9 @@ def test_workers_write_the_same_bytes(tmp_path):
 
 def test_clips_do_not_depend_on_the_set_size():
     small = plan(machines=("fan",), dev_sections=("00",), eval_sections=(), n_source=2, n_test=2)
-    big = plan(machines=("fan", "pump"), dev_sections=("00",), eval_sections=(), n_source=5,
-               n_test=4)
+    big = plan(
+        machines=("fan", "pump"), dev_sections=("00",), eval_sections=(), n_source=5, n_test=4
+    )
     first = small[0]
     twin = next(c for c in big if c.relpath == first.relpath)
     assert np.array_equal(render(first, 1.0), render(twin, 1.0))
@@ -144,12 +165,15 @@ def test_refuses_a_foreign_data_set(tmp_path):
         generate(tmp_path, **SMALL)
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"machines": ("fan", "drill")}, "unknown machine type 'drill'"),
-    ({"dev_sections": ("0",)}, "section '0'"),
-    ({"dev_sections": ("03",), "eval_sections": ("03",)}, "both development and evaluation"),
-    ({"n_source": 0}, "n_source >= 1"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"machines": ("fan", "drill")}, "unknown machine type 'drill'"),
+        ({"dev_sections": ("0",)}, "section '0'"),
+        ({"dev_sections": ("03",), "eval_sections": ("03",)}, "both development and evaluation"),
+        ({"n_source": 0}, "n_source >= 1"),
+    ],
+)
 def test_bad_settings(tmp_path, bad, words):
     with pytest.raises(ValueError, match=words):
         generate(tmp_path, **{**SMALL, **bad})
@@ -157,9 +181,30 @@ def test_bad_settings(tmp_path, bad, words):
 
 def test_cli(tmp_path, capsys):
     root = tmp_path / "cli"
-    assert main([str(root), "--machines", "pump", "--sections-dev", "02", "--sections-eval", "",
-                 "--n-source", "2", "--n-target", "1", "--n-test", "2", "--duration", "1",
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                str(root),
+                "--machines",
+                "pump",
+                "--sections-dev",
+                "02",
+                "--sections-eval",
+                "",
+                "--n-source",
+                "2",
+                "--n-target",
+                "1",
+                "--n-test",
+                "2",
+                "--duration",
+                "1",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(root)
     df = index_dataset(root)
     assert set(df["machine"]) == {"pump"} and set(df["section"]) == {"02"} and len(df) == 7
@@ -172,11 +217,15 @@ def test_like_dcase2021_plans_the_real_counts():
 
     clips = plan(like_dcase2021=True)
     assert len(clips) == 59276
-    count = Counter((c.dataset, c.machine, c.section, c.domain, "/train/" in c.relpath, c.anomaly)
-                    for c in clips)
+    count = Counter(
+        (c.dataset, c.machine, c.section, c.domain, "/train/" in c.relpath, c.anomaly)
+        for c in clips
+    )
     for machine in MACHINES:
-        for dataset, sections in (("dev_data", ("00", "01", "02")),
-                                  ("eval_data", ("03", "04", "05"))):
+        for dataset, sections in (
+            ("dev_data", ("00", "01", "02")),
+            ("eval_data", ("03", "04", "05")),
+        ):
             for s in sections:
                 train = REAL_GEARBOX_TRAIN[s] if machine == "gearbox" else 1000
                 assert count[(dataset, machine, s, "source", True, False)] == train
@@ -188,15 +237,33 @@ def test_like_dcase2021_plans_the_real_counts():
                     assert count[(dataset, machine, s, domain, False, True)] == n // 2
                     assert count[(dataset, machine, s, domain, False, False)] == n - n // 2
     assert {c.dataset for c in clips if c.machine == "gearbox" and c.section == "04"} == {
-        "eval_data"}
-    assert plan(like_dcase2021=True, machines=("fan",), fraction=0.1)[0] == clips[
-        next(i for i, c in enumerate(clips) if c.machine == "fan")]  # a fraction is a prefix
+        "eval_data"
+    }
+    assert (
+        plan(like_dcase2021=True, machines=("fan",), fraction=0.1)[0]
+        == clips[next(i for i, c in enumerate(clips) if c.machine == "fan")]
+    )  # a fraction is a prefix
 
 
 def test_like_dcase2021_writes_a_fraction(tmp_path, capsys):
     root = tmp_path / "full"
-    assert main([str(root), "--like-dcase2021", "--fraction", "0.004", "--machines", "gearbox",
-                 "--duration", "0.5", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                str(root),
+                "--like-dcase2021",
+                "--fraction",
+                "0.004",
+                "--machines",
+                "gearbox",
+                "--duration",
+                "0.5",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     df = index_dataset(root)
     counts = df.groupby(["dataset", "section", "domain", "split"]).size()
     assert counts[("dev_data", "01", "source", "train")] == 4  # round(1008 * 0.004)
@@ -212,12 +279,17 @@ def test_like_dcase2021_writes_a_fraction(tmp_path, capsys):
 
 
 def test_every_machine_and_fault_renders():
-    clips = plan(machines=MACHINES, dev_sections=("00",), eval_sections=(), n_source=1,
-                 n_target=1, n_test=0)
+    clips = plan(
+        machines=MACHINES, dev_sections=("00",), eval_sections=(), n_source=1, n_target=1, n_test=0
+    )
     for clip in clips:
         for fault in FAULTS[clip.machine]:
-            wave = render(clip.__class__(**{**clip.__dict__, "fault": fault, "severity": 1.0,
-                                            "anomaly": True}), 0.5)
+            wave = render(
+                clip.__class__(
+                    **{**clip.__dict__, "fault": fault, "severity": 1.0, "anomaly": True}
+                ),
+                0.5,
+            )
             assert wave.dtype == np.int16 and wave.shape == (8000,)
             assert np.abs(wave).max() > 100
 
@@ -241,9 +313,17 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
     from sklearn.covariance import LedoitWolf
     from sklearn.metrics import roc_auc_score
 
-    root = generate(tmp_path / "set", machines=MACHINES, dev_sections=("00", "01"),
-                    eval_sections=(), n_source=16, n_target=3, n_test=12, seed=3,
-                    workers=min(2, os.cpu_count() or 1))
+    root = generate(
+        tmp_path / "set",
+        machines=MACHINES,
+        dev_sections=("00", "01"),
+        eval_sections=(),
+        n_source=16,
+        n_target=3,
+        n_test=12,
+        seed=3,
+        workers=min(2, os.cpu_count() or 1),
+    )
     df = index_dataset(root)
     v = np.stack([_mean_log_mel(p) for p in df["path"]])
     aucs, shift = [], []
@@ -268,11 +348,12 @@ def test_trivial_detector_is_far_from_perfect(tmp_path):
     test = df[(df["split"] == "test") & (df["domain"] == "source") & (df["label"] == "normal")]
     scale = StandardScaler().fit(v[train.index])
     classify = LogisticRegression(max_iter=2000).fit(
-        scale.transform(v[train.index]), train["machine"] + "/" + train["section"])
+        scale.transform(v[train.index]), train["machine"] + "/" + train["section"]
+    )
     guess = classify.predict(scale.transform(v[test.index]))
     truth = (test["machine"] + "/" + test["section"]).to_numpy()
     assert np.mean([g.split("/")[0] == t.split("/")[0] for g, t in zip(guess, truth)]) > 0.95
-    assert 0.7 < np.mean(guess == truth)  # sections: different, but not trivially so
+    assert np.mean(guess == truth) > 0.7  # sections: different, but not trivially so
 
 
 def test_factory_events_rate_and_levels():
@@ -306,10 +387,27 @@ def test_full_disk_is_one_line(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # a clip needs 320 kB
 
-    out = subprocess.run([sys.executable, "-m", "asd.synthetic", str(tmp_path / "d"),
-                          "--machines", "fan", "--sections-eval", "", "--n-source", "1",
-                          "--n-test", "2", "--workers", "1"],
-                         preexec_fn=limit, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asd.synthetic",
+            str(tmp_path / "d"),
+            "--machines",
+            "fan",
+            "--sections-eval",
+            "",
+            "--n-source",
+            "1",
+            "--n-test",
+            "2",
+            "--workers",
+            "1",
+        ],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("python -m asd.synthetic: error: ") and ".wav: could not write" in last

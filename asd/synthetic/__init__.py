@@ -10,7 +10,7 @@ writes 16 kHz mono 10 s PCM16 WAV files::
     ROOT/eval_data/ground_truth/ground_truth_<machine>_section_03_<domain>_test.csv  (file,0|1)
     ROOT/synthetic.json                                (the generation settings)
 
-The ground-truth files have the official DCASE 2021 evaluator's names and rows (see asd.data).
+The ground-truth files have the official DCASE 2021 evaluator's names and rows (see asd.infra.data).
 
 The modules: ``designs`` (each machine's fixed character and operating conditions),
 ``sources`` (signal building blocks and the factory noise around every clip), ``machines``
@@ -23,12 +23,38 @@ from asd.synthetic.command import main
 from asd.synthetic.counts import SectionCounts, section_counts
 from asd.synthetic.dataset import Clip, generate, plan, render, write_ground_truth
 from asd.synthetic.designs import (
-    DEV_SECTIONS, EVAL_SECTIONS, FAULTS, FORMAT, MACHINES, MARKER, SAMPLE_RATE, SECTION_SPREAD,
-    design)
+    DEV_SECTIONS,
+    EVAL_SECTIONS,
+    FAULTS,
+    FORMAT,
+    MACHINES,
+    MARKER,
+    SAMPLE_RATE,
+    SECTION_SPREAD,
+    design,
+)
 from asd.synthetic.machines import synthesize
 from asd.synthetic.sources import AMBIENCE_DB, AMBIENCE_RATE
 
-__all__ = ["AMBIENCE_DB", "AMBIENCE_RATE", "Clip", "DEV_SECTIONS", "EVAL_SECTIONS", "FAULTS",
-           "FORMAT", "MACHINES", "MARKER", "SAMPLE_RATE", "SECTION_SPREAD", "SectionCounts",
-           "design", "generate", "main", "plan", "render", "section_counts", "synthesize",
-           "write_ground_truth"]
+__all__ = [
+    "AMBIENCE_DB",
+    "AMBIENCE_RATE",
+    "Clip",
+    "DEV_SECTIONS",
+    "EVAL_SECTIONS",
+    "FAULTS",
+    "FORMAT",
+    "MACHINES",
+    "MARKER",
+    "SAMPLE_RATE",
+    "SECTION_SPREAD",
+    "SectionCounts",
+    "design",
+    "generate",
+    "main",
+    "plan",
+    "render",
+    "section_counts",
+    "synthesize",
+    "write_ground_truth",
+]

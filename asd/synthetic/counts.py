@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from asd.data import DataError
+from asd.infra.data import DataError
 
 
 class SectionCounts(NamedTuple):
@@ -33,9 +33,16 @@ REAL_GEARBOX_TRAIN = {"00": 1001, "01": 1008, "02": 1008, "03": 1005, "04": 1092
 REAL_GEARBOX_EVAL_TEST = {"03": (234, 286), "04": (252, 234), "05": (210, 212)}
 
 
-def section_counts(machine: str, section: str, *, like_dcase2021: bool = False,
-                   fraction: float = 1.0, n_source: int = 100, n_target: int = 3,
-                   n_test: int = 40) -> SectionCounts:
+def section_counts(
+    machine: str,
+    section: str,
+    *,
+    like_dcase2021: bool = False,
+    fraction: float = 1.0,
+    n_source: int = 100,
+    n_target: int = 3,
+    n_test: int = 40,
+) -> SectionCounts:
     """The clips of one section: ``n_*`` as given, or the real data set's (times ``fraction``)."""
     if not like_dcase2021:
         return SectionCounts(n_source, n_target, n_test, n_test)
@@ -45,5 +52,6 @@ def section_counts(machine: str, section: str, *, like_dcase2021: bool = False,
     tests = (REAL_TEST, REAL_TEST)
     if machine == "gearbox":
         tests = REAL_GEARBOX_EVAL_TEST.get(section, tests)
-    return SectionCounts(max(1, round(train * fraction)), REAL_TARGET,
-                         *(max(2, round(t * fraction)) for t in tests))
+    return SectionCounts(
+        max(1, round(train * fraction)), REAL_TARGET, *(max(2, round(t * fraction)) for t in tests)
+    )

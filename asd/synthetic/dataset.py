@@ -11,21 +11,31 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
 
-from asd.data import DataError, csv_name, ground_truth_dir
-from asd.io import atomic_write_text
+from asd.infra.data import DataError, csv_name, ground_truth_dir
+from asd.infra.io import atomic_write_text
 from asd.synthetic.counts import SectionCounts, section_counts
 from asd.synthetic.designs import (
-    DEV_SECTIONS, EVAL_SECTIONS, FAULTS, FORMAT, MACHINES, MARKER, SAMPLE_RATE, _condition, _key,
-    _rng, design)
+    DEV_SECTIONS,
+    EVAL_SECTIONS,
+    FAULTS,
+    FORMAT,
+    MACHINES,
+    MARKER,
+    SAMPLE_RATE,
+    _condition,
+    _key,
+    _rng,
+    design,
+)
 from asd.synthetic.machines import synthesize
 
 log = logging.getLogger(__name__)
@@ -42,15 +52,23 @@ class Clip:
     domain: str
     anomaly: bool
     condition: dict
-    fault: Optional[str]
+    fault: str | None
     severity: float
     seed: int
 
 
-def plan(*, machines: Sequence[str] = MACHINES, dev_sections: Sequence[str] = DEV_SECTIONS,
-         eval_sections: Sequence[str] = EVAL_SECTIONS, n_source: int = 100, n_target: int = 3,
-         n_test: int = 40, seed: int = 0, like_dcase2021: bool = False,
-         fraction: float = 1.0) -> list[Clip]:
+def plan(
+    *,
+    machines: Sequence[str] = MACHINES,
+    dev_sections: Sequence[str] = DEV_SECTIONS,
+    eval_sections: Sequence[str] = EVAL_SECTIONS,
+    n_source: int = 100,
+    n_target: int = 3,
+    n_test: int = 40,
+    seed: int = 0,
+    like_dcase2021: bool = False,
+    fraction: float = 1.0,
+) -> list[Clip]:
     """Every clip of the data set with its name, condition and fault, in file order.
 
     ``n_source``, ``n_target`` and ``n_test`` (per domain) clips per section, or with
@@ -60,15 +78,22 @@ def plan(*, machines: Sequence[str] = MACHINES, dev_sections: Sequence[str] = DE
     for dataset, sections in (("dev_data", dev_sections), ("eval_data", eval_sections)):
         for machine in machines:
             for section in sections:
-                counts = section_counts(machine, section, like_dcase2021=like_dcase2021,
-                                        fraction=fraction, n_source=n_source,
-                                        n_target=n_target, n_test=n_test)
+                counts = section_counts(
+                    machine,
+                    section,
+                    like_dcase2021=like_dcase2021,
+                    fraction=fraction,
+                    n_source=n_source,
+                    n_target=n_target,
+                    n_test=n_test,
+                )
                 clips += _section_clips(dataset, machine, section, counts, seed)
     return clips
 
 
-def _section_clips(dataset: str, machine: str, section: str, counts: SectionCounts,
-                   seed: int) -> list[Clip]:
+def _section_clips(
+    dataset: str, machine: str, section: str, counts: SectionCounts, seed: int
+) -> list[Clip]:
     d = design(machine, section)
     out = []
 
@@ -80,8 +105,20 @@ def _section_clips(dataset: str, machine: str, section: str, counts: SectionCoun
         fault = str(r.choice(FAULTS[machine])) if anomaly else None
         severity = float(r.uniform()) if anomaly else 0.0
         name = name.format(a=cond["attributes"])
-        out.append(Clip(f"{dataset}/{machine}/{folder}/{name}", dataset, machine, section,
-                        domain, anomaly, cond, fault, severity, _key("audio", *key)))
+        out.append(
+            Clip(
+                f"{dataset}/{machine}/{folder}/{name}",
+                dataset,
+                machine,
+                section,
+                domain,
+                anomaly,
+                cond,
+                fault,
+                severity,
+                _key("audio", *key),
+            )
+        )
 
     for domain, count in (("source", counts.source_train), ("target", counts.target_train)):
         for i in range(count):
@@ -107,8 +144,15 @@ def _section_clips(dataset: str, machine: str, section: str, counts: SectionCoun
 
 def render(clip: Clip, duration: float = 10.0) -> np.ndarray:
     """The clip's samples as int16 (samples,)."""
-    y = synthesize(clip.machine, clip.section, clip.condition, clip.fault, clip.severity,
-                   np.random.default_rng(clip.seed), duration)
+    y = synthesize(
+        clip.machine,
+        clip.section,
+        clip.condition,
+        clip.fault,
+        clip.severity,
+        np.random.default_rng(clip.seed),
+        duration,
+    )
     return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
 
 
@@ -164,8 +208,9 @@ def write_ground_truth(root: Path, clips: Iterable[Clip]) -> list[Path]:
     return paths
 
 
-def _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration,
-                    fraction):
+def _check_settings(
+    machines, dev_sections, eval_sections, n_source, n_target, n_test, duration, fraction
+):
     for m in machines:
         if m not in MACHINES:
             raise DataError(f"unknown machine type {m!r}; expected some of {', '.join(MACHINES)}")
@@ -178,20 +223,32 @@ def _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n
     if not machines or not (dev_sections or eval_sections):
         raise DataError("expected at least one machine type and one section")
     if n_source < 1 or n_target < 0 or n_test < 0:
-        raise DataError(f"expected n_source >= 1, n_target >= 0, n_test >= 0; "
-                         f"got {n_source}, {n_target}, {n_test}")
+        raise DataError(
+            f"expected n_source >= 1, n_target >= 0, n_test >= 0; "
+            f"got {n_source}, {n_target}, {n_test}"
+        )
     if not 0.5 <= duration <= 60:
         raise DataError(f"duration {duration} s: expected 0.5 to 60 s")
     if not 0.0 < fraction <= 1.0:
         raise DataError(f"fraction {fraction}: expected more than 0 and at most 1")
 
 
-def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
-             dev_sections: Sequence[str] = DEV_SECTIONS,
-             eval_sections: Sequence[str] = EVAL_SECTIONS, n_source: int = 100,
-             n_target: int = 3, n_test: int = 40, duration: float = 10.0, seed: int = 0,
-             like_dcase2021: bool = False, fraction: float = 1.0, workers: int = 1,
-             progress: bool = False) -> Path:
+def generate(
+    root: str | Path,
+    *,
+    machines: Sequence[str] = MACHINES,
+    dev_sections: Sequence[str] = DEV_SECTIONS,
+    eval_sections: Sequence[str] = EVAL_SECTIONS,
+    n_source: int = 100,
+    n_target: int = 3,
+    n_test: int = 40,
+    duration: float = 10.0,
+    seed: int = 0,
+    like_dcase2021: bool = False,
+    fraction: float = 1.0,
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
     """Write the synthetic data set into ``root`` and return it.
 
     ``n_test`` clips per section and domain, half of them anomalous, or with ``like_dcase2021``
@@ -201,30 +258,45 @@ def generate(root: str | Path, *, machines: Sequence[str] = MACHINES,
     """
     machines, dev_sections = tuple(machines), tuple(dev_sections)
     eval_sections = tuple(eval_sections)
-    _check_settings(machines, dev_sections, eval_sections, n_source, n_target, n_test, duration,
-                    fraction)
+    _check_settings(
+        machines, dev_sections, eval_sections, n_source, n_target, n_test, duration, fraction
+    )
     root = Path(root)
-    settings = {"format": FORMAT, "machines": list(machines), "dev_sections": list(dev_sections),
-                "eval_sections": list(eval_sections), "n_source": n_source,
-                "n_target": n_target, "n_test": n_test, "duration": duration, "seed": seed,
-                "like_dcase2021": like_dcase2021, "fraction": fraction}
+    settings = {
+        "format": FORMAT,
+        "machines": list(machines),
+        "dev_sections": list(dev_sections),
+        "eval_sections": list(eval_sections),
+        "n_source": n_source,
+        "n_target": n_target,
+        "n_test": n_test,
+        "duration": duration,
+        "seed": seed,
+        "like_dcase2021": like_dcase2021,
+        "fraction": fraction,
+    }
     clips = plan(**{k: v for k, v in settings.items() if k not in ("format", "duration")})
     marker = root / MARKER
     if marker.is_file():
         old = json.loads(marker.read_text())
-        if (old.get("settings") == settings and old.get("complete")
-                and all((root / c.relpath).is_file() for c in clips)):
+        if (
+            old.get("settings") == settings
+            and old.get("complete")
+            and all((root / c.relpath).is_file() for c in clips)
+        ):
             log.info("%s already holds this synthetic data set", root)
             return root
         for name in ("dev_data", "eval_data"):  # ours (the marker says so): start afresh
             shutil.rmtree(root / name, ignore_errors=True)
     elif any((root / name).exists() for name in ("dev_data", "eval_data")):
-        raise DataError(f"{root} already holds dev_data/ or eval_data/ that asd.synthetic did not "
-                        f"write (no {MARKER}); choose an empty folder for the synthetic data")
+        raise DataError(
+            f"{root} already holds dev_data/ or eval_data/ that asd.synthetic did not "
+            f"write (no {MARKER}); choose an empty folder for the synthetic data"
+        )
     atomic_write_text(marker, json.dumps({"settings": settings, "complete": False}, indent=1))
     for folder in sorted({(root / c.relpath).parent for c in clips}):
         folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), clips[i:i + 16], duration) for i in range(0, len(clips), 16)]
+    jobs = [(str(root), clips[i : i + 16], duration) for i in range(0, len(clips), 16)]
     bar = None
     if progress:
         from tqdm import tqdm

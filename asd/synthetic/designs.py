@@ -16,11 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 from types import SimpleNamespace
-from typing import Optional
 
 import numpy as np
 
-from asd.data import DataError
+from asd.infra.data import DataError
 
 SAMPLE_RATE = 16000
 MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
@@ -52,7 +51,7 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(_key(*parts))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def design(machine: str, section: str) -> SimpleNamespace:
     """The fixed character of one (machine type, section): frequencies, colours, conditions.
 
@@ -62,7 +61,7 @@ def design(machine: str, section: str) -> SimpleNamespace:
     r = _rng("design", machine, section)
     base = _rng("design", machine)  # the machine type's character, shared by its sections
 
-    def u(lo: float, hi: float, size: Optional[int] = None):
+    def u(lo: float, hi: float, size: int | None = None):
         """A section's value: the type's base value moved SECTION_SPREAD of the way towards
         the section's own draw, so sections are variants of one kind of machine."""
         b, own = base.uniform(lo, hi, size), r.uniform(lo, hi, size)
@@ -74,18 +73,25 @@ def design(machine: str, section: str) -> SimpleNamespace:
 
     shift = SHIFTS[(_key(machine) + int(section)) % len(SHIFTS)]
     d = SimpleNamespace(
-        machine=machine, section=section, shift=shift,
+        machine=machine,
+        section=section,
+        shift=shift,
         target_speed=float(r.choice([0.72, 1.35])),
-        mic=[(u(-2.0, 0.5), u(600, 3000), u(2.0, 6.0)),     # (tilt dB/oct, resonance Hz, gain dB)
-             (u(-5.0, -2.5), u(1500, 5000), u(6.0, 10.0))],  # the other microphone position
-        bg_slope=u(-3.0, -1.0), bg_db=u(-20.0, -14.0),       # background relative to the machine
-        bg_target_slope=u(-6.0, -4.0), bg_target_db=u(-10.0, -6.0), hum=u(48.0, 62.0),
+        mic=[
+            (u(-2.0, 0.5), u(600, 3000), u(2.0, 6.0)),  # (tilt dB/oct, resonance Hz, gain dB)
+            (u(-5.0, -2.5), u(1500, 5000), u(6.0, 10.0)),
+        ],  # the other microphone position
+        bg_slope=u(-3.0, -1.0),
+        bg_db=u(-20.0, -14.0),  # background relative to the machine
+        bg_target_slope=u(-6.0, -4.0),
+        bg_target_db=u(-10.0, -6.0),
+        hum=u(48.0, 62.0),
         level_db=u(-24.0, -20.0),
     )
     if machine == "fan":
         d.f_rot = u(14.0, 26.0)
         d.blades = integer(5, 10)
-        d.bpf_amps = 10 ** (-u(0, 12, 6) / 20) * np.array([1, .6, .4, .3, .2, .15])
+        d.bpf_amps = 10 ** (-u(0, 12, 6) / 20) * np.array([1, 0.6, 0.4, 0.3, 0.2, 0.15])
         d.slope, d.hump_fc, d.hump_db = u(-4.0, -2.0), u(600, 2500), u(5.0, 10.0)
         d.am_depth, d.tone_db = u(0.03, 0.08), u(-14.0, -8.0)
         d.bpfo, d.bearing_fc, d.rub_fc = u(3.05, 5.2), u(3000, 6000), u(1500, 4000)
@@ -101,7 +107,7 @@ def design(machine: str, section: str) -> SimpleNamespace:
     elif machine == "pump":
         d.f_shaft = u(20.0, 40.0)
         d.vanes = integer(5, 8)
-        d.motor_amps = 10 ** (-u(0, 15, 8) / 20) * np.array([.5, 1, .3, .5, .2, .3, .1, .1])
+        d.motor_amps = 10 ** (-u(0, 15, 8) / 20) * np.array([0.5, 1, 0.3, 0.5, 0.2, 0.3, 0.1, 0.1])
         d.vp_db, d.motor_db = u(-12.0, -6.0), u(-14.0, -8.0)
         d.pipe_fc, d.slope, d.am_depth = u(200, 1200), u(-6.0, -4.0), u(0.04, 0.1)
         d.leak_fc, d.crackle_fc = u(2000, 6000), u(4000, 7000)
@@ -120,8 +126,8 @@ def design(machine: str, section: str) -> SimpleNamespace:
     elif machine in ("ToyCar", "ToyTrain"):
         letters = r.permutation(list("ABCDE"))[:3]
         d.models = tuple(f"{c}{int(r.integers(1, 3))}" for c in letters)
-        d.model_fc = {m: u(500, 3000) for m in d.models}      # body resonance per model
-        d.model_odd = {m: u(0.2, 1.0) for m in d.models}      # weight of even motor harmonics
+        d.model_fc = {m: u(500, 3000) for m in d.models}  # body resonance per model
+        d.model_odd = {m: u(0.2, 1.0) for m in d.models}  # weight of even motor harmonics
         if machine == "ToyCar":
             d.speeds = (28, 31, 34, 37, 40)
             d.hz_per_unit, d.gear, d.wheel_div = u(5.0, 9.0), u(0.2, 0.4), u(15.0, 25.0)
@@ -139,8 +145,12 @@ def _condition(d: SimpleNamespace, domain: str, r: np.random.Generator) -> dict:
     """One operating condition: physical factors plus the attribute text of the file name."""
     target = domain == "target"
     speed_shift = target and d.shift == "speed"
-    c = {"speed": 1.0, "load": 1.0, "mic": int(target and d.shift == "channel"),
-         "noise": int(target and d.shift == "noise")}
+    c = {
+        "speed": 1.0,
+        "load": 1.0,
+        "mic": int(target and d.shift == "channel"),
+        "noise": int(target and d.shift == "noise"),
+    }
     m = d.machine
     if m == "fan":
         k = int(r.integers(1, 4))
@@ -185,5 +195,3 @@ def _condition(d: SimpleNamespace, domain: str, r: np.random.Generator) -> dict:
         unit = "V" if m == "ToyCar" else ""
         c["attributes"] = f"{model}Spd{s}{unit}Mic{1 + c['mic']}"
     return c
-
-

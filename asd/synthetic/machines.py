@@ -28,15 +28,30 @@ goes from barely there (severity 0) to clear (severity 1) along the range writte
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import scipy.fft
 
 from asd.synthetic.designs import SAMPLE_RATE, TWO_PI, _rng, design
 from asd.synthetic.sources import (
-    _ambience, _band, _bearing, _bursts, _db, _drift, _gate, _grid, _impacts, _kernel, _noise,
-    _noise_spec, _peak, _periodic, _phase, _tilt, _tones, _unit)
+    _ambience,
+    _band,
+    _bearing,
+    _bursts,
+    _db,
+    _drift,
+    _gate,
+    _grid,
+    _impacts,
+    _kernel,
+    _noise,
+    _noise_spec,
+    _peak,
+    _periodic,
+    _phase,
+    _tilt,
+    _tones,
+    _unit,
+)
 
 
 def _mix(lo: float, hi: float, sev: float) -> float:
@@ -95,7 +110,7 @@ def _gearbox(d, c, fault, sev, r, n):
     x *= mod
     casing = _tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, _near(r, d.casing_fc), 0.6, 8)
     x += _db(d.noise_db) * _vary(r) * c["load"] * _noise(casing, r, n)
-    x += _db(-26) * _vary(r, 2) * _tones(np.full(n, 2 * d.hum, np.float32), [1, .3], r)  # motor
+    x += _db(-26) * _vary(r, 2) * _tones(np.full(n, 2 * d.hum, np.float32), [1, 0.3], r)  # motor
     if fault == "tooth_crack":
         times = _periodic(float(f_s.mean()), n / SAMPLE_RATE, r, 0.002)
         kernel = _kernel([d.casing_fc, float(mesh.mean()) * 2], 0.003, r)
@@ -118,7 +133,7 @@ def _pump(d, c, fault, sev, r, n):
         depth += _mix(0.05, 0.3, sev)
     flow = _noise(_tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, pipe_fc, 0.5, 10), r, n)
     x = _db(flow_db) * c["load"] * flow * (1 + depth * np.sin(shaft_phase))
-    x += _db(d.vp_db) * _vary(r) * _tones(d.vanes * f_s, [1, .5, .25], r)
+    x += _db(d.vp_db) * _vary(r) * _tones(d.vanes * f_s, [1, 0.5, 0.25], r)
     hum = np.full(n, d.hum, np.float32) * _drift(n, r, 0.0005)
     x += _db(d.motor_db) * _vary(r) * _tones(hum, d.motor_amps, r)
     if fault == "impeller":
@@ -146,8 +161,9 @@ def _slider(d, c, fault, sev, r, n):
     moving = _gate(n, strokes, strokes + move, ramp_s=0.03)
     whine_f = np.full(n, d.whine_per_vel * v, np.float32) * _drift(n, r, 0.003)
     if fault == "loose_belt":
-        wob = 1 + _mix(0.008, 0.04, sev) * np.sin(TWO_PI * r.uniform(2, 6) * t
-                                                  + r.uniform(0, TWO_PI))
+        wob = 1 + _mix(0.008, 0.04, sev) * np.sin(
+            TWO_PI * r.uniform(2, 6) * t + r.uniform(0, TWO_PI)
+        )
         whine_f = whine_f * wob.astype(np.float32)
     fr_fc = _near(r, d.friction_fc * (0.8 + 0.2 * c["speed"]), 0.04)
     fr_db = d.friction_db + r.normal(0, 1.5)
@@ -155,7 +171,7 @@ def _slider(d, c, fault, sev, r, n):
         fr_fc *= 1 + _mix(0.03, 0.18, sev)
         fr_db += _mix(0.7, 3.5, sev)
     friction = _noise(_band(f, fr_fc, 0.9) * _tilt(f, -2.0), r, n)
-    whine = 0.5 * _vary(r) * _tones(whine_f, [1, .4, .2], r)
+    whine = 0.5 * _vary(r) * _tones(whine_f, [1, 0.4, 0.2], r)
     x = (_db(fr_db) * friction + whine) * moving
     x += _db(-30) * _noise(_tilt(f, -4.0), r, n)  # the idle motor drive
     ends = strokes + move
@@ -163,11 +179,15 @@ def _slider(d, c, fault, sev, r, n):
     amps = c["load"] * np.abs(1 + 0.15 * r.standard_normal(ends.size))
     x += _db(d.click_db) * 2 * _impacts(n, np.sort(ends), amps, kernel)
     if fault == "rail_damage":
-        hits = np.concatenate([starts + d.damage_pos * move,
-                               starts + 0.5 * period + (1 - d.damage_pos) * move])
+        hits = np.concatenate(
+            [starts + d.damage_pos * move, starts + 0.5 * period + (1 - d.damage_pos) * move]
+        )
         k2 = _kernel([2.7 * d.click_fc, 4100.0], 0.002, r)
-        x += (_db(d.click_db + _mix(-22, -8, sev)) * 2
-              * _impacts(n, np.sort(hits), np.ones(hits.size), k2))
+        x += (
+            _db(d.click_db + _mix(-22, -8, sev))
+            * 2
+            * _impacts(n, np.sort(hits), np.ones(hits.size), k2)
+        )
     elif fault == "squeal":
         sq_f = np.full(n, d.squeal_fc, np.float32) * _drift(n, r, 0.01)
         x += _db(_mix(-34, -18, sev)) * _tones(sq_f, [1.0], r) * moving * _bursts(n, r, 0.5, 0.8)
@@ -217,7 +237,7 @@ def _valve(d, c, fault, sev, r, n):
     hiss = _noise(_band(f, _near(r, d.hiss_fc, 0.04), 0.6), r, n)
     x += _db(d.hiss_db) * 4 * _vary(r) * hiss * flowing
     pump = np.full(n, d.pump_f, np.float32) * _drift(n, r, 0.002)
-    x += _db(d.pump_db) * 4 * _vary(r, 2) * _tones(pump, [1, .7, .5, .3, .2], r)
+    x += _db(d.pump_db) * 4 * _vary(r, 2) * _tones(pump, [1, 0.7, 0.5, 0.3, 0.2], r)
     return x
 
 
@@ -227,7 +247,7 @@ def _toy(d, c, fault, sev, r, n):
     base = d.hz_per_unit * c["speed"] * (28 if d.machine == "ToyCar" else 8)
     motor_f = _near(r, base, 0.01) * _drift(n, r, 0.006)
     even = d.model_odd[model]
-    amps = [1, even, .6, .5 * even, .4, .3 * even, .25, .2 * even]
+    amps = [1, even, 0.6, 0.5 * even, 0.4, 0.3 * even, 0.25, 0.2 * even]
     x = _db(d.motor_db) * _vary(r) * _tones(motor_f, amps, r)
     wheel_f = motor_f / d.wheel_div
     wheel_phase = _phase(wheel_f, r)
@@ -235,8 +255,11 @@ def _toy(d, c, fault, sev, r, n):
     if fault == "shaft":
         depth += _mix(0.08, 0.4, sev)
     body = _near(r, d.model_fc[model])
-    shape = (_tilt(f, d.slope + r.normal(0, 0.3)) * _peak(f, _near(r, d.noise_fc, 0.04), 0.7, 8)
-             * _peak(f, body, 0.3, 6))
+    shape = (
+        _tilt(f, d.slope + r.normal(0, 0.3))
+        * _peak(f, _near(r, d.noise_fc, 0.04), 0.7, 8)
+        * _peak(f, body, 0.3, 6)
+    )
     x += _noise(shape, r, n) * (1 + depth * np.sin(wheel_phase))
     rev = float(wheel_f.mean())
     duration = n / SAMPLE_RATE
@@ -273,12 +296,26 @@ def _toy(d, c, fault, sev, r, n):
     return x
 
 
-_MACHINE_SOUND = {"fan": _fan, "gearbox": _gearbox, "pump": _pump, "slider": _slider,
-                  "valve": _valve, "ToyCar": _toy, "ToyTrain": _toy}
+_MACHINE_SOUND = {
+    "fan": _fan,
+    "gearbox": _gearbox,
+    "pump": _pump,
+    "slider": _slider,
+    "valve": _valve,
+    "ToyCar": _toy,
+    "ToyTrain": _toy,
+}
 
 
-def synthesize(machine: str, section: str, condition: dict, fault: Optional[str],
-               severity: float, rng: np.random.Generator, duration: float = 10.0) -> np.ndarray:
+def synthesize(
+    machine: str,
+    section: str,
+    condition: dict,
+    fault: str | None,
+    severity: float,
+    rng: np.random.Generator,
+    duration: float = 10.0,
+) -> np.ndarray:
     """One clip (samples,) float32 in [-1, 1]: machine sound, microphone, background, gain."""
     d = design(machine, section)
     n = int(round(duration * SAMPLE_RATE))
@@ -287,21 +324,20 @@ def synthesize(machine: str, section: str, condition: dict, fault: Optional[str]
     x = _unit(x)
     slope, fc, gain = d.mic[condition["mic"]]
     spec = scipy.fft.rfft(x) * (_tilt(f, slope) * _peak(f, fc, 0.5, gain))
-    spec *= np.float32(1.0 / np.sqrt(2.0 * np.vdot(spec, spec).real / n ** 2))  # unit RMS again
+    spec *= np.float32(1.0 / np.sqrt(2.0 * np.vdot(spec, spec).real / n**2))  # unit RMS again
     if condition["noise"]:
-        bg_shape = _tilt(f, d.bg_target_slope) * (1 + 4 * _band(f, d.hum, 0.02)
-                                                  + 2 * _band(f, 3 * d.hum, 0.02))
+        bg_shape = _tilt(f, d.bg_target_slope) * (
+            1 + 4 * _band(f, d.hum, 0.02) + 2 * _band(f, 3 * d.hum, 0.02)
+        )
         bg_db = d.bg_target_db
     else:
         bg_shape, bg_db = _tilt(f, d.bg_slope + rng.normal(0, 0.3)), d.bg_db
     spec += _db(bg_db + rng.uniform(-3, 3)) * _noise_spec(bg_shape, rng, n)
     level = _db(d.level_db + rng.uniform(-2, 2)) * (1 if condition["mic"] == 0 else _db(-4))
     y = scipy.fft.irfft(spec, n).astype(np.float32, copy=False)
-    y += _ambience(n, np.random.default_rng(rng.integers(2 ** 63)))  # its own stream
+    y += _ambience(n, np.random.default_rng(rng.integers(2**63)))  # its own stream
     y *= np.float32(level)
     peak = float(np.abs(y).max())
     if peak > 0.99:
         y *= np.float32(0.99 / peak)
     return y
-
-

@@ -7,13 +7,14 @@ clip's samples depend only on its own stream.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 import scipy.fft
 
 from asd.synthetic.designs import SAMPLE_RATE, TWO_PI
+
 
 @functools.lru_cache(maxsize=16)
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def _cycles(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
     """Running phase (n,) uint32 of a frequency track in Hz, from a random start, in steps of
     2**-32 cycle: a phase accumulator, whose integer sums wrap around once per cycle and build
     up no rounding error over the clip."""
-    step = (freq * np.float32(2.0 ** 32 / SAMPLE_RATE)).astype(np.uint32)
+    step = (freq * np.float32(2.0**32 / SAMPLE_RATE)).astype(np.uint32)
     held = step.reshape(-1, _HOLD) if step.size % _HOLD == 0 else None
     if held is not None and (held == held[:, :1]).all():  # held over blocks, as _drift makes it
         per = held[:, 0]  # (blocks,) the step within each block
@@ -51,22 +52,23 @@ def _cycles(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
         acc = (first[:, None] + per[:, None] * np.arange(1, _HOLD + 1, dtype=np.uint32)).ravel()
     else:
         acc = np.cumsum(step, dtype=np.uint32)
-    acc += np.uint32(r.uniform(0, 1) * 2 ** 32)
+    acc += np.uint32(r.uniform(0, 1) * 2**32)
     return acc
 
 
 def _phase(freq: np.ndarray, r: np.random.Generator) -> np.ndarray:
     """Running phase in radians (n,), float32, wrapped into [0, 2 pi)."""
     wrapped = _cycles(freq, r).astype(np.float32)
-    wrapped *= np.float32(TWO_PI / 2 ** 32)
+    wrapped *= np.float32(TWO_PI / 2**32)
     return wrapped
 
 
 _TABLE_BITS = 14  # 2**14 samples per period of the wavetable in _tones
 
 
-def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
-           spread_db: float = 1.5) -> np.ndarray:
+def _tones(
+    freq: np.ndarray, amps: Sequence[float], r: np.random.Generator, spread_db: float = 1.5
+) -> np.ndarray:
     """Harmonics k*freq (k = 1..len(amps), amplitude about amps[k-1], random phases): (n,).
 
     Each harmonic's level varies by ``spread_db`` (standard deviation) from clip to clip.
@@ -75,7 +77,7 @@ def _tones(freq: np.ndarray, amps: Sequence[float], r: np.random.Generator,
     cost does not grow with the number of harmonics; those above 0.45 fs are left out. The
     table is fine enough that the phase error stays far below the background noise.
     """
-    size = 2 ** _TABLE_BITS
+    size = 2**_TABLE_BITS
     top = float(freq.max())
     spec = np.zeros(size // 2 + 1, np.complex128)
     for k, a in enumerate(amps, start=1):
@@ -111,7 +113,7 @@ def _noise_spec(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray
     them and is Gaussian all the same.
     """
     m = shape.shape[0]
-    power = 4.0 * float(np.dot(shape, shape)) / n ** 2  # expected, by Parseval (real signal)
+    power = 4.0 * float(np.dot(shape, shape)) / n**2  # expected, by Parseval (real signal)
     parts = r.integers(-32767, 32768, (m, 2), dtype=np.int16)  # (m, 2) real, imaginary
     scale = shape * np.float32(1.0 / (_INT16_SD * np.sqrt(power + 1e-20)))
     spec = parts * scale[:, None]  # (m, 2) float32
@@ -119,20 +121,20 @@ def _noise_spec(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray
     return spec.view(np.complex64)[:, 0]
 
 
-_INT16_SD = float(np.sqrt((65535.0 ** 2 - 1.0) / 12.0))  # of integers uniform in +-32767
+_INT16_SD = float(np.sqrt((65535.0**2 - 1.0) / 12.0))  # of integers uniform in +-32767
 
 
 def _noise(shape: np.ndarray, r: np.random.Generator, n: int) -> np.ndarray:
     return scipy.fft.irfft(_noise_spec(shape, r, n), n)  # float32, as the spectrum is complex64
 
 
-def _kernel(freqs: Sequence[float], decay_s: float, r: np.random.Generator,
-            length_s: float = 0.04) -> np.ndarray:
+def _kernel(
+    freqs: Sequence[float], decay_s: float, r: np.random.Generator, length_s: float = 0.04
+) -> np.ndarray:
     """An impact: decaying partials at ``freqs`` with a short noise burst, peak 1."""
     t = np.arange(int(length_s * SAMPLE_RATE)) / SAMPLE_RATE
     env = np.exp(-t / decay_s)
-    k = sum(np.sin(TWO_PI * fr * t + r.uniform(0, TWO_PI)) / (i + 1)
-            for i, fr in enumerate(freqs))
+    k = sum(np.sin(TWO_PI * fr * t + r.uniform(0, TWO_PI)) / (i + 1) for i, fr in enumerate(freqs))
     k = k * env + 0.3 * r.standard_normal(t.size) * np.exp(-t / (decay_s / 4))
     return (k / np.abs(k).max()).astype(np.float32)
 
@@ -159,6 +161,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _gate(n: int, starts: np.ndarray, ends: np.ndarray, ramp_s: float = 0.005) -> np.ndarray:
     """1 inside [start, end) intervals (s), 0 outside, with linear ramps: (n,)."""
+
     def count(times):
         pos = np.clip(np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64), 0, n)
         return np.bincount(pos, minlength=n + 1)
@@ -167,7 +170,7 @@ def _gate(n: int, starts: np.ndarray, ends: np.ndarray, ramp_s: float = 0.005) -
     w = max(1, int(ramp_s * SAMPLE_RATE))
     c = np.concatenate([[0], np.cumsum(g)])  # integer sums: exact
     smooth = (c[w:] - c[:-w]).astype(np.float32) * np.float32(1.0 / w)
-    return np.concatenate([smooth, g[len(smooth):].astype(np.float32)])
+    return np.concatenate([smooth, g[len(smooth) :].astype(np.float32)])
 
 
 def _bursts(n: int, r: np.random.Generator, cover: float, mean_s: float) -> np.ndarray:
@@ -182,10 +185,10 @@ def _bearing(n: int, f_rot: float, d: SimpleNamespace, r: np.random.Generator) -
     """A faint train of high-frequency impulses at the outer-race rate, modulated per turn."""
     times = _periodic(d.bpfo * f_rot, n / SAMPLE_RATE, r, 0.03)
     amps = np.abs(1 + 0.3 * r.standard_normal(times.size)) * (
-        1 + 0.5 * np.sin(TWO_PI * f_rot * times))
+        1 + 0.5 * np.sin(TWO_PI * f_rot * times)
+    )
     kernel = _kernel([d.bearing_fc, 1.37 * d.bearing_fc], 0.0012, r, length_s=0.01)
     return _unit(_impacts(n, times, amps, kernel))
-
 
 
 AMBIENCE_RATE = 0.3  # factory events per second, in every clip (Poisson)
@@ -202,7 +205,7 @@ def _ambience(n: int, r: np.random.Generator) -> np.ndarray:
     """
     out = np.zeros(n, np.float32)
     for start, event in _ambience_events(n, r):
-        out[start:start + len(event)] += event
+        out[start : start + len(event)] += event
     return out
 
 
@@ -221,8 +224,9 @@ def _ambience_events(n: int, r: np.random.Generator) -> list[tuple[int, np.ndarr
         elif kind == 1:  # compressed-air hiss
             length = min(n, int(r.uniform(0.2, 1.0) * SAMPLE_RATE))
             fc = r.uniform(2000.0, 6000.0)
-            noise = _short_noise(min(length, n - start), r,
-                                 lambda size: _band(_grid(size)[2], fc, 0.5))
+            noise = _short_noise(
+                min(length, n - start), r, lambda size, fc=fc: _band(_grid(size)[2], fc, 0.5)
+            )
             ramp = np.arange(len(noise), dtype=np.float32)
             event = noise * np.minimum(1.0, ramp / 160.0) * np.exp(ramp / np.float32(-0.5 * length))
         elif kind == 2:  # reversing beeper: a few pulses of a tone with its third harmonic
@@ -230,14 +234,15 @@ def _ambience_events(n: int, r: np.random.Generator) -> list[tuple[int, np.ndarr
             length = min(n - start, int(0.5 * pulses * SAMPLE_RATE))
             t = np.arange(length, dtype=np.float32) / np.float32(SAMPLE_RATE)
             on = (np.floor(t / 0.25) % 2 == 0).astype(np.float32)
-            event = on * (np.sin(np.float32(TWO_PI * f0) * t)
-                          + 0.3 * np.sin(np.float32(TWO_PI * 3 * f0) * t))
+            event = on * (
+                np.sin(np.float32(TWO_PI * f0) * t) + 0.3 * np.sin(np.float32(TWO_PI * 3 * f0) * t)
+            )
         else:  # a vehicle passing: low rumble swelling and fading over seconds
             length = min(n, int(r.uniform(2.0, 4.0) * SAMPLE_RATE))
             noise = _short_noise(min(length, n - start), r, _rumble_shape)
             ramp = np.arange(len(noise), dtype=np.float32)
             event = noise * np.sin(ramp * np.float32(np.pi / length)) ** 2
-        event = np.asarray(event, np.float32)[:n - start]
+        event = np.asarray(event, np.float32)[: n - start]
         events.append((start, _db(r.uniform(*AMBIENCE_DB)) * _unit(event)))
     return events
 

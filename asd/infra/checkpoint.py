@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from asd import AsdError
-from asd.config import Config, ConfigError, config_diffs, from_dict, load_config
-from asd.io import atomic_path, atomic_write_text
-from asd.losses import SubClusterAdaCos
-from asd.model import build_model
+from asd.infra.config import Config, ConfigError, config_diffs, from_dict, load_config
+from asd.infra.io import atomic_path, atomic_write_text
+from asd.method.losses import SubClusterAdaCos
+from asd.method.model import build_model
 
 FORMAT = "asd-checkpoint-v1"
 REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "step")
@@ -61,19 +61,38 @@ def _check_safe(obj: Any, where: str) -> None:
         for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
             _check_safe(value, f"{where}.{key}")
     elif not (torch.is_tensor(obj) or isinstance(obj, (str, int, float, bool, type(None)))):
-        raise TypeError(f"checkpoint entry {where}: {type(obj).__name__} cannot be saved "
-                        "(only tensors, dicts, lists, tuples, str, int, float, bool and None)")
+        raise TypeError(
+            f"checkpoint entry {where}: {type(obj).__name__} cannot be saved "
+            "(only tensors, dicts, lists, tuples, str, int, float, bool and None)"
+        )
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module | dict, head: nn.Module | dict,
-                    cfg: Config, classes: pd.DataFrame | dict, mean: Any, std: Any,
-                    step: dict, extra: Optional[dict] = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module | dict,
+    head: nn.Module | dict,
+    cfg: Config,
+    classes: pd.DataFrame | dict,
+    mean: Any,
+    std: Any,
+    step: dict,
+    extra: dict | None = None,
+) -> Path:
     """Write the checkpoint of ``model`` and ``head`` (modules or state dicts) atomically."""
-    stats = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in  # (F,) each
-             (("mean", mean), ("std", std))}
-    data = {"format": FORMAT, "config": cfg.to_dict(),
-            "classes": pd.DataFrame(classes).to_dict("list"), "feature_stats": stats,
-            "model": _state(model), "head": _state(head), "step": dict(step)}
+    stats = {
+        k: torch.tensor(np.asarray(v, dtype=np.float32))
+        for k, v in (("mean", mean), ("std", std))  # (F,) each
+    }
+    data = {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "classes": pd.DataFrame(classes).to_dict("list"),
+        "feature_stats": stats,
+        "model": _state(model),
+        "head": _state(head),
+        "step": dict(step),
+    }
     data.update(extra or {})
     _check_safe(data, "checkpoint")
     try:
@@ -81,8 +100,10 @@ def save_checkpoint(path: str | Path, *, model: nn.Module | dict, head: nn.Modul
             torch.save(data, tmp)
     except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise OSError(f"cannot write checkpoint {path} (disk full?): {first}; the "
-                      "previous file, if any, is unchanged") from err
+        raise OSError(
+            f"cannot write checkpoint {path} (disk full?): {first}; the "
+            "previous file, if any, is unchanged"
+        ) from err
     return Path(path)
 
 
@@ -94,8 +115,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, not a torch file at all
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not "
-                              f"written by asd.checkpoint.save_checkpoint): {first}") from err
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (truncated, corrupt or not "
+            f"written by asd.infra.checkpoint.save_checkpoint): {first}"
+        ) from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file (found {found!r})")
@@ -117,37 +140,51 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
         try:
             module.load_state_dict(data[name])
         except RuntimeError as err:
-            raise CheckpointError(f"checkpoint {path}: '{name}' weights do not fit the model its "
-                                  f"config and {len(classes)} classes describe: {err}") from None
+            raise CheckpointError(
+                f"checkpoint {path}: '{name}' weights do not fit the model its "
+                f"config and {len(classes)} classes describe: {err}"
+            ) from None
     mean, std = (data["feature_stats"][k].float().numpy() for k in ("mean", "std"))
-    return LoadedModel(model.to(device).eval(), head.to(device).eval(), cfg, classes, mean, std,
-                       dict(data["step"]))
+    return LoadedModel(
+        model.to(device).eval(), head.to(device).eval(), cfg, classes, mean, std, dict(data["step"])
+    )
 
 
 def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) -> None:
     """CheckpointError unless the checkpoint was trained on exactly ``classes``."""
     mine = {k: list(map(str, v)) for k, v in pd.DataFrame(classes).to_dict("list").items()}
     if {k: list(map(str, v)) for k, v in data["classes"].items()} != mine:
-        raise CheckpointError(f"checkpoint {path} was trained on other classes than the run's "
-                              f"classes.csv ({len(data['classes'].get('class', []))} vs "
-                              f"{len(mine['class'])} classes)")
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other classes than the run's "
+            f"classes.csv ({len(data['classes'].get('class', []))} vs "
+            f"{len(mine['class'])} classes)"
+        )
 
 
 def step1_model(run: Path, cfg: Config) -> Path:
-    """The ``model.pth`` of a finished run (``asd.runs.finished_run``) that is a Step 1 run with
+    """The ``model.pth`` of a finished run (``asd.infra.runs.finished_run``) that is a Step 1 run with
     the features, model and loss settings of ``cfg``; ConfigError or CheckpointError else."""
     model = run / "model.pth"
-    if diffs := config_diffs(load_config(run / "config.yml").to_dict(), cfg.to_dict(),
-                             MODEL_GROUPS, "Step 1 run", "config"):
-        raise ConfigError(f"the config differs from the Step 1 run {run} ({'; '.join(diffs)}); "
-                          "Step 2 must use the same features, model and loss")
+    if diffs := config_diffs(
+        load_config(run / "config.yml").to_dict(),
+        cfg.to_dict(),
+        MODEL_GROUPS,
+        "Step 1 run",
+        "config",
+    ):
+        raise ConfigError(
+            f"the config differs from the Step 1 run {run} ({'; '.join(diffs)}); "
+            "Step 2 must use the same features, model and loss"
+        )
     if (stage := load_checkpoint(model)["step"].get("stage")) != "stage1":
-        raise ConfigError(f"{run} is not a Step 1 run (its model.pth is from {stage}); Step 2 "
-                          "starts from a finished Step 1 run")
+        raise ConfigError(
+            f"{run} is not a Step 1 run (its model.pth is from {stage}); Step 2 "
+            "starts from a finished Step 1 run"
+        )
     return model
 
 
-def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[int]:
+def resume_state(run_dir: Path, cfg: Config, step: str) -> int | None:
     """For ``--resume`` of a run without ``model.pth``: the epoch its last checkpoint ends (0: none
     yet). Removes a killed writer's temporary files, refuses a checkpoint written with other
     settings than config.yml holds now, drops the log rows of later epochs (logged again); where
@@ -156,15 +193,27 @@ def resume_state(run_dir: Path, cfg: Config, step: str) -> Optional[int]:
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
     ckpt = load_checkpoint(last) if last.is_file() else None
-    if ckpt and (diffs := config_diffs(ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step),
-                                       "checkpoint", "config.yml")):
-        raise ConfigError(f"{run_dir / 'config.yml'} differs from the settings {last} was "
-                          f"trained with ({'; '.join(diffs)}); put them back or start a new run")
+    if ckpt and (
+        diffs := config_diffs(
+            ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step), "checkpoint", "config.yml"
+        )
+    ):
+        raise ConfigError(
+            f"{run_dir / 'config.yml'} differs from the settings {last} was "
+            f"trained with ({'; '.join(diffs)}); put them back or start a new run"
+        )
     epoch = int(ckpt["step"]["epoch"]) if ckpt else 0
     trim_log(run_dir / "logs" / "train.csv", epoch)
     if ckpt and ckpt["step"].get("done"):
-        save_checkpoint(run_dir / "model.pth", cfg=cfg, step=ckpt["step"], classes=ckpt["classes"],
-                        model=ckpt["model"], head=ckpt["head"], **ckpt["feature_stats"])
+        save_checkpoint(
+            run_dir / "model.pth",
+            cfg=cfg,
+            step=ckpt["step"],
+            classes=ckpt["classes"],
+            model=ckpt["model"],
+            head=ckpt["head"],
+            **ckpt["feature_stats"],
+        )
         logging.getLogger(__name__).info("%s: every step was done; wrote model.pth", run_dir)
         return None
     return epoch
@@ -175,7 +224,12 @@ def trim_log(path: Path, epoch: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
-                        and int(line.split(",", 1)[0]) <= epoch and line.endswith("\n")]
+    keep = lines[:1] + [
+        line
+        for line in lines[1:]
+        if line.split(",", 1)[0].isdigit()
+        and int(line.split(",", 1)[0]) <= epoch
+        and line.endswith("\n")
+    ]
     if keep != lines:
         atomic_write_text(path, "".join(keep))

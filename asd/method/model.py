@@ -24,18 +24,20 @@ Choices the report leaves open:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from asd.config import Config, ConfigError, ModelConfig
-from asd.losses import SubClusterAdaCos
+from asd.infra.config import Config, ConfigError, ModelConfig
+from asd.method.losses import SubClusterAdaCos
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
-                                   bias=False), nn.BatchNorm2d(c_out))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -54,8 +56,10 @@ class ResidualBlock(nn.Module):
 
 def _stage(c_in: int, c_out: int, blocks: int, slope: float) -> nn.Sequential:
     """Max-pool 3x3 stride 2 (halves T and F, rounding up), then ``blocks`` residual blocks."""
-    return nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), *(
-        ResidualBlock(c_in if i == 0 else c_out, c_out, slope) for i in range(blocks)))
+    return nn.Sequential(
+        nn.MaxPool2d(3, stride=2, padding=1),
+        *(ResidualBlock(c_in if i == 0 else c_out, c_out, slope) for i in range(blocks)),
+    )
 
 
 def _conv_len(n: int, kernel: int, stride: int, padding: int) -> int:
@@ -78,8 +82,10 @@ class EmbeddingNet(nn.Sequential):
             self.add_module(f"stage{i}", _stage(c, width, cfg.blocks_per_stage, slope))
             t, f, c = _conv_len(t, 3, 2, 1), _conv_len(f, 3, 2, 1), width
         if t < cfg.time_pool:
-            raise ValueError(f"model.time_pool={cfg.time_pool} exceeds the {t} time steps left "
-                             f"after the last stage for {frames} input frames")
+            raise ValueError(
+                f"model.time_pool={cfg.time_pool} exceeds the {t} time steps left "
+                f"after the last stage for {frames} input frames"
+            )
         self.pool = nn.MaxPool2d((cfg.time_pool, 1), stride=1)
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear((t - cfg.time_pool + 1) * f * c, cfg.embedding_dim)
@@ -88,9 +94,11 @@ class EmbeddingNet(nn.Sequential):
         """Table 1 as built: each layer's output size (T x F x C) and parameter count."""
         was_training, p = self.training, next(self.parameters())
         x = torch.zeros(1, 1, self.frames, self.mels, device=p.device, dtype=p.dtype)
-        lines = ["EmbeddingNet (report Table 1, modified ResNet)",
-                 f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}",
-                 f"{'input':8} {f'{self.frames} x {self.mels} x 1':>18}  {0:>10,}"]
+        lines = [
+            "EmbeddingNet (report Table 1, modified ResNet)",
+            f"{'layer':8} {'output (T x F x C)':>18}  {'parameters':>10}",
+            f"{'input':8} {f'{self.frames} x {self.mels} x 1':>18}  {0:>10,}",
+        ]
         with torch.no_grad():  # in eval mode: the probe leaves batch-norm statistics alone
             for name, layer in self.eval().named_children():
                 x, n = layer(x), sum(q.numel() for q in layer.parameters())
@@ -106,15 +114,19 @@ class EmbeddingNet(nn.Sequential):
 # (B, 1, frames, mels) log-mels to (B, model.embedding_dim) embeddings. Its direct children are
 # the parts ``stage2.trainable`` can name. Add one with ``BACKBONES["name"] = fn``.
 BACKBONES: dict[str, Callable[[Config], nn.Module]] = {
-    "resnet": lambda cfg: EmbeddingNet(cfg.model, frames=cfg.features.frames,
-                                       mels=cfg.features.n_mels),  # the report's Table 1
+    "resnet": lambda cfg: EmbeddingNet(
+        cfg.model, frames=cfg.features.frames, mels=cfg.features.n_mels
+    ),  # the report's Table 1
 }
 
 
 def build_model(cfg: Config, n_classes: int) -> tuple[nn.Module, SubClusterAdaCos]:
     """The embedding net named by ``model.backbone`` and a fresh sub-cluster AdaCos head."""
     if cfg.model.backbone not in BACKBONES:
-        raise ConfigError(f"config key 'model.backbone': unknown backbone "
-                          f"{cfg.model.backbone!r} (known: {', '.join(sorted(BACKBONES))})")
+        raise ConfigError(
+            f"config key 'model.backbone': unknown backbone "
+            f"{cfg.model.backbone!r} (known: {', '.join(sorted(BACKBONES))})"
+        )
     return BACKBONES[cfg.model.backbone](cfg), SubClusterAdaCos(
-        n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim, cfg.loss.max_angle)
+        n_classes, cfg.loss.n_subclusters, cfg.model.embedding_dim, cfg.loss.max_angle
+    )

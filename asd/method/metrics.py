@@ -10,7 +10,7 @@ as the official evaluator does, so a single 0 gives a tiny mean instead of an er
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import scipy.stats

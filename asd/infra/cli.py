@@ -11,24 +11,29 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from asd import AsdError
-from asd.config import Config, load_config
-from asd.runs import finished_run, latest_run
+from asd.infra.config import Config, load_config
+from asd.infra.runs import finished_run, latest_run
 
 DEFAULT_CONFIG = "config.yml"
 
 
-def make_parser(prog: str, doc: str, *, from_help: Optional[str] = None,
-                overrides: bool = True) -> argparse.ArgumentParser:
+def make_parser(
+    prog: str, doc: str, *, from_help: str | None = None, overrides: bool = True
+) -> argparse.ArgumentParser:
     """A parser with ``--config``, optionally ``--from``, and ``key.sub=value`` overrides."""
-    p = argparse.ArgumentParser(prog=f"python -m {prog}",
-                                description=doc.strip().splitlines()[0].replace("``", ""))
-    p.add_argument("--config", default=None,
-                   help=f"config file (default: the run's own config.yml where a run folder is "
-                        f"given, else {DEFAULT_CONFIG})")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=doc.strip().splitlines()[0].replace("``", "")
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"config file (default: the run's own config.yml where a run folder is "
+        f"given, else {DEFAULT_CONFIG})",
+    )
     if from_help:
         p.add_argument("--from", dest="from_run", default=None, help=from_help)
     if overrides:
@@ -45,8 +50,11 @@ def load_args_config(args: argparse.Namespace, run: str | Path | None = None) ->
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
-def run_command(main: Callable[[argparse.Namespace], Optional[int]],
-                parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> int:
+def run_command(
+    main: Callable[[argparse.Namespace], int | None],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> int:
     """Parse ``argv``, call ``main(args)`` and return its exit status; a ``KeyboardInterrupt``
     raised with a message (e.g. how to resume) prints that message."""
     args = parser.parse_args(argv)

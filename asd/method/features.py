@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from asd import AsdError
-from asd.config import FeatureConfig
+from asd.infra.config import FeatureConfig
 
 _SHORT_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)  # cut-off file
 
@@ -44,8 +44,10 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
         raise AudioError(f"{path}: not a readable audio file ({err})") from None
     short = _SHORT_DATA.search(log)
     if short and int(short[2]) < int(short[1]) < 0xFFFFFFFF:  # libsndfile read what was there
-        raise AudioError(f"{path}: truncated WAV file: the header announces {short[1]} bytes "
-                         f"of audio, the file holds {short[2]}")
+        raise AudioError(
+            f"{path}: truncated WAV file: the header announces {short[1]} bytes "
+            f"of audio, the file holds {short[2]}"
+        )
     if wave.shape[0] == 0:
         raise AudioError(f"{path}: empty audio file (no samples)")
     if pcm16:  # scaled as libsndfile scales its float32 reads: the same numbers
@@ -61,11 +63,14 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
     frames = 1 + len(wave) // cfg.hop_length  # a centred STFT's
     if frames != cfg.frames:
         how = "cropped" if frames > cfg.frames else "zero-padded"
-        notes.append(f"{len(wave) / cfg.sample_rate:.3f} s gives {frames} frames, {how} to "
-                     f"{cfg.frames}")
+        notes.append(
+            f"{len(wave) / cfg.sample_rate:.3f} s gives {frames} frames, {how} to {cfg.frames}"
+        )
     if not wave.any():  # readable, but most likely a dead microphone or a muted channel
-        notes.append(f"all samples are zero (digital silence): every log-mel value is the "
-                     f"{10 * np.log10(cfg.amin):.0f} dB floor (10 log10 amin)")
+        notes.append(
+            f"all samples are zero (digital silence): every log-mel value is the "
+            f"{10 * np.log10(cfg.amin):.0f} dB floor (10 log10 amin)"
+        )
     return np.ascontiguousarray(wave, dtype=np.float32), notes
 
 
@@ -89,20 +94,34 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     """librosa's Slaney mel filterbank, float32 (n_mels, n_fft // 2 + 1)."""
     import librosa
 
-    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
-                               fmin=cfg.fmin, fmax=cfg.fmax, htk=False, norm="slaney",
-                               dtype=np.float32)
+    return librosa.filters.mel(
+        sr=cfg.sample_rate,
+        n_fft=cfg.n_fft,
+        n_mels=cfg.n_mels,
+        fmin=cfg.fmin,
+        fmax=cfg.fmax,
+        htk=False,
+        norm="slaney",
+        dtype=np.float32,
+    )
 
 
 def log_mel_batch(waves: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel dB of clips at ``cfg.sample_rate``, on their device.  # (B, n) -> (B, T, M)"""
     n = (cfg.frames - 1) * cfg.hop_length  # the centred STFT adds the last frame's right half
-    waves = waves[:, :n + cfg.n_fft - cfg.n_fft // 2].float()  # the samples cfg.frames see
+    waves = waves[:, : n + cfg.n_fft - cfg.n_fft // 2].float()  # the samples cfg.frames see
     if waves.shape[1] < n:
         waves = torch.nn.functional.pad(waves, (0, n - waves.shape[1]))
     window = torch.hann_window(cfg.n_fft, periodic=True, device=waves.device)
-    spec = torch.stft(waves, cfg.n_fft, cfg.hop_length, window=window, center=True,
-                      pad_mode="constant", return_complex=True)[..., :cfg.frames]  # (B, K, T)
+    spec = torch.stft(
+        waves,
+        cfg.n_fft,
+        cfg.hop_length,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )[..., : cfg.frames]  # (B, K, T)
     if cfg.power == 2.0:  # |X|^2 without abs()'s square root, one temporary
         power = spec.real.square().addcmul_(spec.imag, spec.imag)
     else:
@@ -127,4 +146,3 @@ def log_mel(wave: np.ndarray, sample_rate: int, cfg: FeatureConfig) -> np.ndarra
         wave = resample(wave, sample_rate, cfg.sample_rate)
     with torch.no_grad():
         return log_mel_batch(torch.from_numpy(wave)[None], cfg)[0].numpy()  # (T, M)
-

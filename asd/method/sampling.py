@@ -9,18 +9,20 @@ it is held in device memory when it fits.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from asd.config import ConfigError
-from asd.data import assign_classes
+from asd.infra.config import ConfigError
+from asd.infra.data import assign_classes
 
 
-def training_rows(index: pd.DataFrame, classes: pd.DataFrame | dict,
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def training_rows(
+    index: pd.DataFrame,
+    classes: pd.DataFrame | dict,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Class id of every cache row under a run's class table (-1: a class the run does not
     know), and the training rows of the run's classes per domain (``source``, ``target``)."""
     labels = assign_classes(index, pd.DataFrame(classes))["class"].to_numpy()  # (N,)
@@ -29,15 +31,22 @@ def training_rows(index: pd.DataFrame, classes: pd.DataFrame | dict,
     return labels, {d: np.flatnonzero(train & (domain == d)) for d in ("source", "target")}
 
 
-def check_clips(rows: dict[str, np.ndarray], domains: Sequence[str], classes: pd.DataFrame | dict,
-                root: str, step: str) -> None:
+def check_clips(
+    rows: dict[str, np.ndarray],
+    domains: Sequence[str],
+    classes: pd.DataFrame | dict,
+    root: str,
+    step: str,
+) -> None:
     """ConfigError unless every domain a step draws from has training clips of its classes."""
     for domain in domains:
         if len(rows[domain]) == 0:
             c = pd.DataFrame(classes)
             known = sorted({f"{m} {s}" for m, s in zip(c["machine"], c["section"])})
-            raise ConfigError(f"the data root {root} has no {domain} training clips of the run's "
-                              f"classes ({', '.join(known)}), which {step} needs (other data?)")
+            raise ConfigError(
+                f"the data root {root} has no {domain} training clips of the run's "
+                f"classes ({', '.join(known)}), which {step} needs (other data?)"
+            )
 
 
 class MixupBatches:
@@ -48,22 +57,36 @@ class MixupBatches:
 
     sampler = batch_sampler = None  # Catalyst checks these on every loader
 
-    def __init__(self, features: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                 labels: Sequence[int], first_rows: Sequence[int], second_rows: Sequence[int],
-                 batch_size: int, steps_per_epoch: int, total_steps: int, seed: int,
-                 device: torch.device | str = "cpu", cache_on_device: bool = False) -> None:
+    def __init__(
+        self,
+        features: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        labels: Sequence[int],
+        first_rows: Sequence[int],
+        second_rows: Sequence[int],
+        batch_size: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        cache_on_device: bool = False,
+    ) -> None:
         self.device, self.seed, self.done = torch.device(device), seed, 0
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.total_steps, self.generator = total_steps, torch.Generator()
         # copies: the index's arrays can be read-only, which torch.as_tensor warns about
-        self._first, self._second, self._labels = (torch.tensor(np.asarray(rows), dtype=torch.long)
-                                                   for rows in (first_rows, second_rows, labels))
+        self._first, self._second, self._labels = (
+            torch.tensor(np.asarray(rows), dtype=torch.long)
+            for rows in (first_rows, second_rows, labels)
+        )
         self._mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).to(self.device)
         self._istd = (1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32)).to(self.device)
         self._features, self._device_features = features, None
-        if cache_on_device:  # asd.training.use_device_cache found that the rows fit
+        if cache_on_device:  # asd.infra.training.use_device_cache found that the rows fit
             self._device_features, self._position = _to_device(
-                features, np.union1d(first_rows, second_rows), self.device)
+                features, np.union1d(first_rows, second_rows), self.device
+            )
 
     def __len__(self) -> int:
         return max(0, min(self.steps_per_epoch, self.total_steps - self.done))
@@ -82,8 +105,13 @@ class MixupBatches:
         rows, lam = epoch[:4].long(), epoch[4].float()
         for i in range(n):
             self.done += 1
-            yield {"x_a": self.gather(rows[0, i], a[i]), "x_b": self.gather(rows[1, i], c[i]),
-                   "y_a": rows[2, i], "y_b": rows[3, i], "lam": lam[i]}
+            yield {
+                "x_a": self.gather(rows[0, i], a[i]),
+                "x_b": self.gather(rows[1, i], c[i]),
+                "y_a": rows[2, i],
+                "y_b": rows[3, i],
+                "lam": lam[i],
+            }
 
     def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
         """Normalised features (B, 1, T, F) float32 of ``rows`` (device) = ``host_rows`` (CPU)."""
@@ -108,14 +136,20 @@ def _to_device(features: np.ndarray, rows: np.ndarray, device: torch.device):
     """The ``rows`` of ``features`` in device memory (R, T, F) and each cache row's position
     there (N,); (None, None) with a warning where the device runs out of memory on the way."""
     try:
-        out = torch.empty((len(rows), *features.shape[1:]), device=device,
-                          dtype=torch.from_numpy(features[:1]).dtype)
+        out = torch.empty(
+            (len(rows), *features.shape[1:]),
+            device=device,
+            dtype=torch.from_numpy(features[:1]).dtype,
+        )
         for start in range(0, len(rows), 4096):  # in chunks: no full copy in host memory
-            chunk = np.asarray(features[rows[start:start + 4096]])
-            out[start:start + len(chunk)] = torch.from_numpy(chunk).to(device)
+            chunk = np.asarray(features[rows[start : start + 4096]])
+            out[start : start + len(chunk)] = torch.from_numpy(chunk).to(device)
     except torch.OutOfMemoryError:
-        warnings.warn(f"engine.cache_on_device: {device} ran out of memory holding the "
-                      "training features; they are read from the memory-mapped cache instead")
+        warnings.warn(
+            f"engine.cache_on_device: {device} ran out of memory holding the "
+            "training features; they are read from the memory-mapped cache instead",
+            stacklevel=2,
+        )
         return None, None
     position = torch.full((len(features),), -1, dtype=torch.long)
     position[torch.from_numpy(rows)] = torch.arange(len(rows))

@@ -15,14 +15,15 @@ import dataclasses
 import difflib
 import json
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from asd import AsdError
-from asd.io import atomic_write_text
+from asd.infra.io import atomic_write_text
 
 
 class ConfigError(AsdError):
@@ -45,7 +46,7 @@ class FeatureConfig:
     fmax: float
     power: float
     amin: float
-    top_db: Optional[float]
+    top_db: float | None
     frames: int
     dtype: Literal["float16", "float32"]
 
@@ -137,13 +138,18 @@ class Config:
         """Plain nested dict (lists for tuples), as written to a run's ``config.yml``."""
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
 
-    def replace(self, **overrides: Any) -> "Config":
+    def replace(self, **overrides: Any) -> Config:
         """A copy with ``{"group.key": value}`` style overrides applied and type-checked."""
         return _apply(self.to_dict(), overrides.items())
 
 
-_IN_RANGE = {"any": lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
-             "in (0, 1)": lambda v: 0 < v < 1, "in (0, 1]": lambda v: 0 < v <= 1}
+_IN_RANGE = {
+    "any": lambda v: True,
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in (0, 1)": lambda v: 0 < v < 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+}
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -158,15 +164,22 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
-            raise ConfigError(f"config key '{key}': expected one of {typing.get_args(hint)}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"config key '{key}': expected one of {typing.get_args(hint)}, got {value!r}"
+            )
         return value
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         inner = typing.get_args(hint)[0]
         return tuple(_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+    return _check_scalar(value, hint, rule, key)
+
+
+def _check_scalar(value: Any, hint: type, rule: str, key: str) -> Any:
+    """``value`` as a bool, int, float or str within ``rule``, or a ConfigError naming ``key``."""
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string.
         with contextlib.suppress(ValueError):
             value = float(value)
     kinds = (int, float) if hint is float else hint
@@ -193,8 +206,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
-                          f"({_known(prefix, unknown[0], fields)})")
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' ({_known(prefix, unknown[0], fields)})"
+        )
     hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
     for name, field in fields.items():
@@ -218,8 +232,10 @@ def _apply(data: dict, overrides: Iterable[tuple[str, Any]]) -> Config:
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 known = _known(prefix, part, node) if isinstance(node, dict) else "known: none"
-                raise ConfigError(f"override of unknown config key '{key}' "
-                                  f"('{prefix}{part}' does not exist; {known})")
+                raise ConfigError(
+                    f"override of unknown config key '{key}' "
+                    f"('{prefix}{part}' does not exist; {known})"
+                )
             parent, node, prefix = node, node[part], f"{prefix}{part}."
         if isinstance(node, dict):
             raise ConfigError(f"override '{key}' names a group; set one of its keys instead")
@@ -274,13 +290,17 @@ def load_config(path: str | Path = "config.yml", overrides: Iterable[str] = ()) 
         raise ConfigError(f"{path}: {err}") from None
 
 
-def config_diffs(a: dict, b: dict, groups: Iterable[str], a_name: str, b_name: str,
-                 skip: Iterable[str] = ()) -> list[str]:
+def config_diffs(
+    a: dict, b: dict, groups: Iterable[str], a_name: str, b_name: str, skip: Iterable[str] = ()
+) -> list[str]:
     """``"group.key: <a_name> value, <b_name> value"`` for each key of ``groups`` (but ``skip``)
     that differs between two ``Config.to_dict()``: every "other settings" refusal's wording."""
-    return [f"{g}.{k}: {a_name} {a.get(g, {}).get(k)!r}, {b_name} {v!r}"
-            for g in groups for k, v in b[g].items()
-            if f"{g}.{k}" not in skip and a.get(g, {}).get(k) != v]
+    return [
+        f"{g}.{k}: {a_name} {a.get(g, {}).get(k)!r}, {b_name} {v!r}"
+        for g in groups
+        for k, v in b[g].items()
+        if f"{g}.{k}" not in skip and a.get(g, {}).get(k) != v
+    ]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -4,13 +4,13 @@ of the embedding net it updates."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from adamp import AdamP
 from torch import nn
 
-from asd.config import ConfigError
+from asd.infra.config import ConfigError
 
 
 class MaskedAdamP(AdamP):
@@ -31,21 +31,24 @@ class MaskedAdamP(AdamP):
         return out, torch.where(done, p.new_full((), wd_ratio, dtype=torch.float64), 1.0)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """``name``: ``adamp`` (the report's), ``adam`` or ``sgd`` (momentum 0.9), as in the config."""
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     return {"adamp": MaskedAdamP, "adam": torch.optim.Adam}[name](
-        params, lr=lr, weight_decay=weight_decay)
+        params, lr=lr, weight_decay=weight_decay
+    )
 
 
 def set_trainable(net: nn.Module, trainable: Iterable[str]) -> None:
     """Only the named parts (direct children) of ``net`` keep gradients; ConfigError else."""
     parts = dict(net.named_children())
     if unknown := [t for t in trainable if t not in parts]:
-        raise ConfigError(f"stage2.trainable names {unknown}, not a part of the model "
-                          f"(parts: {', '.join(parts)})")
+        raise ConfigError(
+            f"stage2.trainable names {unknown}, not a part of the model (parts: {', '.join(parts)})"
+        )
     for name, part in parts.items():
         part.requires_grad_(name in trainable)

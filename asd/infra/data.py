@@ -17,20 +17,30 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
 from asd import AsdError
-from asd.io import atomic_path
+from asd.infra.io import atomic_path
 
 DATASETS = ("dev_data", "eval_data")
 DOMAINS = ("source", "target")
 GROUND_TRUTH = "ground_truth"  # folder inside eval_data/ (not a machine)
 # test folders and the domain their clips must carry (None: the 2022/2023 mixed test/ folder)
 SPLIT_FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
-COLUMNS = ["path", "file", "dataset", "machine", "section", "domain", "split", "label", "index",
-           "attributes", "class"]
+COLUMNS = [
+    "path",
+    "file",
+    "dataset",
+    "machine",
+    "section",
+    "domain",
+    "split",
+    "label",
+    "index",
+    "attributes",
+    "class",
+]
 CLASS_COLUMNS = ["class", "machine", "section", "domain"]
 
 _EXPECTED = "section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav"
@@ -51,7 +61,7 @@ class ClipName:
     section: str  # "00"
     domain: str  # "source" | "target"
     split: str  # "train" | "test"
-    label: Optional[str]  # "normal" | "anomaly" | None (evaluation test clips)
+    label: str | None  # "normal" | "anomaly" | None (evaluation test clips)
     index: int
     attributes: str  # "" if none, e.g. "vel_730_ac_0.11"
 
@@ -64,26 +74,38 @@ def parse_name(file_name: str | Path) -> ClipName:
         raise DataError(f"{file_name}: not a DCASE clip name; expected {_EXPECTED}")
     domain = m["domain"]
     if domain not in DOMAINS:
-        raise DataError(f"{file_name}: unknown domain {domain!r}; expected 'source' or 'target' "
-                        f"({_EXPECTED})")
+        raise DataError(
+            f"{file_name}: unknown domain {domain!r}; expected 'source' or 'target' ({_EXPECTED})"
+        )
     if m["split"] == "train" and m["label"] != "normal":
-        raise DataError(f"{file_name}: a training clip name must say 'train_normal'; "
-                        f"expected {_EXPECTED}")
-    return ClipName(m["section"], domain, m["split"], m["label"], int(m["index"]),
-                    m["attributes"] or "")
+        raise DataError(
+            f"{file_name}: a training clip name must say 'train_normal'; expected {_EXPECTED}"
+        )
+    return ClipName(
+        m["section"], domain, m["split"], m["label"], int(m["index"]), m["attributes"] or ""
+    )
 
 
 def _machine_folders(root: Path) -> list[tuple[str, Path]]:
     """(dataset, machine folder) pairs under ``root``, in sorted order."""
     datasets = [d for d in DATASETS if (root / d).is_dir()]
     if datasets:
-        return [(d, p) for d in datasets for p in sorted((root / d).iterdir())
-                if p.is_dir() and not p.name.startswith((".", GROUND_TRUTH))]
-    machines = [("", p) for p in sorted(root.iterdir())
-                if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir()]
+        return [
+            (d, p)
+            for d in datasets
+            for p in sorted((root / d).iterdir())
+            if p.is_dir() and not p.name.startswith((".", GROUND_TRUTH))
+        ]
+    machines = [
+        ("", p)
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir()
+    ]
     if not machines:
-        raise DataError(f"{root}: expected dev_data/ or eval_data/ (or machine folders holding "
-                        f"train/) inside, found neither")
+        raise DataError(
+            f"{root}: expected dev_data/ or eval_data/ (or machine folders holding "
+            f"train/) inside, found neither"
+        )
     return machines
 
 
@@ -91,17 +113,30 @@ def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
     split = "train" if folder.name == "train" else "test"
     domain = SPLIT_FOLDERS[folder.name]
     with os.scandir(folder) as entries:  # entries know their type without a stat call each
-        names = sorted(e.name for e in entries if e.name.lower().endswith(".wav")
-                       and not e.name.startswith(".") and e.is_file())
+        names = sorted(
+            e.name
+            for e in entries
+            if e.name.lower().endswith(".wav") and not e.name.startswith(".") and e.is_file()
+        )
     base, rows = folder.absolute(), []
     for name in names:
         path = os.path.join(base, name)
         clip = parse_name(path)
         if clip.split != split or domain not in (None, clip.domain):
-            raise DataError(f"{path}: a {clip.domain} '{clip.split}' clip inside {folder.name}/; "
-                            f"expected only {domain or 'source/target'} '{split}' clips there")
-        rows.append({"path": path, "file": name, "dataset": dataset, "machine": machine.name,
-                     **dataclasses.asdict(clip), "_folder": folder.name})
+            raise DataError(
+                f"{path}: a {clip.domain} '{clip.split}' clip inside {folder.name}/; "
+                f"expected only {domain or 'source/target'} '{split}' clips there"
+            )
+        rows.append(
+            {
+                "path": path,
+                "file": name,
+                "dataset": dataset,
+                "machine": machine.name,
+                **dataclasses.asdict(clip),
+                "_folder": folder.name,
+            }
+        )
     return rows
 
 
@@ -113,14 +148,18 @@ def index_dataset(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data root {root} does not exist (or is not a folder); expected a folder "
-                        f"holding dev_data/ and/or eval_data/ (run `make data` or `make synth`)")
+        raise DataError(
+            f"data root {root} does not exist (or is not a folder); expected a folder "
+            f"holding dev_data/ and/or eval_data/ (run `make data` or `make synth`)"
+        )
     rows: list[dict] = []
     for dataset, machine in _machine_folders(root):
         train = machine / "train"
         if not train.is_dir():
-            raise DataError(f"{machine}: machine folder without a train/ folder; expected "
-                            f"train/ and source_test/, target_test/ (or test/)")
+            raise DataError(
+                f"{machine}: machine folder without a train/ folder; expected "
+                f"train/ and source_test/, target_test/ (or test/)"
+            )
         found = _folder_rows(dataset, machine, train)
         if not found:
             raise DataError(f"{train}: no .wav files; expected the machine's training clips")
@@ -167,8 +206,9 @@ def load_classes(path: str | Path) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"class table {path} is not a readable CSV: {err}") from None
     if list(table.columns) != CLASS_COLUMNS:
-        raise DataError(f"class table {path}: expected columns {CLASS_COLUMNS}, "
-                        f"got {list(table.columns)}")
+        raise DataError(
+            f"class table {path}: expected columns {CLASS_COLUMNS}, got {list(table.columns)}"
+        )
     if list(table["class"]) != list(range(len(table))):
         raise DataError(f"class table {path}: expected class ids 0..{len(table) - 1} in order")
     return table.astype({"class": int, "machine": object, "section": object, "domain": object})
@@ -200,8 +240,9 @@ def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.Data
     for f in sorted(Path(folder).glob(f"{kind}_*.csv")):
         m = pattern.match(f.name)
         if m is None:
-            raise DataError(f"{f}: expected a name like "
-                            f"{csv_name(kind, '<machine>', 'XX', '<domain>')}")
+            raise DataError(
+                f"{f}: expected a name like {csv_name(kind, '<machine>', 'XX', '<domain>')}"
+            )
         df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
         if not (df[value].isin(values).all() if values else df[value].dtype.kind in "fi"):
             allowed = "|".join(map(str, values)) if values else value
@@ -222,5 +263,9 @@ def with_ground_truth(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     truth = read_csvs(ground_truth_dir(root), "ground_truth", "anomaly", [0, 1])
     anomaly = index[keys].merge(truth, on=keys, how="left")["anomaly"]  # NaN: a clip not listed
     found = anomaly.map({0: "normal", 1: "anomaly"})
-    return index.assign(label=[a if isinstance(a, str) else b if isinstance(b, str) else None
-                               for a, b in zip(index["label"], found)])
+    return index.assign(
+        label=[
+            a if isinstance(a, str) else b if isinstance(b, str) else None
+            for a, b in zip(index["label"], found)
+        ]
+    )

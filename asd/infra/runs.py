@@ -10,15 +10,18 @@ import logging
 import re
 from pathlib import Path
 
-from asd.config import Config, ConfigError, save_config
+from asd.infra.config import Config, ConfigError, save_config
 
 _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
 
 def list_runs(runs_dir: str | Path, kind: str | None = None) -> list[Path]:
     """Run folders under ``runs_dir``, oldest first; only ``*-<kind>`` ones when kind is given."""
-    found = [(int(m[1]), p) for p in Path(runs_dir).glob("*")
-             if (m := _RUN.match(p.name)) and p.is_dir() and kind in (None, m[2])]
+    found = [
+        (int(m[1]), p)
+        for p in Path(runs_dir).glob("*")
+        if (m := _RUN.match(p.name)) and p.is_dir() and kind in (None, m[2])
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -45,14 +48,18 @@ def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
     runs = list_runs(runs_dir, kind)
     found = [r for r in runs if (r / "model.pth").is_file() == finished]
     if not found:
-        raise ConfigError(f"no {'' if finished else 'un'}finished '{kind}' run found in "
-                          f"{runs_dir}; " + ("run that step first or pass FROM=" if finished
-                                             else "pass the run to resume"))
-    skipped = [r.name for r in runs[runs.index(found[-1]) + 1:]]
+        raise ConfigError(
+            f"no {'' if finished else 'un'}finished '{kind}' run found in "
+            f"{runs_dir}; "
+            + ("run that step first or pass FROM=" if finished else "pass the run to resume")
+        )
+    skipped = [r.name for r in runs[runs.index(found[-1]) + 1 :]]
     if skipped and finished:
         logging.getLogger(__name__).warning(
             "skipping unfinished run(s) %s (resume them with RESUME=); using %s",
-            ", ".join(skipped), found[-1])
+            ", ".join(skipped),
+            found[-1],
+        )
     return found[-1]
 
 
@@ -62,6 +69,8 @@ def finished_run(run: str | Path) -> Path:
     if not (run / "config.yml").is_file():
         raise ConfigError(f"{run} is not a run folder (no config.yml)")
     if not (run / "model.pth").is_file():
-        raise ConfigError(f"{run / 'model.pth'} does not exist; the run has not finished "
-                          f"(finish it with make {run.name.split('-', 1)[-1]} RESUME={run})")
+        raise ConfigError(
+            f"{run / 'model.pth'} does not exist; the run has not finished "
+            f"(finish it with make {run.name.split('-', 1)[-1]} RESUME={run})"
+        )
     return run

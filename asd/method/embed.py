@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -19,9 +19,15 @@ def inference_batch(batch_size: int, device: str | torch.device) -> int:
     return min(batch_size, CPU_BATCH) if torch.device(device).type == "cpu" else batch_size
 
 
-def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
-          batch_size: int = 256, device: str | torch.device = "cpu",
-          wrap: Callable[[list], Iterable] | None = None) -> np.ndarray:
+def embed(
+    model: nn.Module,
+    features,
+    mean: np.ndarray,
+    std: np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    wrap: Callable[[list], Iterable] | None = None,
+) -> np.ndarray:
     """Embed unnormalised log-mel features.  # (N, T, F) -> float32 (N, D)
 
     ``features`` may be memory-mapped (read a batch at a time); batches are standardised per
@@ -36,7 +42,7 @@ def embed(model: nn.Module, features, mean: np.ndarray, std: np.ndarray,
     net = copy.deepcopy(model).eval().to(memory_format=layout)
     out = []
     with torch.no_grad():
-        for sl in (wrap(slices) if wrap is not None else slices):
+        for sl in wrap(slices) if wrap is not None else slices:
             x = torch.from_numpy(np.asarray(features[sl], dtype=np.float32)).to(device)
             x = ((x - mean) / std).unsqueeze(1).contiguous(memory_format=layout)  # (B, 1, T, F)
             out.append(net(x).float().cpu().numpy())  # (B, D)

@@ -10,21 +10,20 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
-from asd.cache import build_cache
-from asd.checkpoint import check_classes, load_checkpoint, resume_state
-from asd.cli import load_args_config
-from asd.config import Config, ConfigError, load_config
-from asd.data import class_table, load_classes, save_classes
-from asd.io import atomic_write_text
-from asd.model import build_model
-from asd.runs import latest_run, new_run
-from asd.sampling import check_clips, training_rows
+from asd.infra.checkpoint import check_classes, load_checkpoint, resume_state
+from asd.infra.cli import load_args_config
+from asd.infra.config import Config, ConfigError, load_config
+from asd.infra.data import class_table, load_classes, save_classes
+from asd.infra.feature_cache import build_cache
+from asd.infra.io import atomic_write_text
+from asd.infra.runs import latest_run, new_run
+from asd.method.model import build_model
+from asd.method.sampling import check_clips, training_rows
 
 DEVICE_SHARE = 0.6  # of a GPU's free memory the cache may take; the rest is the training's own
 
@@ -38,13 +37,13 @@ class TrainRun:
     cache: Path  # the feature cache folder
     classes: dict  # the run's class table, as dict of lists
     n_source: int  # source training clips of the run's classes
-    init: Optional[Path] = None  # the model the step starts from (None: fresh weights)
+    init: Path | None = None  # the model the step starts from (None: fresh weights)
     cache_on_device: bool = False  # hold the training rows in GPU memory (use_device_cache)
     resume: bool = False  # continue from checkpoints/last.pth where there is one
     progress: bool = True
 
     @classmethod
-    def start(cls, args) -> tuple[Config, Optional[pd.DataFrame], Optional[Path]]:
+    def start(cls, args) -> tuple[Config, pd.DataFrame | None, Path | None]:
         """A new run's config, class table (None: the data's) and initial model (None: fresh)."""
         return load_args_config(args), None, None
 
@@ -67,17 +66,23 @@ def check_config(cfg: Config, name: str) -> None:
     if engine.name in ("gpu", "amp") and not cuda:
         raise ConfigError(f"engine.name={engine.name} needs a CUDA GPU, and none is visible")
     if world == 0 or gpus and world > gpus:  # two processes on one GPU: NCCL refuses
-        raise ConfigError(f"engine.world_size={engine.world_size}: DDP takes one GPU a process "
-                          f"(0: all), and {gpus} GPU(s) are visible (CPU: name the number)")
+        raise ConfigError(
+            f"engine.world_size={engine.world_size}: DDP takes one GPU a process "
+            f"(0: all), and {gpus} GPU(s) are visible (CPU: name the number)"
+        )
     amp = engine.amp_dtype if engine.name in ("amp", "ddp_amp") else None
     if amp == "fp16" and not cuda:
         raise ConfigError("engine.amp_dtype=fp16 needs a CUDA GPU; on the CPU use bf16")
     if amp == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ConfigError(f"engine.amp_dtype=bf16: the GPU ({torch.cuda.get_device_name()}) "
-                          "does not support bf16; use engine.amp_dtype=fp16")
+        raise ConfigError(
+            f"engine.amp_dtype=bf16: the GPU ({torch.cuda.get_device_name()}) "
+            "does not support bf16; use engine.amp_dtype=fp16"
+        )
     if getattr(cfg, name).batch_size % world:
-        raise ConfigError(f"{name}.batch_size={getattr(cfg, name).batch_size} does not split "
-                          f"over engine.world_size={world} processes")
+        raise ConfigError(
+            f"{name}.batch_size={getattr(cfg, name).batch_size} does not split "
+            f"over engine.world_size={world} processes"
+        )
 
 
 def use_device_cache(cfg: Config, features: np.ndarray, rows: np.ndarray) -> bool:
@@ -90,19 +95,25 @@ def use_device_cache(cfg: Config, features: np.ndarray, rows: np.ndarray) -> boo
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(world_size(cfg)))
     if need <= DEVICE_SHARE * free:
         return True
-    warnings.warn(f"engine.cache_on_device: the {need / 1e9:.1f} GB of training features do "
-                  f"not fit in GPU memory ({free / 1e9:.1f} GB free); they are read from the "
-                  "memory-mapped cache instead", stacklevel=2)
+    warnings.warn(
+        f"engine.cache_on_device: the {need / 1e9:.1f} GB of training features do "
+        f"not fit in GPU memory ({free / 1e9:.1f} GB free); they are read from the "
+        "memory-mapped cache instead",
+        stacklevel=2,
+    )
     return False
 
 
-def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optional[TrainRun]]:
+def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, TrainRun | None]:
     """The run folder and the ``kind`` of run (a TrainRun with a ``name`` and the ``domains``
     it draws pairs from) to train there, None when it is finished. A resumed run (``--resume``
     names it, else the latest unfinished one) keeps its config.yml, classes and initial model."""
     if args.resume:
-        run_dir = Path(args.resume) if args.resume != "latest" else latest_run(
-            load_args_config(args).runs.dir, kind.name, finished=False)
+        run_dir = (
+            Path(args.resume)
+            if args.resume != "latest"
+            else latest_run(load_args_config(args).runs.dir, kind.name, finished=False)
+        )
         if not (run_dir / "config.yml").is_file():
             raise ConfigError(f"{run_dir} is not a run folder (no config.yml)")
         cfg = load_config(run_dir / "config.yml", args.overrides)
@@ -130,7 +141,14 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Optio
             atomic_write_text(run_dir / "init.txt", f"{init_txt}\n")
     elif resume_state(run_dir, cfg, kind.name) is None:  # changes the run only once all is checked
         return run_dir, None  # every epoch was done: model.pth written from the last checkpoint
-    return run_dir, kind(cfg=cfg, run_dir=run_dir, cache=cache.path, init=init,
-                         classes=table.to_dict("list"), n_source=len(rows["source"]),
-                         cache_on_device=on_device, resume=bool(args.resume),
-                         progress=not args.no_progress)
+    return run_dir, kind(
+        cfg=cfg,
+        run_dir=run_dir,
+        cache=cache.path,
+        init=init,
+        classes=table.to_dict("list"),
+        n_source=len(rows["source"]),
+        cache_on_device=on_device,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+    )

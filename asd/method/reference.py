@@ -22,7 +22,7 @@ def clip_statistics(features, batch_size: int = 512) -> np.ndarray:
     """Per-clip mean and std over time of the log-mel.  # (N, T, F) -> float64 (N, 2F)"""
     out = [np.zeros((0, 2 * features.shape[-1]))]
     for i in range(0, len(features), batch_size):
-        x = np.asarray(features[i:i + batch_size], dtype=np.float64)  # (B, T, F)
+        x = np.asarray(features[i : i + batch_size], dtype=np.float64)  # (B, T, F)
         out.append(np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1))
     return np.concatenate(out)
 
@@ -30,7 +30,7 @@ def clip_statistics(features, batch_size: int = 512) -> np.ndarray:
 class ReferenceDetector:
     """Gaussian on standardised clip statistics; score = Mahalanobis distance."""
 
-    def fit(self, stats: np.ndarray) -> "ReferenceDetector":
+    def fit(self, stats: np.ndarray) -> ReferenceDetector:
         from sklearn.covariance import ledoit_wolf
 
         stats = np.asarray(stats, dtype=np.float64)  # (N, 2F)

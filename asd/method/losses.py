@@ -21,7 +21,6 @@ first, so no embedding (zeros, 1e30, identical rows) gives inf or NaN.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -53,8 +52,9 @@ class SubClusterAdaCos(nn.Module):
     """Embeddings (B, D) -> class log-probabilities (B, C) by eq. (1); parameter ``centres``
     (C*S, D), buffer ``s`` (scalar)."""
 
-    def __init__(self, n_classes: int, n_subclusters: int, dim: int,
-                 max_angle: float = math.pi / 4):
+    def __init__(
+        self, n_classes: int, n_subclusters: int, dim: int, max_angle: float = math.pi / 4
+    ):
         super().__init__()
         if not 0.0 < max_angle < math.pi / 2:
             raise ValueError(f"max_angle must lie in (0, pi/2), got {max_angle}")
@@ -66,8 +66,9 @@ class SubClusterAdaCos(nn.Module):
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding to each sub-cluster centre: (B, D) -> (B, C*S)."""
-        dtype = torch.promote_types(torch.promote_types(emb.dtype, self.centres.dtype),
-                                    torch.float32)
+        dtype = torch.promote_types(
+            torch.promote_types(emb.dtype, self.centres.dtype), torch.float32
+        )
         with torch.autocast(emb.device.type, enabled=False):
             return _unit(emb.to(dtype)) @ _unit(self.centres.to(dtype)).t()
 
@@ -89,13 +90,18 @@ class SubClusterAdaCos(nn.Module):
         # torch.where, not an if: no host synchronisation on the GPU
         self.s.copy_(torch.where(ok, new_s, s).to(self.s.dtype))
 
-    def forward(self, emb: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) embeddings [, (B, C) mixed label probabilities] -> (B, C) log P by eq. (1)."""
-        if emb.dim() != 2 or emb.shape[1] != self.dim or (
-                target is not None and tuple(target.shape) != (emb.shape[0], self.n_classes)):
-            raise ValueError(f"SubClusterAdaCos expects embeddings (B, {self.dim}) and targets "
-                             f"(B, {self.n_classes}), got {tuple(emb.shape)} and "
-                             f"{None if target is None else tuple(target.shape)}")
+        if (
+            emb.dim() != 2
+            or emb.shape[1] != self.dim
+            or (target is not None and tuple(target.shape) != (emb.shape[0], self.n_classes))
+        ):
+            raise ValueError(
+                f"SubClusterAdaCos expects embeddings (B, {self.dim}) and targets "
+                f"(B, {self.n_classes}), got {tuple(emb.shape)} and "
+                f"{None if target is None else tuple(target.shape)}"
+            )
         cos = self.cosine(emb)  # (B, C*S)
         if self.training and target is not None:
             self._update_scale(cos.detach(), target)
@@ -111,14 +117,20 @@ def kl_loss(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(target, target) - cross).sum(dim=1).mean()
 
 
-def mixup(x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
-          lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """lam * a + (1 - lam) * b for inputs (B, ...) and labels (B, C) alike, with lam (B,) in
     [0, 1]; the results take lam's floating dtype where the inputs are of a smaller type."""
-    if (x_a.shape != x_b.shape or y_a.shape != y_b.shape or lam.shape != (len(x_a),)
-            or len(y_a) != len(x_a)):
-        raise ValueError(f"mixup: x {tuple(x_a.shape)}, {tuple(x_b.shape)}, y {tuple(y_a.shape)}, "
-                         f"{tuple(y_b.shape)} and lam {tuple(lam.shape)} do not fit")
+    if (
+        x_a.shape != x_b.shape
+        or y_a.shape != y_b.shape
+        or lam.shape != (len(x_a),)
+        or len(y_a) != len(x_a)
+    ):
+        raise ValueError(
+            f"mixup: x {tuple(x_a.shape)}, {tuple(x_b.shape)}, y {tuple(y_a.shape)}, "
+            f"{tuple(y_b.shape)} and lam {tuple(lam.shape)} do not fit"
+        )
     w, v = lam.view(-1, *([1] * (x_a.dim() - 1))), lam.view(-1, 1)  # (B, 1, ...), (B, 1)
     return w * x_a + (1 - w) * x_b, v * y_a + (1 - v) * y_b
-

@@ -22,8 +22,8 @@ import numpy as np
 import scipy.stats
 
 from asd import AsdError
-from asd.config import DetectorConfig
-from asd.io import atomic_path, atomic_write_text
+from asd.infra.config import DetectorConfig
+from asd.infra.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,14 @@ class Detector:
             fold = np.arange(n) % k
             scores = np.empty(n)
             for f in range(k):
-                scores[fold == f] = cls._fit_model(emb[fold != f], cfg, *args).score(
-                    emb[fold == f])
+                scores[fold == f] = cls._fit_model(emb[fold != f], cfg, *args).score(emb[fold == f])
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        return replace(det, **{k: v.astype(np.float32) for k, v in vars(det).items()
-                               if isinstance(v, np.ndarray)})
+        return replace(
+            det,
+            **{k: v.astype(np.float32) for k, v in vars(det).items() if isinstance(v, np.ndarray)},
+        )
 
 
 @dataclass
@@ -89,16 +90,21 @@ class GMMDetector(Detector):
     weights ignored as in the method's original code."""
 
     kind: ClassVar[str] = "gmm"
-    means: np.ndarray                 # (K, D)
-    precisions_cholesky: np.ndarray   # (K, D, D), precision_k = L_k L_k^T
-    weights: np.ndarray               # (K,) kept for inspection; not used in the score
+    means: np.ndarray  # (K, D)
+    precisions_cholesky: np.ndarray  # (K, D, D), precision_k = L_k L_k^T
+    weights: np.ndarray  # (K,) kept for inspection; not used in the score
     means_init: np.ndarray | None = None  # (K, D) the normalised centres EM started from
     threshold: float = math.nan
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def _fit_model(cls, emb: np.ndarray, cfg: DetectorConfig, centres: np.ndarray | None = None,
-                   n_components: int | None = None) -> "GMMDetector":
+    def _fit_model(
+        cls,
+        emb: np.ndarray,
+        cfg: DetectorConfig,
+        centres: np.ndarray | None = None,
+        n_components: int | None = None,
+    ) -> GMMDetector:
         """Means started at ``centres`` (S, D) or, without them, ``n_components`` k-means."""
         from sklearn.mixture import GaussianMixture
 
@@ -112,8 +118,10 @@ class GMMDetector(Detector):
         elif k < len(means_init):
             nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
             keep = np.sort(np.argsort(-nearest, kind="stable")[:k])
-            info["warnings"].append(f"{n} training clips for {len(means_init)} components; "
-                                    f"using the {n} centres nearest the data")
+            info["warnings"].append(
+                f"{n} training clips for {len(means_init)} components; "
+                f"using the {n} centres nearest the data"
+            )
             info["centres_used"] = keep.tolist()
             means_init = means_init[keep]
         if n == 1:
@@ -121,30 +129,53 @@ class GMMDetector(Detector):
             means, weights, converged, n_iter = x, np.ones(1), True, 0
             prec_chol = np.eye(d)[None] / math.sqrt(cfg.gmm_reg_covar)  # (1, D, D)
         else:
-            gmm = GaussianMixture(n_components=k, covariance_type=cfg.gmm_covariance,
-                                  reg_covar=cfg.gmm_reg_covar, max_iter=cfg.gmm_max_iter,
-                                  means_init=means_init, random_state=0)
+            gmm = GaussianMixture(
+                n_components=k,
+                covariance_type=cfg.gmm_covariance,
+                reg_covar=cfg.gmm_reg_covar,
+                max_iter=cfg.gmm_max_iter,
+                means_init=means_init,
+                random_state=0,
+            )
             with warnings.catch_warnings(record=True, action="always") as caught:
                 gmm.fit(x)
             info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
-            means, weights, converged, n_iter = (gmm.means_, gmm.weights_, gmm.converged_,
-                                                 gmm.n_iter_)
+            means, weights, converged, n_iter = (
+                gmm.means_,
+                gmm.weights_,
+                gmm.converged_,
+                gmm.n_iter_,
+            )
             prec_chol = gmm.precisions_cholesky_  # as (K, D, D), from tied (D, D) too:
             if cfg.gmm_covariance in ("diag", "spherical"):  # (K, D) or (K,)
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
             prec_chol = np.broadcast_to(prec_chol, (k, d, d))
-        info.update(n_components=int(k), converged=bool(converged), n_iter=int(n_iter),
-                    means_init="k-means" if means_init is None else "centres")
-        return cls(means=means, precisions_cholesky=prec_chol, weights=weights,
-                   means_init=means_init, info=info)
+        info.update(
+            n_components=int(k),
+            converged=bool(converged),
+            n_iter=int(n_iter),
+            means_init="k-means" if means_init is None else "centres",
+        )
+        return cls(
+            means=means,
+            precisions_cholesky=prec_chol,
+            weights=weights,
+            means_init=means_init,
+            info=info,
+        )
 
     def log_densities(self, emb: np.ndarray) -> np.ndarray:
         """Per-component Gaussian log-density of each normalised embedding.  # (N, K)"""
         x = l2_normalise(emb)  # (N, D)
         d_log_2pi = x.shape[1] * math.log(2 * math.pi)
-        return np.stack([-0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
-                         + np.log(np.diag(chol), dtype=np.float64).sum()  # float32 arrays: upcast
-                         for mu, chol in zip(self.means, self.precisions_cholesky)], axis=1)
+        return np.stack(
+            [
+                -0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
+                + np.log(np.diag(chol), dtype=np.float64).sum()  # float32 arrays: upcast
+                for mu, chol in zip(self.means, self.precisions_cholesky)
+            ],
+            axis=1,
+        )
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus the best component's log-density."""
@@ -156,18 +187,18 @@ class OCSVMDetector(Detector):
     """One-Class SVM on normalised embeddings."""
 
     kind: ClassVar[str] = "ocsvm"
-    support_vectors: np.ndarray   # (M, D)
-    dual_coef: np.ndarray         # (M,)
+    support_vectors: np.ndarray  # (M, D)
+    dual_coef: np.ndarray  # (M,)
     intercept: float
     kernel: str
-    gamma: float                  # resolved value ('scale' -> 1 / (D * var))
+    gamma: float  # resolved value ('scale' -> 1 / (D * var))
     degree: int = 3
     coef0: float = 0.0
     threshold: float = math.nan
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def _fit_model(cls, emb: np.ndarray, cfg: DetectorConfig) -> "OCSVMDetector":
+    def _fit_model(cls, emb: np.ndarray, cfg: DetectorConfig) -> OCSVMDetector:
         """The config's kernel, nu and gamma."""
         from sklearn.svm import OneClassSVM
 
@@ -175,32 +206,49 @@ class OCSVMDetector(Detector):
         try:
             gamma = gamma if gamma in ("scale", "auto") else float(gamma)
         except ValueError:
-            raise ValueError(f"detectors.ocsvm_gamma: expected 'scale', 'auto' or a number, "
-                             f"got {gamma!r}") from None
+            raise ValueError(
+                f"detectors.ocsvm_gamma: expected 'scale', 'auto' or a number, got {gamma!r}"
+            ) from None
         x = l2_normalise(emb)  # (N, D)
         svm = OneClassSVM(kernel=cfg.ocsvm_kernel, nu=cfg.ocsvm_nu, gamma=gamma).fit(x)
-        return cls(support_vectors=svm.support_vectors_, dual_coef=svm.dual_coef_.ravel(),
-                   intercept=float(np.ravel(svm.intercept_)[0]), kernel=cfg.ocsvm_kernel,
-                   gamma=float(svm._gamma), degree=int(svm.degree), coef0=float(svm.coef0),
-                   info={"n_train": int(len(x)), "nu": cfg.ocsvm_nu})
+        return cls(
+            support_vectors=svm.support_vectors_,
+            dual_coef=svm.dual_coef_.ravel(),
+            intercept=float(np.ravel(svm.intercept_)[0]),
+            kernel=cfg.ocsvm_kernel,
+            gamma=float(svm._gamma),
+            degree=int(svm.degree),
+            coef0=float(svm.coef0),
+            info={"n_train": int(len(x)), "nu": cfg.ocsvm_nu},
+        )
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus scikit-learn's decision_function (the signed distance to
         the hyperplane, positive inside)."""
         from sklearn.metrics.pairwise import pairwise_kernels
 
-        kernel = pairwise_kernels(l2_normalise(emb), self.support_vectors.astype(np.float64),
-                                  metric=self.kernel, filter_params=True, gamma=self.gamma,
-                                  degree=self.degree, coef0=self.coef0)  # (N, M)
+        kernel = pairwise_kernels(
+            l2_normalise(emb),
+            self.support_vectors.astype(np.float64),
+            metric=self.kernel,
+            filter_params=True,
+            gamma=self.gamma,
+            degree=self.degree,
+            coef0=self.coef0,
+        )  # (N, M)
         return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
 _KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
 
 
-def fit_section(source: np.ndarray | None, target: np.ndarray | None,
-                centres: np.ndarray | None, cfg: DetectorConfig,
-                n_components: int | None = None) -> dict[str, Detector]:
+def fit_section(
+    source: np.ndarray | None,
+    target: np.ndarray | None,
+    centres: np.ndarray | None,
+    cfg: DetectorConfig,
+    n_components: int | None = None,
+) -> dict[str, Detector]:
     """{"source": GMMDetector, "target": OCSVMDetector} of one (machine, section), for the
     domains with training embeddings (Ns, D) / (Nt, D); centres (S, D) of its source class."""
     out: dict[str, Detector] = {}
@@ -235,8 +283,14 @@ class DetectorSet:
         if det is None:
             other = "target" if domain == "source" else "source"
             det = self.detectors[machine, section, other]
-            log.warning("%s section %s has no %s training clips; scoring its %s clips with the "
-                        "%s detector", machine, section, domain, domain, other)
+            log.warning(
+                "%s section %s has no %s training clips; scoring its %s clips with the %s detector",
+                machine,
+                section,
+                domain,
+                domain,
+                other,
+            )
         return det
 
     def save(self, folder: str | Path) -> None:
@@ -246,20 +300,34 @@ class DetectorSet:
         entries = []
         for (machine, section, domain), det in sorted(self.detectors.items()):
             name = f"{machine}_section_{section}_{domain}.npz"
-            params = {k: v for k, v in vars(det).items()
-                      if k not in ("threshold", "info") and v is not None}
+            params = {
+                k: v
+                for k, v in vars(det).items()
+                if k not in ("threshold", "info") and v is not None
+            }
             arrays = {k: params.pop(k) for k in list(params) if isinstance(params[k], np.ndarray)}
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-            entries.append({"machine": machine, "section": section, "domain": domain,
-                            "kind": det.kind, "file": name, "threshold": det.threshold,
-                            "params": params, "info": det.info})
+            entries.append(
+                {
+                    "machine": machine,
+                    "section": section,
+                    "domain": domain,
+                    "kind": det.kind,
+                    "file": name,
+                    "threshold": det.threshold,
+                    "params": params,
+                    "info": det.info,
+                }
+            )
         # the index goes last: a reader never sees it before the arrays it names
-        atomic_write_text(folder / "detectors.json",
-                          json.dumps({"format": FORMAT, "detectors": entries}, indent=1))
+        atomic_write_text(
+            folder / "detectors.json",
+            json.dumps({"format": FORMAT, "detectors": entries}, indent=1),
+        )
 
     @classmethod
-    def load(cls, folder: str | Path) -> "DetectorSet":
+    def load(cls, folder: str | Path) -> DetectorSet:
         """Rebuild from :meth:`save`'s files (no pickle); errors name the file."""
         index = Path(folder) / "detectors.json"
         if not index.is_file():
@@ -268,8 +336,11 @@ class DetectorSet:
             meta = json.loads(index.read_text())
         except json.JSONDecodeError as err:
             raise AsdError(f"{index} is not valid JSON: {err}") from None
-        if not (isinstance(meta, dict) and meta.get("format") == FORMAT
-                and isinstance(meta.get("detectors"), list)):
+        if not (
+            isinstance(meta, dict)
+            and meta.get("format") == FORMAT
+            and isinstance(meta.get("detectors"), list)
+        ):
             raise AsdError(f"{index} is not an {FORMAT} file")
         out = cls()
         for e in meta["detectors"]:
@@ -284,9 +355,12 @@ class DetectorSet:
             path = index.parent / name
             try:
                 with np.load(path, allow_pickle=False) as z:  # **z reads the arrays: inside
-                    out.detectors[key] = _KINDS[kind](**z, **e["params"], info=e["info"],
-                                                      threshold=float(e["threshold"]))
+                    out.detectors[key] = _KINDS[kind](
+                        **z, **e["params"], info=e["info"], threshold=float(e["threshold"])
+                    )
             except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as err:
-                raise AsdError(f"cannot read detector file {path}, or its entry in {index} is not "
-                               f"usable ({type(err).__name__}: {err})") from None
+                raise AsdError(
+                    f"cannot read detector file {path}, or its entry in {index} is not "
+                    f"usable ({type(err).__name__}: {err})"
+                ) from None
         return out
