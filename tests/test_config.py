@@ -47,6 +47,12 @@ def test_design_detectors(cfg):
     assert d.threshold_scores == "out_of_fold" and d.threshold_folds == 5
 
 
+def test_detector_backend_defaults(cfg):
+    """The report's pair for 2021, kNN where test domains are unknown; k = 1 (docs/reproduction.md
+    "kNN and unknown domains")."""
+    assert cfg.detectors.backend == "auto" and cfg.detectors.knn_k == 1
+
+
 def test_engine_defaults(cfg):
     e = cfg.engine
     assert e.name == "cpu" and e.amp_dtype == "bf16" and e.world_size == 2

@@ -115,6 +115,8 @@ class DetectorConfig:
     # defaults only for stored configs older than these keys; config.yml sets them
     threshold_scores: Literal["out_of_fold", "training"] = "out_of_fold"
     threshold_folds: int = 5
+    backend: Literal["auto", "gmm_ocsvm", "knn"] = "auto"
+    knn_k: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Post-hoc anomaly detectors on embeddings (report 2.5, DESIGN.md "Detectors").
 
-Per (machine, section), on L2-normalised embeddings: a :class:`GMMDetector` for source clips,
-an :class:`OCSVMDetector` for target clips; higher score = more anomalous. Both score with NumPy
-from their arrays, so a saved detector (``.npz`` + ``detectors.json``, no pickle) scores bit for
-bit as the fitted one. Edge cases are warned and recorded in ``info``; a domain without training
-clips is scored by the other domain's detector (:meth:`DetectorSet.lookup`).
+Per (machine, section), on L2-normalised embeddings, two back-ends: the report's pair, a
+:class:`GMMDetector` for source clips and an :class:`OCSVMDetector` for target clips, and a
+:class:`KNNDetector` on the source and target training clips pooled (the later challenge
+systems'). Higher score = more anomalous. All score from their arrays, so a saved detector
+(``.npz`` + ``detectors.json``, no pickle) scores bit for bit as the fitted one. Edge cases are
+warned and recorded in ``info``; a domain without training clips is scored by the other domain's
+detector, a clip of unknown domain by :class:`EitherDomainDetector` (:meth:`DetectorSet.lookup`).
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ class Detector:
                 scores[fold == f] = cls._fit_model(emb[fold != f], cfg, *args).score(emb[fold == f])
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
-        det.info.update(threshold_method=method, threshold_scores=how)
+        # the spread of the scores the threshold saw puts detectors of different scales on one
+        # (EitherDomainDetector)
+        det.info.update(
+            threshold_method=method, threshold_scores=how, score_std=float(scores.std())
+        )
         return replace(
             det,
             **{k: v.astype(np.float32) for k, v in vars(det).items() if isinstance(v, np.ndarray)},
@@ -239,7 +245,101 @@ class OCSVMDetector(Detector):
         return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
 
 
-_KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
+@dataclass
+class KNNDetector(Detector):
+    """k nearest neighbours among the section's training clips, source and target pooled; score =
+    the mean cosine distance of a clip's normalised embedding to its k nearest training ones.
+    ``outlier_distance``: the largest distance of a training clip to its nearest other training
+    clip; a new clip farther than that from every training clip lies outside what the run was
+    trained on (:meth:`outside`)."""
+
+    kind: ClassVar[str] = "knn"
+    train: np.ndarray  # (N, D) normalised training embeddings
+    k: int = 1
+    outlier_distance: float = math.nan
+    threshold: float = math.nan
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def _fit_model(cls, emb: np.ndarray, cfg: DetectorConfig) -> KNNDetector:
+        """Keep the normalised training embeddings; k = ``cfg.knn_k`` (at most N)."""
+        x = l2_normalise(emb)  # (N, D)
+        k = min(cfg.knn_k, len(x))
+        return cls(train=x, k=k, info={"n_train": int(len(x)), "distance": "cosine", "k": k})
+
+    @classmethod
+    def fit(cls, emb: np.ndarray, cfg: DetectorConfig) -> KNNDetector:
+        """:meth:`Detector.fit`, then the training clips' leave-one-out nearest distances."""
+        det = super().fit(emb, cfg)
+        if len(det.train) > 1:
+            # the nearest neighbour of a training clip among all of them is itself (distance 0),
+            # so the second nearest is its nearest other clip; from the stored float32 rows, as
+            # asd.score measures new clips against them
+            nearest_other = det._neighbours(det.train, 2)[:, 1]  # (N,)
+            det.outlier_distance = float(nearest_other.max())
+        return det
+
+    def _neighbours(self, emb: np.ndarray, k: int) -> np.ndarray:
+        """Cosine distances of each clip to its k nearest training clips, nearest first.
+        # (N, D) -> (N, k)"""
+        from sklearn.neighbors import NearestNeighbors
+
+        # brute force: exact, and the same distances whichever machine builds the index
+        index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+        index.fit(self.train.astype(np.float64))
+        distances, _ = index.kneighbors(l2_normalise(emb))
+        return distances
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        """Anomaly scores (N,): the mean cosine distance to the k nearest training clips."""
+        # cosine distance = 1 - cos on unit vectors: the angle AdaCos trained the embeddings on
+        distances = self._neighbours(emb, self.k)  # (N, k)
+        # the mean of k distances (k = 1: the nearest one) is small inside the normal clusters
+        return distances.mean(axis=1)
+
+    def outside(self, emb: np.ndarray) -> np.ndarray:
+        """(N,) bool: farther from every training clip than any training clip is from its
+        nearest other one (never, for a detector of a single training clip)."""
+        nearest = self._neighbours(emb, 1)[:, 0]  # (N,)
+        return nearest > self.outlier_distance  # NaN compares False
+
+
+@dataclass
+class EitherDomainDetector:
+    """The report's pair on a clip whose domain is unknown (eval test clips from 2022): each
+    detector's margin above its own threshold in units of the spread of its training scores
+    (the out-of-fold scores the threshold was fitted on), and the lower of the two. The
+    threshold is 0: a clip is anomalous when both detectors call it anomalous. Not saved: built
+    from the saved pair by :meth:`DetectorSet.lookup`."""
+
+    kind: ClassVar[str] = "gmm_ocsvm_min"
+    source: Detector
+    target: Detector
+    threshold: float = 0.0
+
+    @staticmethod
+    def _margin(det: Detector, emb: np.ndarray) -> np.ndarray:
+        """(N,) the detector's score minus its threshold, over its training scores' spread."""
+        # a spread of 0 (a single or constant training score) leaves the margin unscaled
+        spread = det.info.get("score_std") or 1.0
+        return (det.score(emb) - det.threshold) / spread
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        """Anomaly scores (N,): the lower standardised margin of the two domains' detectors."""
+        # a GMM log-density and an SVM distance have unrelated scales: standardise each first
+        source = self._margin(self.source, emb)
+        target = self._margin(self.target, emb)
+        # a normal clip of either domain fits that domain's detector: the better fit decides
+        return np.minimum(source, target)
+
+
+_KINDS = {
+    GMMDetector.kind: GMMDetector,
+    OCSVMDetector.kind: OCSVMDetector,
+    KNNDetector.kind: KNNDetector,
+}
+BACKENDS = ("gmm_ocsvm", "knn")
+POOLED = "pooled"  # the domain key of the kNN detector: source and target training clips pooled
 
 
 def fit_section(
@@ -259,6 +359,24 @@ def fit_section(
     return out
 
 
+def fit_knn(
+    source: np.ndarray | None, target: np.ndarray | None, cfg: DetectorConfig
+) -> dict[str, Detector]:
+    """{POOLED: KNNDetector} of one (machine, section) on its source and target training
+    embeddings pooled, (Ns, D) and (Nt, D); target clips are not weighted up (with k = 1 a
+    target-like clip finds its nearest target clip however few there are)."""
+    parts = [x for x in (source, target) if x is not None and len(x)]
+    return {POOLED: KNNDetector.fit(np.concatenate(parts), cfg)} if parts else {}
+
+
+def resolve_backend(backend: str, domains_known: bool) -> str:
+    """The back-end of ``detectors.backend``: ``auto`` is the report's pair where test domains
+    are known (2021 layout) and kNN where they are not (2022 on, plain folders)."""
+    if backend != "auto":
+        return backend
+    return "gmm_ocsvm" if domains_known else "knn"
+
+
 @dataclass
 class DetectorSet:
     """Fitted detectors keyed by (machine, section, domain); saved as .npz + one JSON index."""
@@ -276,9 +394,26 @@ class DetectorSet:
         """Sorted (machine, section) pairs that have at least one detector."""
         return sorted({(m, s) for m, s, _ in self.detectors})
 
-    def lookup(self, machine: str, section: str, domain: str) -> Detector:
-        """The detector for test clips of (machine, section, domain): the other domain's when
-        this one had no training clips (warned); KeyError when neither had any."""
+    def backends(self) -> list[str]:
+        """The back-ends (BACKENDS) that have detectors in this set."""
+        pooled = any(d == POOLED for _, _, d in self.detectors)
+        pair = any(d != POOLED for _, _, d in self.detectors)
+        return [b for b, has in zip(BACKENDS, (pair, pooled)) if has]
+
+    def lookup(
+        self, machine: str, section: str, domain: str | None, backend: str = "gmm_ocsvm"
+    ) -> Detector | EitherDomainDetector:
+        """The detector of ``backend`` for test clips of (machine, section, domain): kNN's
+        pooled one whatever the domain; for the report's pair the domain's own, the other
+        domain's when this one had no training clips (warned), an :class:`EitherDomainDetector`
+        when the domain is unknown (None). KeyError when the section has none."""
+        if backend == "knn":
+            return self.detectors[machine, section, POOLED]
+        if domain is None:
+            pair = [self.detectors.get((machine, section, d)) for d in ("source", "target")]
+            if None not in pair:
+                return EitherDomainDetector(*pair)
+            domain = "source" if pair[0] is not None else "target"
         det = self.detectors.get((machine, section, domain))
         if det is None:
             other = "target" if domain == "source" else "source"

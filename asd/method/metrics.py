@@ -48,3 +48,46 @@ def hmean(values: Iterable[float]) -> float:
 def official_score(aucs: Iterable[float], paucs: Iterable[float]) -> float:
     """The challenge's single score: harmonic mean of all AUC and pAUC values together."""
     return hmean(list(aucs) + list(paucs))
+
+
+# Which official score a data layout gets: "2021" for its own layout, "2022" for 2022-2026 (the
+# 2023 layout also reads 2024-2026), "folders" for plain folders of one's own recordings.
+LAYOUT_RULES = {"dcase2021": "2021", "dcase2022": "2022", "dcase2023": "2022", "folders": "folders"}
+
+
+def section_values(rule: str, y, score, domain) -> dict[str, float]:
+    """The values one (machine, section) adds to the official score of ``rule`` (LAYOUT_RULES),
+    from its test clips' labels ``y`` (1 anomalous), scores and domains ("source"/"target").
+
+    - "2021": per domain, AUC and pAUC of that domain's clips (its normals against its own
+      anomalies): ``auc_source``, ``pauc_source``, ``auc_target``, ``pauc_target``.
+    - "2022" (2022-2026): ``auc_source`` = the source normals against ALL anomalies of the
+      section, ``auc_target`` likewise, and one ``pauc`` on all clips of the section.
+    - "folders": ``auc`` and ``pauc`` on all clips (domains unknown).
+    """
+    y = np.asarray(y).astype(int).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    domain = np.asarray(domain, dtype=object).ravel()
+    if rule == "folders":
+        return {"auc": auc(y, score), "pauc": pauc(y, score)}
+    out = {}
+    for d in ("source", "target"):
+        if rule == "2021":
+            mine = domain == d
+            out[f"auc_{d}"] = auc(y[mine], score[mine])
+            out[f"pauc_{d}"] = pauc(y[mine], score[mine])
+        elif rule == "2022":
+            # the anomalies of both domains: a detector must rank them above this domain's normals
+            mine = (domain == d) | (y == 1)
+            out[f"auc_{d}"] = auc(y[mine], score[mine])
+        else:
+            raise ValueError(f"unknown scoring rule {rule!r}; expected one of 2021, 2022, folders")
+    if rule == "2022":
+        out["pauc"] = pauc(y, score)
+    return out
+
+
+def official_score_of(values: Iterable[dict[str, float]]) -> float:
+    """The official score: one flat harmonic mean of every value of every section
+    (:func:`section_values`), each floored at machine epsilon."""
+    return hmean([v for section in values for v in section.values()])
