@@ -2,12 +2,16 @@
 
 ``python -m asd.evaluate [--config C] [--from RUN] [key.sub=value ...]``
 
-Reads the run's challenge CSVs (``RUN/submission/``, as the official evaluator does) and the
-labels of the test clips of ``data.root`` (names, or ``eval_data/ground_truth/``). Per (machine,
-section, domain), on that domain's test clips: AUC and pAUC (p = 0.1); harmonic means per
-machine (the report's Table 2), per domain and over everything, and the official score; the
-same for the simple reference detector (:mod:`asd.method.reference`), and beside them the published
-numbers of the real development data. Machines follow the report's order (``MACHINES``) in every
+Reads the run's challenge CSVs (``RUN/submission/``, as the official evaluator does; "ours"),
+the other back-end's scores from ``RUN/scores.csv`` (kNN beside the report's GMM/OCSVM pair or
+the other way round) and the labels of the test clips of ``data.root`` (names, or the
+evaluation ground truth). Per (machine, section, domain): AUC and pAUC (p = 0.1) as the layout's
+year's evaluator computes them (:func:`asd.method.metrics.section_values`: 2021 on each domain's
+own clips; 2022-2026 AUC of each domain's normals against all the section's anomalies and one
+pAUC per section); harmonic means per machine (the report's Table 2), per domain and over
+everything, and that year's official score; the same for the simple reference detector
+(:mod:`asd.method.reference`), and beside them the published numbers of the real development
+data. Machines follow the report's order (``MACHINES``) in every
 table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure
 per dataset, ``RUN/figures/roc_<dataset>.png``.
 """
@@ -25,10 +29,17 @@ import pandas as pd
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, load_config
-from asd.infra.data import ground_truth_dir, report_order, with_ground_truth
+from asd.infra.data import DOMAINS, ground_truth_dir, report_order, with_ground_truth
 from asd.infra.io import atomic_path, atomic_write_text
 from asd.method import metrics
-from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
+from asd.submit import (
+    SCORES,
+    SUBMISSION,
+    SubmitError,
+    check_features,
+    layout_rule,
+    read_submission,
+)
 
 log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
 
@@ -70,7 +81,22 @@ PUBLISHED = {
         ],
     }.items()
 }
-SYSTEM_NAMES = {"ours": "ours", "reference": "simple reference"}  # reference: asd.method.reference
+# ours: the submitted CSVs; knn / gmm_ocsvm: the other back-end (scores.csv); reference:
+# asd.method.reference
+SYSTEM_NAMES = {
+    "ours": "ours",
+    "gmm_ocsvm": "GMM/OCSVM",
+    "knn": "kNN",
+    "reference": "simple reference",
+}
+RULE_NAMES = {
+    "2021": "the 2021 rule: harmonic mean of every section and domain's AUC and pAUC, each on "
+    "that domain's test clips",
+    "2022": "the 2022-2026 rule: one harmonic mean of every section's AUC(source) and "
+    "AUC(target), each domain's normals against all the section's anomalies, and its pAUC on "
+    "all its clips",
+    "folders": "harmonic mean of every machine's AUC and pAUC on all its test clips",
+}
 PUBLISHED_NOTE = (
     "published: the report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 "
     "baselines, on the REAL development data; not measured on this data"
@@ -101,40 +127,73 @@ def missing_ground_truth(root: str | Path) -> str | None:
         )
 
 
-def section_table(clips: pd.DataFrame) -> pd.DataFrame:
+def _parts(rule: str, g: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(domain, clips) parts of one section's labelled test clips ``g``, each with both labels,
+    that the ``rule`` scores apart: each domain (2021), the whole section (2022, folders: the
+    domain "" for folders, whose test domains are unknown)."""
+    if rule == "2021":
+        return list(g.groupby("domain", sort=True))
+    return [("", g)]
+
+
+def _section_rows(rule: str, key: tuple, part: pd.DataFrame, systems: list) -> list[tuple]:
+    """RESULT_COLUMNS rows of one section part: a row per domain and system; for 2022 each
+    domain's AUC beside the section's one pAUC (n_anomaly: all the section's anomalies)."""
+    dataset, machine, section, domain = key
+    y = part["anomaly"].to_numpy()
+    rows = []
+    for system in systems:
+        values = metrics.section_values(
+            "folders" if rule == "2021" else rule, y, part[system], part["domain"]
+        )
+        if rule == "2022":
+            per_domain = [(d, values[f"auc_{d}"], part["domain"] == d) for d in DOMAINS]
+        else:
+            per_domain = [(domain, values["auc"], np.ones(len(part), bool))]
+        for d, a, mine in per_domain:
+            p = values["pauc"]
+            n_anom = int(y.sum()) if rule == "2022" else int(y[mine].sum())
+            n_normal = int((y[mine] == 0).sum())
+            row = (dataset, "section", machine, section, d, system, a, p, metrics.hmean([a, p]))
+            rows.append((*row, n_normal, n_anom))  # RESULT_COLUMNS
+    return rows
+
+
+def section_table(clips: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
     """Result rows per (dataset, machine, section, domain) and system of labelled test ``clips``
-    (``anomaly`` and a score column per system of SYSTEM_NAMES that it has); one-label groups
-    are skipped (warned)."""
-    rows, keys = [], ["dataset", "machine", "section", "domain"]
+    (``anomaly`` and a score column per system of SYSTEM_NAMES that it has), as the ``rule``
+    (asd.method.metrics.LAYOUT_RULES) scores them; parts without both labels are skipped
+    (warned)."""
+    rows, keys = [], ["dataset", "machine", "section"]
     for key, g in report_order(clips, keys).groupby(keys, sort=False):
-        y = g["anomaly"].to_numpy()
-        n_anom = int(y.sum())
-        if n_anom in (0, len(y)):
-            log.warning(
-                "%s %s section %s %s: only one label among its %d test clips; skipped", *key, len(y)
-            )
-            continue
-        for system in [name for name in SYSTEM_NAMES if name in g and g[name].notna().all()]:
-            a, p = metrics.auc(y, g[system]), metrics.pauc(y, g[system])
-            rows.append(
-                (
-                    key[0],
-                    "section",
-                    *key[1:],
-                    system,
-                    a,
-                    p,
-                    metrics.hmean([a, p]),
-                    len(y) - n_anom,
-                    n_anom,
+        systems = [name for name in SYSTEM_NAMES if name in g and g[name].notna().all()]
+        for domain, part in _parts(rule, g):
+            y = part["anomaly"].to_numpy()
+            wanted = 2 if rule == "2022" else 1  # 2022: both domains' normals
+            has_normals = part.loc[y == 0, "domain"].nunique(dropna=False) >= wanted
+            if int(y.sum()) in (0, len(y)) or not has_normals:
+                log.warning(
+                    "%s %s section %s %s: its test clips lack normal or anomalous ones "
+                    "(of each domain, from 2022); skipped",
+                    *key,
+                    domain or "(all domains)",
                 )
-            )  # RESULT_COLUMNS
+                continue
+            rows += _section_rows(rule, (*key, domain), part, systems)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
-def summary_rows(sections: pd.DataFrame) -> pd.DataFrame:
+def _official(rule: str, rows: pd.DataFrame) -> float:
+    """The rule's official score of section rows: for 2022, where both domains' rows repeat
+    the section's one pAUC, that pAUC counts once."""
+    paucs = rows.drop_duplicates(["machine", "section"]) if rule == "2022" else rows
+    return metrics.official_score(rows["auc"], paucs["pauc"])
+
+
+def summary_rows(sections: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
     """Harmonic means per (dataset, system) over each machine (level "machine"), each domain
-    (level "domain", machine "all") and everything (level "all": ``score`` is the official one)."""
+    (level "domain", machine "all") and everything (level "all": ``score`` is the rule's
+    official one)."""
     rows = []
     for (dataset, system), g in sections.groupby(["dataset", "system"], sort=True):
         parts = [("machine", m, "", gm) for m, gm in g.groupby("machine", sort=False)]
@@ -151,9 +210,11 @@ def summary_rows(sections: pd.DataFrame) -> pd.DataFrame:
                     system,
                     metrics.hmean(gm["auc"]),
                     metrics.hmean(gm["pauc"]),
-                    metrics.official_score(gm["auc"], gm["pauc"]),
+                    _official(rule, gm),
                     int(gm["n_normal"].sum()),
-                    int(gm["n_anomaly"].sum()),
+                    int(gm.drop_duplicates(["machine", "section"])["n_anomaly"].sum())
+                    if rule == "2022"
+                    else int(gm["n_anomaly"].sum()),
                 )
             )
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
@@ -163,8 +224,9 @@ def _systems_table(results: pd.DataFrame, dataset: str, levels: list, by: list) 
     """Per ``by`` group of the ``levels`` rows of ``dataset``: each system's AUC / pAUC (%)."""
     table = []
     rows = results[(results["dataset"] == dataset) & results["level"].isin(levels)]
+    present = [name for key, name in SYSTEM_NAMES.items() if key in set(rows["system"])]
     for key, group in rows.groupby(by, sort=False):
-        cells = {name: "-" for name in SYSTEM_NAMES.values()}
+        cells = dict.fromkeys(present, "-")
         cells.update(
             {
                 SYSTEM_NAMES[row.system]: f"{100 * row.auc:.2f} / {100 * row.pauc:.2f}"
@@ -188,10 +250,10 @@ def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return table
 
 
-def official_line(results: pd.DataFrame, dataset: str) -> str:
+def official_line(results: pd.DataFrame, dataset: str, rule: str = "2021") -> str:
     summ = results[(results["dataset"] == dataset) & (results["level"] == "all")]
     parts = [f"{SYSTEM_NAMES[r.system]} {100 * r.score:.2f}" for r in summ.itertuples()]
-    line = "official score (harmonic mean of all AUC and pAUC values): " + ", ".join(parts)
+    line = f"official score ({RULE_NAMES[rule]}): " + ", ".join(parts)
     if dataset == "dev_data":
         approx = ", ".join(
             f"{name} ~{metrics.hmean(means['all']):.2f}" for name, means in PUBLISHED.items()
@@ -205,17 +267,30 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
-def result_blocks(results: pd.DataFrame, markdown: bool = False) -> list[str]:
+def backend_line(backend: str) -> str:
+    """What "ours" is, and which back-end stands beside it."""
+    other = "knn" if backend == "gmm_ocsvm" else "gmm_ocsvm"
+    return (
+        f"ours: the submitted challenge CSVs, the {SYSTEM_NAMES[backend]} back-end "
+        f"(detectors.backend); {SYSTEM_NAMES[other]}: the other back-end, fitted by the same "
+        f"submit (RUN/scores.csv)"
+    )
+
+
+def result_blocks(
+    results: pd.DataFrame, markdown: bool = False, rule: str = "2021", backend: str | None = None
+) -> list[str]:
     """Per dataset: the machine table, the official scores and the per domain table, as printed
-    (plain text tables), or for results.md (``markdown``) with the per section table too."""
+    (plain text tables), or for results.md (``markdown``) with the per section table too;
+    ``backend`` (the submitted one) adds a line saying what "ours" is."""
     table = _markdown if markdown else (lambda df: df.to_string(index=False))  # every row
-    out = []
+    out = [backend_line(backend)] if backend else []
     for dataset in sorted(results["dataset"].unique()):
         out += [
             f"## {dataset or 'data'}: harmonic means, AUC / pAUC (%)",
             table(machine_table(results, dataset)),
             *([PUBLISHED_NOTE] if dataset == "dev_data" else []),
-            official_line(results, dataset),
+            official_line(results, dataset, rule),
             "### Per domain, harmonic means over machines and sections",
             table(_systems_table(results, dataset, ["domain"], ["domain"])),
         ]
@@ -296,12 +371,32 @@ class Evaluation:
     results: pd.DataFrame  # RESULT_COLUMNS
     figures: list[Path]
     absent: str | None = None  # why the eval table is missing (missing_ground_truth)
+    rule: str = "2021"  # the layout's scoring rule (asd.method.metrics.LAYOUT_RULES)
+    backend: str | None = None  # the back-end of the submitted CSVs ("ours")
+
+
+def other_backend(run: Path, clips: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
+    """(the submitted back-end, ``clips`` with the other back-end's scores as a column named
+    after it) from ``RUN/scores.csv``; (None, clips) for a run submitted before it held both."""
+    path = run / SCORES
+    keys = ["machine", "section", "file"]
+    table = pd.read_csv(path, dtype={k: str for k in keys}) if path.is_file() else None
+    if table is None or "backend" not in table:
+        return None, clips
+    backend = str(table["backend"].iloc[0])
+    other = "knn" if backend == "gmm_ocsvm" else "gmm_ocsvm"
+    if f"{other}_score" not in table:
+        return backend, clips
+    scores = table[keys + [f"{other}_score"]].rename(columns={f"{other}_score": other})
+    return backend, clips.merge(scores, on=keys, how="left")
 
 
 def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     """One row per labelled test clip of ``cfg.data.root``: its index row (``row``: position in
-    the index), ``anomaly`` (0/1, from the name or the evaluation ground truth), ``ours`` (the
-    submission of ``run``) and ``reference`` (asd.method.reference's score)."""
+    the index), ``anomaly`` (0/1, from the name or the evaluation ground truth, which also
+    gives the hidden domains of evaluation clips), ``ours`` (the submission of ``run``), the
+    other back-end's scores (``knn`` or ``gmm_ocsvm``, from ``RUN/scores.csv``) and
+    ``reference`` (asd.method.reference's score). ``attrs["backend"]``: the submitted one."""
     from asd.infra.feature_cache import build_cache
     from asd.method.reference import reference_scores
 
@@ -310,7 +405,7 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
         raise SubmitError(f"{run / SUBMISSION} does not exist; run asd.submit (make submit) first")
     check_features(cfg.features, load_config(run / "config.yml").features, run)
     submission = read_submission(run / SUBMISSION)
-    keys = ["machine", "section", "domain", "file"]
+    keys = ["machine", "section", "file"]  # file names are unique within a section
     if submission.duplicated(keys).any():
         raise SubmitError(
             "the submission lists a clip twice: "
@@ -335,8 +430,11 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
             f"the submission lacks {len(lost)} labelled test clips, e.g. "
             f"{' '.join(lost.iloc[0][keys])}; submit this data root again"
         )
+    backend, clips = other_backend(run, clips)
     ref = reference_scores(cache.features, cache.index)  # (N,) NaN for training rows
-    return clips.assign(reference=ref[clips["row"].to_numpy()])
+    clips = clips.assign(reference=ref[clips["row"].to_numpy()])
+    clips.attrs["backend"] = backend
+    return clips
 
 
 def evaluate(
@@ -349,14 +447,15 @@ def evaluate(
     if absent:
         log.warning(absent)
     clips = scored_clips(cfg, run)
-    sections = section_table(clips)
+    rule = layout_rule(cfg)
+    sections = section_table(clips, rule)
     if sections.empty:
         raise SubmitError(
             f"{cfg.data.root}: no (machine, section, domain) has both normal and "
             f"anomalous labelled test clips (labels: dev_data names, "
             f"eval_data/ground_truth/)"
         )
-    results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
+    results = pd.concat([sections, summary_rows(sections, rule)], ignore_index=True)
     with atomic_path(run / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
     written = []
@@ -366,7 +465,15 @@ def evaluate(
             roc_figure(g, f"{run.name}: ROC curves of the {dataset or 'data'} sections").savefig(
                 tmp, format="png", dpi=100
             )
-    ev = Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
+    ev = Evaluation(
+        run=run,
+        clips=clips,
+        results=results,
+        figures=written,
+        absent=absent,
+        rule=rule,
+        backend=clips.attrs.get("backend"),
+    )
     atomic_write_text(
         run / "results.md", render_markdown(ev, cfg.data.root, config or str(run / "config.yml"))
     )
@@ -395,10 +502,10 @@ def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
     out = [
         f"# Results of {ev.run.name}",
         "\n".join(header),
-        "AUC / pAUC (p = 0.1) in %, harmonic means over sections and domains; each domain "
-        "is scored on its own test clips. 'simple reference' is a Gaussian on per-clip "
+        "AUC / pAUC (p = 0.1) in %, harmonic means over sections and domains; the official "
+        f"score follows {RULE_NAMES[ev.rule]}. 'simple reference' is a Gaussian on per-clip "
         "log-mel mean and std (asd.method.reference) on the same clips.",
-        *result_blocks(ev.results, markdown=True),
+        *result_blocks(ev.results, markdown=True, rule=ev.rule, backend=ev.backend),
     ]
     if ev.absent:
         out += ["## eval_data", f"absent: {ev.absent}"]
@@ -410,7 +517,7 @@ def report(ev: Evaluation) -> str:
     absent = [f"eval_data: absent ({ev.absent})"] if ev.absent else []
     return "\n\n".join(
         [
-            *result_blocks(ev.results),
+            *result_blocks(ev.results, rule=ev.rule, backend=ev.backend),
             *absent,
             f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; ROC "
             f"figures: {', '.join(str(p) for p in ev.figures) or 'none'}",

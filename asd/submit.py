@@ -4,10 +4,12 @@
 
 Rebuilds the run (``--from``, else the latest ``*-stage2`` run) from its ``model.pth`` and
 embeds every clip of ``data.root`` of the config (its feature settings must be the run's) into
-``RUN/embeddings.npz``. Fits the detectors of :mod:`asd.method.detectors` per (machine, section) into
-``RUN/detectors/``, writes the challenge CSVs of the test clips into ``RUN/submission/``
-(:func:`write_submission`) and the same scores with their context into ``RUN/scores.csv`` for
-notebooks. Prints a summary and the run folder as the last line.
+``RUN/embeddings.npz``. Fits both back-ends of :mod:`asd.method.detectors` per (machine, section)
+into ``RUN/detectors/``: the report's GMM/OCSVM pair and kNN. The back-end of
+``detectors.backend`` writes the challenge CSVs of the test clips into ``RUN/submission/`` in the
+layout's year's form (:func:`write_submission`); ``RUN/scores.csv`` holds its scores with their
+context and both back-ends' scores beside them, for evaluation and notebooks. Prints a summary
+and the run folder as the last line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -31,9 +34,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, FeatureConfig, config_diffs
-from asd.infra.data import csv_name, read_csvs, report_order
+from asd.infra.data import DataError, report_order
 from asd.infra.io import atomic_path
-from asd.method.detectors import DetectorSet, fit_section
+from asd.method.detectors import BACKENDS, DetectorSet, fit_knn, fit_section, resolve_backend
+from asd.method.metrics import LAYOUT_RULES
 
 log = logging.getLogger("asd.submit")  # not "__main__" under python -m
 
@@ -41,7 +45,8 @@ EMBEDDINGS = "embeddings.npz"
 DETECTORS = "detectors"
 SUBMISSION = "submission"
 SCORES = "scores.csv"
-GROUP = ["machine", "section", "domain"]  # one pair of challenge CSVs each
+GROUP = ["machine", "section", "domain"]  # one pair of challenge CSVs each (2021)
+SECTION = ["machine", "section"]  # one pair each from 2022, both domains in it
 
 
 class SubmitError(AsdError):
@@ -123,6 +128,19 @@ def run_embeddings(
     return emb
 
 
+def section_centres(
+    source_classes: np.ndarray, centres: np.ndarray, n_subclusters: int
+) -> np.ndarray | None:
+    """The sub-cluster centres (S, D) the section's GMM starts from: those of its one source
+    class (the report); None where it has several (attribute classes, 2023 on: the GMM's S
+    components start from k-means) or none of the run's."""
+    classes = np.unique(source_classes)
+    if len(classes) != 1 or classes[0] < 0:
+        return None
+    c = int(classes[0])
+    return centres[c * n_subclusters : (c + 1) * n_subclusters]
+
+
 def fit_detectors(
     emb: np.ndarray,
     index: pd.DataFrame,
@@ -131,20 +149,21 @@ def fit_detectors(
     cfg,
     progress: bool = False,
 ) -> DetectorSet:
-    """Detectors per (machine, section) of the training clips, one process per usable core (the
-    same detectors as one after another); emb (N, D): rows of ``index``, whose ``class`` column
-    holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
+    """Both back-ends' detectors per (machine, section) of the training clips, one process per
+    usable core (the same detectors as one after another); emb (N, D): rows of ``index``,
+    whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
     from joblib import Parallel, delayed, parallel_config
 
     train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
     jobs = {}
     for (machine, section), rows in train.groupby(["machine", "section"]):
         source = rows.index[rows["domain"] == "source"].to_numpy()
-        c = int(rows.loc[source, "class"].max()) if len(source) else -1  # -1: not the run's
-        sub = None if c < 0 else centres[c * n_subclusters : (c + 1) * n_subclusters]
-        jobs[machine, section] = delayed(fit_section)(
-            emb[source], emb[rows.index[rows["domain"] == "target"]], sub, cfg, n_subclusters
+        target = rows.index[rows["domain"] == "target"].to_numpy()
+        sub = section_centres(rows.loc[source, "class"].to_numpy(), centres, n_subclusters)
+        jobs[machine, section, "gmm_ocsvm"] = delayed(fit_section)(
+            emb[source], emb[target], sub, cfg, n_subclusters
         )
+        jobs[machine, section, "knn"] = delayed(fit_knn)(emb[source], emb[target], cfg)
     dets = DetectorSet()
     # many small (D x D) factorisations: more BLAS threads than one cost more than they give;
     # idle workers leave within a second, so none outlives (with our stderr) a killed submit
@@ -156,8 +175,8 @@ def fit_detectors(
         fits = Parallel(
             n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1, return_as="generator"
         )(jobs.values())
-        for machine, section in tqdm(
-            jobs, desc="detectors", unit="section", file=sys.stderr, disable=not progress
+        for machine, section, _ in tqdm(
+            jobs, desc="detectors", unit="fit", file=sys.stderr, disable=not progress
         ):
             try:
                 dets.add(machine, section, next(fits))  # in the order of ``jobs``
@@ -166,48 +185,73 @@ def fit_detectors(
     return dets
 
 
-def score_test_clips(emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet) -> pd.DataFrame:
+def layout_rule(cfg: Config) -> str:
+    """The scoring rule of the data root's layout (asd.method.metrics.LAYOUT_RULES): "2021"
+    (test domains known, one CSV pair per section and domain), "2022" (2022-2026) or
+    "folders" (test domains unknown, one CSV pair per section)."""
+    from asd.infra.data import detect_layout
+
+    return LAYOUT_RULES[detect_layout(cfg.data.root, cfg.data.layout).name]
+
+
+def score_test_clips(
+    emb: np.ndarray, index: pd.DataFrame, dets: DetectorSet, backend: str, domains_known: bool
+) -> pd.DataFrame:
     """One row per test clip: dataset, machine, section, domain, file, score, threshold,
-    decision (1: score above the threshold) and detector (the kind that scored it: gmm, ocsvm)."""
+    decision (1: score above the threshold) and detector (the kind that scored it: gmm, ocsvm,
+    knn, gmm_ocsvm_min) of ``backend``. Without ``domains_known`` (2022 on, folders) no clip's
+    domain is used, as the challenge's rules ask, dev clips included."""
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     out = index.iloc[test][["dataset", *GROUP, "file"]].reset_index(drop=True)
+    used = out["domain"] if domains_known else pd.Series(None, index=out.index, dtype=object)
     score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
-    for (machine, section, domain), pos in out.groupby(GROUP).indices.items():
+    groups = out[SECTION].assign(used=used).groupby([*SECTION, "used"], dropna=False).indices
+    for (machine, section, domain), pos in groups.items():
         try:
-            det = dets.lookup(machine, section, domain)
+            det = dets.lookup(machine, section, None if pd.isna(domain) else domain, backend)
         except KeyError:
             raise SubmitError(
-                f"test clips of {machine} section {section} {domain}: the data "
-                f"root has no training clips of that section"
+                f"test clips of {machine} section {section}: the data root has no "
+                f"training clips of that section"
             ) from None
-        score[pos], threshold[pos], detector[pos] = (
-            det.score(emb[test[pos]]),
-            det.threshold,
-            det.kind,
-        )
+        score[pos] = det.score(emb[test[pos]])
+        threshold[pos] = det.threshold
+        detector[pos] = det.kind
     out = out.assign(
         score=score,
         threshold=threshold,
         decision=(score > threshold).astype(int),
         detector=detector,
     )
-    return out.sort_values(["dataset", *GROUP, "file"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["dataset", *SECTION, "file"], kind="stable").reset_index(drop=True)
 
 
-def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the challenge CSVs (``asd.infra.data.csv_name``) of ``scores`` (score_test_clips' table)
-    into ``folder``: ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header
-    (the official evaluator matches them by position). All are renamed into place once all are
-    complete; stale ones are removed."""
+def submission_name(kind: str, machine: str, section: str, domain: str | None = None) -> str:
+    """A challenge CSV name: ``<kind>_<machine>_section_<XX>_<domain>_test.csv`` (2021, one per
+    domain) or ``<kind>_<machine>_section_<XX>_test.csv`` (2022 on: ``domain`` None); kind is
+    ``anomaly_score`` or ``decision_result``."""
+    part = "" if domain is None else f"_{domain}"
+    return f"{kind}_{machine}_section_{section}{part}_test.csv"
+
+
+def write_submission(
+    scores: pd.DataFrame, folder: str | Path, per_domain: bool = True
+) -> list[Path]:
+    """Write the challenge CSVs (:func:`submission_name`) of ``scores`` (score_test_clips' table)
+    into ``folder``, a pair per section and domain (``per_domain``, 2021) or per section (2022
+    on): ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header (the
+    official evaluators sort both and match them by position). All are renamed into place once
+    all are complete; stale ones are removed."""
     folder, written = Path(folder), []  # atomic_path makes the folder
+    by = GROUP if per_domain else SECTION
     with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
-        for (machine, section, domain), rows in scores.groupby(GROUP):
+        for key, rows in scores.groupby(by):
             rows = rows.sort_values("file", kind="stable")
             for kind, values in (
                 ("anomaly_score", [repr(float(s)) for s in rows["score"]]),
                 ("decision_result", [str(int(d)) for d in rows["decision"]]),
             ):
-                written.append(folder / csv_name(kind, machine, section, domain))
+                written.append(folder / submission_name(kind, *key))
                 stack.enter_context(atomic_path(written[-1])).write_text(
                     "".join(f"{f},{v}\n" for f, v in zip(rows["file"], values))
                 )
@@ -218,23 +262,63 @@ def write_submission(scores: pd.DataFrame, folder: str | Path) -> list[Path]:
     return written
 
 
+def _read_kind(folder: Path, kind: str, value: str, values=None) -> pd.DataFrame:
+    """Every ``<kind>_*_test.csv`` of ``folder`` (no header, ``file name,value`` rows):
+    DataFrame[machine, section, domain (None: a per-section file), file, <value>]; ``values``
+    lists the allowed ones (else numbers). DataError naming the file for a foreign name or row."""
+    pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})(?:_(source|target))?_test\.csv$")
+    frames = []
+    for f in sorted(folder.glob(f"{kind}_*.csv")):
+        m = pattern.match(f.name)
+        if m is None:
+            raise DataError(
+                f"{f}: expected a name like {submission_name(kind, '<machine>', 'XX')} or "
+                f"{submission_name(kind, '<machine>', 'XX', '<domain>')}"
+            )
+        df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
+        if not (df[value].isin(values).all() if values else df[value].dtype.kind in "fi"):
+            allowed = "|".join(map(str, values)) if values else value
+            raise DataError(f"{f}: expected rows 'file name,{allowed}' without a header")
+        frames.append(df.assign(machine=m[1], section=m[2], domain=m[3]))
+    if not frames:
+        raise DataError(f"{folder}: no {kind}_*.csv files")
+    out = pd.concat(frames, ignore_index=True)
+    return out[["machine", "section", "domain", "file", value]]
+
+
 def read_submission(folder: str | Path) -> pd.DataFrame:
-    """Read the submission back: DataFrame[machine, section, domain, file, score, decision]."""
-    out = read_csvs(folder, "anomaly_score", "score").merge(
-        read_csvs(folder, "decision_result", "decision", [0, 1]), on=[*GROUP, "file"], how="left"
-    )
+    """Read the submission back: DataFrame[machine, section, domain, file, score, decision]
+    (domain None where the files are per section)."""
+    folder = Path(folder)
+    keys = [*SECTION, "file"]  # file names are unique within a section
+    scores = _read_kind(folder, "anomaly_score", "score")
+    decisions = _read_kind(folder, "decision_result", "decision", [0, 1])
+    out = scores.merge(decisions.drop(columns="domain"), on=keys, how="left")
     lost = out[out["decision"].isna()]
     if len(lost):
-        raise SubmitError(f"{folder}: {' '.join(lost.iloc[0][[*GROUP, 'file']])} has no decision")
+        raise SubmitError(f"{folder}: {' '.join(lost.iloc[0][keys])} has no decision")
     return out.astype({"decision": int})
+
+
+def both_backends(tables: dict[str, pd.DataFrame], backend: str) -> pd.DataFrame:
+    """scores.csv: the submitted ``backend``'s table (score_test_clips) with ``backend`` and
+    every back-end's ``<name>_score``, ``<name>_threshold``, ``<name>_decision`` beside it."""
+    out = tables[backend].assign(backend=backend)
+    keys = ["dataset", *SECTION, "file"]
+    for name, table in tables.items():
+        cols = {c: f"{name}_{c}" for c in ("score", "threshold", "decision")}
+        out = out.merge(table[keys + list(cols)].rename(columns=cols), on=keys, how="left")
+    return out
 
 
 @dataclass
 class Submission:
     run: Path
-    scores: pd.DataFrame  # score_test_clips' table
+    scores: pd.DataFrame  # both_backends' table
     files: list[Path]
     detectors: DetectorSet
+    backend: str = "gmm_ocsvm"  # the back-end of the challenge CSVs
+    rule: str = "2021"  # the layout's scoring rule (LAYOUT_RULES)
 
 
 def submit(
@@ -262,17 +346,23 @@ def submit(
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
     dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
     dets.save(run / DETECTORS)
-    scores = score_test_clips(emb, index, dets)
-    files = write_submission(scores, run / SUBMISSION)
+    rule = layout_rule(cfg)
+    known = rule == "2021"
+    backend = resolve_backend(cfg.detectors.backend, known)
+    tables = {name: score_test_clips(emb, index, dets, name, known) for name in BACKENDS}
+    files = write_submission(tables[backend], run / SUBMISSION, per_domain=known)
+    scores = both_backends(tables, backend)
     with atomic_path(run / SCORES) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.10g")
-    return Submission(run=run, scores=scores, files=files, detectors=dets)
+    return Submission(
+        run=run, scores=scores, files=files, detectors=dets, backend=backend, rule=rule
+    )
 
 
 def summary(sub: Submission) -> str:
     """Counts, and the share of test clips flagged per (dataset, machine, domain)."""
     table = report_order(
-        sub.scores.groupby(["dataset", "machine", "domain"])
+        sub.scores.groupby(["dataset", "machine", "domain"], dropna=False)
         .agg(clips=("file", "size"), flagged=("decision", "mean"))
         .reset_index(),
         ["dataset", "machine"],
@@ -280,8 +370,9 @@ def summary(sub: Submission) -> str:
     table["flagged"] = (100 * table["flagged"]).round(1).astype(str) + " %"
     head = (
         f"{len(sub.detectors.sections())} (machine, section) pairs, "
-        f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
-        f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}"
+        f"{len(sub.detectors.detectors)} detectors ({', '.join(sub.detectors.backends())}), "
+        f"{len(sub.scores)} test clips, {len(sub.files)} CSV files of the {sub.backend} "
+        f"back-end in {sub.run / SUBMISSION}"
     )
     return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
 

@@ -9,8 +9,10 @@ and a second section whose anomalies score above all its normals (every value 1)
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from asd import evaluate as ev
 from asd.method import metrics
 
 SOURCE_NORMAL = [0.1, 0.2, 0.3, 0.4, 0.5]
@@ -81,3 +83,41 @@ def test_every_layout_has_a_rule():
     }
     with pytest.raises(ValueError, match="unknown scoring rule"):
         metrics.section_values("2020", Y, SCORE, DOMAIN)
+
+
+def _clips(score: np.ndarray, section: str = "00") -> pd.DataFrame:
+    """The module's section as asd.evaluate's labelled test clips, both back-ends scored."""
+    return pd.DataFrame(
+        {
+            "dataset": "eval_data",
+            "machine": "fan",
+            "section": section,
+            "domain": DOMAIN,
+            "anomaly": Y,
+            "ours": score,
+            "knn": -score,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        # 8 values: 1, 1, 4/5, 9/19 and four 1s: 8 / (193/36 + 4)
+        ("2021", 288 / 337),
+        # 6 values: 1, 9/10, 14/19 and three 1s
+        ("2022", 756 / 815),
+        # 4 values: 19/20, 14/19 and two 1s: 4 / (641/266 + 2)
+        ("folders", 1064 / 1173),
+    ],
+)
+def test_evaluate_prints_the_hand_computed_official_score(rule, expected):
+    """asd.evaluate's tables reach the hand-computed official score of the two sections."""
+    clips = pd.concat([_clips(SCORE), _clips(PERFECT, "01")], ignore_index=True)
+    sections = ev.section_table(clips, rule)
+    summary = ev.summary_rows(sections, rule)
+    ours = summary.query("level == 'all' and system == 'ours'")["score"].item()
+    assert ours == pytest.approx(expected)
+    assert set(sections["system"]) == {"ours", "knn"}  # both back-ends side by side
+    line = ev.official_line(pd.concat([sections, summary]), "eval_data", rule)
+    assert f"ours {100 * expected:.2f}" in line and "kNN" in line
