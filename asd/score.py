@@ -1,15 +1,24 @@
-"""Score new recordings of a known machine and section with a submitted run.
+"""Score new recordings with a submitted run, and say which lie outside what it was trained on.
 
-``python -m asd.score RUN FILE... [--machine M] [--section XX] [--domain D] [--csv OUT]``: each
-recording's log-mel (as the cache computes it) is embedded by the run's model and scored by the
-detector ``asd.submit`` saved for its (machine, section, domain), against its threshold. Section
-and domain come from a challenge file name, the machine from the folder above the split folder
-(``<machine>/test/<file>``) or the parent folder; the options override them.
+``python -m asd.score RUN PATH... [--machine M] [--section XX] [--domain D] [--backend B]
+[--csv OUT]``: PATH is a WAV file or a folder (every WAV under it, sorted). Each recording's
+log-mel (as the cache computes it) is embedded by the run's model and scored by the detector
+``asd.submit`` saved for its (machine, section) in the back-end that wrote the run's CSVs (or
+``--backend``), against its threshold. Section and domain come from a challenge file name, the
+machine from the folder above the split folder (``<machine>/test/<file>``) or the parent folder;
+the options override them. A recording without a domain is scored as the run's CSVs score one
+(kNN: any domain; the report's pair: the lower standardised margin of its two detectors).
+
+``outside`` (1: yes) marks a recording farther from every training clip of its section (cosine
+distance of the embeddings) than any training clip lies from its nearest other one: its score
+extrapolates beyond what the run has seen, whatever the decision says.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +30,16 @@ from asd.infra.checkpoint import load_model
 from asd.infra.cli import run_command
 from asd.infra.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.infra.io import atomic_path
-from asd.method.detectors import DetectorSet
+from asd.method.detectors import BACKENDS, POOLED, DetectorSet, resolve_backend
 from asd.method.embed import embed, inference_batch
 from asd.method.features import load_audio, log_mel
-from asd.submit import DETECTORS
+from asd.submit import DETECTORS, SCORES
 
-COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
+COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision", "outside"]
+OUTSIDE_RULE = (
+    "outside = 1: farther from every training clip of its section than any training clip is "
+    "from its nearest other one (cosine distance of the embeddings); its score extrapolates"
+)
 
 
 class ScoreError(AsdError):
@@ -38,22 +51,75 @@ def describe_clip(
     machine: str | None = None,
     section: str | None = None,
     domain: str | None = None,
-) -> tuple[str, str, str]:
-    """(machine, section, domain) of a recording: the options, else its name and folders."""
+) -> tuple[str, str | None, str | None]:
+    """(machine, section, domain) of a recording: the options, else its name and folders;
+    section None where neither tells it, domain None where the domain is unknown."""
     path = Path(path)
     if section is None or domain is None:
         try:
             parsed = parse_name(path.name)
         except DataError:
-            raise ScoreError(
-                f"{path}: not a challenge file name, so its section and domain are "
-                f"unknown; give --section and --domain"
-            ) from None
-        section, domain = section or parsed.section, domain or parsed.domain
+            parsed = None
+        if parsed is not None:
+            section, domain = section or parsed.section, domain or parsed.domain
     parent = path.absolute().parent
     if machine is None:
         machine = parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
     return machine, section, domain
+
+
+def wav_files(paths: list[str | Path]) -> list[Path]:
+    """The WAV files of ``paths``: files as given, folders as every WAV under them, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+            if not found:
+                raise ScoreError(f"{p}: a folder without .wav files")
+            out += found
+        elif not p.exists():
+            raise ScoreError(f"{p} does not exist")
+        else:
+            out.append(p)
+    return out
+
+
+def _check_known(dets: DetectorSet, run: Path, f: Path, m: str, s: str | None) -> str:
+    """The section of a clip of machine ``m``: ``s``, or the machine's only one; ScoreError
+    naming the file where the run does not know them."""
+    known = dets.sections()
+    sections = [b for a, b in known if a == m]
+    if s is None and len(sections) == 1:
+        return sections[0]
+    if (m, s) in known:
+        return s
+    if not sections:
+        what = f"machine {m!r}"
+    elif s is None:
+        what = f"the section of {f.name} (not a challenge file name; {m} has {len(sections)})"
+    else:
+        what = f"section {s!r} of {m}"
+    raise ScoreError(
+        f"{f}: {what} is unknown to run {run} (it knows: "
+        f"{', '.join(f'{a} {b}' for a, b in known)}); give --machine/--section for "
+        f"recordings outside the layout"
+    )
+
+
+def run_backend(run: Path, dets: DetectorSet, wanted: str | None) -> str:
+    """The back-end to score with: ``wanted``, else the one that wrote the run's CSVs
+    (``RUN/scores.csv``), else the report's pair (a run submitted before kNN existed)."""
+    backend = wanted
+    if backend is None and (run / SCORES).is_file():
+        table = pd.read_csv(run / SCORES, usecols=lambda c: c == "backend", nrows=1)
+        backend = str(table["backend"].iloc[0]) if "backend" in table else None
+    backend = resolve_backend(backend or "gmm_ocsvm", True)
+    if backend not in dets.backends():
+        raise ScoreError(
+            f"run {run} has no {backend} detectors (it has: {', '.join(dets.backends())}); "
+            f"run asd.submit on it again"
+        )
+    return backend
 
 
 def score_files(
@@ -63,23 +129,22 @@ def score_files(
     section: str | None = None,
     domain: str | None = None,
     device: str | None = None,
+    backend: str | None = None,
 ) -> pd.DataFrame:
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
-    ``device``: torch device (default: CUDA where present, else the CPU)."""
+    ``device``: torch device (default: CUDA where present, else the CPU); ``backend``: one of
+    BACKENDS (default: the one of the run's CSVs)."""
     run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not run.is_dir():
+    if not run.exists():
         raise ScoreError(f"run folder {run} does not exist")
+    if not run.is_dir():
+        raise ScoreError(f"{run} is not a folder; expected a run folder (after asd.submit)")
     dets = DetectorSet.load(run / DETECTORS)
-    known = dets.sections()
-    clips = [describe_clip(f, machine, section, domain) for f in files]
-    for f, (m, s, _) in zip(files, clips):
-        if (m, s) not in known:
-            what = f"machine {m!r}" if m not in {a for a, _ in known} else f"section {s!r} of {m}"
-            raise ScoreError(
-                f"{f}: {what} is unknown to run {run} (it knows: "
-                f"{', '.join(f'{a} {b}' for a, b in known)}); give "
-                f"--machine/--section for recordings outside the layout"
-            )
+    backend = run_backend(run, dets, backend)
+    clips = []
+    for f in files:
+        m, s, d = describe_clip(f, machine, section, domain)
+        clips.append((m, _check_known(dets, run, Path(f), m, s), d))
     loaded = load_model(run / "model.pth", device=device)
     fcfg = loaded.cfg.features
     mels = [
@@ -96,8 +161,9 @@ def score_files(
     )  # (N, D)
     rows = []
     for f, (m, s, d), e in zip(files, clips, emb):
-        det = dets.lookup(m, s, d)
+        det = dets.lookup(m, s, d, backend)
         score = float(det.score(e[None])[0])
+        knn = dets.detectors.get((m, s, POOLED))
         rows.append(
             {
                 "file": str(f),
@@ -107,14 +173,43 @@ def score_files(
                 "score": score,
                 "threshold": float(det.threshold),
                 "decision": int(score > det.threshold),
+                "outside": int(knn.outside(e[None])[0]) if knn is not None else pd.NA,
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _print_warning_once(seen: set):
+    """A ``warnings.showwarning`` that prints each message once, without a source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = f"warning: {message}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    return show
+
+
 def _main(args) -> None:
-    table = score_files(args.run, args.files, args.machine, args.section, args.domain, args.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # each message reaches show(), which prints it once
+        warnings.showwarning = _print_warning_once(set())
+        files = wav_files(args.paths)
+        table = score_files(
+            args.run,
+            files,
+            args.machine,
+            args.section,
+            args.domain,
+            args.device,
+            args.backend,
+        )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
+    outside = int((table["outside"] == 1).sum())
+    print(
+        f"{outside} of {len(table)} recordings lie outside what the run was trained on ({OUTSIDE_RULE})"
+    )
     if args.csv:
         with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
             table.to_csv(tmp, index=False, float_format="%.10g")
@@ -126,11 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m asd.score", description=__doc__.splitlines()[0]
     )
     parser.add_argument("run", metavar="RUN", help="run folder (after asd.submit)")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (.wav)")
-    parser.add_argument("--machine", help="machine type (default: from the folders)")
-    parser.add_argument("--section", help="section, two digits (default: from the name)")
     parser.add_argument(
-        "--domain", choices=("source", "target"), help="domain (default: from the name)"
+        "paths", nargs="+", metavar="PATH", help="audio files (.wav) or folders of them"
+    )
+    parser.add_argument("--machine", help="machine type (default: from the folders)")
+    parser.add_argument(
+        "--section", help="section, two digits (default: from the name, or the machine's only one)"
+    )
+    parser.add_argument(
+        "--domain",
+        choices=("source", "target"),
+        help="domain (default: from the name; unknown where the name lacks it)",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="back-end (default: the one of the run's CSVs)"
     )
     parser.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
     parser.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
