@@ -192,7 +192,7 @@ def test_saved_detectors_reproduce_the_csv_scores(submitted):
     emb = np.load(submitted.run / sm.EMBEDDINGS)["embeddings"]
     assert emb.shape[1] == 16 and emb.dtype == np.float32
     info = json.loads((submitted.run / sm.DETECTORS / "detectors.json").read_text())
-    assert {e["kind"] for e in info["detectors"]} == {"gmm", "ocsvm"}
+    assert {e["kind"] for e in info["detectors"]} == {"gmm", "ocsvm", "knn"}  # both back-ends
     s = submitted.scores
     assert set(s["detector"]) == {"gmm", "ocsvm"}
     assert ((s["score"] > s["threshold"]).astype(int) == s["decision"]).all()
@@ -271,8 +271,8 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     sec = r[r["level"] == "section"]
     # dev labels from the names and eval labels from the ground truth, both systems
     assert set(sec["dataset"]) == {"dev_data", "eval_data"}
-    assert set(sec["system"]) == {"ours", "reference"}
-    assert len(sec) == 2 * 2 * 2 * 2  # datasets x machines x domains x systems
+    assert set(sec["system"]) == {"ours", "knn", "reference"}  # ours: the report's pair
+    assert len(sec) == 2 * 2 * 2 * 3  # datasets x machines x domains x systems
     assert sec["auc"].between(0, 1).all() and sec["pauc"].between(0, 1).all()
     assert (sec["n_normal"] == 3).all() and (sec["n_anomaly"] == 3).all()
     all_ours = r[(r["level"] == "all") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
@@ -302,7 +302,7 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
     md = (submitted.run / "results.md").read_text()
     assert (
-        "| machine | ours | simple reference | published: report | published: AE | "
+        "| machine | ours | kNN | simple reference | published: report | published: AE | "
         "published: MobileNetV2 |"
     ) in md and ev.PUBLISHED_NOTE in md
     assert "66.12 / 58.18" in md and "### Per domain" in md
