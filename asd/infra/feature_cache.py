@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from asd import AsdError
 from asd.infra.config import Config, FeatureConfig
-from asd.infra.data import index_dataset
+from asd.infra.data import detect_layout, index_dataset
 from asd.method.features import AudioWarning, log_mel_batch, mel_filterbank, read_audio
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,19 @@ class CacheError(AsdError):
 def cache_folder(cfg: Config, root: str | Path | None = None) -> Path:
     """``<cfg.data.cache_dir>/<root name>-<hash of the feature settings and the root>``."""
     root = Path(root or cfg.data.root).resolve()
-    key = {"features": _feature_settings(cfg.features), "root": str(root)}
+    key = {"features": _feature_settings(cfg), "root": str(root)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.data.cache_dir) / f"{root.name}-{digest}"
 
 
-def _feature_settings(fcfg: FeatureConfig) -> dict:
-    return {"format": FORMAT, "extractor": EXTRACTOR, **dataclasses.asdict(fcfg)}
+def _feature_settings(cfg: Config) -> dict:
+    """What the numbers of a cache depend on: the feature settings and the channel read."""
+    return {
+        "format": FORMAT,
+        "extractor": EXTRACTOR,
+        **dataclasses.asdict(cfg.features),
+        "channel": cfg.data.channel,
+    }
 
 
 @dataclasses.dataclass
@@ -88,7 +94,8 @@ class FeatureCache:
             index = index.astype({"index": int, "class": int})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CacheError(f"feature cache {path}: cannot read its files ({err})") from None
-        index["label"] = pd.Series([v or None for v in index["label"]], dtype=object)
+        for column in ("label", "domain"):  # "" in the CSV: unknown (2022+ evaluation test)
+            index[column] = pd.Series([v or None for v in index[column]], dtype=object)
         return cls(path, features, index, mean, std, settings)
 
 
@@ -103,7 +110,8 @@ def build_cache(
     with ``workers`` processes (default: one per usable core; 1: in this process). Nothing of a
     failed build (AudioError, a full disk, a worker's death) is kept."""
     root = Path(root or cfg.data.root)
-    index = index_dataset(root)
+    layout = detect_layout(root, cfg.data.layout)
+    index = index_dataset(root, layout)
     folder = cache_folder(cfg, root)
     files = hashlib.sha256()  # changes when a clip is added, removed or rewritten
     for p in index["path"]:
@@ -111,7 +119,8 @@ def build_cache(
         files.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     settings = {
         "format": FORMAT,
-        "features": _feature_settings(cfg.features),
+        "features": _feature_settings(cfg),
+        "layout": layout.name,
         "root": str(root.resolve()),
         "clips": len(index),
         "files": files.hexdigest(),
@@ -121,7 +130,10 @@ def build_cache(
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         try:
             cache = FeatureCache.open(folder)
-            if all(cache.settings.get(k) == settings[k] for k in ("features", "clips", "files")):
+            if all(
+                cache.settings.get(k) == settings[k]
+                for k in ("features", "layout", "clips", "files")
+            ):
                 log.info("reusing feature cache %s (%d clips)", folder, len(cache))
                 return cache
         except CacheError as err:
@@ -137,6 +149,7 @@ def build_cache(
                 tmp,
                 index,
                 cfg.features,
+                cfg.data.channel,
                 workers or len(os.sched_getaffinity(0)),
                 chunk_size,
                 progress,
@@ -169,6 +182,7 @@ def _build(
     tmp: Path,
     index: pd.DataFrame,
     fcfg: FeatureConfig,
+    channel: int | str,
     workers: int,
     chunk_size: int,
     progress: bool,
@@ -201,6 +215,7 @@ def _build(
                 fcfg,
                 str(tmp / "features.npy"),
                 offset + i * row_bytes,
+                channel,
             )
             for i in range(0, n, chunk_size)
         ]  # results in order: the same bits always
@@ -227,7 +242,12 @@ def _build(
 
 
 def _extract_chunk(
-    paths: list[str], train: list[bool], fcfg: FeatureConfig, target: str, offset: int
+    paths: list[str],
+    train: list[bool],
+    fcfg: FeatureConfig,
+    target: str,
+    offset: int,
+    channel: int | str = 0,
 ) -> tuple[int, np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Rows of ``paths`` into ``target`` at ``offset``: (training frames, sums, squares, notes)."""
     rows = torch.empty(len(paths), fcfg.frames, fcfg.n_mels, dtype=getattr(torch, fcfg.dtype))
@@ -235,7 +255,7 @@ def _extract_chunk(
     notes = []
     with torch.no_grad():
         for i, p in enumerate(paths):
-            wave, clip_notes = read_audio(p, fcfg)
+            wave, clip_notes = read_audio(p, fcfg, channel)
             notes += [(p, note) for note in clip_notes]
             db = log_mel_batch(torch.from_numpy(wave)[None], fcfg)[0]  # (T, M)
             rows[i] = db
