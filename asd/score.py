@@ -57,7 +57,7 @@ def describe_clip(
     path = Path(path)
     if section is None or domain is None:
         try:
-            parsed = parse_name(path.name)
+            parsed = parse_name(path.name, "dcase2023")  # also evaluation names, no domain
         except DataError:
             parsed = None
         if parsed is not None:
