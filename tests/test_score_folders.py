@@ -1,0 +1,88 @@
+"""asd.score on folders of new recordings: every WAV scored, clips unlike the training data
+marked as outside it, warnings printed once without source lines."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from test_score import make_submitted_run
+
+from asd import score as sc
+from asd.method.detectors import POOLED, DetectorSet
+from asd.submit import DETECTORS
+
+
+@pytest.fixture(scope="module")
+def submitted(tiny_cfg, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_cfg.replace(
+        **{
+            "runs.dir": str(runs),
+            "model.stem_channels": 4,
+            "model.stage_channels": [4, 4, 4, 8],
+            "model.embedding_dim": 16,
+            "loss.n_subclusters": 4,
+        }
+    )
+    return make_submitted_run(cfg)
+
+
+def test_a_folder_is_every_wav_under_it(submitted, tiny_data, tmp_path, capsys):
+    folder = tmp_path / "fan" / "new"
+    (folder / "later").mkdir(parents=True)
+    train = sorted((tiny_data / "dev_data" / "fan" / "train").glob("section_00_source_*.wav"))
+    shutil.copy(train[0], folder / "a.wav")
+    shutil.copy(train[1], folder / "later" / "b.WAV")
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "scores.csv"
+    args = [str(submitted.run), str(folder), "--machine", "fan", "--section", "00"]
+    assert sc.main([*args, "--csv", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"section": str})
+    assert [p.rsplit("/", 1)[1] for p in table["file"]] == ["a.wav", "b.WAV"]
+    assert list(table.columns) == sc.COLUMNS
+    # no domain in these names: the report's pair scores them with its unknown-domain rule
+    assert table["domain"].isna().all() and (table["threshold"] == 0).all()
+    assert (table["decision"] == (table["score"] > table["threshold"]).astype(int)).all()
+    # training clips lie inside what the run was trained on
+    assert (table["outside"] == 0).all()
+    assert "0 of 2 recordings lie outside" in capsys.readouterr().out
+
+
+def test_clips_unlike_the_training_data_are_outside(submitted, tiny_data, tmp_path):
+    dets = DetectorSet.load(submitted.run / DETECTORS)
+    knn = dets.detectors["fan", "00", POOLED]
+    assert np.isfinite(knn.outlier_distance) and knn.outlier_distance > 0
+    folder = tmp_path / "fan"
+    folder.mkdir()
+    rate = 16000
+    t = np.arange(10 * rate) / rate
+    rng = np.random.default_rng(0)
+    sf.write(folder / "loud_noise.wav", rng.uniform(-1, 1, t.size).astype(np.float32), rate)
+    sf.write(folder / "whistle.wav", (0.9 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32), rate)
+    table = sc.score_files(submitted.run, sc.wav_files([folder]), section="00")
+    assert table["machine"].tolist() == ["fan", "fan"]
+    # the rule: farther from every training clip than any training clip from its nearest one
+    assert (table["outside"] == 1).all()
+
+
+def test_warnings_print_once_without_source_lines(submitted, tiny_data, tmp_path, capsys):
+    clip = next((tiny_data / "dev_data" / "fan" / "train").glob("section_00_source_*.wav"))
+    wave, rate = sf.read(clip)
+    long = tmp_path / "fan" / "section_00_source_test_normal_0000.wav"
+    long.parent.mkdir()
+    sf.write(long, np.concatenate([wave, wave[: 2 * rate]]), rate)  # 12 s: cropped
+    assert sc.main([str(submitted.run), str(long)]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "cropped" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert "warnings.warn" not in err and "load_audio" not in err
+
+
+def test_missing_or_empty_folders_are_named(submitted, tmp_path, capsys):
+    assert sc.main([str(submitted.run), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert sc.main([str(submitted.run), str(tmp_path / "empty")]) == 2
+    assert "a folder without .wav files" in capsys.readouterr().err
