@@ -212,3 +212,13 @@ def test_ground_truth_that_cannot_be_fetched_says_where_to_put_it(server, tmp_pa
     assert "\n" not in message and "nttcslab/dcase2023_task2_evaluator" in message
     assert str(tmp_path / "data" / "eval_data" / "ground_truth_domain") in message
     assert (tmp_path / "data" / "dev_data" / "bearing" / "train").is_dir()  # the rest is there
+
+
+@pytest.mark.parametrize("server", [2026], indirect=True)
+def test_list_shows_the_published_files_of_the_configured_year(server, capsys):
+    from asd.download import main
+
+    assert main(["--list", "--base-url", server.url, "data.year=2026"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "19336329 dev_ToyCar_r2.zip 0.000 GB"  # the first version left out
+    assert lines[-1].startswith("total 0.00 GB in 2 files")

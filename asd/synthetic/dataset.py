@@ -69,6 +69,12 @@ class Clip:
         """The file name."""
         return self.relpath.rsplit("/", 1)[1]
 
+    @property
+    def folder_machine(self) -> str:
+        """The machine folder's name (2023 on, the evaluation set's is ``<machine>Eval``)."""
+        parts = self.relpath.split("/")
+        return parts[1] if parts[0] in ("dev_data", "eval_data") else parts[0]
+
 
 def plan(
     *,
@@ -193,7 +199,9 @@ def _later_plan(
             if layout == "folders":
                 clips += _folders_clips(machine, design_section, n, seed)
             else:
-                clips += _later_clips(dataset, machine, section, design_section, n, seed)
+                eval23 = layout == "dcase2023" and dataset == "eval_data"
+                named = f"{machine}Eval" if eval23 else machine
+                clips += _later_clips(dataset, machine, section, design_section, n, seed, named)
     return clips
 
 
@@ -235,11 +243,19 @@ def _test_labels(n_test: int) -> list[bool]:
 
 
 def _later_clips(
-    dataset: str, machine: str, section: str, design_section: str, counts: SectionCounts, seed: int
+    dataset: str,
+    machine: str,
+    section: str,
+    design_section: str,
+    counts: SectionCounts,
+    seed: int,
+    named: str = "",
 ) -> list[Clip]:
     """A section in the 2022+ layout: train/ and test/ (names with attributes; evaluation test
-    names ``section_XX_NNNN.wav`` numbered over both domains in shuffled order)."""
-    top, out = f"{dataset}/{machine}", []
+    names ``section_XX_NNNN.wav`` numbered over both domains in shuffled order). With one section
+    per machine type (dcase2023) the evaluation set's machine folders are ``<machine>Eval``: as
+    in the real data, no machine type is in both sets."""
+    top, out = f"{dataset}/{named or machine}", []
     for domain, count in (("source", counts.source_train), ("target", counts.target_train)):
         for i in range(count):
             key = (seed, dataset, machine, section, domain, "train", False, i, design_section)
@@ -388,7 +404,7 @@ def write_ground_truth(root: Path, clips: Iterable[Clip], layout: str = "dcase20
     groups: dict[tuple[str, str, str], list[tuple[str, int, int]]] = {}
     for c in clips:
         if c.dataset == "eval_data" and "/train/" not in c.relpath:
-            key = (c.machine, c.section, c.domain if layout == "dcase2021" else "")
+            key = (c.folder_machine, c.section, c.domain if layout == "dcase2021" else "")
             groups.setdefault(key, []).append((c.name, int(c.anomaly), int(c.domain == "target")))
     paths = []
     for (machine, section, domain), rows in sorted(groups.items()):
@@ -411,7 +427,7 @@ def write_attributes(root: Path, clips: Iterable[Clip]) -> list[Path]:
     groups: dict[tuple[str, str, str], list[str]] = {}
     for c in clips:
         relpath = c.relpath.split("/", 1)[1]
-        groups.setdefault((c.dataset, c.machine, c.section), []).append(
+        groups.setdefault((c.dataset, c.folder_machine, c.section), []).append(
             f"{relpath},condition,{c.condition['attributes']}\n"
         )
     paths = []
