@@ -252,7 +252,8 @@ def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 def official_line(results: pd.DataFrame, dataset: str, rule: str = "2021") -> str:
     summ = results[(results["dataset"] == dataset) & (results["level"] == "all")]
-    parts = [f"{SYSTEM_NAMES[r.system]} {100 * r.score:.2f}" for r in summ.itertuples()]
+    score = dict(zip(summ["system"], summ["score"]))
+    parts = [f"{name} {100 * score[key]:.2f}" for key, name in SYSTEM_NAMES.items() if key in score]
     line = f"official score ({RULE_NAMES[rule]}): " + ", ".join(parts)
     if dataset == "dev_data":
         approx = ", ".join(

@@ -159,7 +159,25 @@ def fit_detectors(
     for (machine, section), rows in train.groupby(["machine", "section"]):
         source = rows.index[rows["domain"] == "source"].to_numpy()
         target = rows.index[rows["domain"] == "target"].to_numpy()
-        sub = section_centres(rows.loc[source, "class"].to_numpy(), centres, n_subclusters)
+        classes = rows.loc[source, "class"].to_numpy()
+        sub = section_centres(classes, centres, n_subclusters)
+        if sub is None and len(source) and (classes < 0).all():
+            log.warning(
+                "%s section %s: its source clips are of no class of the run; its GMM starts "
+                "from k-means with S = %d components",
+                machine,
+                section,
+                n_subclusters,
+            )
+        elif sub is None and len(source):
+            log.info(
+                "%s section %s: %d source classes; its GMM starts from k-means with S = %d "
+                "components (docs/reproduction.md)",
+                machine,
+                section,
+                len(np.unique(classes)),
+                n_subclusters,
+            )
         jobs[machine, section, "gmm_ocsvm"] = delayed(fit_section)(
             emb[source], emb[target], sub, cfg, n_subclusters
         )
@@ -223,7 +241,7 @@ def score_test_clips(
         decision=(score > threshold).astype(int),
         detector=detector,
     )
-    return out.sort_values(["dataset", *SECTION, "file"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["dataset", *GROUP, "file"], kind="stable").reset_index(drop=True)
 
 
 def submission_name(kind: str, machine: str, section: str, domain: str | None = None) -> str:
@@ -362,7 +380,8 @@ def submit(
 def summary(sub: Submission) -> str:
     """Counts, and the share of test clips flagged per (dataset, machine, domain)."""
     table = report_order(
-        sub.scores.groupby(["dataset", "machine", "domain"], dropna=False)
+        sub.scores.fillna({"domain": "unknown"})
+        .groupby(["dataset", "machine", "domain"])
         .agg(clips=("file", "size"), flagged=("decision", "mean"))
         .reset_index(),
         ["dataset", "machine"],

@@ -120,7 +120,8 @@ class GMMDetector(Detector):
         means_init = None if centres is None else l2_normalise(centres)  # (S, D)
         k = min(n, n_components if means_init is None else len(means_init))
         if means_init is None:
-            info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
+            # the caller says why there are none (asd.submit: several source classes)
+            info["means_init_note"] = f"no sub-cluster centres given; {k} components from k-means"
         elif k < len(means_init):
             nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
             keep = np.sort(np.argsort(-nearest, kind="stable")[:k])
