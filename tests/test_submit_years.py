@@ -90,3 +90,48 @@ def test_official_score_as_the_evaluator_computes_it(submitted_2023):
     assert len(values) == 2
     assert ours["score"].item() == pytest.approx(metrics.official_score_of(values))
     assert "the 2022-2026 rule" in ev.report(result)
+
+
+@pytest.fixture(scope="module")
+def submitted_folders(repo, tmp_path_factory):
+    from asd.synthetic import generate
+
+    tmp = tmp_path_factory.mktemp("folders")
+    root = generate(
+        tmp / "data",
+        machines=("fan", "valve"),
+        dev_sections=("00",),
+        eval_sections=(),
+        n_source=12,
+        n_target=4,
+        n_test=6,
+        layout="folders",
+    )
+    cfg = load_config(
+        repo / "config.yml",
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp / 'cache'}",
+            f"runs.dir={tmp / 'runs'}",
+            "model.stem_channels=4",
+            "model.stage_channels=[4,4,4,8]",
+            "model.embedding_dim=16",
+            "loss.n_subclusters=4",
+        ],
+    )
+    return cfg, make_submitted_run(cfg)
+
+
+def test_folders_auc_and_pauc_per_machine(submitted_folders):
+    cfg, sub = submitted_folders
+    assert sub.rule == "folders" and sub.backend == "knn"
+    result = ev.evaluate(cfg, sub.run, figures=False)
+    sections = result.results.query("level == 'section' and system == 'ours'")
+    assert sorted(sections["machine"]) == ["fan", "valve"]  # one row per machine
+    for row in sections.itertuples():
+        rows = _rows(sub.run / SUBMISSION / f"anomaly_score_{row.machine}_section_00_test.csv")
+        y = np.array([f.startswith("anomaly/") for f, _ in rows], dtype=int)
+        score = np.array([float(v) for _, v in rows])
+        assert row.auc == pytest.approx(metrics.auc(y, score))
+        assert row.pauc == pytest.approx(metrics.pauc(y, score))
+        assert row.n_normal + row.n_anomaly == len(rows)
