@@ -263,7 +263,7 @@ class MixupRunner(dl.Runner):
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
         # The epoch's loss and hits are summed on the device, in float64, and read once at its
         # end: a read per batch would make the host wait for the device every batch.
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)  # loss, hits
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)
         # One-hot labels are rows of this identity, made once per epoch on the device.
         n_classes = len(self.step.classes["class"])
         self.eye = torch.eye(n_classes, device=self.engine.device)  # (C, C)
@@ -276,7 +276,8 @@ class MixupRunner(dl.Runner):
         y_b = self.eye[batch["y_b"]]  # (B, C)
         # Mixup (report 2.4): each sample is lam * a + (1 - lam) * b, its label likewise, so the
         # model learns how much of each class a mixed clip holds.
-        x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, batch["lam"])  # (B, 1, T, F), (B, C)
+        lam = batch["lam"]  # (B,)
+        x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, lam)  # (B, 1, T, F), (B, C)
         # On a CPU the model runs in channels_last, where convolutions are faster.
         if self.engine.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

@@ -48,8 +48,8 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
         # Standardised first, so that the fit sees one scale whatever the detector's scores.
         try:
             with warnings.catch_warnings(action="ignore"):
-                shape, loc, scale = scipy.stats.gamma.fit((scores - mean) / std)
-                value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
+                fitted = scipy.stats.gamma(*scipy.stats.gamma.fit((scores - mean) / std))
+                value = float(fitted.ppf(quantile))
             if math.isfinite(value):
                 return mean + std * value, "gamma"
         except (ValueError, RuntimeError, FloatingPointError) as err:

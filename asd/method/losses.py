@@ -28,7 +28,7 @@ from torch import nn
 
 
 def _unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of x scaled to unit L2 norm; zero rows stay zero; no overflow for huge entries."""
+    """Rows of x scaled to unit L2 norm (zero rows stay zero), without overflow."""
     # Divided by the largest entry first, so that the squared norm of a huge row stays finite.
     x = x / x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(eps)
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
@@ -45,7 +45,7 @@ def _global_batch(x: torch.Tensor) -> torch.Tensor:
 
 
 def initial_scale(n_logits: int) -> float:
-    """AdaCos's fixed scale sqrt(2) ln(n - 1), with sqrt(2) ln 2 for n <= 2 (see module doc)."""
+    """AdaCos's fixed scale sqrt(2) ln(n - 1), or sqrt(2) ln 2 for n <= 2 logits."""
     return math.sqrt(2.0) * math.log(max(n_logits - 1, 2))
 
 
@@ -68,7 +68,7 @@ class SubClusterAdaCos(nn.Module):
         self.register_buffer("s", torch.tensor(initial_scale(n_classes * n_subclusters)))
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each embedding to each sub-cluster centre: (B, D) -> (B, C*S)."""
+        """The cosine of each embedding to each sub-cluster centre: (B, D) -> (B, C*S)."""
         dtype = torch.promote_types(
             torch.promote_types(emb.dtype, self.centres.dtype), torch.float32
         )
@@ -96,7 +96,8 @@ class SubClusterAdaCos(nn.Module):
         own = by_class[torch.arange(batch, device=cos.device), dominant]  # (B, S)
         theta = torch.acos(own.amax(dim=1).clamp(-1.0, 1.0))  # (B,)
         # Under DDP every process estimates s from the global batch, so all of them share one s.
-        per_sample, theta = _global_batch(torch.stack([per_sample, theta]))  # (2, world * B)
+        stats = torch.stack([per_sample, theta])  # (2, B)
+        per_sample, theta = _global_batch(stats)  # (world * B,) each
         # log B_avg: the log of the batch mean of the per-sample sums, still in log space.
         log_b_avg = torch.logsumexp(per_sample, dim=0) - math.log(len(per_sample))
         # The median angle is capped (pi/4 by default), as in AdaCos, so that the wide angles of
@@ -110,7 +111,7 @@ class SubClusterAdaCos(nn.Module):
         self.s.copy_(torch.where(ok, new_s, s).to(self.s.dtype))
 
     def forward(self, emb: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D) embeddings [, (B, C) mixed label probabilities] -> (B, C) log P by eq. (1)."""
+        """(B, D) embeddings [and (B, C) mixed labels] -> (B, C) log P by eq. (1)."""
         if emb.dim() != 2 or emb.shape[1] != self.dim:
             raise ValueError(
                 f"SubClusterAdaCos expects embeddings (B, {self.dim}), got {tuple(emb.shape)}"
@@ -128,7 +129,8 @@ class SubClusterAdaCos(nn.Module):
         logits = self.s.to(cos.dtype) * cos  # (B, C*S)
         # Eq. (1): a class's probability is the sum over its S sub-clusters, i.e. a logsumexp
         # of its logits, less the logsumexp over all C*S logits (the softmax's denominator).
-        per_class = torch.logsumexp(logits.view(-1, self.n_classes, self.n_subclusters), dim=2)
+        by_class = logits.view(-1, self.n_classes, self.n_subclusters)  # (B, C, S)
+        per_class = torch.logsumexp(by_class, dim=2)  # (B, C)
         return per_class - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, C)
 
 
