@@ -110,6 +110,7 @@ def _machine_folders(root: Path) -> list[tuple[str, Path]]:
 
 
 def _folder_rows(dataset: str, machine: Path, folder: Path) -> list[dict]:
+    """One row per .wav file of a split folder; DataError for a clip of another split or domain."""
     split = "train" if folder.name == "train" else "test"
     domain = SPLIT_FOLDERS[folder.name]
     with os.scandir(folder) as entries:  # entries know their type without a stat call each
