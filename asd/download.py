@@ -1,9 +1,10 @@
 """``make data``: fetch the DCASE 2021 Task 2 data from Zenodo and unpack it into data.root.
 
 ``RECORDS``: development, additional training and evaluation test archives per machine, and the
-official evaluator's 42 ground-truth CSVs (DESIGN.md "Scale"), listed with names, sizes and MD5s
-at ``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file, resuming
-``.download/<name>.part`` (HTTP Range); only the machine's folders leave the unpacked tree.
+official evaluator's 42 ground-truth CSVs (docs/reproduction.md "Scale"), listed with names,
+sizes and MD5s at ``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file,
+resuming ``.download/<name>.part`` (HTTP Range); only the machine's folders leave the unpacked
+tree.
 """
 
 from __future__ import annotations
