@@ -36,6 +36,11 @@ class DataConfig:
 
     root: str
     cache_dir: str
+    # defaults only for stored configs older than these keys; config.yml sets them
+    layout: Literal["auto", "dcase2021", "dcase2022", "dcase2023", "folders"] = "auto"
+    year: Annotated[int, "2021 to 2026"] = 2021
+    channel: Annotated[int, ">= 0"] | Literal["mean"] = 0
+    classes: Literal["auto", "section", "attributes"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ _IN_RANGE = {
     ">= 0": lambda v: v >= 0,
     "in (0, 1)": lambda v: 0 < v < 1,
     "in (0, 1]": lambda v: 0 < v <= 1,
+    "2021 to 2026": lambda v: 2021 <= v <= 2026,
 }
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -184,11 +190,11 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     rule = "> 0"
     if typing.get_origin(hint) is Annotated:
         hint, rule = typing.get_args(hint)
-    # Optional[X]: None, or a value of X.
+    # Optional[X] (None, or a value of X), or one of several types.
     if typing.get_origin(hint) is typing.Union:
-        if value is None:
+        if value is None and type(None) in typing.get_args(hint):
             return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _check_union(value, [a for a in typing.get_args(hint) if a is not type(None)], key)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             raise ConfigError(
@@ -201,6 +207,17 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         inner = typing.get_args(hint)[0]
         return tuple(_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
     return _check_scalar(value, hint, rule, key)
+
+
+def _check_union(value: Any, hints: list, key: str) -> Any:
+    """``value`` as the first of ``hints`` that takes it, or one ConfigError naming them all."""
+    errors = []
+    for hint in hints:
+        try:
+            return _check(value, hint, key)
+        except ConfigError as err:
+            errors.append(str(err).split(": ", 1)[-1])
+    raise ConfigError(f"config key '{key}': {' or '.join(errors)}")
 
 
 def _check_scalar(value: Any, hint: type, rule: str, key: str) -> Any:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from asd import AsdError
 from asd.infra.config import Config, FeatureConfig
-from asd.infra.data import index_dataset
+from asd.infra.data import detect_layout, index_dataset
 from asd.method.features import AudioWarning, log_mel_batch, mel_filterbank, read_audio
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,19 @@ class CacheError(AsdError):
 def cache_folder(cfg: Config, root: str | Path | None = None) -> Path:
     """``<cfg.data.cache_dir>/<root name>-<hash of the feature settings and the root>``."""
     root = Path(root or cfg.data.root).resolve()
-    key = {"features": _feature_settings(cfg.features), "root": str(root)}
+    key = {"features": _feature_settings(cfg), "root": str(root)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.data.cache_dir) / f"{root.name}-{digest}"
 
 
-def _feature_settings(fcfg: FeatureConfig) -> dict:
-    """The feature settings and the cache's versions: a cache built with others is not reused."""
-    return {"format": FORMAT, "extractor": EXTRACTOR, **dataclasses.asdict(fcfg)}
+def _feature_settings(cfg: Config) -> dict:
+    """What the numbers of a cache depend on: the feature settings and the channel read."""
+    return {
+        "format": FORMAT,
+        "extractor": EXTRACTOR,
+        **dataclasses.asdict(cfg.features),
+        "channel": cfg.data.channel,
+    }
 
 
 @dataclasses.dataclass
@@ -97,8 +102,9 @@ class FeatureCache:
             index = index.astype({"index": int, "class": int})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CacheError(f"feature cache {path}: cannot read its files ({err})") from None
-        # The CSV reads a missing label as "": back to None, as index_dataset gives it.
-        index["label"] = pd.Series([v or None for v in index["label"]], dtype=object)
+        # The CSV reads an unknown label or domain (2022+ evaluation test) as "": back to None.
+        for column in ("label", "domain"):
+            index[column] = pd.Series([v or None for v in index[column]], dtype=object)
         return cls(path, features, index, mean, std, settings)
 
 
@@ -113,7 +119,8 @@ def build_cache(
     with ``workers`` processes (default: one per usable core; 1: in this process). Nothing of a
     failed build (AudioError, a full disk, a worker's death) is kept."""
     root = Path(root or cfg.data.root)
-    index = index_dataset(root)
+    layout = detect_layout(root, cfg.data.layout)
+    index = index_dataset(root, layout)
     folder = cache_folder(cfg, root)
     # A fingerprint of the clips' names, sizes and times: it changes when a clip is added,
     # removed or rewritten, and the cache is then rebuilt.
@@ -124,7 +131,8 @@ def build_cache(
         files.update(line.encode())
     settings = {
         "format": FORMAT,
-        "features": _feature_settings(cfg.features),
+        "features": _feature_settings(cfg),
+        "layout": layout.name,
         "root": str(root.resolve()),
         "clips": len(index),
         "files": files.hexdigest(),
@@ -136,7 +144,7 @@ def build_cache(
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             cache = FeatureCache.open(folder)
-            same = ("features", "clips", "files")
+            same = ("features", "layout", "clips", "files")
             if all(cache.settings.get(k) == settings[k] for k in same):
                 log.info("reusing feature cache %s (%d clips)", folder, len(cache))
                 return cache
@@ -156,6 +164,7 @@ def build_cache(
                 tmp,
                 index,
                 cfg.features,
+                cfg.data.channel,
                 workers or len(os.sched_getaffinity(0)),
                 chunk_size,
                 progress,
@@ -188,6 +197,7 @@ def _build(
     tmp: Path,
     index: pd.DataFrame,
     fcfg: FeatureConfig,
+    channel: int | str,
     workers: int,
     chunk_size: int,
     progress: bool,
@@ -227,6 +237,7 @@ def _build(
                 fcfg,
                 str(npy),
                 header + i * row_bytes,
+                channel,
             )
             for i in range(0, n, chunk_size)
         ]
@@ -268,16 +279,21 @@ class ChunkResult(NamedTuple):
 
 
 def _extract_chunk(
-    paths: list[str], train: list[bool], fcfg: FeatureConfig, target: str, offset: int
+    paths: list[str],
+    train: list[bool],
+    fcfg: FeatureConfig,
+    target: str,
+    offset: int,
+    channel: int | str = 0,
 ) -> ChunkResult:
-    """Write the log-mel rows of ``paths`` into the file ``target`` at byte ``offset``."""
+    """Write the log-mel rows of ``paths`` (read from ``channel``) into ``target`` at ``offset``."""
     rows = torch.empty(len(paths), fcfg.frames, fcfg.n_mels, dtype=getattr(torch, fcfg.dtype))
     sums = torch.zeros(fcfg.n_mels, dtype=torch.float64)
     squares = torch.zeros(fcfg.n_mels, dtype=torch.float64)
     notes = []
     with torch.no_grad():
         for i, p in enumerate(paths):
-            wave, clip_notes = read_audio(p, fcfg)
+            wave, clip_notes = read_audio(p, fcfg, channel)
             notes += [(p, note) for note in clip_notes]
             db = log_mel_batch(torch.from_numpy(wave)[None], fcfg)[0]  # (T, M)
             rows[i] = db

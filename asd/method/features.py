@@ -33,11 +33,15 @@ class AudioWarning(UserWarning):
     """An audio file converted to fit the features (channels, rate, length), or silent."""
 
 
-def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[str]]:
+def read_audio(
+    path: str | Path, cfg: FeatureConfig, channel: int | str = 0
+) -> tuple[np.ndarray, list[str]]:
     """A clip as float32 (samples,), mono, at ``cfg.sample_rate``, and notes on what was
     converted (channels, rate, length) or is silent.
 
-    An unusable file raises an AudioError that names it.
+    ``channel`` (``data.channel``) picks one channel of a multi-channel file (0: the near
+    microphone of the 2026 data, as the organisers' baseline) or their ``mean``. An unusable
+    file raises an AudioError that names it.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,9 +63,7 @@ def read_audio(path: str | Path, cfg: FeatureConfig) -> tuple[np.ndarray, list[s
     elif not np.isfinite(wave).all():
         raise AudioError(f"{path}: audio holds NaN or infinite samples")
     # Whatever was converted becomes a note, so the cache can say which clips did not fit.
-    channels = wave.shape[1]
-    wave = wave.mean(axis=1, dtype=np.float32) if channels > 1 else wave[:, 0]
-    notes = [f"{channels} channels, averaged to mono"] if channels > 1 else []
+    wave, notes = _one_channel(path, wave, channel)
     if rate != cfg.sample_rate:
         wave = resample(wave, rate, cfg.sample_rate)
         notes.append(f"sample rate {rate} Hz, resampled to {cfg.sample_rate} Hz")
@@ -96,9 +98,25 @@ def _check_complete(path: Path, log: str) -> None:
         )
 
 
-def load_audio(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
+def _one_channel(path: Path, wave: np.ndarray, channel: int | str) -> tuple[np.ndarray, list[str]]:
+    """The channel ``channel`` of ``wave`` (samples, channels), or their mean; a mono file's
+    only one whatever ``channel`` says. AudioError for a channel the file does not have."""
+    channels = wave.shape[1]
+    if channels == 1:
+        return wave[:, 0], []
+    if channel == "mean":
+        return wave.mean(axis=1, dtype=np.float32), [f"{channels} channels, averaged to mono"]
+    if not 0 <= int(channel) < channels:
+        raise AudioError(
+            f"{path}: has {channels} channels, so data.channel {channel} does not exist "
+            f"(expected 0 to {channels - 1} or mean)"
+        )
+    return wave[:, int(channel)], [f"{channels} channels, channel {channel} taken (data.channel)"]
+
+
+def load_audio(path: str | Path, cfg: FeatureConfig, channel: int | str = 0) -> np.ndarray:
     """``read_audio``'s waveform; each note becomes an AudioWarning naming the file."""
-    wave, notes = read_audio(path, cfg)
+    wave, notes = read_audio(path, cfg, channel)
     for note in notes:
         warnings.warn(f"{path}: {note}", AudioWarning, stacklevel=2)
     return wave

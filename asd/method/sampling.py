@@ -38,8 +38,16 @@ def check_clips(
     root: str,
     step: str,
 ) -> None:
-    """ConfigError unless every domain a step draws from has training clips of its classes."""
+    """ConfigError unless every domain a step draws from has training clips of its classes; a
+    run whose classes hold no target domain at all (one condition only) says so."""
     for domain in domains:
+        if domain == "target" and "target" not in set(pd.DataFrame(classes)["domain"]):
+            raise ConfigError(
+                f"the data root {root} has no target training clips, and {step} pairs source "
+                f"with target clips: it needs two conditions (folders layout: two sub-folders "
+                f"of a machine's train/, the smaller plays the target); submit works from the "
+                f"Step 1 run (make submit FROM=runs/NNN-stage1)"
+            )
         if len(rows[domain]) == 0:
             c = pd.DataFrame(classes)
             known = sorted({f"{m} {s}" for m, s in zip(c["machine"], c["section"])})
