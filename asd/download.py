@@ -1,6 +1,6 @@
 """``make data``: fetch one DCASE year's Task 2 data from Zenodo and unpack it into data.root.
 
-``YEARS[data.year]`` (2021-2026, ../shared/YEARS.md): development, additional training and
+``YEARS[data.year]`` (2021-2026, docs/data.md): development, additional training and
 evaluation test archives per machine, listed with names, sizes and MD5s at
 ``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file, resuming
 ``.download/<name>.part`` (HTTP Range); only the machine's folders (and 2022+
