@@ -141,14 +141,18 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     path = Path(run) / SCORES
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
-    keys = ["dataset", "machine", "section", "domain", "file"]
+    # file names are unique within a section; the index gives the domain, from the ground truth
+    # where the names hide it (2022 on: scores.csv leaves it empty)
+    keys = ["dataset", "machine", "section", "file"]
     sub = pd.read_csv(path, dtype={k: str for k in keys}, keep_default_na=False)
     root, index = _clips(run, root)
-    out = sub.merge(index[index["split"] == "test"][["path", "label", *keys]], on=keys, how="left")
+    test = index[index["split"] == "test"][["path", "label", "domain", *keys]]
+    out = sub.drop(columns="domain").merge(test, on=keys, how="left")
     lost = out[out["path"].isna()]
     if len(lost):
         raise ViewError(
             f"{path}: {len(lost)} scored clips are not test clips under the data "
             f"root {root}, e.g. {lost.iloc[0]['file']}; pass the root asd.submit used"
         )
-    return out.sort_values(keys, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
+    order = ["dataset", "machine", "section", "domain", "file"]
+    return out.sort_values(order, kind="stable")[SCORE_COLUMNS].reset_index(drop=True)
