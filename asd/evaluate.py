@@ -299,9 +299,12 @@ def result_blocks(
             table(machine_table(results, dataset, rule)),
             *([PUBLISHED_NOTE] if with_published(dataset, rule) else []),
             official_line(results, dataset, rule),
-            "### Per domain, harmonic means over machines and sections",
-            table(_systems_table(results, dataset, ["domain"], ["domain"])),
         ]
+        if rule != "folders":  # plain folders' test clips have no domain
+            out += [
+                "### Per domain, harmonic means over machines and sections",
+                table(_systems_table(results, dataset, ["domain"], ["domain"])),
+            ]
         if markdown:  # with each section's normal and anomalous test clip counts
             out += [
                 "### Per section and domain",
