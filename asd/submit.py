@@ -68,7 +68,7 @@ def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | st
     if diffs:
         raise SubmitError(
             f"the config's feature settings differ from those {run_dir} was "
-            f"trained with (its config.yml): {'; '.join(diffs)}"
+            f"trained with (its {Run(run_dir).config.name}): {'; '.join(diffs)}"
         )
 
 
