@@ -53,7 +53,7 @@ class MixupBatches:
     """A loader (for Catalyst) of pairs of rows of ``features`` (N, T, F), the first clip from
     ``first_rows``, the second from ``second_rows``: batches ``x_a``, ``x_b`` (B, 1, T, F) log-mels
     normalised by mean and std (F,), ``y_a``, ``y_b`` (B,) ``labels`` and ``lam`` (B,) ~ U(0, 1).
-    A pass yields ``steps_per_epoch`` batches, fewer at the end: ``total_steps`` in all."""
+    A pass yields ``iterations_per_epoch`` batches, fewer at the end: ``iterations`` in all."""
 
     sampler = batch_sampler = None  # Catalyst checks these on every loader
 
@@ -66,15 +66,15 @@ class MixupBatches:
         first_rows: Sequence[int],
         second_rows: Sequence[int],
         batch_size: int,
-        steps_per_epoch: int,
-        total_steps: int,
+        iterations_per_epoch: int,
+        iterations: int,
         seed: int,
         device: torch.device | str = "cpu",
         cache_on_device: bool = False,
     ) -> None:
         self.device, self.seed, self.done = torch.device(device), seed, 0
-        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
-        self.total_steps, self.generator = total_steps, torch.Generator()
+        self.batch_size, self.iterations_per_epoch = batch_size, iterations_per_epoch
+        self.iterations, self.generator = iterations, torch.Generator()
         # copies: the index's arrays can be read-only, which torch.as_tensor warns about
         self._first, self._second, self._labels = (
             torch.tensor(np.asarray(rows), dtype=torch.long)
@@ -89,11 +89,11 @@ class MixupBatches:
             )
 
     def __len__(self) -> int:
-        return max(0, min(self.steps_per_epoch, self.total_steps - self.done))
+        return max(0, min(self.iterations_per_epoch, self.iterations - self.done))
 
     def __iter__(self) -> Iterator[dict]:
         n, b, g = len(self), self.batch_size, self.generator
-        g.manual_seed(self.seed * 1_000_003 + self.done // self.steps_per_epoch)
+        g.manual_seed(self.seed * 1_000_003 + self.done // self.iterations_per_epoch)
         draws = torch.empty(3, n, b, dtype=torch.float64)  # float64 holds rows and ratios exactly
         for i in range(n):  # in the generator's order of one batch after another
             draws[0, i] = torch.randint(len(self._first), (b,), generator=g)
