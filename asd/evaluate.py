@@ -26,7 +26,7 @@ import pandas as pd
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, load_config
-from asd.infra.data import ground_truth_dir, report_order, with_ground_truth
+from asd.infra.data import ground_truth_dir, index_dataset, report_order, with_ground_truth
 from asd.infra.io import atomic_path, atomic_write_text
 from asd.infra.runs import Run, submitted_data
 from asd.method import metrics
@@ -317,7 +317,8 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     if not run.submission.is_dir():
         raise EvaluateError(f"{run.submission} does not exist; run asd.submit (make submit) first")
     # results of other data than the submission's are refused before the cache is built
-    run.check_same_data(submitted_data(cfg.data.root), "asd.evaluate", ADVICE)
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    run.check_same_data(data, "asd.evaluate", ADVICE)
     check_features(cfg.features, load_config(run.config).features, run)
     submission = read_submission(run.submission)
     keys = ["machine", "section", "domain", "file"]
@@ -328,9 +329,6 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
         )
     cache = build_cache(cfg, progress=False)
     rows = np.flatnonzero(cache.index["split"].to_numpy() == "test")
-    run.check_same_data(
-        submitted_data(cfg.data.root, cache.index.iloc[rows]), "asd.evaluate", ADVICE
-    )
     test = with_ground_truth(cache.index, cfg.data.root).iloc[rows].assign(row=rows)
     test["anomaly"] = test["label"].map({"normal": 0, "anomaly": 1})
     missing = test["anomaly"].isna()

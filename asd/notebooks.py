@@ -19,6 +19,7 @@ from pathlib import Path
 
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
+from asd.infra.data import index_dataset
 from asd.infra.io import atomic_path
 from asd.infra.runs import Run, submitted_data
 
@@ -87,7 +88,8 @@ def _main(args) -> int:
     run, cfg = load_run(args)  # checks the config and overrides before any kernel starts
     # pages of other data than the submission's would replace the run's own
     advice = "run the notebooks with that data root (drop the data.root override)"
-    Run(run).check_same_data(submitted_data(cfg.data.root), "asd.notebooks", advice)
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    Run(run).check_same_data(data, "asd.notebooks", advice)
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else find_notebooks()
     missing = [p for p in notebooks if not p.is_file()]
     if missing:

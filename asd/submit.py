@@ -34,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, FeatureConfig, config_diffs
-from asd.infra.data import csv_name, read_csvs, report_order
+from asd.infra.data import csv_name, index_dataset, read_csvs, report_order
 from asd.infra.io import atomic_path
 from asd.infra.runs import Run, submitted_data
 from asd.method.detectors import DetectorSet, fit_section
@@ -256,12 +256,11 @@ def submit(
 
     run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
     # a run submitted for other data keeps its submission: refused before any file is written
-    run.check_same_data(submitted_data(cfg.data.root), "asd.submit", ADVICE)
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    run.check_same_data(data, "asd.submit", ADVICE)
     loaded = load_model(run.model, device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
-    data = submitted_data(cfg.data.root, cache.index[cache.index["split"] == "test"])
-    run.check_same_data(data, "asd.submit", ADVICE)
     index = assign_classes(cache.index, loaded.classes)  # the run's class ids
     pairs = index.groupby(["machine", "section"])["dataset"].nunique()
     if (pairs > 1).any():

@@ -456,6 +456,7 @@ def test_the_record_of_what_was_submitted(submitted):
     assert data.root == str(Path(cfg.data.root).resolve())
     machines = {machine for _, machine, _ in data.sections}
     assert machines == {"fan", "valve"} and ("eval_data", "valve", "03") in data.sections
+    assert data.clips == 48  # 2 machines x 2 sections x 2 domains x 6 test clips
 
 
 def test_submit_for_another_data_root_is_refused_and_the_run_kept(submitted, tmp_path, capsys):
@@ -474,19 +475,21 @@ def test_submit_for_another_data_root_is_refused_and_the_run_kept(submitted, tmp
     assert snapshot(run) == before  # byte for byte
 
 
-def test_submit_for_other_machines_of_the_same_root_is_refused(submitted, tmp_path):
+def test_the_same_clips_elsewhere_are_the_same_data_and_fewer_are_not(submitted, tmp_path):
     cfg, run = submitted
     copy = Run(tmp_path / run.name)
     shutil.copytree(run.path, copy.path)
-    before = snapshot(copy)
-    assert sm.main(["--from", str(copy), "--device", "cpu"]) == 0  # the same data: allowed
-    root = one_machine_root(cfg, tmp_path / "data")
+    root = tmp_path / "data"
+    shutil.copytree(cfg.data.root, root)  # a copied data folder: the same test clips
     here = cfg.replace(**{"data.root": str(root)})
-    record = json.loads(copy.submitted_data.read_text())
-    record["root"] = str(root.resolve())  # as if submitted for this root when it had valve too
-    copy.submitted_data.write_text(json.dumps(record))
+    sm.submit(here, copy.path, device="cpu")
+    assert copy.read_submitted_data().root == str(root.resolve())
+    for dataset in ("dev_data", "eval_data"):  # the same root, one machine fewer
+        shutil.rmtree(root / dataset / "valve")
     before = snapshot(copy)
-    with pytest.raises(ConfigError, match=r"for data root .* \(2 sections of fan\): "):
+    with pytest.raises(
+        ConfigError, match=r"for data root .* \(2 sections of fan, 24 test clips\): "
+    ):
         sm.submit(here, copy.path, device="cpu")
     with pytest.raises(ConfigError, match="asd.evaluate does not rewrite it"):
         ev.evaluate(here, copy.path, figures=False)

@@ -9,6 +9,7 @@ resumes. Every other module asks a ``Run`` for a path; none spells a file name o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,16 +32,22 @@ _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
 @dataclass(frozen=True)
 class SubmittedData:
-    """What a run's submission was made from: its data root and the sections it scored."""
+    """What a run's submission was made from: the test clips it scored, and where they were.
+    Two data roots with the same test clips (a moved or copied data folder) are the same data."""
 
     root: str | None  # the resolved data root (None: submitted before runs recorded it)
     sections: tuple[tuple[str, str, str], ...]  # sorted (dataset, machine, section)
+    clips: int  # test clips
+    digest: str  # sha256 of the sorted test clip names (dataset/machine/file)
 
     def describe(self) -> str:
-        """The root and the machines, as a refusal names them."""
-        machines = sorted({machine for _, machine, _ in self.sections})
+        """The root, the machines and the clips, as a refusal names them."""
         root = f"data root {self.root}" if self.root else "its data root"
-        return f"{root} ({len(self.sections)} sections of {', '.join(machines) or 'no machine'})"
+        machines = sorted({machine for _, machine, _ in self.sections})
+        return (
+            f"{root} ({len(self.sections)} sections of {', '.join(machines) or 'no machine'}, "
+            f"{self.clips} test clips)"
+        )
 
 
 @dataclass(frozen=True)
@@ -294,44 +301,49 @@ class Run:
     # The data a submission was made from: a submitted run is never rewritten for other data.
     def read_submitted_data(self) -> SubmittedData | None:
         """What the run's submission was made from (None: not submitted). Runs submitted before
-        the record existed give their sections from the scores and no root."""
+        the record existed give their test clips from the scores, and no root."""
         if self.submitted_data.is_file():
             record = json.loads(self.submitted_data.read_text())
-            sections = tuple(tuple(s) for s in record["sections"])
-            return SubmittedData(root=record["root"], sections=sections)
+            sections = tuple(tuple(section) for section in record["sections"])
+            return SubmittedData(record["root"], sections, record["clips"], record["digest"])
         if self.scores.is_file():
-            keys = ["dataset", "machine", "section"]
+            keys = ["dataset", "machine", "section", "file"]
             scores = pd.read_csv(self.scores, dtype=str, keep_default_na=False, usecols=keys)
-            sections = scores.drop_duplicates().itertuples(index=False, name=None)
-            return SubmittedData(root=None, sections=tuple(sorted(sections)))
+            return _test_clips(None, scores)
         return None
 
     def write_submitted_data(self, data: SubmittedData) -> None:
-        record = {"root": data.root, "sections": [list(s) for s in data.sections]}
+        record = {
+            "root": data.root,
+            "sections": [list(section) for section in data.sections],
+            "clips": data.clips,
+            "digest": data.digest,
+        }
         atomic_write_text(self.submitted_data, json.dumps(record, indent=1) + "\n")
 
     def check_same_data(self, data: SubmittedData, command: str, advice: str) -> None:
         """ConfigError, in one line ending with ``advice``, where the run was submitted for
-        other data than ``data`` (``command`` would replace what it holds)."""
+        other test clips than ``data``'s (``command`` would replace what the run holds)."""
         before = self.read_submitted_data()
-        if before is None:
-            return
-        other_root = before.root is not None and data.root is not None and before.root != data.root
-        if other_root or (data.sections and before.sections != data.sections):
+        if before is not None and (before.sections, before.digest) != (data.sections, data.digest):
             raise ConfigError(
                 f"{self.path} was submitted for {before.describe()}; {command} does not "
                 f"rewrite it for {data.describe()}: {advice}"
             )
 
 
-def submitted_data(root: str | Path, frame: pd.DataFrame | None = None) -> SubmittedData:
-    """The SubmittedData of a data root and the (dataset, machine, section) rows of ``frame``
-    (None: the sections are not known yet, only the root is compared)."""
-    sections = ()
-    if frame is not None:
-        keys = frame[["dataset", "machine", "section"]].astype(str).drop_duplicates()
-        sections = tuple(sorted(keys.itertuples(index=False, name=None)))
-    return SubmittedData(root=str(Path(root).resolve()), sections=sections)
+def submitted_data(root: str | Path, index: pd.DataFrame) -> SubmittedData:
+    """The SubmittedData of a data root from its index (asd.infra.data.index_dataset)."""
+    return _test_clips(str(Path(root).resolve()), index[index["split"] == "test"])
+
+
+def _test_clips(root: str | None, test: pd.DataFrame) -> SubmittedData:
+    """SubmittedData of the test clips ``test`` (dataset, machine, section and file columns)."""
+    keys = test[["dataset", "machine", "section"]].astype(str).drop_duplicates()
+    names = sorted(test["dataset"] + "/" + test["machine"] + "/" + test["file"])
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    sections = tuple(sorted(keys.itertuples(index=False, name=None)))
+    return SubmittedData(root=root, sections=sections, clips=len(names), digest=digest)
 
 
 def run_number(path: Path) -> int:
