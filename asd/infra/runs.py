@@ -362,7 +362,8 @@ def list_runs(runs_dir: str | Path, kind: str | None = None) -> list[Path]:
 
 
 def new_run(cfg: Config, kind: str) -> Path:
-    """Create the next numbered run folder ``<runs.dir>/NNN-<kind>`` and write the config."""
+    """Create the next numbered run folder ``<runs.dir>/NNN-<kind>`` and write the config
+    (Run.create, as a path)."""
     return Run.create(cfg, kind).path
 
 
@@ -386,11 +387,6 @@ def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
             found[-1],
         )
     return found[-1]
-
-
-def finished_run(run: str | Path) -> Path:
-    """``run`` if it is a finished run folder, else a ConfigError saying what it lacks."""
-    return Run.open_finished(run).path
 
 
 def trim_log(path: Path, epoch: int) -> None:
