@@ -31,7 +31,7 @@ class Stage2(Step):
 
     @classmethod
     def start(cls, args):
-        path, cfg = load_run(args, "stage1")  # --config, else the Step 1 run's own config
+        path, cfg = load_run(args, cls.spec.starts_from)  # --config, else the run's own config
         run = Run(path)
         init = run.step1_model(cfg)
         set_trainable(build_model(cfg, 1)[0], cfg.stage2.trainable)  # names a part of the net?

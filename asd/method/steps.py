@@ -30,7 +30,6 @@ class TrainingStep:
     """The contract of a training step: what both the run setup and the runner rely on."""
 
     name: str  # the config group and the run folder's kind: "stage1" or "stage2"
-    title: str  # as the report and the console say it: "Step 1"
     domains: tuple[str, str]  # where the first and the second clip of a mixup pair come from
     starts_from: str | None  # the step whose finished run it starts from (None: fresh weights)
     unit: str  # what its progress is counted in on the console: "epoch" or "iteration"
@@ -90,16 +89,13 @@ class _Step2(TrainingStep):
 
 STEP1 = _Step1(
     name="stage1",
-    title="Step 1",
     domains=("source", "source"),
     starts_from=None,
     unit="epoch",
 )
 STEP2 = _Step2(
     name="stage2",
-    title="Step 2",
     domains=("source", "target"),
     starts_from="stage1",
     unit="iteration",
 )
-STEPS = {step.name: step for step in (STEP1, STEP2)}
