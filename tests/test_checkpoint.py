@@ -78,7 +78,8 @@ def test_round_trip_rebuilds_the_same_outputs(tmp_path, cfg, classes, trained):
     assert [p.name for p in path.parent.iterdir()] == ["model.pth"]  # no temporary left over
 
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "asd-checkpoint-v1" and raw["progress"] == {"epoch": 3, "iteration": 120}
+    assert raw["format"] == "asd-checkpoint-v1"
+    assert raw["progress"] == {"epoch": 3, "iteration": 120}
     assert raw["seed"] == 2021 and torch.equal(raw["rng"], gen.get_state())
     assert raw["config"] == cfg.to_dict()
     assert torch.equal(raw["head"]["s"], head.s)
