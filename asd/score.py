@@ -12,6 +12,9 @@ the options override them. A recording without a domain is scored as the run's C
 ``outside`` (1: yes) marks a recording farther from every training clip of its section (cosine
 distance of the embeddings) than any training clip lies from its nearest other one: its score
 extrapolates beyond what the run has seen, whatever the decision says.
+
+Machines and sections the run was not submitted for are refused, and ``--csv`` is never written
+into the run folder, so scoring never changes a run.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from asd.infra.checkpoint import load_model
 from asd.infra.cli import run_command
 from asd.infra.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.infra.io import atomic_path
+from asd.infra.runs import Run
 from asd.method.detectors import BACKENDS, POOLED, DetectorSet, resolve_backend
 from asd.method.embed import embed, inference_batch
 from asd.method.features import load_audio, log_mel
-from asd.submit import DETECTORS, SCORES
 
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision", "outside"]
 OUTSIDE_RULE = (
@@ -84,7 +87,7 @@ def wav_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def _check_known(dets: DetectorSet, run: Path, f: Path, m: str, s: str | None) -> str:
+def _check_known(dets: DetectorSet, run: Run, f: Path, m: str, s: str | None) -> str:
     """The section of a clip of machine ``m``: ``s``, or the machine's only one; ScoreError
     naming the file where the run does not know them."""
     known = dets.sections()
@@ -106,12 +109,12 @@ def _check_known(dets: DetectorSet, run: Path, f: Path, m: str, s: str | None) -
     )
 
 
-def run_backend(run: Path, dets: DetectorSet, wanted: str | None) -> str:
+def run_backend(run: Run, dets: DetectorSet, wanted: str | None) -> str:
     """The back-end to score with: ``wanted``, else the one that wrote the run's CSVs
     (``RUN/scores.csv``), else the report's pair (a run submitted before kNN existed)."""
     backend = wanted
-    if backend is None and (run / SCORES).is_file():
-        table = pd.read_csv(run / SCORES, usecols=lambda c: c == "backend", nrows=1)
+    if backend is None and run.scores.is_file():
+        table = pd.read_csv(run.scores, usecols=lambda c: c == "backend", nrows=1)
         backend = str(table["backend"].iloc[0]) if "backend" in table else None
     backend = resolve_backend(backend or "gmm_ocsvm", True)
     if backend not in dets.backends():
@@ -134,18 +137,16 @@ def score_files(
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
     ``device``: torch device (default: CUDA where present, else the CPU); ``backend``: one of
     BACKENDS (default: the one of the run's CSVs)."""
-    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not run.exists():
-        raise ScoreError(f"run folder {run} does not exist")
-    if not run.is_dir():
-        raise ScoreError(f"{run} is not a folder; expected a run folder (after asd.submit)")
-    dets = DetectorSet.load(run / DETECTORS)
+    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not run.path.is_dir():
+        raise ScoreError(f"no such folder: {run}")
+    dets = DetectorSet.load(run.detectors)
     backend = run_backend(run, dets, backend)
     clips = []
     for f in files:
         m, s, d = describe_clip(f, machine, section, domain)
         clips.append((m, _check_known(dets, run, Path(f), m, s), d))
-    loaded = load_model(run / "model.pth", device=device)
+    loaded = load_model(run.model, device=device)
     fcfg = loaded.cfg.features
     mels = [
         log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F):
@@ -179,6 +180,13 @@ def score_files(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def check_output(csv: str | Path, run: str | Path) -> None:
+    """ScoreError where the table would be written into the run folder (it would change the run:
+    ``--csv RUN/scores.csv`` would replace the submission's scores)."""
+    if Path(run).resolve() in Path(csv).resolve().parents:
+        raise ScoreError(f"--csv {csv} is inside the run folder {run}; write the table elsewhere")
+
+
 def _print_warning_once(seen: set):
     """A ``warnings.showwarning`` that prints each message once, without a source line."""
 
@@ -192,6 +200,8 @@ def _print_warning_once(seen: set):
 
 
 def _main(args) -> None:
+    if args.csv:
+        check_output(args.csv, args.run)
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # each message reaches show(), which prints it once
         warnings.showwarning = _print_warning_once(set())

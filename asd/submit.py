@@ -10,6 +10,9 @@ into ``RUN/detectors/``: the report's GMM/OCSVM pair and kNN. The back-end of
 layout's year's form (:func:`write_submission`); ``RUN/scores.csv`` holds its scores with their
 context and both back-ends' scores beside them, for evaluation and notebooks. Prints a summary
 and the run folder as the last line.
+
+A submitted run is never rewritten for other data: a data root or a set of sections other than
+the ones its submission was made from is refused (asd.infra.runs.Run.check_same_data).
 """
 
 from __future__ import annotations
@@ -34,19 +37,23 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, FeatureConfig, config_diffs
-from asd.infra.data import DataError, report_order
+from asd.infra.data import DataError, index_dataset, report_order
 from asd.infra.io import atomic_path
+from asd.infra.runs import Run, submitted_data
 from asd.method.detectors import BACKENDS, DetectorSet, fit_knn, fit_section, resolve_backend
 from asd.method.metrics import LAYOUT_RULES
 
 log = logging.getLogger("asd.submit")  # not "__main__" under python -m
 
-EMBEDDINGS = "embeddings.npz"
-DETECTORS = "detectors"
-SUBMISSION = "submission"
-SCORES = "scores.csv"
 GROUP = ["machine", "section", "domain"]  # one pair of challenge CSVs each (2021)
 SECTION = ["machine", "section"]  # one pair each from 2022, both domains in it
+
+
+# what a refusal to submit a run for other data than its submission's says to do instead
+ADVICE = (
+    "submit it with the data root it was submitted for, or submit a copy of its training "
+    "files (docs/robustness.md, 'Configs and run folders')"
+)
 
 
 class SubmitError(AsdError):
@@ -66,7 +73,7 @@ def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | st
     if diffs:
         raise SubmitError(
             f"the config's feature settings differ from those {run_dir} was "
-            f"trained with (its config.yml): {'; '.join(diffs)}"
+            f"trained with (its {Run(run_dir).config.name}): {'; '.join(diffs)}"
         )
 
 
@@ -88,9 +95,9 @@ def run_embeddings(
     model and its cache's clip files and feature settings are the same."""
     from asd.method.embed import embed, inference_batch
 
-    path = run / EMBEDDINGS
+    path = Run(run).embeddings
     keys = clip_keys(index)
-    model_sha = hashlib.sha256((run / "model.pth").read_bytes()).hexdigest()
+    model_sha = hashlib.sha256(Run(run).model.read_bytes()).hexdigest()
     feat_sha = hashlib.sha256(
         json.dumps([cache.settings[k] for k in ("features", "files")], sort_keys=True).encode()
     ).hexdigest()
@@ -349,8 +356,11 @@ def submit(
     from asd.infra.data import assign_classes
     from asd.infra.feature_cache import build_cache
 
-    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(run / "model.pth", device=device)
+    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # a run submitted for other data keeps its submission: refused before any file is written
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    run.check_same_data(data, "asd.submit", ADVICE)
+    loaded = load_model(run.model, device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
     index = assign_classes(cache.index, loaded.classes)  # the run's class ids
@@ -360,20 +370,21 @@ def submit(
             "{} section {} appears in more than one dataset; the challenge file "
             "names would clash".format(*pairs[pairs > 1].index[0])
         )
-    emb = run_embeddings(run, loaded, cache, index, cfg.detectors.batch_size, device, progress)
+    emb = run_embeddings(run.path, loaded, cache, index, cfg.detectors.batch_size, device, progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
     dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
-    dets.save(run / DETECTORS)
+    dets.save(run.detectors)
     rule = layout_rule(cfg)
     known = rule == "2021"
     backend = resolve_backend(cfg.detectors.backend, known)
     tables = {name: score_test_clips(emb, index, dets, name, known) for name in BACKENDS}
-    files = write_submission(tables[backend], run / SUBMISSION, per_domain=known)
+    files = write_submission(tables[backend], run.submission, per_domain=known)
     scores = both_backends(tables, backend)
-    with atomic_path(run / SCORES) as tmp:
+    with atomic_path(run.scores) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.10g")
+    run.write_submitted_data(data)
     return Submission(
-        run=run, scores=scores, files=files, detectors=dets, backend=backend, rule=rule
+        run=run.path, scores=scores, files=files, detectors=dets, backend=backend, rule=rule
     )
 
 
@@ -391,7 +402,7 @@ def summary(sub: Submission) -> str:
         f"{len(sub.detectors.sections())} (machine, section) pairs, "
         f"{len(sub.detectors.detectors)} detectors ({', '.join(sub.detectors.backends())}), "
         f"{len(sub.scores)} test clips, {len(sub.files)} CSV files of the {sub.backend} "
-        f"back-end in {sub.run / SUBMISSION}"
+        f"back-end in {Run(sub.run).submission}"
     )
     return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
 

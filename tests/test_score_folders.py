@@ -10,8 +10,8 @@ import soundfile as sf
 from test_score import make_submitted_run
 
 from asd import score as sc
+from asd.infra.runs import Run
 from asd.method.detectors import POOLED, DetectorSet
-from asd.submit import DETECTORS
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_a_folder_is_every_wav_under_it(submitted, tiny_data, tmp_path, capsys):
 
 
 def test_clips_unlike_the_training_data_are_outside(submitted, tiny_data, tmp_path):
-    dets = DetectorSet.load(submitted.run / DETECTORS)
+    dets = DetectorSet.load(Run(submitted.run).detectors)
     knn = dets.detectors["fan", "00", POOLED]
     assert np.isfinite(knn.outlier_distance) and knn.outlier_distance > 0
     folder = tmp_path / "fan"

@@ -12,8 +12,8 @@ from test_score import make_submitted_run
 from asd import evaluate as ev
 from asd.infra.config import load_config
 from asd.infra.data import ground_truth_dir, ground_truth_domain_dir
+from asd.infra.runs import Run
 from asd.method import metrics
-from asd.submit import SCORES, SUBMISSION
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,14 @@ def _rows(path):
 def test_one_pair_per_section_with_the_years_names(submitted_2023):
     cfg, sub = submitted_2023
     assert sub.rule == "2022" and sub.backend == "knn"  # auto: domains unknown
-    names = sorted(p.name for p in (sub.run / SUBMISSION).iterdir())
+    names = sorted(p.name for p in Run(sub.run).submission.iterdir())
     machines = sorted(sub.scores["machine"].unique())
     assert names == sorted(
         f"{kind}_{m}_section_00_test.csv"
         for kind in ("anomaly_score", "decision_result")
         for m in machines
     )
-    scores = pd.read_csv(sub.run / SCORES, dtype={"section": str})
+    scores = pd.read_csv(Run(sub.run).scores, dtype={"section": str})
     for name in ("gmm_ocsvm", "knn"):
         assert scores[f"{name}_score"].notna().all()
     assert set(scores["detector"]) == {"knn"}
@@ -82,7 +82,7 @@ def test_official_score_as_the_evaluator_computes_it(submitted_2023):
         target = np.array(
             [int(v) for _, v in _rows(ground_truth_domain_dir(cfg.data.root) / truth.name)]
         )
-        submitted = _rows(sub.run / SUBMISSION / f"anomaly_score_{name}")
+        submitted = _rows(Run(sub.run).submission / f"anomaly_score_{name}")
         assert [f for f, _ in submitted] == [f for f, _ in _rows(truth)]
         score = np.array([float(v) for _, v in submitted])
         domain = np.where(target == 1, "target", "source")
@@ -129,7 +129,7 @@ def test_folders_auc_and_pauc_per_machine(submitted_folders):
     sections = result.results.query("level == 'section' and system == 'ours'")
     assert sorted(sections["machine"]) == ["fan", "valve"]  # one row per machine
     for row in sections.itertuples():
-        rows = _rows(sub.run / SUBMISSION / f"anomaly_score_{row.machine}_section_00_test.csv")
+        rows = _rows(Run(sub.run).submission / f"anomaly_score_{row.machine}_section_00_test.csv")
         y = np.array([f.startswith("anomaly/") for f, _ in rows], dtype=int)
         score = np.array([float(v) for _, v in rows])
         assert row.auc == pytest.approx(metrics.auc(y, score))
