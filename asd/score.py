@@ -218,7 +218,8 @@ def _main(args) -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
     outside = int((table["outside"] == 1).sum())
     print(
-        f"{outside} of {len(table)} recordings lie outside what the run was trained on ({OUTSIDE_RULE})"
+        f"{outside} of {len(table)} recordings lie outside what the run was trained on "
+        f"({OUTSIDE_RULE})"
     )
     if args.csv:
         with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
