@@ -288,7 +288,7 @@ def backend_line(backend: str) -> str:
     return (
         f"ours: the submitted challenge CSVs, the {SYSTEM_NAMES[backend]} back-end "
         f"(detectors.backend); {SYSTEM_NAMES[other]}: the other back-end, fitted by the same "
-        f"submit (RUN/scores.csv)"
+        f"submit (its scores beside ours in the run's scores table)"
     )
 
 
