@@ -23,13 +23,15 @@ import requests
 from tqdm import tqdm
 
 from asd import AsdError
-from asd.infra.cli import load_args_config, make_parser, run_command
+from asd.infra.cli import load_args_config, make_parser, names_argument, run_command
 from asd.infra.data import GROUND_TRUTH
 
 DEFAULT_BASE_URL = "https://zenodo.org/api"
 BASE_URL_ENV = "ASD_ZENODO_URL"
 STATE = ".download"  # folder inside the root: .part files, archives and .done markers
 _M = r"(?P<machine>[A-Za-z0-9]+)"
+# the machine types of the records (--machines takes these, and says which is meant otherwise)
+MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
 _TRUTH = r"ground_truth_(?P<machine>.+)_section_\d{2}_(source|target)_test\.csv"
 
 
@@ -226,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"records API base, <URL>/records/<id> "
         f"(default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
     )
-    p.add_argument("--machines", default=None, help="comma-separated machine types (default: all)")
+    p.add_argument(
+        "--machines",
+        type=names_argument(MACHINES),
+        default=None,
+        help=f"comma-separated machine types of {', '.join(MACHINES)} (default: all)",
+    )
     p.add_argument(
         "--keep-archives",
         action="store_true",
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the files and their sizes only")
 
     def run(args):
-        machines = args.machines.split(",") if args.machines else None
+        machines = list(args.machines) if args.machines else None
         if args.list:  # what `make data` would fetch, from the records' own metadata
             files = [f for r in RECORDS for f in record_files(r, args.base_url, machines)]
             for f in files:

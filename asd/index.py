@@ -6,11 +6,15 @@ clips per (dataset, machine, section, domain, split); ROOT defaults to the confi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from asd.infra.cli import make_parser, run_command
 from asd.infra.config import load_config
 from asd.infra.data import DataError, index_dataset, report_order
+
+DEMO_CONFIG = "configs/demo.yml"  # make demo's config: its data root is the synthetic set
 
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
@@ -33,8 +37,24 @@ def resolve_root(items: list[str], config: str | None) -> str:
     return roots[0] if roots else cfg.data.root
 
 
+def missing_root(root: str | Path) -> str:
+    """What to say when the data root does not exist: how to get the real data, and where the
+    demo's synthetic data is (or how to make it)."""
+    demo = Path(load_config(DEMO_CONFIG).data.root) if Path(DEMO_CONFIG).is_file() else None
+    if demo is not None and demo.is_dir():
+        other = f"the demo's synthetic data is in {demo}: make index CONFIG={DEMO_CONFIG}"
+    else:
+        other = "make synth (or make demo) writes a synthetic data set"
+    return (
+        f"data root {root} does not exist; make data downloads the real data into it "
+        f"(about 19 GB, docs/data.md), or {other}"
+    )
+
+
 def _main(args) -> None:
     root = resolve_root(args.args, args.config)
+    if not Path(root).exists():
+        raise DataError(missing_root(root))
     df = index_dataset(root)
     table = counts_table(df).replace({"dataset": {"": "-"}})
     print(

@@ -179,7 +179,7 @@ def test_missing_files_are_clear_errors(fake, tmp_path):
         runview.embeddings(broken)
     with pytest.raises(runview.ViewError, match="scores.csv does not exist"):
         runview.scores(broken)
-    with pytest.raises(AsdError, match="not a run folder"):
+    with pytest.raises(AsdError, match="nowhere does not exist"):
         runview.open_run(tmp_path / "nowhere")
 
 

@@ -66,6 +66,8 @@ def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
 def finished_run(run: str | Path) -> Path:
     """``run`` if it is a finished run folder, else a ConfigError saying what it lacks."""
     run = Path(run)
+    if not run.exists():
+        raise ConfigError(f"run folder {run} does not exist")
     if not (run / "config.yml").is_file():
         raise ConfigError(f"{run} is not a run folder (no config.yml)")
     if not (run / "model.pth").is_file():
