@@ -65,9 +65,9 @@ class Detector:
         a detector scores its own few training clips far below new normal ones, so an in-sample
         threshold flags most normal test clips. ``training`` (< 3 clips too) scores in-sample.
         ``calibration``: (scores (M,), what they are) of other normal clips that join the
-        threshold's sample (:func:`fit_section` says why). The fit's edge cases go to ``info["warnings"]`` (the
-        refits' are dropped). Arrays are kept in float32 (scores upcast them); the threshold
-        comes from the float64 fits."""
+        threshold's sample (:func:`fit_section` says why). The fit's edge cases go to
+        ``info["warnings"]`` (the refits' are dropped). Arrays are kept in float32 (scores
+        upcast them); the threshold comes from the float64 fits."""
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
@@ -278,11 +278,11 @@ def fit_section(
     domains with training embeddings (Ns, D) / (Nt, D); centres (S, D) of its source class.
 
     A gamma fit of the three out-of-fold scores a section's target detector has of its own
-    clips puts the threshold almost anywhere: it flagged 30-100 % of the normal target test
-    clips of the demo where 10 % was meant. Its own clips' scores under it cannot say more,
-    and the source clips' scores under it are those of another domain (far above the target
-    test clips': pooling them flagged about 2 %). What can be measured is how a One-Class SVM
-    fitted on that few clips scores new normal clips of the same section: so with
+    clips puts the threshold almost anywhere, far from the intended false-alarm rate
+    (docs/results.md "Decisions" has the measurements). The source clips' scores under it are
+    those of another domain, far above the target test clips', so pooling them sets it far
+    too high. What can be measured is how a One-Class SVM fitted on that few clips scores new
+    normal clips of the same section: so with
     ``threshold_target: source_subsets`` (the default) the threshold is fitted on the scores of
     :func:`source_subset_scores` as well as on its own out-of-fold ones. ``own``: these three
     only. The source detector's threshold and every score stay as they are."""
