@@ -7,9 +7,10 @@ labels of the test clips of ``data.root`` (names, or ``eval_data/ground_truth/``
 section, domain), on that domain's test clips: AUC and pAUC (p = 0.1); harmonic means per
 machine (the report's Table 2), per domain and over everything, and the official score; the
 same for the simple reference detector (:mod:`asd.method.reference`); the published numbers of
-the real development data follow in a table of their own. Machines follow the report's order
-(``MACHINES``) in every table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure
-per dataset, ``RUN/figures/roc_<dataset>.png``.
+the real development data follow in a table of their own, and the intended and measured
+false-alarm rates of the decisions. Machines follow the report's order (``MACHINES``) in every
+table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC
+figure per dataset, ``RUN/figures/roc_<dataset>.png``.
 """
 
 from __future__ import annotations
@@ -277,10 +278,8 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
                     ls=style,
                     label=f"{domain}, {SYSTEM_NAMES[system]}",
                 )
-                auc, pauc = (
-                    metrics.auc(g["anomaly"], g[system]),
-                    metrics.pauc(g["anomaly"], g[system]),
-                )
+                auc = metrics.auc(g["anomaly"], g[system])
+                pauc = metrics.pauc(g["anomaly"], g[system])
                 name = "ours" if system == "ours" else "ref."
                 numbers.append(f"{name} {100 * auc:.1f}/{100 * pauc:.1f}")
         lines.append((colour, f"{domain}: {', '.join(numbers)}"))
