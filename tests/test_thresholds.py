@@ -1,6 +1,7 @@
 """Decision thresholds a user can trust: the target threshold is calibrated on One-Class SVMs
-fitted on as few source clips (config default, pinned), and results.md reports the intended and the measured
-false-alarm rate per section and domain, warning where they differ by more than a factor of 2."""
+fitted on as few source clips (config default, pinned), and results.md reports the intended and
+the measured false-alarm rate per section and domain, warning where they differ by more than a
+factor of 2."""
 
 import dataclasses
 
