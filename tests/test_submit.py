@@ -327,7 +327,9 @@ def test_evaluate_cli_prints_run_last(cfg, submitted, capsys, repo):
     assert ev.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(submitted.run)
-    assert any("report" in line and "ours" in line for line in out)
+    assert any(line.startswith("machine") and "| ours" in line for line in out)
+    assert any(line.startswith("machine") and "| report" in line for line in out)
+    assert not any("| ours" in line and "| report" in line for line in out)  # apart
 
 
 def test_evaluate_needs_a_submission(cfg):
