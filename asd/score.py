@@ -20,7 +20,7 @@ import torch
 
 from asd import AsdError
 from asd.infra.checkpoint import load_model
-from asd.infra.cli import run_command
+from asd.infra.cli import run_command, section_name, unknown_names
 from asd.infra.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.infra.io import atomic_path
 from asd.infra.runs import Run
@@ -74,13 +74,17 @@ def score_files(
     dets = DetectorSet.load(run.detectors)
     known = dets.sections()
     clips = [describe_clip(f, machine, section, domain) for f in files]
+    machines = list(dict.fromkeys(a for a, _ in known))
     for f, (m, s, _) in zip(files, clips):
-        if (m, s) not in known:
-            what = f"machine {m!r}" if m not in {a for a, _ in known} else f"section {s!r} of {m}"
+        if m not in machines:
             raise ScoreError(
-                f"{f}: {what} is unknown to run {run} (it knows: "
-                f"{', '.join(f'{a} {b}' for a, b in known)}); give "
-                f"--machine/--section for recordings outside the layout"
+                f"{f}: {unknown_names([m], machines, 'machine type')} (of run {run}); give "
+                f"--machine for recordings outside the <machine>/test/ layout"
+            )
+        if (m, s) not in known:
+            raise ScoreError(
+                f"{f}: run {run} has no section {s!r} of {m} (it has "
+                f"{', '.join(b for a, b in known if a == m)}); give --section"
             )
     loaded = load_model(run.model, device=device)
     fcfg = loaded.cfg.features
@@ -139,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", metavar="RUN", help="run folder (after asd.submit)")
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (.wav)")
     parser.add_argument("--machine", help="machine type (default: from the folders)")
-    parser.add_argument("--section", help="section, two digits (default: from the name)")
+    parser.add_argument(
+        "--section", type=section_name, help="section, 0 or 00 (default: from the name)"
+    )
     parser.add_argument(
         "--domain", choices=("source", "target"), help="domain (default: from the name)"
     )
