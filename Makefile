@@ -27,6 +27,8 @@ DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 	@echo "Variables: CONFIG=file.yml  ARGS=\"key.sub=value ...\"  FROM=runs/NNN-stepN  RESUME=runs/NNN-stepN"
+	@echo "           DATA_ARGS=\"--machines fan,valve --keep-archives\" (make data: python -m asd.download --help)"
+	@echo "           SYNTH=\"--n-source 40 --n-test 60 --machines fan,valve\" (make synth: python -m asd.synthetic --help)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +65,16 @@ evaluate: install ## AUC / pAUC tables of a submitted run against the labels; FR
 demo: install ## The whole pipeline on generated data with configs/demo.yml, then the results table
 	$(MAKE) --no-print-directory synth SYNTH="$(DEMO_SYNTH)" CONFIG=$(DEMO_CONFIG)
 	$(MAKE) --no-print-directory stage1 stage2 submit evaluate CONFIG=$(DEMO_CONFIG)
+	@run=$$($(PY) -c "from asd.infra.config import load_config; from asd.infra.runs import latest_run; print(latest_run(load_config('$(DEMO_CONFIG)').runs.dir, 'stage2'))") || exit 2; \
+	root=$$($(PY) -c "from asd.infra.config import load_config; print(load_config('$(DEMO_CONFIG)').data.root)"); \
+	echo; \
+	echo "The demo's results are in $$run: results.md (every table, and how often the decisions"; \
+	echo "flag normal clips), figures/ (ROC curves). README.md 'Demo results' says what they show."; \
+	echo "Next (each takes the latest run, $$run, and its own config):"; \
+	echo "  make notebooks      # training curves, embeddings, scores, errors: $$run/notebooks/*.html"; \
+	echo "  make tensorboard    # the training logs of every run, on 127.0.0.1:6006"; \
+	echo "  make index CONFIG=$(DEMO_CONFIG)   # the demo data's clips per machine, section and domain"; \
+	echo "  $(PY) -m asd.score $$run $$root/dev_data/fan/source_test/section_00_source_test_anomaly_0000.wav"
 
 lint: install ## Check layout and the readability rules of pyproject.toml (ruff format + ruff check)
 	$(VENV)/bin/ruff format --check .
@@ -85,8 +97,12 @@ bench-gpu: install ## Step 1 on one GPU: samples/s of gpu, amp bf16 and fp16, me
 bench-scale: install ## Time and memory of every step at 10/30/100 % of a full-size data set (ARGS=)
 	$(PY) -m bench.scale $(CONFIG_ARG) $(ARGS)
 
-tensorboard: install ## Serve the runs' TensorBoard logs on localhost
-	$(PY) -m tensorboard.main --logdir $$($(PY) -c "from asd.infra.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") --host 127.0.0.1
+tensorboard: install ## Serve the TensorBoard logs of the runs in runs.dir on localhost
+	@dir=$$($(PY) -c "from asd.infra.config import load_config; print(load_config('$(or $(CONFIG),config.yml)').runs.dir)") || exit 2; \
+	if ! ls -d "$$dir"/*/logs >/dev/null 2>&1; then \
+		echo "no run with logs in $$dir yet: make demo or make stage1 writes them"; exit 1; fi; \
+	echo "serving the logs of $$(ls -d "$$dir"/*/logs | wc -l) runs in $$dir"; \
+	$(PY) -m tensorboard.main --logdir "$$dir" --host 127.0.0.1
 
 notebooks: install ## Execute the notebooks against a run (FROM=) and write HTML copies into it
 	$(PY) -m asd.notebooks $(CONFIG_ARG) $(FROM_ARG) $(ARGS)

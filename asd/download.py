@@ -29,7 +29,13 @@ import requests
 from tqdm import tqdm
 
 from asd import AsdError
-from asd.infra.cli import load_args_config, make_parser, run_command
+from asd.infra.cli import (
+    load_args_config,
+    make_parser,
+    names_argument,
+    run_command,
+    unknown_names,
+)
 from asd.infra.data import GROUND_TRUTH, GROUND_TRUTH_DOMAIN
 from asd.infra.io import atomic_path
 
@@ -92,17 +98,62 @@ def _later_records(dev: int | None, train: int | None, test: int | None) -> tupl
     )
 
 
-# One year's records and the repository of its official evaluator (eval ground truth; None:
-# the 2021 truth is a Zenodo record among the records, 2026's is not published).
-Year = collections.namedtuple("Year", "records evaluator")
+# The machine types of each year, development and evaluation (docs/data.md): --machines takes
+# these, and says which is meant otherwise.
+_DEV_2021 = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
+_DEV_2022 = ("bearing", "fan", "gearbox", "slider", "ToyCar", "ToyTrain", "valve")
+_EVAL_2023 = ("bandsaw", "grinder", "shaker", "ToyDrone", "ToyNscale", "ToyTank", "Vacuum")
+_EVAL_2024 = (
+    "3DPrinter",
+    "AirCompressor",
+    "BrushlessMotor",
+    "HairDryer",
+    "HoveringDrone",
+    "RoboticArm",
+    "Scanner",
+    "ToothBrush",
+    "ToyCircuit",
+)
+_EVAL_2025 = (
+    "AutoTrash",
+    "BandSealer",
+    "CoffeeGrinder",
+    "HomeCamera",
+    "Polisher",
+    "ScrewFeeder",
+    "ToyPet",
+    "ToyRCCar",
+)
+_DEV_2026 = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
+_EVAL_2026 = ("ToyDrone", "ToothBrush", "SewingMachine", "BlowerDustCollector", "Sander")
+
+# One year's records, the repository of its official evaluator (eval ground truth; None: the
+# 2021 truth is a Zenodo record among the records, 2026's is not published) and its machines.
+Year = collections.namedtuple("Year", "records evaluator machines")
 YEARS = {
-    2021: Year(RECORDS, None),
-    2022: Year(_later_records(6355122, 6462969, 6586456), "Kota-Dohi/dcase2022_evaluator"),
-    2023: Year(_later_records(7882613, 7830345, 7860847), "nttcslab/dcase2023_task2_evaluator"),
-    2024: Year(_later_records(10902294, 11259435, 11363076), "nttcslab/dcase2024_task2_evaluator"),
-    2025: Year(_later_records(15097779, 15392814, 15519362), "nttcslab/dcase2025_task2_evaluator"),
-    2026: Year(_later_records(19336329, 20151556, None), None),
+    2021: Year(RECORDS, None, _DEV_2021),
+    2022: Year(
+        _later_records(6355122, 6462969, 6586456), "Kota-Dohi/dcase2022_evaluator", _DEV_2022
+    ),
+    2023: Year(
+        _later_records(7882613, 7830345, 7860847),
+        "nttcslab/dcase2023_task2_evaluator",
+        _DEV_2022 + _EVAL_2023,
+    ),
+    2024: Year(
+        _later_records(10902294, 11259435, 11363076),
+        "nttcslab/dcase2024_task2_evaluator",
+        _DEV_2022 + _EVAL_2024,
+    ),
+    2025: Year(
+        _later_records(15097779, 15392814, 15519362),
+        "nttcslab/dcase2025_task2_evaluator",
+        _DEV_2022 + _EVAL_2025,
+    ),
+    2026: Year(_later_records(19336329, 20151556, None), None, _DEV_2026 + _EVAL_2026),
 }
+# Every machine type of any year: what --machines accepts before the year is known.
+MACHINES = tuple(sorted({m for year in YEARS.values() for m in year.machines}, key=str.lower))
 
 
 def record_files(
@@ -344,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"records API base, <URL>/records/<id> "
         f"(default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
     )
-    p.add_argument("--machines", default=None, help="comma-separated machine types (default: all)")
+    p.add_argument(
+        "--machines",
+        type=names_argument(MACHINES),
+        default=None,
+        help="comma-separated machine types of data.year (default: all)",
+    )
     p.add_argument(
         "--keep-archives",
         action="store_true",
@@ -366,14 +422,19 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def run(args):
-        machines = args.machines.split(",") if args.machines else None
+        machines = list(args.machines) if args.machines else None
         year = args.year or load_args_config(args).data.year
+        if machines:
+            message = unknown_names(machines, YEARS[year].machines, f"{year} machine type")
+            if message:
+                raise DownloadError(message)
         published = [r for r in YEARS[year].records if r.record_id is not None]
         if args.list:  # what `make data` would fetch, from the records' own metadata
             files = [f for r in published for f in record_files(r, args.base_url, machines)]
             for f in files:
                 print(f"{f.record.record_id} {f.key} {f.size / 1e9:.3f} GB")
-            return print(f"total {sum(f.size for f in files) / 1e9:.2f} GB in {len(files)} files")
+            print(f"total {sum(f.size for f in files) / 1e9:.2f} GB in {len(files)} files")
+            return
         print(
             download(
                 args.root or load_args_config(args).data.root,

@@ -10,17 +10,20 @@ year's evaluator computes them (:func:`asd.method.metrics.section_values`: 2021 
 own clips; 2022-2026 AUC of each domain's normals against all the section's anomalies and one
 pAUC per section); harmonic means per machine (the report's Table 2), per domain and over
 everything, and that year's official score; the same for the simple reference detector
-(:mod:`asd.method.reference`), and beside them the published numbers of the real development
-data. Machines follow the report's order (``MACHINES``) in every
-table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure
-per dataset, ``RUN/figures/roc_<dataset>.png``. A run is evaluated only on the data root and
+(:mod:`asd.method.reference`); the published numbers of the real 2021 development data follow
+in a table of their own, and the intended and measured false-alarm rates of the decisions.
+Machines follow the report's order (``MACHINES``) in every table and figure. Writes
+``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure per dataset,
+``RUN/figures/roc_<dataset>.png``. A run is evaluated only on the data root and
 sections it was submitted for (other data would replace its results with another data set's).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import pandas as pd
 
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
-from asd.infra.config import Config, load_config
+from asd.infra.config import Config, DetectorConfig, load_config
 from asd.infra.data import (
     DOMAINS,
     ground_truth_dir,
@@ -100,8 +103,8 @@ RULE_NAMES = {
     "folders": "harmonic mean of every machine's AUC and pAUC on all its test clips",
 }
 PUBLISHED_NOTE = (
-    "published: the report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 "
-    "baselines, on the REAL development data; not measured on this data"
+    "The report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 baselines, as "
+    "published: measured on the REAL development data, not on this data; for orientation only."
 )
 # what a refusal to evaluate a run on other data than its submission's says to do instead
 ADVICE = "evaluate it with that data root (drop the data.root override), or submit a copy first"
@@ -246,40 +249,53 @@ def _systems_table(results: pd.DataFrame, dataset: str, levels: list, by: list) 
 
 
 def with_published(dataset: str, rule: str = "2021") -> bool:
-    """Whether the published 2021 numbers stand beside ``dataset``: 2021 development data only
-    (they were measured on the real 2021 development data)."""
+    """Whether the published 2021 numbers follow ``dataset``: 2021 development data only (they
+    were measured on the real 2021 development data)."""
     return dataset == "dev_data" and rule == "2021"
 
 
-def machine_table(results: pd.DataFrame, dataset: str, rule: str = "2021") -> pd.DataFrame:
-    """Table 2 layout for one dataset: machine rows ending with "all", AUC / pAUC (%) of ours,
-    the reference detector and (2021 development data only) the published systems."""
-    table = _systems_table(results, dataset, ["machine", "all"], ["machine"])
-    if with_published(dataset, rule):
-        for name, published in PUBLISHED.items():
-            table[f"published: {name.split()[0]}"] = [
-                f"{published[m][0]:.2f} / {published[m][1]:.2f}" if m in published else "-"
-                for m in table["machine"]
-            ]
+def machine_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Table 2 layout for one dataset: machine rows ending with "all", AUC / pAUC (%) of the
+    systems measured on this data (ours, the other back-end, the reference detector)."""
+    return _systems_table(results, dataset, ["machine", "all"], ["machine"])
+
+
+def published_table(machines: list[str]) -> pd.DataFrame:
+    """The published AUC / pAUC (%) of the REAL development data (PUBLISHED) for ``machines``
+    ("all" included): a table of its own, never in the rows of measured numbers."""
+    table = pd.DataFrame({"machine": machines})
+    for name, published in PUBLISHED.items():
+        table[name] = [
+            f"{published[m][0]:.2f} / {published[m][1]:.2f}" if m in published else "-"
+            for m in machines
+        ]
     return table
 
 
 def official_line(results: pd.DataFrame, dataset: str, rule: str = "2021") -> str:
+    """The official score (the layout's ``rule``) of each system measured on ``dataset``."""
     summ = results[(results["dataset"] == dataset) & (results["level"] == "all")]
     score = dict(zip(summ["system"], summ["score"]))
     parts = [f"{name} {100 * score[key]:.2f}" for key, name in SYSTEM_NAMES.items() if key in score]
-    line = f"official score ({RULE_NAMES[rule]}): " + ", ".join(parts)
-    if with_published(dataset, rule):
-        approx = ", ".join(
-            f"{name} ~{metrics.hmean(means['all']):.2f}" for name, means in PUBLISHED.items()
-        )
-        line += f"; published, real development data (from their two means): {approx}"
-    return line
+    return f"official score ({RULE_NAMES[rule]}): " + ", ".join(parts)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    rows = [df.columns, ["---"] * df.shape[1], *df.itertuples(index=False)]
-    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
+def published_line() -> str:
+    """The published systems' official scores, approximated from their two harmonic means."""
+    approx = ", ".join(
+        f"{name} ~{metrics.hmean(means['all']):.2f}" for name, means in PUBLISHED.items()
+    )
+    return f"official score, published (from their two means): {approx}"
+
+
+def text_table(df: pd.DataFrame) -> str:
+    """Every row of ``df`` with its columns padded and separated by " | " (also a Markdown
+    table), so neighbouring cells of "AUC / pAUC" pairs cannot run together."""
+    cells = [list(map(str, df.columns)), *[list(map(str, row)) for row in df.itertuples(False)]]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(df.shape[1])]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, " | ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def backend_line(backend: str) -> str:
@@ -295,27 +311,27 @@ def backend_line(backend: str) -> str:
 def result_blocks(
     results: pd.DataFrame, markdown: bool = False, rule: str = "2021", backend: str | None = None
 ) -> list[str]:
-    """Per dataset: the machine table, the official scores and the per domain table, as printed
-    (plain text tables), or for results.md (``markdown``) with the per section table too;
-    ``backend`` (the submitted one) adds a line saying what "ours" is."""
-    table = _markdown if markdown else (lambda df: df.to_string(index=False))  # every row
+    """Per dataset: the machine table, the official scores (the layout's ``rule``) and the per
+    domain table of what was measured, and after the 2021 development data the published
+    numbers in a table of their own; for results.md (``markdown``) with the per section table
+    too; ``backend`` (the submitted one) adds a line saying what "ours" is."""
     out = [backend_line(backend)] if backend else []
     for dataset in sorted(results["dataset"].unique()):
+        machines = machine_table(results, dataset)
         out += [
-            f"## {dataset or 'data'}: harmonic means, AUC / pAUC (%)",
-            table(machine_table(results, dataset, rule)),
-            *([PUBLISHED_NOTE] if with_published(dataset, rule) else []),
+            f"## {dataset or 'data'}, measured on this data: harmonic means, AUC / pAUC (%)",
+            text_table(machines),
             official_line(results, dataset, rule),
         ]
         if rule != "folders":  # plain folders' test clips have no domain
             out += [
                 "### Per domain, harmonic means over machines and sections",
-                table(_systems_table(results, dataset, ["domain"], ["domain"])),
+                text_table(_systems_table(results, dataset, ["domain"], ["domain"])),
             ]
         if markdown:  # with each section's normal and anomalous test clip counts
             out += [
                 "### Per section and domain",
-                table(
+                text_table(
                     _systems_table(
                         results,
                         dataset,
@@ -324,15 +340,82 @@ def result_blocks(
                     )
                 ),
             ]
+        if with_published(dataset, rule):
+            out += [
+                "## Published, not measured here: harmonic means, AUC / pAUC (%)",
+                PUBLISHED_NOTE,
+                text_table(published_table(machines["machine"].tolist())),
+                published_line(),
+            ]
     return out
 
 
-def roc_figure(clips: pd.DataFrame, title: str):
-    """ROC small multiples of labelled test ``clips`` (one dataset): a row per machine, a panel
-    per section; colour = domain, solid = ours, dashed = the simple reference; the shaded band
-    is the pAUC region (FPR <= 0.1). Returns a matplotlib Figure (no pyplot state)."""
-    from matplotlib.figure import Figure
+def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> None:
+    """One section's ROC curves (FPR on a log axis from ``left``), its AUC / pAUC (%) per domain
+    and system as coloured text, and the operating point of our thresholds' decisions."""
     from sklearn.metrics import roc_curve
+
+    chance = np.geomspace(left, 1, 50)  # y = x: a curve on the log axis
+    ax.plot(chance, chance, color="grey", linewidth=0.5)
+    lines = []
+    for colour, domain in (("C0", "source"), ("C1", "target")):
+        g = groups.get((machine, section, domain))
+        if g is None or g["anomaly"].nunique() < 2:
+            continue
+        numbers = []
+        for system, style in (("ours", "-"), ("reference", "--")):
+            if g[system].notna().all():
+                ax.plot(
+                    *roc_curve(g["anomaly"], g[system])[:2],
+                    color=colour,
+                    ls=style,
+                    label=f"{domain}, {SYSTEM_NAMES[system]}",
+                )
+                auc = metrics.auc(g["anomaly"], g[system])
+                pauc = metrics.pauc(g["anomaly"], g[system])
+                name = "ours" if system == "ours" else "ref."
+                numbers.append(f"{name} {100 * auc:.1f}/{100 * pauc:.1f}")
+        lines.append((colour, f"{domain}: {', '.join(numbers)}"))
+        if "decision" in g:  # where the thresholds put ours: FPR, TPR of its decisions
+            flagged = g.groupby("anomaly")["decision"].mean()
+            ax.scatter(
+                max(flagged[0], left),
+                flagged[1],
+                s=36,
+                color=colour,
+                edgecolor="black",
+                zorder=3,
+                label=f"{domain}, ours at its threshold",
+            )
+    for i, (colour, text) in enumerate(lines):  # AUC / pAUC (%) per domain, lower right
+        ax.text(
+            0.98,
+            0.03 + 0.09 * (len(lines) - 1 - i),
+            text,
+            color=colour,
+            fontsize=6.5,
+            ha="right",
+            transform=ax.transAxes,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
+    ax.axvspan(
+        left,
+        metrics.MAX_FPR,
+        color="0.88",
+        linewidth=0,
+        zorder=0,
+        label=f"pAUC region: FPR <= {metrics.MAX_FPR}",
+    )  # last in the legend
+
+
+def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
+    """ROC small multiples of labelled test ``clips`` (one dataset): a row per machine, a panel
+    per section; colour = domain, solid = ours, dashed = the simple reference, dots = where our
+    thresholds' decisions (``decision``, where given) operate, a dotted line at the
+    ``intended`` false-alarm rate (where given). The FPR axis is logarithmic, so
+    the pAUC region (FPR <= 0.1, shaded) takes half of each panel; the text gives AUC / pAUC
+    (%) per domain and system. Returns a matplotlib Figure (no pyplot state)."""
+    from matplotlib.figure import Figure
 
     keys = ["machine", "section", "domain"]
     groups = dict(list(clips.groupby(keys)))
@@ -341,45 +424,145 @@ def roc_figure(clips: pd.DataFrame, title: str):
         .groupby("machine", sort=False)["section"]
         .apply(list)
     )  # machine -> its sections
+    most_normal = int((clips["anomaly"] == 0).groupby([clips[k] for k in keys]).sum().max())
+    left = min(0.01, 10.0 ** math.floor(math.log10(1 / max(most_normal, 1))))  # one clip's FPR
     ncols = max(len(v) for v in rows)
-    fig = Figure(figsize=(2.5 * ncols + 0.5, 2.3 * len(rows) + 1.2), layout="constrained")
+    fig = Figure(figsize=(2.7 * ncols + 0.5, 2.4 * len(rows) + 1.4), layout="constrained")
     axes = fig.subplots(len(rows), ncols, squeeze=False, sharex=True, sharey=True)
     for row, (machine, sections) in zip(axes, rows.items()):
         for ax in row[len(sections) :]:
             ax.set_visible(False)
         for ax, section in zip(row, sections):
-            ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
-            for colour, domain in (("C0", "source"), ("C1", "target")):
-                g = groups.get((machine, section, domain))
-                for system, style in (("ours", "-"), ("reference", "--")):
-                    if g is not None and g["anomaly"].nunique() == 2 and g[system].notna().all():
-                        ax.plot(
-                            *roc_curve(g["anomaly"], g[system])[:2],
-                            color=colour,
-                            ls=style,
-                            label=f"{domain}, {SYSTEM_NAMES[system]}",
-                        )
-            ax.axvspan(
-                0,
-                metrics.MAX_FPR,
-                color="0.88",
-                linewidth=0,
-                zorder=0,
-                label=f"pAUC region: FPR <= {metrics.MAX_FPR}",
-            )  # last in the legend
+            _roc_panel(ax, groups, machine, section, left)
+            if intended is not None:
+                ax.axvline(
+                    intended,
+                    color="black",
+                    linestyle=":",
+                    linewidth=1,
+                    label=f"intended false-alarm rate ({intended:g})",
+                )
+            ax.set_xscale("log", nonpositive="clip")
             ax.set(
                 title=f"{machine} section {section}",
-                xlim=(0, 1),
-                ylim=(0, 1),
-                xticks=[metrics.MAX_FPR, 0.5, 1],
-                xlabel="false positive rate",
+                xlim=(left, 1),
+                ylim=(0, 1.01),
+                xlabel="false positive rate (log)",
                 ylabel="true positive rate",
             )
+            ax.set_xticks([left, metrics.MAX_FPR, 1], [f"{left:g}", f"{metrics.MAX_FPR:g}", "1"])
             ax.label_outer()  # axis labels on the outer panels only
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize=9)
-    fig.suptitle(title)
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="outside lower center",
+        ncols=3 if ncols > 2 else 2,
+        fontsize=8,
+    )
+    note = (
+        "AUC / pAUC (%) in each panel. Look at how high the curves climb inside the shaded band "
+        "(pAUC) and where the dots (our decisions) sit against the intended false-alarm rate."
+    )
+    fig.suptitle(f"{title}\n{textwrap.fill(note, int(13 * fig.get_figwidth()))}", fontsize=9)
     return fig
+
+
+FALSE_ALARM_FACTOR = 2.0  # results.md warns where a measured rate is off by more than this
+
+
+def false_alarm_table(clips: pd.DataFrame, quantile: float) -> pd.DataFrame:
+    """Per (dataset, machine, section, domain) of labelled test ``clips`` (with ``decision``):
+    the normal clips, the intended false-alarm rate (1 - ``quantile``: the threshold is that
+    quantile of normal scores), the measured one (the share of normal clips decided anomalous)
+    and ``off``: measured and intended differ by more than FALSE_ALARM_FACTOR."""
+    keys = ["dataset", "machine", "section", "domain"]
+    normal = report_order(clips[clips["anomaly"] == 0], keys)
+    table = (
+        normal.groupby(keys, sort=False)
+        .agg(normal=("decision", "size"), measured=("decision", "mean"))
+        .reset_index()
+    )
+    intended = 1 - quantile
+    ratio = table["measured"] / intended
+    return table.assign(
+        intended=intended, off=(ratio > FALSE_ALARM_FACTOR) | (ratio < 1 / FALSE_ALARM_FACTOR)
+    )
+
+
+def chance_off(normal: int, intended: float) -> float:
+    """The probability that a threshold flagging exactly ``intended`` of all normal clips is
+    measured off by more than FALSE_ALARM_FACTOR on ``normal`` clips (binomial sampling)."""
+    from scipy.stats import binom
+
+    low = math.ceil(normal * intended / FALSE_ALARM_FACTOR) - 1  # flagged counts below the band
+    high = math.floor(normal * intended * FALSE_ALARM_FACTOR)  # ... and above it
+    return float(binom.cdf(low, normal, intended) + binom.sf(high, normal, intended))
+
+
+def threshold_rule(cfg: DetectorConfig) -> str:
+    """The rule the decision thresholds were fitted with, in words."""
+    scores = "out-of-fold" if cfg.threshold_scores == "out_of_fold" else "in-sample"
+    target = (
+        "its out-of-fold scores of its own target clips, pooled with the scores that One-Class "
+        "SVMs fitted on as few source training clips of the section give its other source "
+        "clips (`detectors.threshold_target: source_subsets`: how a detector fitted on that "
+        "few clips scores new normal clips)"
+        if cfg.threshold_target == "source_subsets"
+        else "its own target training clips only (`detectors.threshold_target: own`)"
+    )
+    return (
+        f"Each detector's threshold is the {cfg.threshold_quantile} quantile of a gamma "
+        f"distribution fitted to {scores} scores of training clips, so it is meant to flag "
+        f"{100 * (1 - cfg.threshold_quantile):.0f} % of normal clips. Source (GMM): the "
+        f"section's source training clips. Target (One-Class SVM, fitted on a few clips): "
+        f"{target}."
+    )
+
+
+def false_alarm_line(table: pd.DataFrame) -> str:
+    """One line: the measured false-alarm rate per domain over all sections, against the
+    intended one, and how many (section, domain) rates are off by more than the factor."""
+    intended = float(table["intended"].iloc[0])
+    rates = ", ".join(
+        f"{domain} {100 * (g['measured'] * g['normal']).sum() / g['normal'].sum():.1f} %"
+        for domain, g in table.groupby("domain", sort=True)
+    )
+    expected = sum(chance_off(int(n), intended) for n in table["normal"])
+    return (
+        f"decisions: normal test clips flagged: {rates} (intended {100 * intended:.0f} %); "
+        f"{int(table['off'].sum())} of {len(table)} (section, domain) rates off by more than "
+        f"a factor of {FALSE_ALARM_FACTOR:g} (about {expected:.0f} by chance with a threshold "
+        f"at exactly the intended rate)"
+    )
+
+
+def false_alarm_blocks(table: pd.DataFrame, cfg: DetectorConfig) -> list[str]:
+    """results.md's decisions section: the rule, the summary line, a warning naming the rates
+    off by more than the factor, and the table per dataset, section and domain."""
+    off = table[table["off"]]
+    shown = table.assign(
+        intended=(100 * table["intended"]).map("{:.0f} %".format),
+        measured=(100 * table["measured"]).map("{:.1f} %".format),
+        off=table["off"].map({True: "**off**", False: ""}),
+    )
+    warning = (
+        f"**Warning**: {len(off)} of {len(table)} measured rates differ from the intended one "
+        f"by more than a "
+        f"factor of {FALSE_ALARM_FACTOR:g}: "
+        + ", ".join(f"{r.machine} {r.section} {r.domain}" for r in off.itertuples())
+        + ". Treat the `decision` column of those sections with care."
+        if len(off)
+        else f"No measured rate differs from the intended one by more than a factor of "
+        f"{FALSE_ALARM_FACTOR:g}."
+    )
+    return [
+        "## Decisions: intended and measured false-alarm rate on the normal test clips",
+        threshold_rule(cfg),
+        false_alarm_line(table),
+        warning,
+        text_table(shown),
+    ]
 
 
 @dataclass
@@ -389,6 +572,8 @@ class Evaluation:
     results: pd.DataFrame  # RESULT_COLUMNS
     figures: list[Path]
     absent: str | None = None  # why the eval table is missing (missing_ground_truth)
+    false_alarms: pd.DataFrame | None = None  # false_alarm_table of the decisions
+    detectors: DetectorConfig | None = None  # the threshold settings it was measured against
     rule: str = "2021"  # the layout's scoring rule (asd.method.metrics.LAYOUT_RULES)
     backend: str | None = None  # the back-end of the submitted CSVs ("ours")
 
@@ -412,9 +597,9 @@ def other_backend(run: Run, clips: pd.DataFrame) -> tuple[str | None, pd.DataFra
 def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     """One row per labelled test clip of ``cfg.data.root``: its index row (``row``: position in
     the index), ``anomaly`` (0/1, from the name or the evaluation ground truth, which also
-    gives the hidden domains of evaluation clips), ``ours`` (the submission of ``run``), the
-    other back-end's scores (``knn`` or ``gmm_ocsvm``, from ``RUN/scores.csv``) and
-    ``reference`` (asd.method.reference's score). ``attrs["backend"]``: the submitted one."""
+    gives the hidden domains of evaluation clips), ``ours`` and ``decision`` (the submission of
+    ``run``), the other back-end's scores (``knn`` or ``gmm_ocsvm``, from ``RUN/scores.csv``)
+    and ``reference`` (asd.method.reference's score). ``attrs["backend"]``: the submitted one."""
     from asd.infra.feature_cache import build_cache
     from asd.method.reference import reference_scores
 
@@ -443,7 +628,11 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
         test[~missing]
         .astype({"anomaly": int})
         .reset_index(drop=True)
-        .merge(submission[keys + ["score"]].rename(columns={"score": "ours"}), on=keys, how="left")
+        .merge(
+            submission[[*keys, "score", "decision"]].rename(columns={"score": "ours"}),
+            on=keys,
+            how="left",
+        )
     )
     lost = clips[clips["ours"].isna()]
     if len(lost):
@@ -483,9 +672,11 @@ def evaluate(
     for dataset, g in clips.groupby("dataset", sort=True) if figures else ():
         written.append(run.figures / f"roc_{dataset or 'data'}.png")
         with atomic_path(written[-1]) as tmp:  # ROC small multiples, dev and eval apart
-            roc_figure(g, f"{run.name}: ROC curves of the {dataset or 'data'} sections").savefig(
-                tmp, format="png", dpi=100
-            )
+            roc_figure(
+                g,
+                f"{run.name}: ROC curves of the {dataset or 'data'} sections",
+                1 - cfg.detectors.threshold_quantile,
+            ).savefig(tmp, format="png", dpi=100)
     ev = Evaluation(
         run=run.path,
         clips=clips,
@@ -494,6 +685,8 @@ def evaluate(
         absent=absent,
         rule=rule,
         backend=clips.attrs.get("backend"),
+        false_alarms=false_alarm_table(clips, cfg.detectors.threshold_quantile),
+        detectors=cfg.detectors,
     )
     atomic_write_text(run.results_md, render_markdown(ev, cfg.data.root, config or str(run.config)))
     return ev
@@ -527,6 +720,8 @@ def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
         "log-mel mean and std (asd.method.reference) on the same clips.",
         *result_blocks(ev.results, markdown=True, rule=ev.rule, backend=ev.backend),
     ]
+    if ev.false_alarms is not None and ev.detectors is not None:
+        out += false_alarm_blocks(ev.false_alarms, ev.detectors)
     if ev.absent:
         out += ["## eval_data", f"absent: {ev.absent}"]
     return "\n\n".join(out) + "\n"
@@ -539,6 +734,7 @@ def report(ev: Evaluation) -> str:
         [
             *result_blocks(ev.results, rule=ev.rule, backend=ev.backend),
             *absent,
+            *([false_alarm_line(ev.false_alarms)] if ev.false_alarms is not None else []),
             f"results: {Run(ev.run).results_md}, {Run(ev.run).results_csv}; ROC "
             f"figures: {', '.join(str(p) for p in ev.figures) or 'none'}",
         ]

@@ -21,6 +21,8 @@ from asd.infra.data import (
     report_order,
 )
 
+DEMO_CONFIG = "configs/demo.yml"  # make demo's config: its data root is the synthetic set
+
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     """Clip counts per (dataset, machine, section, domain, split) and label, with a total column."""
@@ -53,8 +55,24 @@ def _configured(args):
     return load_config(path, overrides)
 
 
+def missing_root(root: str | Path) -> str:
+    """What to say when the data root does not exist: how to get the real data, and where the
+    demo's synthetic data is (or how to make it)."""
+    demo = Path(load_config(DEMO_CONFIG).data.root) if Path(DEMO_CONFIG).is_file() else None
+    if demo is not None and demo.is_dir():
+        other = f"the demo's synthetic data is in {demo}: make index CONFIG={DEMO_CONFIG}"
+    else:
+        other = "make synth (or make demo) writes a synthetic data set"
+    return (
+        f"data root {root} does not exist; make data downloads the real data into it "
+        f"(about 19 GB, docs/data.md), or {other}"
+    )
+
+
 def _main(args) -> None:
     root = resolve_root(args.args, args.config)
+    if not Path(root).exists():
+        raise DataError(missing_root(root))
     cfg = _configured(args)
     layout = detect_layout(root, cfg.data.layout if cfg else "auto")
     df = index_dataset(root, layout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from asd import AsdError
@@ -60,10 +61,18 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     nb = inject_parameters(nbformat.read(path, as_version=4), values, path)
+    sockets = tempfile.TemporaryDirectory(prefix="asd-kernel-")
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": os.getcwd()}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.getcwd()}},
+        # local sockets instead of TCP: the kernel then has no plain-text network port to warn
+        # about; they live in a temporary folder, not in the working directory
+        config=Config({"KernelManager": {"transport": "ipc", "ip": f"{sockets.name}/kernel"}}),
     )
     paths = (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH"))  # this checkout's asd
     env = {
@@ -76,6 +85,8 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
         error = None
     except Exception as err:  # a failing cell, or a kernel that dies or times out: keep what ran
         error = f"{type(err).__name__}: {err}"
+    finally:
+        sockets.cleanup()
     body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nb)
     with atomic_path(html) as tmp:
         tmp.write_text(body)

@@ -30,7 +30,7 @@ import torch
 
 from asd import AsdError
 from asd.infra.checkpoint import load_model
-from asd.infra.cli import run_command
+from asd.infra.cli import run_command, section_name, unknown_names
 from asd.infra.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.infra.io import atomic_path
 from asd.infra.runs import Run
@@ -89,24 +89,28 @@ def wav_files(paths: list[str | Path]) -> list[Path]:
 
 def _check_known(dets: DetectorSet, run: Run, f: Path, m: str, s: str | None) -> str:
     """The section of a clip of machine ``m``: ``s``, or the machine's only one; ScoreError
-    naming the file where the run does not know them."""
+    naming the file where the run does not know them (with a "did you mean" for a machine)."""
     known = dets.sections()
+    machines = list(dict.fromkeys(a for a, _ in known))
+    if m not in machines:
+        raise ScoreError(
+            f"{f}: {unknown_names([m], machines, 'machine type')} (of run {run}); give "
+            f"--machine for recordings outside the <machine>/test/ layout"
+        )
     sections = [b for a, b in known if a == m]
     if s is None and len(sections) == 1:
         return sections[0]
-    if (m, s) in known:
-        return s
-    if not sections:
-        what = f"machine {m!r}"
-    elif s is None:
-        what = f"the section of {f.name} (not a challenge file name; {m} has {len(sections)})"
-    else:
-        what = f"section {s!r} of {m}"
-    raise ScoreError(
-        f"{f}: {what} is unknown to run {run} (it knows: "
-        f"{', '.join(f'{a} {b}' for a, b in known)}); give --machine/--section for "
-        f"recordings outside the layout"
-    )
+    if s is None:
+        raise ScoreError(
+            f"{f}: not a challenge file name, so its section is unknown ({m} has "
+            f"{', '.join(sections)} in run {run}); give --section"
+        )
+    if (m, s) not in known:
+        raise ScoreError(
+            f"{f}: run {run} has no section {s!r} of {m} (it has {', '.join(sections)}); "
+            f"give --section"
+        )
+    return s
 
 
 def run_backend(run: Run, dets: DetectorSet, wanted: str | None) -> str:
@@ -237,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--machine", help="machine type (default: from the folders)")
     parser.add_argument(
-        "--section", help="section, two digits (default: from the name, or the machine's only one)"
+        "--section",
+        type=section_name,
+        help="section, 0 or 00 (default: from the name, or the machine's only one)",
     )
     parser.add_argument(
         "--domain",

@@ -45,22 +45,37 @@ def test_machines_follow_the_reports_order_everywhere():
     assert titles == [f"{m} section 03" for m in expected]
 
 
-def test_published_numbers_are_labelled_and_only_beside_dev_data():
+def test_published_numbers_are_labelled_and_in_their_own_table():
     sections = ev.section_table(labelled_clips())
     results = pd.concat([sections, ev.summary_rows(sections)], ignore_index=True)
-    dev = ev.machine_table(results, "dev_data")
-    assert [c for c in dev.columns if "report" in c or "AE" in c or "Mobile" in c] == [
-        "published: report",
-        "published: AE",
-        "published: MobileNetV2",
-    ]
+    for dataset in ("dev_data", "eval_data"):
+        assert list(ev.machine_table(results, dataset).columns) == [
+            "machine",
+            "ours",
+            "simple reference",
+        ]
+    published = ev.published_table(["fan", "all"])
+    assert list(published.columns) == ["machine", *ev.PUBLISHED]
+    assert published["report"].tolist() == ["61.65 / 61.44", "66.12 / 58.18"]
     assert "REAL development data" in ev.PUBLISHED_NOTE
-    assert list(ev.machine_table(results, "eval_data").columns) == [
-        "machine",
-        "ours",
-        "simple reference",
+    assert "published" not in ev.official_line(results, "dev_data")
+    assert "report ~61.90" in ev.published_line()
+    blocks = ev.result_blocks(results)
+    heads = [b for b in blocks if b.startswith("## ")]
+    assert heads == [
+        "## dev_data, measured on this data: harmonic means, AUC / pAUC (%)",
+        "## Published, not measured here: harmonic means, AUC / pAUC (%)",
+        "## eval_data, measured on this data: harmonic means, AUC / pAUC (%)",
     ]
-    assert "published, real development data" in ev.official_line(results, "dev_data")
+
+
+def test_table_columns_are_separated():
+    table = ev.text_table(pd.DataFrame({"machine": ["fan"], "ours": ["56.51 / 51.55"]}))
+    assert table.splitlines() == [
+        "machine | ours",
+        "------- | -------------",
+        "fan     | 56.51 / 51.55",
+    ]
 
 
 def test_roc_figure_is_one_panel_per_section_with_an_explained_style():
@@ -87,7 +102,7 @@ def test_results_md_names_what_produced_it(runs, tmp_path):
     run = tmp_path / "runs" / runs.stage2.name
     (run / "init.txt").write_text(f"../{runs.stage1.name}/model.pth\n")
     out = cli("asd.evaluate", "--from", run, check=True)
-    assert ev.PUBLISHED_NOTE in out.stdout and "published: report" in out.stdout
+    assert ev.PUBLISHED_NOTE in out.stdout and "Published, not measured here" in out.stdout
     md = (run / "results.md").read_text().splitlines()
     root = Path(ev.load_config(run / "config.yml").data.root).resolve()
     assert md[2:7] == [

@@ -120,9 +120,9 @@ def test_unknown_machine_or_section(submitted, data_root, tmp_path, capsys):
     pump.mkdir(parents=True)
     shutil.copy(_clip(data_root), pump / "section_00_source_test_0000.wav")
     err = _cli_error(capsys, [str(submitted.run), str(pump / "section_00_source_test_0000.wav")])
-    assert "machine 'pump' is unknown" in err and "fan 00" in err
+    assert "unknown machine type 'pump'" in err and "known: fan" in err
     err = _cli_error(capsys, [str(submitted.run), str(_clip(data_root)), "--section", "07"])
-    assert "section '07' of fan is unknown" in err
+    assert "has no section '07' of fan (it has 00" in err
 
 
 def test_unnamed_file_needs_options(submitted, tmp_path, capsys, data_root):

@@ -9,9 +9,10 @@ used when no ``--config`` is given, so a run folder is enough to go on from.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from asd import AsdError
@@ -31,14 +32,59 @@ def make_parser(
     p.add_argument(
         "--config",
         default=None,
-        help=f"config file (default: the run's own config.yml where a run folder is "
-        f"given, else {DEFAULT_CONFIG})",
+        help=(
+            f"config file (default: the run's own config.yml where a run folder is given, "
+            f"else {DEFAULT_CONFIG})"
+            if from_help
+            else f"config file (default: {DEFAULT_CONFIG})"
+        ),
     )
     if from_help:
         p.add_argument("--from", dest="from_run", default=None, help=from_help)
     if overrides:
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return p
+
+
+def unknown_names(given: Sequence[str], known: Sequence[str], what: str) -> str | None:
+    """The message for the names of ``given`` that are not in ``known``, each with the nearest
+    known name (difflib, case aside) as a "did you mean"; None when every name is known."""
+    by_lower = {name.lower(): name for name in known}
+    unknown = [name for name in given if name not in known]
+    if not unknown:
+        return None
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+        hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"
+
+
+def names_argument(known: Sequence[str], what: str = "machine type") -> Callable[[str], tuple]:
+    """An argparse ``type``: comma- or space-separated names, each one of ``known``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part for part in text.replace(" ", ",").split(",") if part)
+        message = unknown_names(names, known, what)
+        if message:
+            raise argparse.ArgumentTypeError(message)
+        return names
+
+    return parse
+
+
+def section_name(text: str) -> str:
+    """A section number as the challenge file names spell it (an argparse ``type``): ``0``,
+    ``00`` and ``000`` are all section ``00``."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"section {text!r} is not a number such as 00 or 3")
+    return f"{int(text):02d}"
+
+
+def sections_argument(text: str) -> tuple[str, ...]:
+    """An argparse ``type``: comma- or space-separated sections (:func:`section_name`)."""
+    return tuple(section_name(part) for part in text.replace(" ", ",").split(",") if part)
 
 
 def load_args_config(args: argparse.Namespace, run: str | Path | None = None) -> Config:

@@ -140,6 +140,7 @@ class DetectorConfig:
     # Defaults only for stored configs older than these keys; config.yml sets them.
     threshold_scores: Literal["out_of_fold", "training"] = "out_of_fold"
     threshold_folds: int = 5
+    threshold_target: Literal["source_subsets", "own"] = "source_subsets"
     backend: Literal["auto", "gmm_ocsvm", "knn"] = "auto"
     knn_k: int = 1
 

@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from asd.infra.cli import make_parser, run_command
+from asd.infra.cli import make_parser, names_argument, run_command, sections_argument
 from asd.infra.data import LAYOUTS
 from asd.synthetic.dataset import generate
 from asd.synthetic.designs import DEV_SECTIONS, EVAL_SECTIONS, MACHINES
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(p for p in text.replace(" ", ",").split(",") if p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,19 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--machines",
-        type=_names,
+        type=names_argument(MACHINES),
         default=MACHINES,
         help="comma-separated machine types (default: all seven)",
     )
     p.add_argument(
         "--sections-dev",
-        type=_names,
+        type=sections_argument,
         default=DEV_SECTIONS,
-        help="development sections, comma-separated ('' for none; default: 00,01,02)",
+        help="development sections, comma-separated, 0 or 00 ('' for none; default: 00,01,02)",
     )
     p.add_argument(
         "--sections-eval",
-        type=_names,
+        type=sections_argument,
         default=EVAL_SECTIONS,
         help="evaluation sections, comma-separated ('' for none; default: 03,04,05)",
     )
