@@ -74,9 +74,10 @@ test: install ## Run every test (the CI command)
 test-fast: install ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -q -ra tests -m "not slow"
 
-bench: install ## Speed of the feature cache, training data path and embedding against references
+bench: install ## Speed of the feature cache, training data path, optimiser step and embedding against references
 	$(PY) -m bench.features
 	$(PY) -m bench.train --memory
+	$(PY) -m bench.optim
 	$(PY) -m bench.embed
 
 bench-gpu: install ## Step 1 on one GPU: samples/s of gpu, amp bf16 and fp16, memory, run times, loss vs CPU

@@ -4,7 +4,9 @@ of the embedding net it updates."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from adamp import AdamP
@@ -13,22 +15,193 @@ from torch import nn
 from asd.infra.config import ConfigError
 
 
-class MaskedAdamP(AdamP):
-    """AdamP's numbers, its projection chosen by tensor masks instead of Python branches on
-    tensor values (the host never waits for the GPU); views by reshape (channels_last works)."""
+@dataclass
+class _Layout:
+    """The weights (two or more dimensions) of one update laid end to end in one buffer (N,),
+    each weight's output channels (its rows along dim 0) one after the other and the weights in
+    the order of their channels' length, so that channels of equal length form blocks (n, L) of
+    consecutive elements. The buffer and its views are kept from step to step: one copy fills
+    them, and fresh host memory is slow on the CPU."""
 
-    def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
-        """``perturb`` projected per output channel if every channel's |cos(grad, p)| < delta /
-        sqrt(size), else on the whole weight if its is, else kept; weight decay factor (float64)."""
-        shape, out, done = [-1] + [1] * (p.dim() - 1), perturb, p.new_zeros((), dtype=torch.bool)
-        for rows in (p.size(0), 1):  # per output channel, then the whole weight as one row
-            w, g = p.detach().reshape(rows, -1), grad.reshape(rows, -1)
-            cosine = torch.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
-            use = ~done & (cosine.max() < delta / math.sqrt(w.size(1)))
-            unit = p.detach() / (w.norm(dim=1).view(shape) + eps)
-            along = (unit * perturb).reshape(rows, -1).sum(dim=1).view(shape)
-            out, done = torch.where(use, perturb - unit * along, out), done | use
-        return out, torch.where(done, p.new_full((), wd_ratio, dtype=torch.float64), 1.0)
+    order: list[int]  # the weights' positions in the update, in the buffer's order
+    rows: list[int]  # output channels of each weight, in the buffer's order
+    owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the buffer's order
+    sqrt_channel: torch.Tensor  # (W,) sqrt of the elements of one channel of each weight
+    sqrt_numel: torch.Tensor  # (W,) sqrt of the elements of each weight
+    buffer: torch.Tensor  # (3, N) the gradients, the weights and the step directions
+    views: list[list[torch.Tensor]]  # the three rows of buffer as the weights' shapes
+    blocks: list[torch.Tensor]  # (n, 3, L) views of buffer: the blocks of channels
+    keep: torch.Tensor  # (R,) a factor of each channel's weights
+    keep_views: list[torch.Tensor]  # keep as (rows, 1, ...) for each weight
+
+    @classmethod
+    def of(cls, weights: list[torch.Tensor]) -> _Layout:
+        order = sorted(range(len(weights)), key=lambda i: weights[i][0].numel())
+        shapes = [weights[i].shape for i in order]
+        rows = [shape[0] for shape in shapes]
+        lengths = [math.prod(shape[1:]) for shape in shapes]
+        sizes = [n * length for n, length in zip(rows, lengths)]
+        buffer = weights[0].new_empty(3, sum(sizes))
+        blocks, start = [], 0  # blocks: (first element, channels, elements a channel)
+        for n, length in zip(rows, lengths):
+            if blocks and blocks[-1][2] == length:
+                blocks[-1] = (blocks[-1][0], blocks[-1][1] + n, length)
+            else:
+                blocks.append((start, n, length))
+            start += n * length
+        keep = weights[0].new_empty(sum(rows))
+        device = weights[0].device
+        return cls(
+            order=order,
+            rows=rows,
+            owner=torch.arange(len(rows)).repeat_interleave(torch.tensor(rows)).to(device),
+            sqrt_channel=torch.tensor(lengths, dtype=torch.float64).sqrt().float().to(device),
+            sqrt_numel=torch.tensor(sizes, dtype=torch.float64).sqrt().float().to(device),
+            buffer=buffer,
+            views=[[x.view(shape) for x, shape in zip(row.split(sizes), shapes)] for row in buffer],
+            blocks=[
+                buffer[:, first : first + n * length].view(3, n, length).transpose(0, 1)
+                for first, n, length in blocks
+            ],
+            keep=keep,
+            keep_views=[
+                x.view(-1, *[1] * (len(shape) - 1)) for x, shape in zip(keep.split(rows), shapes)
+            ],
+        )
+
+
+class MaskedAdamP(AdamP):
+    """``adamp.AdamP`` (Heo et al., 2021) with its numbers (to rounding) in multi-tensor form:
+    Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and AdamP's
+    projection of all the weights at once, chosen by tensor masks instead of Python branches on
+    tensor values, so the host never waits for the device. The state is AdamP's (``step``,
+    ``exp_avg``, ``exp_avg_sq`` of each parameter): checkpoints load in both."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._layouts: dict[tuple, _Layout] = {}  # by the weights' shapes and device
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdamP step of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            # parameters that have taken equally many steps share their bias corrections
+            together = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                together[(p.device, p.dtype, state["step"])].append(p)
+            for (_, _, steps), params in together.items():
+                self._update(group, params, steps)
+        return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor], steps: int) -> None:
+        """AdamP's step of ``params`` (one device and dtype, ``steps`` steps taken each)."""
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        # Adam's moments: running means of the gradient and of its square
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        # The step direction is exp_avg / (sqrt(exp_avg_sq / bias correction 2) + eps), as
+        # AdamP has it (with Nesterov: beta1 exp_avg + (1 - beta1) grad for exp_avg); bias
+        # correction 1 goes into the step size.
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
+        torch._foreach_add_(denoms, group["eps"])
+        step_size = group["lr"] / (1 - beta1**steps)
+        # Biases and batch-norm scales (one dimension) take Adam's step with weight decay.
+        vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
+        if vectors:
+            taking = [params[i] for i in vectors]
+            directions = self._directions(group, vectors, exp_avgs, grads, denoms)
+            if group["weight_decay"] > 0:
+                torch._foreach_mul_(taking, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(taking, directions, alpha=-step_size)
+        # Weights take AdamP's step, all of them at once.
+        weights = [i for i, p in enumerate(params) if p.dim() > 1]
+        if weights:
+            key = (params[0].device, *(tuple(params[i].shape) for i in weights))
+            if key not in self._layouts:
+                self._layouts[key] = _Layout.of([params[i] for i in weights])
+            layout = self._layouts[key]
+            weights = [weights[i] for i in layout.order]
+            grad_views, weight_views, directions = layout.views
+            torch._foreach_copy_(grad_views, [grads[i] for i in weights])
+            torch._foreach_copy_(weight_views, [params[i] for i in weights])
+            self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
+            self._project(group, layout, step_size)
+            taking = [params[i] for i in weights]
+            torch._foreach_mul_(taking, layout.keep_views)
+            torch._foreach_add_(taking, directions, alpha=-step_size)
+
+    @staticmethod
+    def _directions(group, which, exp_avgs, grads, denoms, out=None) -> list[torch.Tensor]:
+        """The step directions of the parameters at positions ``which`` (into ``out`` if given)."""
+        beta1 = group["betas"][0]
+        if out is None:
+            out = torch._foreach_mul([exp_avgs[i] for i in which], 1.0)
+        else:
+            torch._foreach_copy_(out, [exp_avgs[i] for i in which])
+        if group["nesterov"]:
+            torch._foreach_mul_(out, beta1)
+            torch._foreach_add_(out, [grads[i] for i in which], alpha=1 - beta1)
+        torch._foreach_div_(out, [denoms[i] for i in which])
+        return out
+
+    @staticmethod
+    def _project(group: dict, layout: _Layout, step_size: float) -> None:
+        """Sets ``layout.keep``, the factor of each channel's weights in AdamP's step. A weight
+        whose gradient is nearly orthogonal to it in every output channel (|cos| < delta /
+        sqrt(elements of a channel), as before batch norm, where the weight's scale does not
+        matter) steps without the direction's radial part per channel; else, if nearly
+        orthogonal as a whole (delta / sqrt(its elements)), without it as a whole; else as in
+        Adam. A projected weight decays by weight_decay * wd_ratio only. The new weight,
+        decay * w - step_size * (d - radial * w), is keep * w - step_size * d."""
+        eps, delta, channels = group["eps"], group["delta"], len(layout.owner)
+        # <g, w>, |w|^2, <w, d> and |g|^2 per output channel (R,): in each block the products
+        # of the channels' (g, w) with their (g, w, d); then per weight (W,)
+        dots = [torch.bmm(x[:, :2], x.transpose(1, 2)).view(len(x), 6) for x in layout.blocks]
+        per_channel = torch.cat(dots)[:, [1, 4, 5, 0]]  # (R, 4)
+        whole = per_channel.new_zeros(len(layout.rows), 4)
+        whole.index_add_(0, layout.owner, per_channel)
+        gw, ww, wd, gg = torch.cat([per_channel, whole]).t()  # (R + W,) each
+        norm = ww.sqrt()
+        cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * norm.clamp_min(eps))
+        # d's part along the unit vector u = w / (|w| + eps) is u <u, d> = w <w, d> / (|w| + eps)^2
+        radial = wd / (norm + eps).square()
+        cos_channel, cos_whole = cosine.split([channels, len(layout.rows)])
+        radial_channel, radial_whole = radial.split([channels, len(layout.rows)])
+        # AdamP's two tests in its order: per channel first, then as a whole (W,)
+        worst = cos_whole.new_zeros(len(layout.rows))
+        worst.scatter_reduce_(0, layout.owner, cos_channel, "amax")
+        by_channel = worst < delta / layout.sqrt_channel
+        as_whole = ~by_channel & (cos_whole < delta / layout.sqrt_numel)
+        # the radial factor to take from each channel's direction: its own, its weight's, or none
+        factor = torch.where(
+            by_channel[layout.owner],
+            radial_channel,
+            torch.where(as_whole, radial_whole, 0.0)[layout.owner],
+        )  # (R,)
+        # weight decay, in float64 as AdamP's Python numbers, then in the weights' dtype (W,)
+        projected = by_channel | as_whole
+        wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
+        ratio = torch.where(projected, wd_ratio, 1.0)
+        decay = (1 - group["lr"] * group["weight_decay"] * ratio).to(layout.keep.dtype)
+        torch.add(decay[layout.owner], factor, alpha=step_size, out=layout.keep)
 
 
 def build_optimizer(
