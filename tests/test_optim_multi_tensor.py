@@ -76,3 +76,24 @@ def test_parameters_without_gradient_and_apart_in_steps():
         assert opt.state[params[1]]["step"] == 2 and opt.state[params[0]]["step"] == 3
     for a, b in zip(*out):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_bit_for_bit_adamp_on_the_cpu():
+    """The same gradients give AdamP's weights to the last bit (the same arithmetic on the same
+    rows), so CPU training is unchanged by the multi-tensor form."""
+    gen = torch.Generator().manual_seed(0)
+    params = table1_parameters()
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    theirs = AdamP(params, lr=1e-2, weight_decay=1e-2)
+    mine = MaskedAdamP(ours, lr=1e-2, weight_decay=1e-2)
+    for _ in range(3):
+        for i, (p, q) in enumerate(zip(params, ours)):
+            grad = torch.randn(p.shape, generator=gen)
+            if p.dim() > 1 and i % 2:  # every other weight scale-invariant: projected per channel
+                w = p.detach().reshape(len(p), -1)
+                g = grad.reshape(len(p), -1)
+                g -= w * (g * w).sum(1, keepdim=True) / w.square().sum(1, keepdim=True)
+            p.grad, q.grad = grad, grad.clone()
+        theirs.step()
+        mine.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, ours))

@@ -31,8 +31,10 @@ class _Layout:
     buffer: torch.Tensor  # (3, N) the gradients, the weights and the step directions
     views: list[list[torch.Tensor]]  # the three rows of buffer as the weights' shapes
     blocks: list[torch.Tensor]  # (n, 3, L) views of buffer: the blocks of channels
-    keep: torch.Tensor  # (R,) a factor of each channel's weights
-    keep_views: list[torch.Tensor]  # keep as (rows, 1, ...) for each weight
+    block_channels: list[int]  # n of each block
+    work: torch.Tensor  # (2, N) room for w / (|w| + eps) and a product
+    work_blocks: list[torch.Tensor]  # (2, n, L) views of work
+    work_views: list[torch.Tensor]  # the second row of work as the weights' shapes
 
     @classmethod
     def of(cls, weights: list[torch.Tensor]) -> _Layout:
@@ -49,7 +51,7 @@ class _Layout:
             else:
                 blocks.append((start, n, length))
             start += n * length
-        keep = weights[0].new_empty(sum(rows))
+        work = weights[0].new_empty(2, sum(sizes))
         device = weights[0].device
         return cls(
             order=order,
@@ -63,10 +65,13 @@ class _Layout:
                 buffer[:, first : first + n * length].view(3, n, length).transpose(0, 1)
                 for first, n, length in blocks
             ],
-            keep=keep,
-            keep_views=[
-                x.view(-1, *[1] * (len(shape) - 1)) for x, shape in zip(keep.split(rows), shapes)
+            block_channels=[n for _, n, _ in blocks],
+            work=work,
+            work_blocks=[
+                work[:, first : first + n * length].view(2, n, length)
+                for first, n, length in blocks
             ],
+            work_views=list(work[1].split(sizes)),
         )
 
 
@@ -143,9 +148,11 @@ class MaskedAdamP(AdamP):
             torch._foreach_copy_(grad_views, [grads[i] for i in weights])
             torch._foreach_copy_(weight_views, [params[i] for i in weights])
             self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
-            self._project(group, layout, step_size)
+            ratio = self._project(group, layout)
             taking = [params[i] for i in weights]
-            torch._foreach_mul_(taking, layout.keep_views)
+            if group["weight_decay"] > 0:
+                decay = 1 - group["lr"] * group["weight_decay"] * ratio  # (W,) float64
+                torch._foreach_mul_(taking, decay.unbind())
             torch._foreach_add_(taking, directions, alpha=-step_size)
 
     @staticmethod
@@ -163,45 +170,50 @@ class MaskedAdamP(AdamP):
         return out
 
     @staticmethod
-    def _project(group: dict, layout: _Layout, step_size: float) -> None:
-        """Sets ``layout.keep``, the factor of each channel's weights in AdamP's step. A weight
-        whose gradient is nearly orthogonal to it in every output channel (|cos| < delta /
-        sqrt(elements of a channel), as before batch norm, where the weight's scale does not
-        matter) steps without the direction's radial part per channel; else, if nearly
-        orthogonal as a whole (delta / sqrt(its elements)), without it as a whole; else as in
-        Adam. A projected weight decays by weight_decay * wd_ratio only. The new weight,
-        decay * w - step_size * (d - radial * w), is keep * w - step_size * d."""
-        eps, delta, channels = group["eps"], group["delta"], len(layout.owner)
-        # <g, w>, |w|^2, <w, d> and |g|^2 per output channel (R,): in each block the products
-        # of the channels' (g, w) with their (g, w, d); then per weight (W,)
-        dots = [torch.bmm(x[:, :2], x.transpose(1, 2)).view(len(x), 6) for x in layout.blocks]
-        per_channel = torch.cat(dots)[:, [1, 4, 5, 0]]  # (R, 4)
-        whole = per_channel.new_zeros(len(layout.rows), 4)
-        whole.index_add_(0, layout.owner, per_channel)
-        gw, ww, wd, gg = torch.cat([per_channel, whole]).t()  # (R + W,) each
-        norm = ww.sqrt()
-        cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * norm.clamp_min(eps))
-        # d's part along the unit vector u = w / (|w| + eps) is u <u, d> = w <w, d> / (|w| + eps)^2
-        radial = wd / (norm + eps).square()
-        cos_channel, cos_whole = cosine.split([channels, len(layout.rows)])
-        radial_channel, radial_whole = radial.split([channels, len(layout.rows)])
-        # AdamP's two tests in its order: per channel first, then as a whole (W,)
-        worst = cos_whole.new_zeros(len(layout.rows))
-        worst.scatter_reduce_(0, layout.owner, cos_channel, "amax")
-        by_channel = worst < delta / layout.sqrt_channel
-        as_whole = ~by_channel & (cos_whole < delta / layout.sqrt_numel)
-        # the radial factor to take from each channel's direction: its own, its weight's, or none
-        factor = torch.where(
-            by_channel[layout.owner],
-            radial_channel,
-            torch.where(as_whole, radial_whole, 0.0)[layout.owner],
-        )  # (R,)
-        # weight decay, in float64 as AdamP's Python numbers, then in the weights' dtype (W,)
+    def _project(group: dict, layout: _Layout) -> torch.Tensor:
+        """AdamP's projection of the step directions (the third row of ``layout.buffer``), in
+        place, and each weight's factor of weight decay (W,) float64. A weight whose gradient
+        is nearly orthogonal to it in every output channel (|cos| < delta / sqrt(elements of a
+        channel), as before batch norm, where the weight's scale does not matter) steps without
+        the direction's part along it per channel; else, if nearly orthogonal as a whole
+        (delta / sqrt(its elements)), without the part along it as a whole; else as in Adam.
+        A projected weight decays by weight_decay * wd_ratio only. The arithmetic is AdamP's,
+        step for step, on the same rows: the steps are AdamP's to the last bit on the CPU."""
+        eps, delta, weights = group["eps"], group["delta"], len(layout.rows)
+        g, w, d = layout.buffer  # (N,) each
+        # AdamP's two tests, from <g, w>, |g|^2 and |w|^2 of each channel and weight (in each
+        # block the products of the channels' (g, w) with their (g, w))
+        dots = [
+            torch.bmm(x[:, :2], x[:, :2].transpose(1, 2)).view(len(x), 4) for x in layout.blocks
+        ]
+        per_channel = torch.cat(dots)[:, [0, 1, 3]]  # (R, 3)
+        whole = per_channel.new_zeros(weights, 3).index_add_(0, layout.owner, per_channel)
+        gg, gw, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
+        cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * ww.sqrt().clamp_min(eps))
+        cos_channel, cos_whole = cosine.split([len(layout.owner), weights])
+        worst = cos_whole.new_zeros(weights).scatter_reduce_(0, layout.owner, cos_channel, "amax")
+        by_channel = worst < delta / layout.sqrt_channel  # (W,)
+        as_whole = ~by_channel & (cos_whole < delta / layout.sqrt_numel)  # (W,)
         projected = by_channel | as_whole
+        # the unit vector u = w / (|w| + eps) of each channel, or of each weight taken whole
+        norm_channel = torch.cat([x[:, 1].norm(dim=1) for x in layout.blocks])  # (R,)
+        norm_whole = torch.stack(torch._foreach_norm(layout.views[1]))  # (W,)
+        norm = torch.where(by_channel[layout.owner], norm_channel, norm_whole[layout.owner])
+        scale = (norm + eps).split(layout.block_channels)
+        for x, room, s in zip(layout.blocks, layout.work_blocks, scale):
+            torch.div(x[:, 1], s.unsqueeze(1), out=room[0])  # u
+            torch.mul(room[0], x[:, 2], out=room[1])  # u * d
+        # <u, d> per channel or whole weight, zero where the weight is not projected
+        along_channel = torch.cat([room[1].sum(dim=1) for room in layout.work_blocks])  # (R,)
+        along_whole = torch.stack([x.sum() for x in layout.work_views])  # (W,)
+        along = torch.where(by_channel[layout.owner], along_channel, along_whole[layout.owner])
+        along = torch.where(projected[layout.owner], along, 0.0).split(layout.block_channels)
+        # d - u <u, d>
+        for room, a in zip(layout.work_blocks, along):
+            torch.mul(room[0], a.unsqueeze(1), out=room[1])
+        d.sub_(layout.work[1])
         wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
-        ratio = torch.where(projected, wd_ratio, 1.0)
-        decay = (1 - group["lr"] * group["weight_decay"] * ratio).to(layout.keep.dtype)
-        torch.add(decay[layout.owner], factor, alpha=step_size, out=layout.keep)
+        return torch.where(projected, wd_ratio, 1.0)
 
 
 def build_optimizer(
