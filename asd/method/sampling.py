@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -103,24 +104,61 @@ class MixupBatches:
         # the epoch's rows, labels and ratios in one copy (the device is idle after the epoch's end)
         epoch = torch.stack([a, c, self._labels[a], self._labels[c], draws[2]]).to(self.device)
         rows, lam = epoch[:4].long(), epoch[4].float()
+        if self._device_features is None:  # memory-mapped: each batch's rows read on a thread
+            yield from self._read_ahead(rows, lam, a, c)
+            return
         for i in range(n):
             self.done += 1
-            yield {
-                "x_a": self.gather(rows[0, i], a[i]),
-                "x_b": self.gather(rows[1, i], c[i]),
-                "y_a": rows[2, i],
-                "y_b": rows[3, i],
-                "lam": lam[i],
-            }
+            x_a = self._from_device(rows[0, i])
+            x_b = self._from_device(rows[1, i])
+            yield self._batch(rows, lam, i, x_a, x_b)
 
-    def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
-        """Normalised features (B, 1, T, F) float32 of ``rows`` (device) = ``host_rows`` (CPU)."""
-        if self._device_features is not None:
-            x = self._device_features.index_select(0, self._position[rows])
-        else:
-            unique, inverse = np.unique(host_rows.numpy(), return_inverse=True)
-            x = torch.from_numpy(np.asarray(self._features[unique]))  # file order, each row once
-            x = x[torch.from_numpy(inverse)].to(self.device, non_blocking=True)
+    def _batch(self, rows, lam, i: int, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        """Batch ``i`` of the epoch's ``rows`` (4, n, B) and ``lam`` (n, B), with its features."""
+        return {
+            "x_a": self._normalise(x_a),
+            "x_b": self._normalise(x_b),
+            "y_a": rows[2, i],
+            "y_b": rows[3, i],
+            "lam": lam[i],
+        }
+
+    def _read_ahead(self, rows, lam, a: torch.Tensor, c: torch.Tensor) -> Iterator[dict]:
+        """The epoch's batches from the memory-mapped cache, the next batch's rows read on a
+        background thread (into pinned memory where the device is a GPU) while the device works
+        on the current one; ``a``, ``c`` (n, B): the cache rows of the pairs, on the host."""
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+            ahead = reader.submit(self._from_host, a[0], c[0]) if len(a) else None
+            for i in range(len(a)):
+                x_a, x_b = ahead.result()
+                if i + 1 < len(a):
+                    ahead = reader.submit(self._from_host, a[i + 1], c[i + 1])
+                self.done += 1
+                x_a = x_a.to(self.device, non_blocking=True)
+                x_b = x_b.to(self.device, non_blocking=True)
+                yield self._batch(rows, lam, i, x_a, x_b)
+
+    def _from_device(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, F) of cache ``rows`` (on the device) from the device's copy."""
+        return self._device_features.index_select(0, self._position[rows])
+
+    def _from_host(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Features (B, T, F) of each of ``batches`` of cache rows (B,) from the memory map, in
+        pinned memory where the device is a GPU (so that the copy there runs on its own)."""
+        out = []
+        for rows in batches:
+            unique, inverse = np.unique(rows.numpy(), return_inverse=True)
+            block = torch.from_numpy(np.asarray(self._features[unique]))  # file order, once each
+            x = torch.empty(
+                (len(rows), *block.shape[1:]),
+                dtype=block.dtype,
+                pin_memory=self.device.type == "cuda",
+            )
+            out.append(torch.index_select(block, 0, torch.from_numpy(inverse), out=x))
+        return tuple(out)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mels (B, T, F) of the cache's dtype -> normalised float32 (B, 1, T, F)."""
         x = (x.float() - self._mean) * self._istd  # (B, T, F)
         return x.unsqueeze(1)
 
