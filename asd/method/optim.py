@@ -186,9 +186,9 @@ class MaskedAdamP(AdamP):
         dots = [
             torch.bmm(x[:, :2], x[:, :2].transpose(1, 2)).view(len(x), 4) for x in layout.blocks
         ]
-        per_channel = torch.cat(dots)[:, [0, 1, 3]]  # (R, 3)
-        whole = per_channel.new_zeros(weights, 3).index_add_(0, layout.owner, per_channel)
-        gg, gw, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
+        per_channel = torch.cat(dots)  # (R, 4): <g, g>, <g, w>, <w, g>, <w, w>
+        whole = per_channel.new_zeros(weights, 4).index_add_(0, layout.owner, per_channel)
+        gg, gw, _, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
         cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * ww.sqrt().clamp_min(eps))
         cos_channel, cos_whole = cosine.split([len(layout.owner), weights])
         worst = cos_whole.new_zeros(weights).scatter_reduce_(0, layout.owner, cos_channel, "amax")
