@@ -361,7 +361,8 @@ def check_loss(loss: float, epoch: int, cfg: Config) -> None:
 
 def describe_processes(cfg: Config, engine: dl.Engine) -> str:
     """The run's first line: how many training processes, on which devices."""
-    world, device = engine.num_processes, engine.device
+    world = engine.num_processes
+    device = engine.device
     precision = (
         f" ({cfg.engine.amp_dtype} autocast)" if cfg.engine.name in ("amp", "ddp_amp") else ""
     )

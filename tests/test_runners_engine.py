@@ -108,7 +108,5 @@ def test_the_first_line_names_processes_and_devices(tiny_cfg):
         num_processes, device, is_ddp = 1, torch.device("cpu"), False
 
     line = common.describe_processes(tiny_cfg, Engine())
-    assert (
-        line
-        == f"training cpu: 1 process(es) on the CPU ({torch.get_num_threads()} torch thread(s) each)"
-    )
+    threads = torch.get_num_threads()
+    assert line == f"training cpu: 1 process(es) on the CPU ({threads} torch thread(s) each)"

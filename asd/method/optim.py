@@ -44,7 +44,8 @@ class _Layout:
         lengths = [math.prod(shape[1:]) for shape in shapes]
         sizes = [n * length for n, length in zip(rows, lengths)]
         buffer = weights[0].new_empty(3, sum(sizes))
-        blocks, start = [], 0  # blocks: (first element, channels, elements a channel)
+        blocks = []  # (first element, channels, elements a channel)
+        start = 0
         for n, length in zip(rows, lengths):
             if blocks and blocks[-1][2] == length:
                 blocks[-1] = (blocks[-1][0], blocks[-1][1] + n, length)
@@ -76,11 +77,11 @@ class _Layout:
 
 
 class MaskedAdamP(AdamP):
-    """``adamp.AdamP`` (Heo et al., 2021) with its numbers (to rounding) in multi-tensor form:
-    Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and AdamP's
-    projection of all the weights at once, chosen by tensor masks instead of Python branches on
-    tensor values, so the host never waits for the device. The state is AdamP's (``step``,
-    ``exp_avg``, ``exp_avg_sq`` of each parameter): checkpoints load in both."""
+    """``adamp.AdamP`` (Heo et al., 2021), its steps to the last bit on the CPU, in multi-tensor
+    form: Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and
+    AdamP's projection of all the weights at once, chosen by tensor masks instead of Python
+    branches on tensor values, so the host never waits for the device. The state is AdamP's
+    (``step``, ``exp_avg``, ``exp_avg_sq`` of each parameter): checkpoints load in both."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -179,7 +180,9 @@ class MaskedAdamP(AdamP):
         (delta / sqrt(its elements)), without the part along it as a whole; else as in Adam.
         A projected weight decays by weight_decay * wd_ratio only. The arithmetic is AdamP's,
         step for step, on the same rows: the steps are AdamP's to the last bit on the CPU."""
-        eps, delta, weights = group["eps"], group["delta"], len(layout.rows)
+        eps = group["eps"]
+        delta = group["delta"]
+        weights = len(layout.rows)
         g, w, d = layout.buffer  # (N,) each
         # AdamP's two tests, from <g, w>, |g|^2 and |w|^2 of each channel and weight (in each
         # block the products of the channels' (g, w) with their (g, w))
