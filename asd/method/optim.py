@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from adamp import AdamP
 from torch import nn
@@ -76,6 +77,14 @@ class _Layout:
         )
 
 
+def _changes(factor: float, dtype: torch.dtype) -> bool:
+    """Whether multiplying by ``factor`` can change a number of ``dtype``: not where the factor
+    rounds to 1 there (the report's weight decay in float32), so that multiply is skipped."""
+    if dtype == torch.float32:
+        return np.float32(factor) != 1
+    return factor != 1
+
+
 class MaskedAdamP(AdamP):
     """``adamp.AdamP`` (Heo et al., 2021), its steps to the last bit on the CPU, in multi-tensor
     form: Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and
@@ -129,13 +138,14 @@ class MaskedAdamP(AdamP):
         torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
         torch._foreach_add_(denoms, group["eps"])
         step_size = group["lr"] / (1 - beta1**steps)
+        lr_wd = group["lr"] * group["weight_decay"]
         # Biases and batch-norm scales (one dimension) take Adam's step with weight decay.
         vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
         if vectors:
             taking = [params[i] for i in vectors]
             directions = self._directions(group, vectors, exp_avgs, grads, denoms)
-            if group["weight_decay"] > 0:
-                torch._foreach_mul_(taking, 1 - group["lr"] * group["weight_decay"])
+            if _changes(1 - lr_wd, params[0].dtype):
+                torch._foreach_mul_(taking, 1 - lr_wd)
             torch._foreach_add_(taking, directions, alpha=-step_size)
         # Weights take AdamP's step, all of them at once.
         weights = [i for i, p in enumerate(params) if p.dim() > 1]
@@ -151,22 +161,25 @@ class MaskedAdamP(AdamP):
             self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
             ratio = self._project(group, layout)
             taking = [params[i] for i in weights]
-            if group["weight_decay"] > 0:
-                decay = 1 - group["lr"] * group["weight_decay"] * ratio  # (W,) float64
-                torch._foreach_mul_(taking, decay.unbind())
+            decays = (1 - lr_wd * group["wd_ratio"], 1 - lr_wd)  # projected or not
+            if any(_changes(decay, params[0].dtype) for decay in decays):
+                torch._foreach_mul_(taking, (1 - lr_wd * ratio).unbind())  # (W,) float64
             torch._foreach_add_(taking, directions, alpha=-step_size)
 
     @staticmethod
     def _directions(group, which, exp_avgs, grads, denoms, out=None) -> list[torch.Tensor]:
-        """The step directions of the parameters at positions ``which`` (into ``out`` if given)."""
+        """The step directions of the parameters at positions ``which`` (into ``out`` if given),
+        exp_avg / denom, or with Nesterov (beta1 exp_avg + (1 - beta1) grad) / denom."""
         beta1 = group["betas"][0]
-        if out is None:
-            out = torch._foreach_mul([exp_avgs[i] for i in which], 1.0)
-        else:
-            torch._foreach_copy_(out, [exp_avgs[i] for i in which])
+        numerators = [exp_avgs[i] for i in which]
         if group["nesterov"]:
-            torch._foreach_mul_(out, beta1)
-            torch._foreach_add_(out, [grads[i] for i in which], alpha=1 - beta1)
+            numerators = torch._foreach_mul(numerators, beta1)
+            torch._foreach_add_(
+                numerators, torch._foreach_mul([grads[i] for i in which], 1 - beta1)
+            )
+        if out is None:
+            return torch._foreach_div(numerators, [denoms[i] for i in which])
+        torch._foreach_copy_(out, numerators)
         torch._foreach_div_(out, [denoms[i] for i in which])
         return out
 
