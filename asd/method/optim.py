@@ -36,6 +36,10 @@ class _Layout:
     work: torch.Tensor  # (2, N) room for w / (|w| + eps) and a product
     work_blocks: list[torch.Tensor]  # (2, n, L) views of work
     work_views: list[torch.Tensor]  # the second row of work as the weights' shapes
+    scale: torch.Tensor  # (R,) |w| + eps of each channel, or of its weight
+    along: torch.Tensor  # (R,) <u, d> of each channel, or of its weight
+    scale_blocks: list[torch.Tensor]  # (n, 1) views of scale, block by block
+    along_blocks: list[torch.Tensor]  # (n, 1) views of along, block by block
 
     @classmethod
     def of(cls, weights: list[torch.Tensor]) -> _Layout:
@@ -54,6 +58,9 @@ class _Layout:
                 blocks.append((start, n, length))
             start += n * length
         work = weights[0].new_empty(2, sum(sizes))
+        scale = weights[0].new_empty(sum(rows))
+        along = weights[0].new_empty(sum(rows))
+        block_channels = [n for _, n, _ in blocks]
         device = weights[0].device
         return cls(
             order=order,
@@ -67,13 +74,17 @@ class _Layout:
                 buffer[:, first : first + n * length].view(3, n, length).transpose(0, 1)
                 for first, n, length in blocks
             ],
-            block_channels=[n for _, n, _ in blocks],
+            block_channels=block_channels,
             work=work,
             work_blocks=[
                 work[:, first : first + n * length].view(2, n, length)
                 for first, n, length in blocks
             ],
             work_views=list(work[1].split(sizes)),
+            scale=scale,
+            along=along,
+            scale_blocks=[x.view(-1, 1) for x in scale.split(block_channels)],
+            along_blocks=[x.view(-1, 1) for x in along.split(block_channels)],
         )
 
 
@@ -215,18 +226,18 @@ class MaskedAdamP(AdamP):
         norm_channel = torch.cat([x[:, 1].norm(dim=1) for x in layout.blocks])  # (R,)
         norm_whole = torch.stack(torch._foreach_norm(layout.views[1]))  # (W,)
         norm = torch.where(by_channel[layout.owner], norm_channel, norm_whole[layout.owner])
-        scale = (norm + eps).split(layout.block_channels)
-        for x, room, s in zip(layout.blocks, layout.work_blocks, scale):
-            torch.div(x[:, 1], s.unsqueeze(1), out=room[0])  # u
+        torch.add(norm, eps, out=layout.scale)
+        for x, room, scale in zip(layout.blocks, layout.work_blocks, layout.scale_blocks):
+            torch.div(x[:, 1], scale, out=room[0])  # u
             torch.mul(room[0], x[:, 2], out=room[1])  # u * d
         # <u, d> per channel or whole weight, zero where the weight is not projected
         along_channel = torch.cat([room[1].sum(dim=1) for room in layout.work_blocks])  # (R,)
         along_whole = torch.stack([x.sum() for x in layout.work_views])  # (W,)
         along = torch.where(by_channel[layout.owner], along_channel, along_whole[layout.owner])
-        along = torch.where(projected[layout.owner], along, 0.0).split(layout.block_channels)
+        layout.along.copy_(torch.where(projected[layout.owner], along, 0.0))
         # d - u <u, d>
-        for room, a in zip(layout.work_blocks, along):
-            torch.mul(room[0], a.unsqueeze(1), out=room[1])
+        for room, along in zip(layout.work_blocks, layout.along_blocks):
+            torch.mul(room[0], along, out=room[1])
         d.sub_(layout.work[1])
         wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
         return torch.where(projected, wd_ratio, 1.0)
