@@ -6,8 +6,9 @@ The three optimise the parameters of the report's model (Table 1, with the head 
 step, the steps are timed round by round, the three interleaved. The time is this process's
 CPU time (``time.process_time``) on one torch thread by default: on a shared machine the wall
 clock also counts the time other processes hold the cores (``--clock wall`` for it). It prints
-ms per step (median over rounds), each one's ratio to adamp.AdamP, and the ATen operations of
-one step (what a GPU would launch, about one kernel each).
+ms per step (median over rounds), each one's speed against adamp.AdamP (the median over rounds
+of adamp.AdamP's time over its time in the same round: a slow spell of the machine hits both),
+and the ATen operations of one step (what a GPU would launch, about one kernel each).
 
     python -m bench.optim [--steps 20] [--rounds 5] [--threads 1] [--clock cpu|wall]
 """
@@ -58,7 +59,7 @@ def make(kind) -> torch.optim.Optimizer:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.optim", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20, help="steps timed in a round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's default")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = p.parse_args(argv)
@@ -81,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         f"rounds of {args.steps} steps"
     )
     print(f"{'optimiser':22s} {'ms/step':>8s} {'vs adamp.AdamP':>15s} {'ATen ops/step':>14s}")
-    base = float(np.median(times["adamp.AdamP"]))
+    base = np.array(times["adamp.AdamP"])
     for name, opt in optimisers.items():
         ms = float(np.median(times[name]))
+        speed = float(np.median(base / np.array(times[name])))
         with Operations() as ops:
             opt.step()
-        print(f"{name:22s} {1e3 * ms:8.2f} {base / ms:14.2f}x {ops.count:14d}")
+        print(f"{name:22s} {1e3 * ms:8.2f} {speed:14.2f}x {ops.count:14d}")
     return 0
 
 

@@ -17,29 +17,44 @@ from asd.infra.config import ConfigError
 
 
 @dataclass
+class _Block:
+    """Views of one block of channels of equal length L (n channels) in a _Layout's buffers."""
+
+    w: torch.Tensor  # (n, L) the weights
+    d: torch.Tensor  # (n, L) the step directions
+    g_w: torch.Tensor  # (n, 2, L) each channel's gradient and weight
+    g_w_t: torch.Tensor  # (n, L, 2) the same, transposed
+    unit: torch.Tensor  # (n, L) room for w / (|w| + eps)
+    product: torch.Tensor  # (n, L) room for a product
+    dots: torch.Tensor  # (n, 2, 2) room for <g, g>, <g, w>, <w, g>, <w, w>
+    norm: torch.Tensor  # (n,) room for |w|
+    along_sum: torch.Tensor  # (n,) room for <u, d>
+    scale: torch.Tensor  # (n, 1) view of _Layout.scale
+    along: torch.Tensor  # (n, 1) view of _Layout.along
+
+
+@dataclass
 class _Layout:
     """The weights (two or more dimensions) of one update laid end to end in one buffer (N,),
     each weight's output channels (its rows along dim 0) one after the other and the weights in
     the order of their channels' length, so that channels of equal length form blocks (n, L) of
-    consecutive elements. The buffer and its views are kept from step to step: one copy fills
-    them, and fresh host memory is slow on the CPU."""
+    consecutive elements. The buffers and their views are kept from step to step: one copy
+    fills them, and fresh host memory is slow on the CPU."""
 
     order: list[int]  # the weights' positions in the update, in the buffer's order
-    rows: list[int]  # output channels of each weight, in the buffer's order
     owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the buffer's order
     sqrt_channel: torch.Tensor  # (W,) sqrt of the elements of one channel of each weight
     sqrt_numel: torch.Tensor  # (W,) sqrt of the elements of each weight
-    buffer: torch.Tensor  # (3, N) the gradients, the weights and the step directions
-    views: list[list[torch.Tensor]]  # the three rows of buffer as the weights' shapes
-    blocks: list[torch.Tensor]  # (n, 3, L) views of buffer: the blocks of channels
-    block_channels: list[int]  # n of each block
-    work: torch.Tensor  # (2, N) room for w / (|w| + eps) and a product
-    work_blocks: list[torch.Tensor]  # (2, n, L) views of work
-    work_views: list[torch.Tensor]  # the second row of work as the weights' shapes
+    views: list[list[torch.Tensor]]  # gradients, weights, directions as the weights' shapes
+    products: list[torch.Tensor]  # room for a product of each weight (its elements)
+    direction: torch.Tensor  # (N,) the step directions
+    product: torch.Tensor  # (N,) room for a product
+    dots: torch.Tensor  # (R, 2, 2) per channel <g, g>, <g, w>, <w, g>, <w, w>
+    norm: torch.Tensor  # (R,) |w| per channel
+    along_sum: torch.Tensor  # (R,) <u, d> per channel
     scale: torch.Tensor  # (R,) |w| + eps of each channel, or of its weight
-    along: torch.Tensor  # (R,) <u, d> of each channel, or of its weight
-    scale_blocks: list[torch.Tensor]  # (n, 1) views of scale, block by block
-    along_blocks: list[torch.Tensor]  # (n, 1) views of along, block by block
+    along: torch.Tensor  # (R,) <u, d> of each channel, or of its weight (0: not projected)
+    blocks: list[_Block]
 
     @classmethod
     def of(cls, weights: list[torch.Tensor]) -> _Layout:
@@ -48,43 +63,61 @@ class _Layout:
         rows = [shape[0] for shape in shapes]
         lengths = [math.prod(shape[1:]) for shape in shapes]
         sizes = [n * length for n, length in zip(rows, lengths)]
-        buffer = weights[0].new_empty(3, sum(sizes))
-        blocks = []  # (first element, channels, elements a channel)
+        spans = []  # (first element, first channel, channels, elements a channel)
         start = 0
+        channel = 0
         for n, length in zip(rows, lengths):
-            if blocks and blocks[-1][2] == length:
-                blocks[-1] = (blocks[-1][0], blocks[-1][1] + n, length)
+            if spans and spans[-1][3] == length:
+                first, first_channel, channels, _ = spans[-1]
+                spans[-1] = (first, first_channel, channels + n, length)
             else:
-                blocks.append((start, n, length))
+                spans.append((start, channel, n, length))
             start += n * length
-        work = weights[0].new_empty(2, sum(sizes))
-        scale = weights[0].new_empty(sum(rows))
-        along = weights[0].new_empty(sum(rows))
-        block_channels = [n for _, n, _ in blocks]
+            channel += n
+        new = weights[0].new_empty
+        buffer = new(3, start)  # the gradients, the weights and the step directions
+        work = new(2, start)  # room for u and a product
+        dots = new(channel, 2, 2)
+        norm = new(channel)
+        along_sum = new(channel)
+        scale = new(channel)
+        along = new(channel)
+        blocks = []
+        for first, c, n, length in spans:
+            part = buffer[:, first : first + n * length].view(3, n, length)
+            room = work[:, first : first + n * length].view(2, n, length)
+            g_w = part[:2].transpose(0, 1)  # (n, 2, L)
+            blocks.append(
+                _Block(
+                    w=part[1],
+                    d=part[2],
+                    g_w=g_w,
+                    g_w_t=g_w.transpose(1, 2),
+                    unit=room[0],
+                    product=room[1],
+                    dots=dots[c : c + n],
+                    norm=norm[c : c + n],
+                    along_sum=along_sum[c : c + n],
+                    scale=scale[c : c + n].view(n, 1),
+                    along=along[c : c + n].view(n, 1),
+                )
+            )
         device = weights[0].device
         return cls(
             order=order,
-            rows=rows,
             owner=torch.arange(len(rows)).repeat_interleave(torch.tensor(rows)).to(device),
             sqrt_channel=torch.tensor(lengths, dtype=torch.float64).sqrt().float().to(device),
             sqrt_numel=torch.tensor(sizes, dtype=torch.float64).sqrt().float().to(device),
-            buffer=buffer,
             views=[[x.view(shape) for x, shape in zip(row.split(sizes), shapes)] for row in buffer],
-            blocks=[
-                buffer[:, first : first + n * length].view(3, n, length).transpose(0, 1)
-                for first, n, length in blocks
-            ],
-            block_channels=block_channels,
-            work=work,
-            work_blocks=[
-                work[:, first : first + n * length].view(2, n, length)
-                for first, n, length in blocks
-            ],
-            work_views=list(work[1].split(sizes)),
+            products=list(work[1].split(sizes)),
+            direction=buffer[2],
+            product=work[1],
+            dots=dots,
+            norm=norm,
+            along_sum=along_sum,
             scale=scale,
             along=along,
-            scale_blocks=[x.view(-1, 1) for x in scale.split(block_channels)],
-            along_blocks=[x.view(-1, 1) for x in along.split(block_channels)],
+            blocks=blocks,
         )
 
 
@@ -196,7 +229,7 @@ class MaskedAdamP(AdamP):
 
     @staticmethod
     def _project(group: dict, layout: _Layout) -> torch.Tensor:
-        """AdamP's projection of the step directions (the third row of ``layout.buffer``), in
+        """AdamP's projection of the step directions (``layout.direction``), in
         place, and each weight's factor of weight decay (W,) float64. A weight whose gradient
         is nearly orthogonal to it in every output channel (|cos| < delta / sqrt(elements of a
         channel), as before batch norm, where the weight's scale does not matter) steps without
@@ -206,14 +239,12 @@ class MaskedAdamP(AdamP):
         step for step, on the same rows: the steps are AdamP's to the last bit on the CPU."""
         eps = group["eps"]
         delta = group["delta"]
-        weights = len(layout.rows)
-        g, w, d = layout.buffer  # (N,) each
+        weights = len(layout.sqrt_numel)
         # AdamP's two tests, from <g, w>, |g|^2 and |w|^2 of each channel and weight (in each
         # block the products of the channels' (g, w) with their (g, w))
-        dots = [
-            torch.bmm(x[:, :2], x[:, :2].transpose(1, 2)).view(len(x), 4) for x in layout.blocks
-        ]
-        per_channel = torch.cat(dots)  # (R, 4): <g, g>, <g, w>, <w, g>, <w, w>
+        for block in layout.blocks:
+            torch.bmm(block.g_w, block.g_w_t, out=block.dots)
+        per_channel = layout.dots.view(-1, 4)  # (R, 4): <g, g>, <g, w>, <w, g>, <w, w>
         whole = per_channel.new_zeros(weights, 4).index_add_(0, layout.owner, per_channel)
         gg, gw, _, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
         cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * ww.sqrt().clamp_min(eps))
@@ -223,22 +254,24 @@ class MaskedAdamP(AdamP):
         as_whole = ~by_channel & (cos_whole < delta / layout.sqrt_numel)  # (W,)
         projected = by_channel | as_whole
         # the unit vector u = w / (|w| + eps) of each channel, or of each weight taken whole
-        norm_channel = torch.cat([x[:, 1].norm(dim=1) for x in layout.blocks])  # (R,)
+        for block in layout.blocks:
+            torch.linalg.vector_norm(block.w, dim=1, out=block.norm)
         norm_whole = torch.stack(torch._foreach_norm(layout.views[1]))  # (W,)
-        norm = torch.where(by_channel[layout.owner], norm_channel, norm_whole[layout.owner])
+        by_channel_here = by_channel[layout.owner]  # (R,)
+        norm = torch.where(by_channel_here, layout.norm, norm_whole[layout.owner])
         torch.add(norm, eps, out=layout.scale)
-        for x, room, scale in zip(layout.blocks, layout.work_blocks, layout.scale_blocks):
-            torch.div(x[:, 1], scale, out=room[0])  # u
-            torch.mul(room[0], x[:, 2], out=room[1])  # u * d
+        for block in layout.blocks:
+            torch.div(block.w, block.scale, out=block.unit)
+            torch.mul(block.unit, block.d, out=block.product)
+            torch.sum(block.product, dim=1, out=block.along_sum)
         # <u, d> per channel or whole weight, zero where the weight is not projected
-        along_channel = torch.cat([room[1].sum(dim=1) for room in layout.work_blocks])  # (R,)
-        along_whole = torch.stack([x.sum() for x in layout.work_views])  # (W,)
-        along = torch.where(by_channel[layout.owner], along_channel, along_whole[layout.owner])
+        along_whole = torch.stack([x.sum() for x in layout.products])  # (W,)
+        along = torch.where(by_channel_here, layout.along_sum, along_whole[layout.owner])
         layout.along.copy_(torch.where(projected[layout.owner], along, 0.0))
         # d - u <u, d>
-        for room, along in zip(layout.work_blocks, layout.along_blocks):
-            torch.mul(room[0], along, out=room[1])
-        d.sub_(layout.work[1])
+        for block in layout.blocks:
+            torch.mul(block.unit, block.along, out=block.product)
+        layout.direction.sub_(layout.product)
         wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
         return torch.where(projected, wd_ratio, 1.0)
 
