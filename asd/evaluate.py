@@ -9,7 +9,8 @@ machine (the report's Table 2), per domain and over everything, and the official
 same for the simple reference detector (:mod:`asd.method.reference`), and beside them the published
 numbers of the real development data. Machines follow the report's order (``MACHINES``) in every
 table and figure. Writes ``RUN/results.csv`` (long format), ``RUN/results.md`` and one ROC figure
-per dataset, ``RUN/figures/roc_<dataset>.png``.
+per dataset, ``RUN/figures/roc_<dataset>.png``. A run is evaluated only on the data root and
+sections it was submitted for (other data would replace its results with another data set's).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import pandas as pd
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, load_config
-from asd.infra.data import ground_truth_dir, report_order, with_ground_truth
+from asd.infra.data import ground_truth_dir, index_dataset, report_order, with_ground_truth
 from asd.infra.io import atomic_path, atomic_write_text
+from asd.infra.runs import Run, submitted_data
 from asd.method import metrics
-from asd.submit import SUBMISSION, SubmitError, check_features, read_submission
+from asd.submit import check_features, read_submission
 
 log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
 
@@ -76,6 +78,8 @@ PUBLISHED_NOTE = (
     "published: the report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 "
     "baselines, on the REAL development data; not measured on this data"
 )
+# what a refusal to evaluate a run on other data than its submission's says to do instead
+ADVICE = "evaluate it with that data root (drop the data.root override), or submit a copy first"
 RESULT_COLUMNS = [
     "dataset",
     "level",
@@ -89,6 +93,10 @@ RESULT_COLUMNS = [
     "n_normal",
     "n_anomaly",
 ]
+
+
+class EvaluateError(AsdError):
+    """A run or data root that cannot be evaluated; the message says which and why."""
 
 
 def missing_ground_truth(root: str | Path) -> str | None:
@@ -306,14 +314,17 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     from asd.infra.feature_cache import build_cache
     from asd.method.reference import reference_scores
 
-    run = Path(run)
-    if not (run / SUBMISSION).is_dir():
-        raise SubmitError(f"{run / SUBMISSION} does not exist; run asd.submit (make submit) first")
-    check_features(cfg.features, load_config(run / "config.yml").features, run)
-    submission = read_submission(run / SUBMISSION)
+    run = Run(run)
+    if not run.submission.is_dir():
+        raise EvaluateError(f"{run.submission} does not exist; run asd.submit (make submit) first")
+    # results of other data than the submission's are refused before the cache is built
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    run.check_same_data(data, "asd.evaluate", ADVICE)
+    check_features(cfg.features, load_config(run.config).features, run)
+    submission = read_submission(run.submission)
     keys = ["machine", "section", "domain", "file"]
     if submission.duplicated(keys).any():
-        raise SubmitError(
+        raise EvaluateError(
             "the submission lists a clip twice: "
             + " ".join(submission[submission.duplicated(keys)].iloc[0][keys])
         )
@@ -332,7 +343,7 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     )
     lost = clips[clips["ours"].isna()]
     if len(lost):
-        raise SubmitError(
+        raise EvaluateError(
             f"the submission lacks {len(lost)} labelled test clips, e.g. "
             f"{' '.join(lost.iloc[0][keys])}; submit this data root again"
         )
@@ -345,52 +356,51 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate the submission of ``run`` against the labels of ``cfg.data.root``; ``config``
     says where ``cfg`` came from (results.md names it; default: the run's config.yml)."""
-    run = Path(run)
+    run = Run(run)
     absent = missing_ground_truth(cfg.data.root)
     if absent:
         log.warning(absent)
     clips = scored_clips(cfg, run)
     sections = section_table(clips)
     if sections.empty:
-        raise SubmitError(
+        raise EvaluateError(
             f"{cfg.data.root}: no (machine, section, domain) has both normal and "
             f"anomalous labelled test clips (labels: dev_data names, "
             f"eval_data/ground_truth/)"
         )
     results = pd.concat([sections, summary_rows(sections)], ignore_index=True)
-    with atomic_path(run / "results.csv") as tmp:
+    with atomic_path(run.results_csv) as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
     written = []
     for dataset, g in clips.groupby("dataset", sort=True) if figures else ():
-        written.append(run / "figures" / f"roc_{dataset or 'data'}.png")
+        written.append(run.figures / f"roc_{dataset or 'data'}.png")
         with atomic_path(written[-1]) as tmp:  # ROC small multiples, dev and eval apart
             roc_figure(g, f"{run.name}: ROC curves of the {dataset or 'data'} sections").savefig(
                 tmp, format="png", dpi=100
             )
-    ev = Evaluation(run=run, clips=clips, results=results, figures=written, absent=absent)
-    atomic_write_text(
-        run / "results.md", render_markdown(ev, cfg.data.root, config or str(run / "config.yml"))
-    )
+    ev = Evaluation(run=run.path, clips=clips, results=results, figures=written, absent=absent)
+    atomic_write_text(run.results_md, render_markdown(ev, cfg.data.root, config or str(run.config)))
     return ev
 
 
 def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
     """results.md: what produced it (links relative to the run folder), then every table."""
     from asd.notebooks import find_notebooks
-    from asd.runview import run_chain
+
+    def link(path: Path) -> str:  # relative to the run folder, where results.md is
+        return Path(os.path.relpath(path, ev.run)).as_posix()
 
     try:
-        runs = [
-            f"[{r.name}]({Path(os.path.relpath(r, ev.run)).as_posix()})" for r in run_chain(ev.run)
-        ]
+        runs = [f"[{r.name}]({link(r.path)})" for r in Run(ev.run).chain()]
     except AsdError as err:  # a moved Step 1 run: results.md says so
         runs = [f"{ev.run.name} ({err})"]
-    pages = [f"[{p.stem}](notebooks/{p.stem}.html)" for p in find_notebooks()]
+    notebooks = Run(ev.run).notebooks
+    pages = [f"[{p.stem}]({link(notebooks / f'{p.stem}.html')})" for p in find_notebooks()]
     header = [
         f"- data root: `{Path(root).resolve()}`",
         f"- config: `{config}`",
         f"- runs, Step 1 first: {', '.join(runs)}",
-        f"- figures: {', '.join(f'[{p.stem}](figures/{p.name})' for p in ev.figures)}",
+        f"- figures: {', '.join(f'[{p.stem}]({link(p)})' for p in ev.figures)}",
         f"- notebooks (`make notebooks FROM={ev.run}` writes them): {', '.join(pages)}",
     ]
     out = [
@@ -413,7 +423,7 @@ def report(ev: Evaluation) -> str:
         [
             *result_blocks(ev.results),
             *absent,
-            f"results: {ev.run / 'results.md'}, {ev.run / 'results.csv'}; ROC "
+            f"results: {Run(ev.run).results_md}, {Run(ev.run).results_csv}; ROC "
             f"figures: {', '.join(str(p) for p in ev.figures) or 'none'}",
         ]
     )
@@ -421,7 +431,7 @@ def report(ev: Evaluation) -> str:
 
 def _main(args) -> None:
     run, cfg = load_run(args)
-    config = " ".join([args.config or str(run / "config.yml"), *args.overrides])
+    config = " ".join([args.config or str(Run(run).config), *args.overrides])
     ev = evaluate(cfg, run, figures=not args.no_figures, config=config)
     print(report(ev))
     print(ev.run)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
+from asd.infra.data import index_dataset
 from asd.infra.io import atomic_path
+from asd.infra.runs import Run, submitted_data
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,11 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
 
 def _main(args) -> int:
     logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's alt-text notes per figure
-    run, _ = load_run(args)  # checks the config and overrides before any kernel starts
+    run, cfg = load_run(args)  # checks the config and overrides before any kernel starts
+    # pages of other data than the submission's would replace the run's own
+    advice = "run the notebooks with that data root (drop the data.root override)"
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    Run(run).check_same_data(data, "asd.notebooks", advice)
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else find_notebooks()
     missing = [p for p in notebooks if not p.is_file()]
     if missing:
@@ -96,7 +102,7 @@ def _main(args) -> int:
     failed = 0
     for path in notebooks:
         log.info("running %s against %s", path.name, run)
-        html = run.resolve() / "notebooks" / f"{path.stem}.html"
+        html = Run(run.resolve()).notebooks / f"{path.stem}.html"
         error = run_notebook(path, values, html, args.timeout)
         if error:
             log.error("%s failed against %s:\n%s", path.name, run, error)

@@ -19,7 +19,8 @@ from asd.infra.checkpoint import load_checkpoint
 from asd.infra.cli import load_run
 from asd.infra.config import Config, load_config
 from asd.infra.data import assign_classes, index_dataset, load_classes, with_ground_truth
-from asd.submit import EMBEDDINGS, SCORES, clip_keys
+from asd.infra.runs import Run
+from asd.submit import clip_keys
 
 SCORE_COLUMNS = [
     "dataset",
@@ -51,26 +52,17 @@ def run_chain(run: str | Path) -> list[Path]:
     """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2,
     whose ``init.txt`` names the Step 1 model it started from (absolute, or relative to the run
     or to its runs folder)."""
-    chain = [Path(run)]
-    while (init_file := chain[0] / "init.txt").is_file():
-        name = init_file.read_text().strip()
-        init = next((p for p in (chain[0] / name, chain[0].parent / name) if p.is_file()), None)
-        if init is None or not (init.parent / "config.yml").is_file():
-            raise ViewError(
-                f"{init_file} names {name}, which is not the model.pth of a run "
-                f"folder (moved or deleted?)"
-            )
-        if any(init.parent.resolve() == p.resolve() for p in chain):
-            raise ViewError(f"{init_file}: the runs name each other in a loop")
-        chain.insert(0, init.parent)
-    return chain
+    try:
+        return [r.path for r in Run(run).chain()]
+    except AsdError as err:  # an init.txt naming no run's model, or runs naming each other
+        raise ViewError(str(err)) from None
 
 
 def read_log(run: str | Path) -> pd.DataFrame:
     """One run's ``logs/train.csv`` (runners.common's CSV logger), a row per logged epoch: ``step``
     (epoch), ``iteration`` (mini-batches so far), loss, accuracy, s, lr and samples_per_s. Of an
     epoch logged twice (a resumed run), the last row wins."""
-    path = Path(run) / "logs" / "train.csv"
+    path = Run(run).train_log
     if not path.is_file():
         raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
     df = pd.read_csv(path).apply(pd.to_numeric, errors="coerce")
@@ -82,8 +74,8 @@ def read_log(run: str | Path) -> pd.DataFrame:
 def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame]:
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
-    root = Path(root if root is not None else load_config(Path(run) / "config.yml").data.root)
-    index = assign_classes(index_dataset(root), load_classes(Path(run) / "classes.csv"))
+    root = Path(root if root is not None else load_config(Run(run).config).data.root)
+    index = assign_classes(index_dataset(root), load_classes(Run(run).classes))
     return root, with_ground_truth(index, root)
 
 
@@ -97,7 +89,7 @@ class Embeddings:
 
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
     """``RUN/embeddings.npz`` (from ``asd.submit``) with each clip's row of the data root."""
-    path = Path(run) / EMBEDDINGS
+    path = Run(run).embeddings
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
     try:
@@ -126,7 +118,7 @@ class Centres:
 
 def subcluster_centres(run: str | Path) -> Centres:
     """The centres of ``RUN/model.pth`` with their classes (from the checkpoint's class table)."""
-    ckpt = load_checkpoint(Path(run) / "model.pth")
+    ckpt = load_checkpoint(Run(run).model)
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
     s = len(centres) // len(classes)  # the head holds S centres per class, class by class
@@ -138,7 +130,7 @@ def subcluster_centres(run: str | Path) -> Centres:
 def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     """One row per scored test clip (SCORE_COLUMNS) of ``RUN/scores.csv`` (``asd.submit``: score,
     threshold, decision 1 = anomaly), with ``label`` (None: unknown) and ``path`` of the root."""
-    path = Path(run) / SCORES
+    path = Run(run).scores
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
     keys = ["dataset", "machine", "section", "domain", "file"]

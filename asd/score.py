@@ -4,7 +4,9 @@
 recording's log-mel (as the cache computes it) is embedded by the run's model and scored by the
 detector ``asd.submit`` saved for its (machine, section, domain), against its threshold. Section
 and domain come from a challenge file name, the machine from the folder above the split folder
-(``<machine>/test/<file>``) or the parent folder; the options override them.
+(``<machine>/test/<file>``) or the parent folder; the options override them. Machines and
+sections the run was not submitted for are refused, and ``--csv`` is never written into the run
+folder, so scoring never changes a run.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from asd.infra.checkpoint import load_model
 from asd.infra.cli import run_command
 from asd.infra.data import SPLIT_FOLDERS, DataError, parse_name
 from asd.infra.io import atomic_path
+from asd.infra.runs import Run
 from asd.method.detectors import DetectorSet
 from asd.method.embed import embed, inference_batch
 from asd.method.features import load_audio, log_mel
-from asd.submit import DETECTORS
 
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision"]
 
@@ -66,10 +68,10 @@ def score_files(
 ) -> pd.DataFrame:
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
     ``device``: torch device (default: CUDA where present, else the CPU)."""
-    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not run.is_dir():
-        raise ScoreError(f"run folder {run} does not exist")
-    dets = DetectorSet.load(run / DETECTORS)
+    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not run.path.is_dir():
+        raise ScoreError(f"no such folder: {run}")
+    dets = DetectorSet.load(run.detectors)
     known = dets.sections()
     clips = [describe_clip(f, machine, section, domain) for f in files]
     for f, (m, s, _) in zip(files, clips):
@@ -80,7 +82,7 @@ def score_files(
                 f"{', '.join(f'{a} {b}' for a, b in known)}); give "
                 f"--machine/--section for recordings outside the layout"
             )
-    loaded = load_model(run / "model.pth", device=device)
+    loaded = load_model(run.model, device=device)
     fcfg = loaded.cfg.features
     mels = [
         log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F):
@@ -112,7 +114,16 @@ def score_files(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def check_output(csv: str | Path, run: str | Path) -> None:
+    """ScoreError where the table would be written into the run folder (it would change the run:
+    ``--csv RUN/scores.csv`` would replace the submission's scores)."""
+    if Path(run).resolve() in Path(csv).resolve().parents:
+        raise ScoreError(f"--csv {csv} is inside the run folder {run}; write the table elsewhere")
+
+
 def _main(args) -> None:
+    if args.csv:
+        check_output(args.csv, args.run)
     table = score_files(args.run, args.files, args.machine, args.section, args.domain, args.device)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
     if args.csv:

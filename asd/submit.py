@@ -8,6 +8,9 @@ embeds every clip of ``data.root`` of the config (its feature settings must be t
 ``RUN/detectors/``, writes the challenge CSVs of the test clips into ``RUN/submission/``
 (:func:`write_submission`) and the same scores with their context into ``RUN/scores.csv`` for
 notebooks. Prints a summary and the run folder as the last line.
+
+A submitted run is never rewritten for other data: a data root or a set of sections other than
+the ones its submission was made from is refused (asd.infra.runs.Run.check_same_data).
 """
 
 from __future__ import annotations
@@ -31,17 +34,21 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, FeatureConfig, config_diffs
-from asd.infra.data import csv_name, read_csvs, report_order
+from asd.infra.data import csv_name, index_dataset, read_csvs, report_order
 from asd.infra.io import atomic_path
+from asd.infra.runs import Run, submitted_data
 from asd.method.detectors import DetectorSet, fit_section
 
 log = logging.getLogger("asd.submit")  # not "__main__" under python -m
 
-EMBEDDINGS = "embeddings.npz"
-DETECTORS = "detectors"
-SUBMISSION = "submission"
-SCORES = "scores.csv"
 GROUP = ["machine", "section", "domain"]  # one pair of challenge CSVs each
+
+
+# what a refusal to submit a run for other data than its submission's says to do instead
+ADVICE = (
+    "submit it with the data root it was submitted for, or submit a copy of its training "
+    "files (docs/robustness.md, 'Configs and run folders')"
+)
 
 
 class SubmitError(AsdError):
@@ -61,7 +68,7 @@ def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | st
     if diffs:
         raise SubmitError(
             f"the config's feature settings differ from those {run_dir} was "
-            f"trained with (its config.yml): {'; '.join(diffs)}"
+            f"trained with (its {Run(run_dir).config.name}): {'; '.join(diffs)}"
         )
 
 
@@ -83,9 +90,9 @@ def run_embeddings(
     model and its cache's clip files and feature settings are the same."""
     from asd.method.embed import embed, inference_batch
 
-    path = run / EMBEDDINGS
+    path = Run(run).embeddings
     keys = clip_keys(index)
-    model_sha = hashlib.sha256((run / "model.pth").read_bytes()).hexdigest()
+    model_sha = hashlib.sha256(Run(run).model.read_bytes()).hexdigest()
     feat_sha = hashlib.sha256(
         json.dumps([cache.settings[k] for k in ("features", "files")], sort_keys=True).encode()
     ).hexdigest()
@@ -247,8 +254,11 @@ def submit(
     from asd.infra.data import assign_classes
     from asd.infra.feature_cache import build_cache
 
-    run, device = Path(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(run / "model.pth", device=device)
+    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # a run submitted for other data keeps its submission: refused before any file is written
+    data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
+    run.check_same_data(data, "asd.submit", ADVICE)
+    loaded = load_model(run.model, device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
     index = assign_classes(cache.index, loaded.classes)  # the run's class ids
@@ -258,15 +268,16 @@ def submit(
             "{} section {} appears in more than one dataset; the challenge file "
             "names would clash".format(*pairs[pairs > 1].index[0])
         )
-    emb = run_embeddings(run, loaded, cache, index, cfg.detectors.batch_size, device, progress)
+    emb = run_embeddings(run.path, loaded, cache, index, cfg.detectors.batch_size, device, progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
     dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
-    dets.save(run / DETECTORS)
+    dets.save(run.detectors)
     scores = score_test_clips(emb, index, dets)
-    files = write_submission(scores, run / SUBMISSION)
-    with atomic_path(run / SCORES) as tmp:
+    files = write_submission(scores, run.submission)
+    with atomic_path(run.scores) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.10g")
-    return Submission(run=run, scores=scores, files=files, detectors=dets)
+    run.write_submitted_data(data)
+    return Submission(run=run.path, scores=scores, files=files, detectors=dets)
 
 
 def summary(sub: Submission) -> str:
@@ -281,7 +292,7 @@ def summary(sub: Submission) -> str:
     head = (
         f"{len(sub.detectors.sections())} (machine, section) pairs, "
         f"{len(sub.detectors.detectors)} detectors, {len(sub.scores)} test clips, "
-        f"{len(sub.files)} CSV files in {sub.run / SUBMISSION}"
+        f"{len(sub.files)} CSV files in {Run(sub.run).submission}"
     )
     return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
 

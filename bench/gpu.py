@@ -47,6 +47,7 @@ from asd.infra.config import load_config
 from asd.infra.data import COLUMNS, class_table
 from asd.infra.feature_cache import FORMAT
 from asd.infra.training import check_config
+from asd.method.steps import Schedule
 from runners.common import MixupRunner, make_engine
 from runners.stage1 import Stage1
 
@@ -117,9 +118,14 @@ class BenchStep(Stage1):
 
     plan = (1, 1)
 
-    def schedule(self) -> tuple[int, int, int, int]:
-        epochs, steps = self.plan
-        return epochs, steps, epochs * steps, epochs
+    def schedule(self) -> Schedule:
+        epochs, iterations_per_epoch = self.plan
+        return Schedule(
+            epochs=epochs,
+            iterations_per_epoch=iterations_per_epoch,
+            iterations=epochs * iterations_per_epoch,
+            checkpoint_every=epochs,
+        )
 
 
 class BenchRunner(MixupRunner):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from asd.infra.config import load_config
 from asd.method.model import build_model
 from asd.method.optim import MaskedAdamP
 
+REPO = Path(__file__).resolve().parents[1]
 OPTIMISERS = {
     "MaskedAdamP (ours)": MaskedAdamP,
     "adamp.AdamP": AdamP,
@@ -47,7 +49,7 @@ class Operations(TorchDispatchMode):
 def make(kind) -> torch.optim.Optimizer:
     """An optimiser of a fresh copy of the Table 1 model's parameters, its state made."""
     torch.manual_seed(0)
-    net, head = build_model(load_config("config.yml"), 42)
+    net, head = build_model(load_config(REPO / "config.yml"), 42)
     params = [*net.parameters(), *head.parameters()]
     for p in params:
         p.grad = torch.randn_like(p)

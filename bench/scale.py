@@ -126,14 +126,20 @@ def step1(iterations: int, argv: list[str]) -> int:
     """``runners.stage1``'s command line for ``iterations`` iterations, as five epochs (fewer
     below five iterations); prints ``MEMORY <MiB>`` on stderr as each epoch starts and at the
     end: this process's own memory after 0, 1/5, ... and all of the iterations."""
+    from asd.method.steps import Schedule
     from runners.common import main
     from runners.stage1 import Stage1
 
     epochs = min(5, iterations)
 
     class Fixed(Stage1):
-        def schedule(self) -> tuple[int, int, int, int]:
-            return epochs, iterations // epochs, epochs * (iterations // epochs), epochs
+        def schedule(self) -> Schedule:
+            return Schedule(
+                epochs=epochs,
+                iterations_per_epoch=iterations // epochs,
+                iterations=epochs * (iterations // epochs),
+                checkpoint_every=epochs,
+            )
 
         def set_modes(self, net) -> None:  # called as each epoch starts
             print(f"{MEMORY} {own_memory():.1f}", file=sys.stderr, flush=True)

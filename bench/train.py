@@ -123,8 +123,8 @@ def run_project(cfg, features, mean, std, labels, batch, steps):
         rows,
         rows,
         batch_size=batch,
-        steps_per_epoch=steps + 1,
-        total_steps=steps + 1,
+        iterations_per_epoch=steps + 1,
+        iterations=steps + 1,
         seed=0,
     )
 

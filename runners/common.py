@@ -2,7 +2,9 @@
 
 ``MixupRunner.handle_batch`` is the report's training step: mixup -> embedding net -> sub-cluster
 AdaCos (eq. 1) -> KL loss; what differs between Step 1 and Step 2 is a ``Step`` (runners.stage1,
-runners.stage2). ``Checkpoints`` writes asd.infra.checkpoint's format (Catalyst's ignore ``resume``).
+runners.stage2), whose contract (name, domains, schedule, what trains) asd.method.steps declares.
+``Checkpoints`` writes asd.infra.checkpoint's format (Catalyst's ignore ``resume``) where the
+run folder (asd.infra.runs.Run) says.
 """
 
 from __future__ import annotations
@@ -23,33 +25,34 @@ from torch import nn
 from tqdm import tqdm
 
 from asd import AsdError
-from asd.infra.checkpoint import load_checkpoint, save_checkpoint
+from asd.infra.checkpoint import save_checkpoint
 from asd.infra.cli import make_parser, run_command
-from asd.infra.config import Config
+from asd.infra.config import Config, StepConfig
 from asd.infra.feature_cache import FeatureCache
 from asd.infra.training import TrainRun, check_device, prepare, use_device_cache, world_size
 from asd.method.losses import kl_loss, mixup
 from asd.method.model import build_model, global_batch_norm
 from asd.method.optim import build_optimizer
 from asd.method.sampling import MixupBatches, training_rows
+from asd.method.steps import Schedule
 
 # handle_batch does the backward pass and the optimiser step itself, on purpose.
 warnings.filterwarnings("ignore", message=r"No ``I(Backward|Optimizer)Callback")
 
 
 class Step(TrainRun):
-    """One training step of the report; subclasses say what differs."""
+    """One training step of the report (``spec``: its contract); subclasses say how the model
+    starts and which parts keep their statistics."""
 
-    name: ClassVar[str]
-    domains: ClassVar[tuple[str, str]]  # where the first and the second clip of a pair come from
     from_help: ClassVar[str | None] = None
 
     @property
-    def settings(self):
-        return getattr(self.cfg, self.name)
+    def settings(self) -> StepConfig:
+        return self.spec.settings(self.cfg)
 
-    def schedule(self) -> tuple[int, int, int, int]:
-        """(epochs, steps per epoch, total steps, epochs between two checkpoints)."""
+    def schedule(self) -> Schedule:
+        """How long this run trains (its step's schedule for its source clips)."""
+        return self.spec.schedule(self.cfg, self.n_source)
 
     def init_model(self, model: Classifier) -> None:
         """Initial weights (fresh) and what trains (all)."""
@@ -136,23 +139,23 @@ class TensorboardLogger(dl.TensorboardLogger):
 
 
 class Checkpoints(dl.Callback):
-    """``checkpoints/last.pth`` every few epochs and at the end, then ``model.pth``; resumes from
-    ``last.pth``. Epoch k's is written as epoch k + 1 starts, after its log row: never ahead."""
+    """The run's last checkpoint every few epochs and at the end, then its model; resumes from
+    the last checkpoint. Epoch k's is written as epoch k + 1 starts, after its log row: never
+    ahead."""
 
     def __init__(self, step: Step) -> None:
         super().__init__(order=dl.CallbackOrder.External)
         self.step, self.first = step, 0  # first: the epoch this process started after
-        self.last = step.run_dir / "checkpoints" / "last.pth"
 
     def on_experiment_start(self, runner: MixupRunner) -> None:
-        if self.step.resume and self.last.is_file():
-            ckpt = load_checkpoint(self.last)
+        ckpt = self.step.run.resume_checkpoint() if self.step.resume else None
+        if ckpt is not None:
             runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
             if runner.engine.scaler is not None and ckpt.get("scaler"):  # fp16's loss scale
                 runner.engine.scaler.load_state_dict(ckpt["scaler"])
-            done = ckpt["step"]
+            done = ckpt["progress"]
             runner.epoch_step, runner.sample_step = int(done["epoch"]), int(done["samples"])
             runner.batch_step = int(done["iteration"]) * runner.engine.num_processes
         if self.step.resume and "tensorboard" in runner.loggers:  # main process only
@@ -161,18 +164,18 @@ class Checkpoints(dl.Callback):
 
     def on_epoch_start(self, runner: MixupRunner) -> None:
         done = runner.epoch_step - 1
-        if done > self.first and done % self.step.schedule()[3] == 0:
+        if done > self.first and done % self.step.schedule().checkpoint_every == 0:
             self.save(runner, done)
 
     def on_experiment_end(self, runner: MixupRunner) -> None:
         self.save(runner, runner.epoch_step, final=True)
 
     def save(self, runner: MixupRunner, epoch: int, final: bool = False) -> None:
-        """``last.pth`` with the resume state; at the end also ``model.pth`` without it."""
+        """The last checkpoint with the resume state; at the end also the model without it."""
         if runner.engine.is_main_process:
             model, world = runner.engine.unwrap_model(runner.model), runner.engine.num_processes
-            step = {
-                "stage": self.step.name,
+            progress = {
+                "stage": self.step.spec.name,
                 "epoch": epoch,
                 "iteration": runner.batch_step // world,
                 "samples": runner.sample_step,
@@ -183,7 +186,7 @@ class Checkpoints(dl.Callback):
                 model=model.net,
                 head=model.head,
                 cfg=self.step.cfg,
-                step=step,
+                progress=progress,
                 classes=self.step.classes,
                 mean=runner.cache.mean,
                 std=runner.cache.std,
@@ -194,9 +197,9 @@ class Checkpoints(dl.Callback):
                 "sampler": runner.loaders["train"].state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
             }
-            save_checkpoint(self.last, **parts, extra=state)
+            save_checkpoint(self.step.run.last_checkpoint, **parts, extra=state)
             if final:
-                save_checkpoint(self.step.run_dir / "model.pth", **parts)
+                save_checkpoint(self.step.run.model, **parts)
         runner.engine.wait_for_everyone()
 
 
@@ -214,20 +217,20 @@ class MixupRunner(dl.Runner):
         self.tic = 0.0
 
     def get_loggers(self):
-        logdir = str(self.step.run_dir / "logs")
+        run = self.step.run
         return {
             "console": ConsoleLogger(),
-            "csv": CSVLogger(logdir=logdir),
-            "tensorboard": TensorboardLogger(os.path.join(logdir, "tensorboard")),
+            "csv": CSVLogger(logdir=str(run.logs)),  # the loader's name: run.train_log
+            "tensorboard": TensorboardLogger(str(run.tensorboard)),
         }
 
     def get_loaders(self):
         step, world = self.step, self.engine.num_processes
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
-        _, steps_per_epoch, total, _ = step.schedule()
+        schedule = step.schedule()
         # each process decides on its own device whether the rows it draws from fit there
-        drawn = np.union1d(*(rows[domain] for domain in step.domains))
+        drawn = np.union1d(*(rows[domain] for domain in step.spec.domains))
         on_device = use_device_cache(step.cfg, self.cache.features, drawn, self.engine.device)
         return {
             "train": MixupBatches(
@@ -235,10 +238,10 @@ class MixupRunner(dl.Runner):
                 self.cache.mean,
                 self.cache.std,
                 labels,
-                *(rows[domain] for domain in step.domains),
+                *(rows[domain] for domain in step.spec.domains),
                 batch_size=step.settings.batch_size // world,
-                steps_per_epoch=steps_per_epoch,
-                total_steps=total,
+                iterations_per_epoch=schedule.iterations_per_epoch,
+                iterations=schedule.iterations,
                 seed=step.settings.seed + 7919 * self.engine.process_index,
                 device=self.engine.device,
                 cache_on_device=on_device,
@@ -258,7 +261,9 @@ class MixupRunner(dl.Runner):
         return build_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
 
     def get_callbacks(self):
-        progress = {"progress": Progress(self.step.schedule()[2])} if self.step.progress else {}
+        progress = (
+            {"progress": Progress(self.step.schedule().iterations)} if self.step.progress else {}
+        )
         return {"checkpoints": Checkpoints(self.step), **progress}
 
     def on_experiment_start(self, runner):
@@ -355,7 +360,7 @@ def check_loss(loss: float, epoch: int, cfg: Config) -> None:
     amp = f", engine.amp_dtype={engine.amp_dtype}" if engine.name in ("amp", "ddp_amp") else ""
     raise NonFiniteLoss(
         f"epoch {epoch}: the mean loss is {loss} under engine.name={engine.name}{amp}; "
-        "training stopped, and the last checkpoint (checkpoints/last.pth) stays as it was"
+        "training stopped, and the run's last checkpoint stays as it was"
     )
 
 
@@ -412,22 +417,22 @@ def make_engine(cfg: Config) -> dl.Engine:
 
 def main(kind: type[Step], doc: str, argv: list[str] | None = None) -> int:
     """The command line of a step: train a new run or finish one, then print its folder."""
-    parser = make_parser(f"runners.{kind.name}", doc, from_help=kind.from_help)
+    name = kind.spec.name
+    parser = make_parser(f"runners.{name}", doc, from_help=kind.from_help)
     parser.add_argument(
         "--resume",
         nargs="?",
         const="latest",
         default=None,
         metavar="RUN",
-        help=f"finish an interrupted run with its own config.yml (default: the "
-        f"latest *-{kind.name} run)",
+        help=f"finish an interrupted run with its own config (default: the latest *-{name} run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> None:
         run_dir, step = prepare(kind, args)
         if step is not None:  # None: the run is finished
-            runner, epochs = MixupRunner(step), step.schedule()[0]
+            runner, epochs = MixupRunner(step), step.schedule().epochs
             try:
                 runner.train(
                     loaders={},
@@ -439,7 +444,7 @@ def main(kind: type[Step], doc: str, argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:  # one line that says how to finish the run
                 raise KeyboardInterrupt(
                     f"at epoch {max(runner.epoch_step, 1)} of {epochs}; "
-                    f"finish with make {kind.name} RESUME={run_dir}"
+                    f"finish with make {name} RESUME={run_dir}"
                 ) from None
         print(run_dir)
 

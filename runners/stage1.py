@@ -8,22 +8,15 @@ Both print the run folder (``runs/NNN-stage1``) as their last line.
 
 from __future__ import annotations
 
-import math
-
+from asd.method.steps import STEP1
 from runners.common import Step
 from runners.common import main as step_main
 
 
 class Stage1(Step):
-    """Pairs of source clips; an epoch: a mixed sample per source clip, in whole batches."""
+    """Step 1: fresh weights, everything trains (asd.method.steps.STEP1 has its schedule)."""
 
-    name = "stage1"
-    domains = ("source", "source")
-
-    def schedule(self) -> tuple[int, int, int, int]:
-        s = self.settings
-        steps = max(1, math.ceil(self.n_source / s.batch_size))
-        return s.epochs, steps, s.epochs * steps, s.checkpoint_every
+    spec = STEP1
 
 
 def main(argv: list[str] | None = None) -> int:

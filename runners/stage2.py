@@ -9,49 +9,42 @@ Starts from a finished Step 1 run's ``model.pth``; only the parts of the net tha
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
-from asd.infra.checkpoint import load_checkpoint, step1_model
+from asd.infra.checkpoint import load_checkpoint
 from asd.infra.cli import load_run
 from asd.infra.data import load_classes
+from asd.infra.runs import Run
 from asd.method.model import build_model
 from asd.method.optim import set_trainable
+from asd.method.steps import STEP2
 from runners.common import Step
 from runners.common import main as step_main
 
 
 class Stage2(Step):
-    """Pairs of one source and one target clip; an "epoch" is ``stage2.log_every`` iterations."""
+    """Step 2: Step 1's weights, and only ``stage2.trainable`` of the net and the head train
+    (asd.method.steps.STEP2 has its schedule)."""
 
-    name = "stage2"
-    domains = ("source", "target")
+    spec = STEP2
     from_help = "Step 1 run to start from (default: the latest finished *-stage1 run)"
-
-    def schedule(self) -> tuple[int, int, int, int]:
-        s = self.settings
-        return (
-            math.ceil(s.iterations / s.log_every),
-            s.log_every,
-            s.iterations,
-            max(1, s.checkpoint_every // s.log_every),
-        )
 
     @classmethod
     def start(cls, args):
-        run, cfg = load_run(args, "stage1")  # --config, else the Step 1 run's own config.yml
-        init = step1_model(run, cfg)
+        path, cfg = load_run(args, cls.spec.starts_from)  # --config, else the run's own config
+        run = Run(path)
+        init = run.step1_model(cfg)
         set_trainable(build_model(cfg, 1)[0], cfg.stage2.trainable)  # names a part of the net?
-        return cfg, load_classes(run / "classes.csv"), init
+        return cfg, load_classes(run.classes), init
 
     def init_model(self, model: nn.Module) -> None:
         model.load(load_checkpoint(self.init))  # Step 1's weights
-        set_trainable(model.net, self.settings.trainable)  # the head always trains
+        set_trainable(model.net, self.spec.trainable(self.cfg))  # the head always trains
 
     def set_modes(self, net: nn.Module) -> None:
+        trainable = self.spec.trainable(self.cfg)
         for name, part in net.named_children():
-            if name not in self.settings.trainable:
+            if name not in trainable:
                 part.eval()  # frozen batch-norm statistics
 
 

@@ -58,7 +58,7 @@ def save(path, cfg, classes, model, head, **kw):
         classes=classes,
         mean=np.arange(32, dtype=np.float32),
         std=np.ones(32, np.float32),
-        step={"epoch": 3, "iteration": 120},
+        progress={"epoch": 3, "iteration": 120},
         **kw,
     )
 
@@ -78,14 +78,15 @@ def test_round_trip_rebuilds_the_same_outputs(tmp_path, cfg, classes, trained):
     assert [p.name for p in path.parent.iterdir()] == ["model.pth"]  # no temporary left over
 
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "asd-checkpoint-v1" and raw["step"] == {"epoch": 3, "iteration": 120}
+    assert raw["format"] == "asd-checkpoint-v1"
+    assert raw["progress"] == {"epoch": 3, "iteration": 120}
     assert raw["seed"] == 2021 and torch.equal(raw["rng"], gen.get_state())
     assert raw["config"] == cfg.to_dict()
     assert torch.equal(raw["head"]["s"], head.s)
 
     loaded = load_model(path)
     assert not loaded.model.training and not loaded.head.training
-    assert loaded.cfg == cfg and loaded.step["epoch"] == 3
+    assert loaded.cfg == cfg and loaded.progress["epoch"] == 3
     pd.testing.assert_frame_equal(loaded.classes, classes, check_dtype=False)
     assert loaded.classes["section"].tolist() == ["00", "00", "01"]
     assert loaded.mean.dtype == np.float32 and np.array_equal(loaded.mean, np.arange(32))
@@ -152,7 +153,7 @@ def test_unsafe_contents_are_refused_and_nothing_written(tmp_path, cfg, classes,
 
 
 def test_trim_log_keeps_complete_rows_up_to_the_epoch(tmp_path):
-    from asd.infra.checkpoint import trim_log
+    from asd.infra.runs import trim_log
 
     log = tmp_path / "train.csv"
     log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")  # the last row cut mid-write

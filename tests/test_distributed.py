@@ -242,13 +242,14 @@ def test_fp16_loss_scale_survives_a_resume(tiny_cfg, tmp_path, monkeypatch):
     assert stage1.main(["--config", str(config), "--no-progress"]) == 130
     (run,) = (tmp_path / "runs").glob("*-stage1")
     killed = load_checkpoint(run / "checkpoints" / "last.pth")
-    assert killed["step"]["epoch"] == 1
-    assert killed["scaler"]["scale"] == 2.0 ** killed["step"]["iteration"]
+    assert killed["progress"]["epoch"] == 1
+    assert killed["scaler"]["scale"] == 2.0 ** killed["progress"]["iteration"]
     monkeypatch.setattr(common.Checkpoints, "save", save)
     assert stage1.main(["--resume", str(run), "--no-progress"]) == 0
     final = load_checkpoint(run / "checkpoints" / "last.pth")
-    assert final["step"]["epoch"] == 2 and final["step"]["iteration"] > killed["step"]["iteration"]
-    assert final["scaler"]["scale"] == 2.0 ** final["step"]["iteration"]  # not restarted at 1
+    assert final["progress"]["epoch"] == 2
+    assert final["progress"]["iteration"] > killed["progress"]["iteration"]
+    assert final["scaler"]["scale"] == 2.0 ** final["progress"]["iteration"]  # not restarted at 1
 
 
 @pytest.mark.slow
@@ -287,4 +288,4 @@ def test_ddp_amp_killed_then_resumed_equals_uninterrupted(tiny_cfg, tmp_path):
     cli("runners.stage1", "--resume", run, "--no-progress", check=True)
     assert_same_model(run / "model.pth", reference / "model.pth")
     assert_same_log(run, reference)
-    assert load_checkpoint(run / "model.pth")["step"]["world_size"] == 2
+    assert load_checkpoint(run / "model.pth")["progress"]["world_size"] == 2

@@ -71,7 +71,7 @@ def call(main, argv, capsys) -> tuple[int, str]:
 def evil_checkpoints(good: Path, folder: Path, marker: Path) -> list[Path]:
     """A real checkpoint with a payload inside (torch zip format), and a bare pickle."""
     data = torch.load(good, weights_only=True)
-    data["step"] = {**data["step"], "note": Payload(marker)}
+    data["progress"] = {**data["progress"], "note": Payload(marker)}
     zipped = folder / "zipped.pth"
     torch.save(data, zipped)
     bare = folder / "bare.pth"
@@ -306,7 +306,7 @@ def test_full_disk_while_saving_a_checkpoint(runs, tmp_path):
     (run / "model.pth").unlink()
     last = run / "checkpoints" / "last.pth"
     data = load_checkpoint(last)  # made resumable after epoch 1 of 3
-    data["step"].update(epoch=1, iteration=6, samples=48, done=False)
+    data["progress"].update(epoch=1, iteration=6, samples=48, done=False)
     data["sampler"]["done"] = 6
     torch.save(data, last)
     good = last.read_bytes()

@@ -51,7 +51,7 @@ def assert_same_model(path: Path, reference: Path) -> None:
         assert a[part].keys() == b[part].keys()
         differ = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
         assert not differ, f"{part}: {differ}"
-    assert a["step"] == b["step"]
+    assert a["progress"] == b["progress"]
 
 
 def assert_same_log(run: Path, reference: Path) -> None:
@@ -99,7 +99,7 @@ def test_step1_killed_while_writing_a_checkpoint(runs, config):
     cli_killed("write:last.pth:2", "runners.stage1", "--config", config, "--no-progress")
     (run,) = (Path(load_config(config).runs.dir)).glob("*-stage1")
     last = run / "checkpoints" / "last.pth"
-    assert load_checkpoint(last)["step"]["epoch"] == 1  # the previous complete one
+    assert load_checkpoint(last)["progress"]["epoch"] == 1  # the previous complete one
     assert temp_files(run / "checkpoints")  # the half-written one, under its temporary name
     assert not (run / "model.pth").exists()
 
@@ -116,7 +116,7 @@ def test_step2_killed_then_resumed(runs, config):
     kill_when(proc, Path(load_config(config).runs.dir), "*-stage2/checkpoints/last.pth")
     (run,) = Path(load_config(config).runs.dir).glob("*-stage2")
     assert not (run / "model.pth").exists(), "finished before it was killed"
-    assert load_checkpoint(run / "checkpoints" / "last.pth")["step"]["iteration"] < 4
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["progress"]["iteration"] < 4
 
     out = cli("runners.stage2", "--resume", run, "--no-progress", check=True)
     assert out.stdout.strip().splitlines()[-1] == str(run)
@@ -139,12 +139,12 @@ def test_step1_ctrl_c_then_resumed(runs, config):
     assert len(said) == 1 and said[0] == err.strip().splitlines()[-1]
     assert said[0].startswith("python -m runners.stage1: interrupted at epoch ")
     assert said[0].endswith(f"; finish with make stage1 RESUME={run}")
-    epoch = load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"]
+    epoch = load_checkpoint(run / "checkpoints" / "last.pth")["progress"]["epoch"]
     assert 1 <= epoch < 20 and not (run / "model.pth").exists()
 
     out = cli("runners.stage1", "--resume", run, "--no-progress", check=True)
     assert out.stdout.strip().splitlines()[-1] == str(run)
-    assert load_checkpoint(run / "model.pth")["step"]["epoch"] == 20
+    assert load_checkpoint(run / "model.pth")["progress"]["epoch"] == 20
     assert read_log(run)["step"].tolist() == list(range(1, 21))
     assert len((run / "logs" / "train.csv").read_text().splitlines()) == 21
 

@@ -60,7 +60,7 @@ def test_both_steps_end_to_end(trained):
         assert {"loss", "accuracy", "s", "lr", "samples_per_s"} <= set(log.columns)
         assert len(log) == 2  # stage1: 2 epochs; stage2: 4 iterations / log_every 2
         assert (run / "logs" / "tensorboard").is_dir()
-    assert load_checkpoint(run2 / "model.pth")["step"]["iteration"] == 4
+    assert load_checkpoint(run2 / "model.pth")["progress"]["iteration"] == 4
 
 
 def test_stage2_freezes_all_but_last_stage(trained):
@@ -113,7 +113,7 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
     proc.wait()
     (run,) = runs.glob("*-stage1")
     assert not (run / "model.pth").exists()
-    interrupted_at = load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"]
+    interrupted_at = load_checkpoint(run / "checkpoints" / "last.pth")["progress"]["epoch"]
     assert 1 <= interrupted_at < 6
     out = subprocess.run(
         [sys.executable, "-m", "runners.stage1", "--resume", str(run), "--no-progress"],
@@ -125,7 +125,7 @@ def test_kill_and_resume(tiny_cfg, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(run)
     final = load_checkpoint(run / "model.pth")
-    assert final["step"]["epoch"] == 6 and final["step"]["done"]
+    assert final["progress"]["epoch"] == 6 and final["progress"]["done"]
     log = pd.read_csv(run / "logs" / "train.csv")
     assert log["step"].tolist()[-1] == 6 and "step" not in log["loss"].astype(str).tolist()
 
@@ -146,8 +146,8 @@ def test_ddp_on_cpu_two_processes(tiny_cfg, tmp_path):
     assert isinstance(loaded.model, torch.nn.Module)
     ckpt = load_checkpoint(run / "model.pth")
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    assert ckpt["step"]["world_size"] == 2  # two processes really trained together
-    assert ckpt["step"]["samples"] == ckpt["step"]["iteration"] * 8  # 2 x 4 per step
+    assert ckpt["progress"]["world_size"] == 2  # two processes really trained together
+    assert ckpt["progress"]["samples"] == ckpt["progress"]["iteration"] * 8  # 2 x 4 per step
 
 
 @pytest.mark.parametrize("name", ["gpu", "amp"])

@@ -12,6 +12,7 @@ from catalyst import dl
 
 from asd.infra.checkpoint import load_checkpoint
 from asd.infra.config import ConfigError, save_config
+from asd.infra.runs import Run
 from asd.method.model import build_model
 from runners import common, stage1
 
@@ -52,11 +53,11 @@ def test_a_non_finite_epoch_loss_stops_the_run_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err.strip()
     assert err == (
         "python -m runners.stage1: error: epoch 2: the mean loss is nan under engine.name=cpu; "
-        "training stopped, and the last checkpoint (checkpoints/last.pth) stays as it was"
+        "training stopped, and the run's last checkpoint stays as it was"
     )
     (run,) = (tmp_path / "runs").glob("*-stage1")
-    assert load_checkpoint(run / "checkpoints" / "last.pth")["step"]["epoch"] == 1
-    assert not (run / "model.pth").exists()
+    assert load_checkpoint(Run(run).last_checkpoint)["progress"]["epoch"] == 1
+    assert not Run(run).model.exists()
 
 
 def test_the_loss_check_names_the_engine(tiny_cfg):

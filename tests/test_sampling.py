@@ -15,7 +15,7 @@ def make(first, second, **kw):
     features[:, 0, 0] = np.arange(n)  # row id readable from the features
     mean, std = np.zeros(f, np.float32), np.ones(f, np.float32)
     labels = np.arange(n) % 5
-    args = dict(batch_size=16, steps_per_epoch=3, total_steps=7, seed=1)
+    args = dict(batch_size=16, iterations_per_epoch=3, iterations=7, seed=1)
     args.update(kw)
     return MixupBatches(features, mean, std, labels, first, second, **args)
 
@@ -53,7 +53,7 @@ def test_mixed_labels_sum_to_one():
     torch.testing.assert_close(x, lam * batch["x_a"] + (1 - lam) * batch["x_b"])
 
 
-def test_epochs_add_up_to_total_steps():
+def test_epochs_add_up_to_the_iterations():
     batches = make(SOURCE, SOURCE)
     lengths = []
     while len(batches):
@@ -84,8 +84,8 @@ def test_normalisation_uses_cache_stats():
         [0, 1],
         [2, 3],
         batch_size=2,
-        steps_per_epoch=1,
-        total_steps=1,
+        iterations_per_epoch=1,
+        iterations=1,
         seed=0,
     )
     assert torch.all(next(iter(b))["x_a"] == 1.0)

@@ -32,7 +32,7 @@ def features() -> np.ndarray:
 def batches(data, **kw) -> MixupBatches:
     mean = np.linspace(-40, -20, F).astype(np.float32)
     std = np.linspace(5, 12, F).astype(np.float32)
-    args = dict(batch_size=8, steps_per_epoch=4, total_steps=10, seed=3)
+    args = dict(batch_size=8, iterations_per_epoch=4, iterations=10, seed=3)
     return MixupBatches(
         data, mean, std, np.arange(N) % 3, range(0, 25), range(25, 40), **args, **kw
     )

@@ -40,7 +40,7 @@ def make_submitted_run(cfg):
         classes=classes,
         mean=cache.mean,
         std=cache.std,
-        step={"iteration": 0},
+        progress={"iteration": 0},
     )
     return sm.submit(cfg, run, device="cpu")
 

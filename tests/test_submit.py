@@ -47,7 +47,7 @@ def make_run(cfg, seed=0):
         classes=classes,
         mean=cache.mean,
         std=cache.std,
-        step={"iteration": 0},
+        progress={"iteration": 0},
     )
     return run
 
@@ -145,7 +145,7 @@ def _read_like_evaluator(path):
 def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
     index = build_cache(cfg, progress=False).index
     test = index[index["split"] == "test"]
-    folder = submitted.run / sm.SUBMISSION
+    folder = submitted.run / "submission"
     expected = set()
     for (machine, section, domain), rows in test.groupby(["machine", "section", "domain"]):
         score_name, decision_name = (
@@ -171,7 +171,7 @@ def test_gmm_starts_at_the_run_class_centres(cfg, submitted):
     loaded = load_model(submitted.run / "model.pth")
     classes = pd.read_csv(submitted.run / "classes.csv", dtype=str)
     s = cfg.loss.n_subclusters
-    dets = DetectorSet.load(submitted.run / sm.DETECTORS)
+    dets = DetectorSet.load(submitted.run / "detectors")
     centres = loaded.head.centres.detach().numpy()
     for (machine, section, domain), det in dets.detectors.items():
         if domain != "source":
@@ -188,10 +188,10 @@ def test_gmm_starts_at_the_run_class_centres(cfg, submitted):
 
 
 def test_saved_detectors_reproduce_the_csv_scores(submitted):
-    dets = DetectorSet.load(submitted.run / sm.DETECTORS)
-    emb = np.load(submitted.run / sm.EMBEDDINGS)["embeddings"]
+    dets = DetectorSet.load(submitted.run / "detectors")
+    emb = np.load(submitted.run / "embeddings.npz")["embeddings"]
     assert emb.shape[1] == 16 and emb.dtype == np.float32
-    info = json.loads((submitted.run / sm.DETECTORS / "detectors.json").read_text())
+    info = json.loads((submitted.run / "detectors" / "detectors.json").read_text())
     assert {e["kind"] for e in info["detectors"]} == {"gmm", "ocsvm"}
     s = submitted.scores
     assert set(s["detector"]) == {"gmm", "ocsvm"}
@@ -203,7 +203,7 @@ def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(
 ):
     loaded = load_model(submitted.run / "model.pth")
     index = assign_classes(build_cache(cfg, progress=False).index, loaded.classes)
-    emb = np.load(submitted.run / sm.EMBEDDINGS)["embeddings"]
+    emb = np.load(submitted.run / "embeddings.npz")["embeddings"]
     args = (
         emb,
         index,
@@ -294,7 +294,7 @@ def test_evaluate_tables_and_files(cfg, submitted, capsys):
     clip = result.clips.iloc[0]
     names, scores = _read_like_evaluator(
         submitted.run
-        / sm.SUBMISSION
+        / "submission"
         / csv_name("anomaly_score", clip.machine, clip.section, clip.domain)
     )
     assert scores[names.index(clip.file)] == pytest.approx(clip.ours)
@@ -332,7 +332,7 @@ def test_evaluate_cli_prints_run_last(cfg, submitted, capsys, repo):
 
 def test_evaluate_needs_a_submission(cfg):
     run = make_run(cfg, seed=1)
-    with pytest.raises(sm.SubmitError, match="run asd.submit"):
+    with pytest.raises(ev.EvaluateError, match="run asd.submit"):
         ev.evaluate(cfg, run)
 
 

@@ -3,15 +3,16 @@ and the checks a training step makes on them before any run folder is made or ch
 
     {"format": "asd-checkpoint-v1", "config": cfg.to_dict(), "classes": {column: [values]},
      "feature_stats": {"mean": (F,) tensor, "std": (F,) tensor}, "model": state_dict,
-     "head": state_dict, "step": {...}, **extra}
+     "head": state_dict, "progress": {...}, **extra}
 
 with only tensors, dicts, lists, tuples, str, int, float, bool and None inside (``extra``: the
-resume state). Files are written atomically.
+resume state). ``progress`` says how far training got (the step's name, epoch, iteration,
+samples, world size, done); files written before it had that name call it ``step`` and are read
+as well. Files are written atomically.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ import torch
 from torch import nn
 
 from asd import AsdError
-from asd.infra.config import Config, ConfigError, config_diffs, from_dict, load_config
-from asd.infra.io import atomic_path, atomic_write_text
+from asd.infra.config import Config, ConfigError, from_dict
+from asd.infra.io import atomic_path
 from asd.method.losses import SubClusterAdaCos
 from asd.method.model import build_model
 
 FORMAT = "asd-checkpoint-v1"
-REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "step")
+REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "progress")
+OLD_PROGRESS = "step"  # the key of ``progress`` in checkpoints written before the rename
 MODEL_GROUPS = ("features", "model", "loss")  # the settings a trained model depends on
 
 
@@ -46,7 +48,7 @@ class LoadedModel:
     classes: pd.DataFrame
     mean: np.ndarray  # (F,) float32
     std: np.ndarray  # (F,) float32
-    step: dict
+    progress: dict
 
 
 def _state(module: nn.Module | dict) -> dict:
@@ -76,7 +78,7 @@ def save_checkpoint(
     classes: pd.DataFrame | dict,
     mean: Any,
     std: Any,
-    step: dict,
+    progress: dict,
     extra: dict | None = None,
 ) -> Path:
     """Write the checkpoint of ``model`` and ``head`` (modules or state dicts) atomically."""
@@ -91,7 +93,7 @@ def save_checkpoint(
         "feature_stats": stats,
         "model": _state(model),
         "head": _state(head),
-        "step": dict(step),
+        "progress": dict(progress),
     }
     data.update(extra or {})
     _check_safe(data, "checkpoint")
@@ -122,6 +124,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file (found {found!r})")
+    if "progress" not in data and OLD_PROGRESS in data:  # written before the key was renamed
+        data["progress"] = data.pop(OLD_PROGRESS)
     if missing := [k for k in REQUIRED if k not in data]:
         raise CheckpointError(f"checkpoint {path} lacks the key(s) {', '.join(missing)}")
     return data
@@ -146,7 +150,13 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
             ) from None
     mean, std = (data["feature_stats"][k].float().numpy() for k in ("mean", "std"))
     return LoadedModel(
-        model.to(device).eval(), head.to(device).eval(), cfg, classes, mean, std, dict(data["step"])
+        model.to(device).eval(),
+        head.to(device).eval(),
+        cfg,
+        classes,
+        mean,
+        std,
+        dict(data["progress"]),
     )
 
 
@@ -156,80 +166,6 @@ def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) ->
     if {k: list(map(str, v)) for k, v in data["classes"].items()} != mine:
         raise CheckpointError(
             f"checkpoint {path} was trained on other classes than the run's "
-            f"classes.csv ({len(data['classes'].get('class', []))} vs "
+            f"class table ({len(data['classes'].get('class', []))} vs "
             f"{len(mine['class'])} classes)"
         )
-
-
-def step1_model(run: Path, cfg: Config) -> Path:
-    """The ``model.pth`` of a finished run (``asd.infra.runs.finished_run``) that is a Step 1 run with
-    the features, model and loss settings of ``cfg``; ConfigError or CheckpointError else."""
-    model = run / "model.pth"
-    if diffs := config_diffs(
-        load_config(run / "config.yml").to_dict(),
-        cfg.to_dict(),
-        MODEL_GROUPS,
-        "Step 1 run",
-        "config",
-    ):
-        raise ConfigError(
-            f"the config differs from the Step 1 run {run} ({'; '.join(diffs)}); "
-            "Step 2 must use the same features, model and loss"
-        )
-    if (stage := load_checkpoint(model)["step"].get("stage")) != "stage1":
-        raise ConfigError(
-            f"{run} is not a Step 1 run (its model.pth is from {stage}); Step 2 "
-            "starts from a finished Step 1 run"
-        )
-    return model
-
-
-def resume_state(run_dir: Path, cfg: Config, step: str) -> int | None:
-    """For ``--resume`` of a run without ``model.pth``: the epoch its last checkpoint ends (0: none
-    yet). Removes a killed writer's temporary files, refuses a checkpoint written with other
-    settings than config.yml holds now, drops the log rows of later epochs (logged again); where
-    every epoch was done, writes ``model.pth`` as the finished run would have and returns None."""
-    last = run_dir / "checkpoints" / "last.pth"
-    for stale in last.parent.glob(f".{last.name}.*.tmp"):
-        stale.unlink()
-    ckpt = load_checkpoint(last) if last.is_file() else None
-    if ckpt and (
-        diffs := config_diffs(
-            ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step), "checkpoint", "config.yml"
-        )
-    ):
-        raise ConfigError(
-            f"{run_dir / 'config.yml'} differs from the settings {last} was "
-            f"trained with ({'; '.join(diffs)}); put them back or start a new run"
-        )
-    epoch = int(ckpt["step"]["epoch"]) if ckpt else 0
-    trim_log(run_dir / "logs" / "train.csv", epoch)
-    if ckpt and ckpt["step"].get("done"):
-        save_checkpoint(
-            run_dir / "model.pth",
-            cfg=cfg,
-            step=ckpt["step"],
-            classes=ckpt["classes"],
-            model=ckpt["model"],
-            head=ckpt["head"],
-            **ckpt["feature_stats"],
-        )
-        logging.getLogger(__name__).info("%s: every step was done; wrote model.pth", run_dir)
-        return None
-    return epoch
-
-
-def trim_log(path: Path, epoch: int) -> None:
-    """Keep the header and the complete rows of epochs up to ``epoch`` of a CSV log."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [
-        line
-        for line in lines[1:]
-        if line.split(",", 1)[0].isdigit()
-        and int(line.split(",", 1)[0]) <= epoch
-        and line.endswith("\n")
-    ]
-    if keep != lines:
-        atomic_write_text(path, "".join(keep))

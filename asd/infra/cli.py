@@ -16,7 +16,7 @@ from pathlib import Path
 
 from asd import AsdError
 from asd.infra.config import Config, load_config
-from asd.infra.runs import finished_run, latest_run
+from asd.infra.runs import Run, latest_run
 
 DEFAULT_CONFIG = "config.yml"
 
@@ -45,8 +45,8 @@ def load_args_config(args: argparse.Namespace, run: str | Path | None = None) ->
     """``--config`` if given, else ``run``'s ``config.yml`` if there is one, else the default;
     the overrides apply on top in every case."""
     overrides = getattr(args, "overrides", ())
-    if args.config is None and run is not None and (Path(run) / "config.yml").is_file():
-        return load_config(Path(run) / "config.yml", overrides)
+    if args.config is None and run is not None and Run(run).config.is_file():
+        return load_config(Run(run).config, overrides)
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
@@ -73,7 +73,7 @@ def load_run(args: argparse.Namespace, kind: str = "stage2") -> tuple[Path, Conf
     """The finished run of ``--from`` (default: the latest finished ``*-<kind>`` run of the
     config's ``runs.dir``) and the config to use with it (``load_args_config``)."""
     if args.from_run:
-        run = finished_run(args.from_run)
+        run = Run.open_finished(args.from_run)
     else:
-        run = latest_run(load_args_config(args).runs.dir, kind)
-    return run, load_args_config(args, run)
+        run = Run.open_finished(latest_run(load_args_config(args).runs.dir, kind))
+    return run.path, load_args_config(args, run.path)

@@ -6,40 +6,49 @@ other settings) is refused before a run folder is made or changed. The loop is i
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from asd.infra.checkpoint import check_classes, load_checkpoint, resume_state
+from asd.infra.checkpoint import check_classes, load_checkpoint
 from asd.infra.cli import load_args_config
 from asd.infra.config import Config, ConfigError, load_config
 from asd.infra.data import class_mode, class_table, load_classes, save_classes, warn_single_class
 from asd.infra.feature_cache import build_cache
-from asd.infra.io import atomic_write_text
-from asd.infra.runs import latest_run, new_run
+from asd.infra.runs import Run, latest_run
 from asd.method.model import build_model
 from asd.method.sampling import check_clips, training_rows
+from asd.method.steps import TrainingStep
+
+log = logging.getLogger(__name__)
 
 DEVICE_SHARE = 0.6  # of a GPU's free memory the cache may take; the rest is the training's own
 
 
 @dataclass
 class TrainRun:
-    """What a training process needs; small and picklable (spawned DDP processes get it)."""
+    """What a training process needs; small and picklable (spawned DDP processes get it).
+    A subclass names the training step it runs in ``spec``."""
 
+    spec: ClassVar[TrainingStep]  # the contract of the training step (asd.method.steps)
     cfg: Config
     run_dir: Path
     cache: Path  # the feature cache folder
     classes: dict  # the run's class table, as dict of lists
     n_source: int  # source training clips of the run's classes
     init: Path | None = None  # the model the step starts from (None: fresh weights)
-    resume: bool = False  # continue from checkpoints/last.pth where there is one
+    resume: bool = False  # continue from the run's last checkpoint where there is one
     progress: bool = True
+
+    @property
+    def run(self) -> Run:
+        return Run(self.run_dir)
 
     @classmethod
     def start(cls, args) -> tuple[Config, pd.DataFrame | None, Path | None]:
@@ -126,27 +135,23 @@ def use_device_cache(
 
 
 def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, TrainRun | None]:
-    """The run folder and the ``kind`` of run (a TrainRun with a ``name`` and the ``domains``
-    it draws pairs from) to train there, None when it is finished. A resumed run (``--resume``
-    names it, else the latest unfinished one) keeps its config.yml, classes and initial model."""
+    """The run folder and the ``kind`` of run to train there (a TrainRun of the training step
+    ``kind.spec``), None when it is finished. A resumed run (``--resume`` names it, else the
+    latest unfinished one) keeps its config, classes and initial model, and says where it goes
+    on from."""
+    step = kind.spec
     if args.resume:
-        run_dir = (
-            Path(args.resume)
-            if args.resume != "latest"
-            else latest_run(load_args_config(args).runs.dir, kind.name, finished=False)
-        )
-        if not (run_dir / "config.yml").is_file():
-            raise ConfigError(f"{run_dir} is not a run folder (no config.yml)")
-        cfg = load_config(run_dir / "config.yml", args.overrides)
-        if (run_dir / "model.pth").is_file():
-            return run_dir, None  # finished
-        table = load_classes(run_dir / "classes.csv")
-        init_txt = run_dir / "init.txt"  # relative to the run (absolute in older runs)
-        init = run_dir / init_txt.read_text().strip() if init_txt.is_file() else None
+        run = _run_to_resume(step, args)
+        cfg = load_config(run.config, args.overrides)
+        if run.is_finished():
+            log.info("%s has finished (its %s exists); nothing to resume", run, run.model.name)
+            return run.path, None
+        table = load_classes(run.classes)
+        init = run.init()
     else:
-        run_dir = None
+        run = None
         cfg, table, init = kind.start(args)
-    check_config(cfg, kind.name)
+    check_config(cfg, step.name)
     if init is not None:
         check_classes(load_checkpoint(init), table, init)
     cache = build_cache(cfg, progress=not args.no_progress)
@@ -155,18 +160,20 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         table = class_table(cache.index, mode)
         warn_single_class(table, cache.settings.get("root"))
     _, rows = training_rows(cache.index, table)
-    check_clips(rows, sorted(set(kind.domains)), table, cache.settings.get("root"), kind.name)
-    if run_dir is None:
-        run_dir = new_run(cfg, kind.name)
-        save_classes(table, run_dir / "classes.csv")
-        if init is not None:  # relative: the runs folder may move
-            init_txt = os.path.relpath(init.resolve(), run_dir.resolve())
-            atomic_write_text(run_dir / "init.txt", f"{init_txt}\n")
-    elif resume_state(run_dir, cfg, kind.name) is None:  # changes the run only once all is checked
-        return run_dir, None  # every epoch was done: model.pth written from the last checkpoint
-    return run_dir, kind(
+    check_clips(rows, sorted(set(step.domains)), table, cache.settings.get("root"), step.name)
+    if run is None:
+        run = Run.create(cfg, step.name)
+        save_classes(table, run.classes)
+        if init is not None:
+            run.write_init(init)
+    else:  # changes the run only once all is checked
+        progress = run.resume(cfg, step.name)
+        log.info("%s: %s", run, resume_line(step, cfg, progress, run))
+        if progress is not None and progress.get("done"):
+            return run.path, None  # every epoch was done: the model written from the checkpoint
+    return run.path, kind(
         cfg=cfg,
-        run_dir=run_dir,
+        run_dir=run.path,
         cache=cache.path,
         init=init,
         classes=table.to_dict("list"),
@@ -174,3 +181,21 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         resume=bool(args.resume),
         progress=not args.no_progress,
     )
+
+
+def _run_to_resume(step: TrainingStep, args: argparse.Namespace) -> Run:
+    """The run ``--resume`` names, else the latest unfinished run of ``step``."""
+    if args.resume != "latest":
+        return Run.open(args.resume)
+    return Run.open(latest_run(load_args_config(args).runs.dir, step.name, finished=False))
+
+
+def resume_line(step: TrainingStep, cfg: Config, progress: dict | None, run: Run) -> str:
+    """Where a resumed run goes on from, in words: "resuming at epoch k of n" (Step 2: iteration
+    k of n), "no checkpoint yet: starting again", or that all was done."""
+    if progress is None:
+        return "no checkpoint yet: starting again"
+    done, total = step.position(cfg, progress)
+    if progress.get("done"):
+        return f"all {total} {step.unit}s were done; wrote {run.model.name}"
+    return f"resuming at {step.unit} {done + 1} of {total}"

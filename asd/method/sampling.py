@@ -62,7 +62,7 @@ class MixupBatches:
     """A loader (for Catalyst) of pairs of rows of ``features`` (N, T, F), the first clip from
     ``first_rows``, the second from ``second_rows``: batches ``x_a``, ``x_b`` (B, 1, T, F) log-mels
     normalised by mean and std (F,), ``y_a``, ``y_b`` (B,) ``labels`` and ``lam`` (B,) ~ U(0, 1).
-    A pass yields ``steps_per_epoch`` batches, fewer at the end: ``total_steps`` in all."""
+    A pass yields ``iterations_per_epoch`` batches, fewer at the end: ``iterations`` in all."""
 
     # Catalyst looks for these on every loader; a MixupBatches has neither.
     sampler = None
@@ -77,8 +77,8 @@ class MixupBatches:
         first_rows: Sequence[int],
         second_rows: Sequence[int],
         batch_size: int,
-        steps_per_epoch: int,
-        total_steps: int,
+        iterations_per_epoch: int,
+        iterations: int,
         seed: int,
         device: torch.device | str = "cpu",
         cache_on_device: bool = False,
@@ -86,8 +86,8 @@ class MixupBatches:
         self.device = torch.device(device)
         self.seed = seed
         self.batch_size = batch_size
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = total_steps
+        self.iterations_per_epoch = iterations_per_epoch
+        self.iterations = iterations
         self.generator = torch.Generator()
         # Batches yielded so far, over all epochs: the position a checkpoint saves.
         self.done = 0
@@ -111,7 +111,7 @@ class MixupBatches:
             )
 
     def __len__(self) -> int:
-        return max(0, min(self.steps_per_epoch, self.total_steps - self.done))
+        return max(0, min(self.iterations_per_epoch, self.iterations - self.done))
 
     def __iter__(self) -> Iterator[dict]:
         n = len(self)
@@ -119,7 +119,7 @@ class MixupBatches:
         generator = self.generator
         # Re-seeded from (seed, epoch): a run resumed at an epoch boundary draws the batches the
         # uninterrupted run would have drawn.
-        generator.manual_seed(self.seed * 1_000_003 + self.done // self.steps_per_epoch)
+        generator.manual_seed(self.seed * 1_000_003 + self.done // self.iterations_per_epoch)
         # The epoch's draws come first, one batch after another in the generator's order: the
         # positions of the two clips in their lists, and the mixing ratio lam ~ U(0, 1).
         pick_a = torch.empty(n, size, dtype=torch.long)
