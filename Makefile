@@ -22,7 +22,7 @@ CONFIG_ARG = $(if $(CONFIG),--config $(CONFIG),)
 DEMO_SYNTH ?= --n-source 40 --n-test 60 --workers 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo lint test test-fast bench bench-gpu bench-scale tensorboard notebooks clean
+.PHONY: help install synth index data cache stage1 stage2 submit evaluate demo lint test test-fast bench bench-gpu bench-gpu-check bench-scale tensorboard notebooks clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -86,13 +86,17 @@ test: install ## Run every test (the CI command)
 test-fast: install ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -q -ra tests -m "not slow"
 
-bench: install ## Speed of the feature cache, training data path and embedding against references
+bench: install ## Speed of the feature cache, training data path, optimiser step and embedding against references
 	$(PY) -m bench.features
 	$(PY) -m bench.train --memory
+	$(PY) -m bench.optim
 	$(PY) -m bench.embed
 
 bench-gpu: install ## Step 1 on one GPU: samples/s of gpu, amp bf16 and fp16, memory, run times, loss vs CPU
 	$(PY) -m bench.gpu $(ARGS)
+
+bench-gpu-check: install ## On a GPU: bench-gpu, host waits a step under CUDA's sync debug mode, ddp_amp kill and resume (docs/gpu.md)
+	PY=$(PY) bash bench/gpu_check.sh
 
 bench-scale: install ## Time and memory of every step at 10/30/100 % of a full-size data set (ARGS=)
 	$(PY) -m bench.scale $(CONFIG_ARG) $(ARGS)

@@ -1,14 +1,21 @@
-"""Step 1 on one GPU: speed of the engines, peak memory, projected run times, and the first
-steps' loss against the CPU.
+"""Step 1 on one GPU: speed of the engines on the path users run, where the host's time goes,
+peak memory, projected run times, and the first steps' loss against the CPU.
 
-For each of ``gpu`` (fp32; convolutions in TF32 as PyTorch's default), ``amp`` bf16, ``amp``
-fp16 and ``amp`` bf16 with the model in channels_last, a fresh process trains the report's
-model with the project's runner (runners.common.MixupRunner, runners.stage1.Stage1's step,
-asd.method.sampling.MixupBatches, MaskedAdamP) on a feature cache of the real data set's size (59,514
-clips x 313 frames x 128 mels, float16, random values) at batch 256, and prints:
+First the CPU reference (with its own time budget, ``--cpu-budget``): the loss of the first 50
+steps at a small batch. Then, for each of ``gpu`` (fp32; convolutions in TF32 as PyTorch's
+default), ``amp`` bf16, ``amp`` fp16 and ``amp`` bf16 with the model in channels_last, a fresh
+process trains the report's model with the project's runner (runners.common.MixupRunner,
+runners.stage1.Stage1's step, asd.method.sampling.MixupBatches, MaskedAdamP) on a feature cache
+of the real data set's size (59,514 clips x 313 frames x 128 mels, float16, random values) at
+batch 256, on the default data path (the training rows held in GPU memory where they fit, else
+read ahead from the memory map: the row says which), and prints:
 
-- samples/s over the timed epochs (the runner's own measure, after warm-up epochs that include
-  cuDNN's algorithm search), peak GPU memory (the cache held on the device included);
+- samples/s and ms a step over the timed epochs (the runner's own measure, after warm-up epochs
+  that include cuDNN's algorithm search);
+- from torch.profiler over one more epoch: the share of a step the host spends in PyTorch
+  operations and CUDA calls (launching; with the profiler's own overhead, so an upper bound),
+  the share the GPU is busy, and kernel launches a step;
+- peak GPU memory (the cache held on the device included);
 - the projected time of a full Step 1 (24,750 iterations) and Step 2 (5,000 iterations; it trains
   only the last stage and the head, so this is an upper bound);
 - the loss of the first 50 steps (at a smaller batch, so that the CPU's run stays short) beside
@@ -17,7 +24,7 @@ clips x 313 frames x 128 mels, float16, random values) at batch 256, and prints:
 Without a CUDA GPU it says so in one line and exits with status 1.
 
     python -m bench.gpu [--steps 30] [--timed 2] [--compare-steps 50] [--compare-batch 64]
-                        [--budget 300] [key.sub=value ...]
+                        [--cpu-budget 300] [--budget 300] [key.sub=value ...]
 """
 
 from __future__ import annotations
@@ -122,13 +129,37 @@ class BenchStep(Stage1):
 
 
 class BenchRunner(MixupRunner):
-    """The project's runner, without logs; keeps every step's loss (on the device)."""
+    """The project's runner, without logs; keeps every step's loss (on the device), and runs
+    its last epoch under torch.profiler where ``profile`` is set."""
 
     channels_last = False
+    profile = False
 
     def __init__(self, step: BenchStep) -> None:
         super().__init__(step)
         self.losses = []
+        self.profiler = None
+
+    def on_epoch_start(self, runner):
+        super().on_epoch_start(runner)
+        if self.profile and self.epoch_step == self.num_epochs:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_epoch_end(self, runner):
+        if self.profiler is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.profiler.__exit__(None, None, None)
+        super().on_epoch_end(runner)
+
+    def data_path(self) -> str:
+        """Where the batches came from: the device cache or the memory map (read ahead)."""
+        on_device = self.loaders["train"]._device_features is not None
+        return "device cache" if on_device else "memory map"
 
     def get_loggers(self):
         return {}
@@ -142,8 +173,37 @@ class BenchRunner(MixupRunner):
         self.losses.append(self.batch_metrics["loss"])
 
 
-def train(cfg, cache: Path, run_dir: Path, plan: tuple[int, int], channels_last: bool):
-    """Train ``plan`` (epochs, iterations per epoch) of Step 1 as runners.stage1 would."""
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def profile_summary(profiler: torch.profiler.profile, steps: int) -> dict:
+    """Per step: ms the host spends in PyTorch operations and CUDA calls (the self time of every
+    host event: nested ones count once), ms of GPU kernels, and kernel launches."""
+    host_us = device_us = launches = 0.0
+    for event in profiler.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            device_us += event.self_device_time_total
+        else:
+            host_us += event.self_cpu_time_total
+        if event.key in LAUNCHES:
+            launches += event.count
+    return {
+        "host_ms": host_us / 1e3 / steps,
+        "device_ms": device_us / 1e3 / steps,
+        "launches": launches / steps,
+    }
+
+
+def train(
+    cfg,
+    cache: Path,
+    run_dir: Path,
+    plan: tuple[int, int],
+    channels_last: bool,
+    profile: bool = False,
+):
+    """Train ``plan`` (epochs, iterations per epoch) of Step 1 as runners.stage1 would; with
+    ``profile``, the last epoch under torch.profiler."""
     check_config(cfg, "stage1")
     index = pd.read_csv(cache / "index.csv", dtype=str, keep_default_na=False)
     classes = class_table(index)
@@ -160,6 +220,7 @@ def train(cfg, cache: Path, run_dir: Path, plan: tuple[int, int], channels_last:
     step.plan = plan
     runner = BenchRunner(step)
     runner.channels_last = channels_last
+    runner.profile = profile
     runner.train(
         loaders={},
         engine=make_engine(cfg),
@@ -186,18 +247,24 @@ def child(name: str, cache: Path, tmp: Path, args) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    epochs = args.warmup + args.timed
-    runner = train(cfg, cache, tmp / "speed", (epochs, args.steps), channels_last)
+    epochs = args.warmup + args.timed + 1  # the last one under the profiler
+    runner = train(cfg, cache, tmp / "speed", (epochs, args.steps), channels_last, profile=True)
     rates = [
         runner.experiment_metrics[e]["train"]["samples_per_s"]
-        for e in range(args.warmup + 1, epochs + 1)
+        for e in range(args.warmup + 1, epochs)
     ]
     samples = args.steps * cfg.stage1.batch_size
     seconds = sum(samples / r for r in rates)
+    ms_per_step = 1e3 * seconds / (len(rates) * args.steps)
+    profiled = profile_summary(runner.profiler, args.steps)
     return {
         **out,
+        "data_path": runner.data_path(),
         "samples_per_s": samples * len(rates) / seconds,
-        "ms_per_step": 1e3 * seconds / (len(rates) * args.steps),
+        "ms_per_step": ms_per_step,
+        "host_share": profiled["host_ms"] / ms_per_step,
+        "device_share": profiled["device_ms"] / ms_per_step,
+        "launches": profiled["launches"],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "batch": cfg.stage1.batch_size,
         "stage2_batch": cfg.stage2.batch_size,
@@ -244,6 +311,19 @@ def minutes(iterations: int, batch: int, rate: float) -> str:
     return f"{iterations * batch / rate / 60:.1f} min"
 
 
+def row(r: dict) -> str:
+    """One engine's line of the speed table (its error where it has no result)."""
+    if "error" in r:
+        return r["error"]
+    rate = r["samples_per_s"]
+    return (
+        f"{r['data_path']:>12s} {rate:10.0f} {r['ms_per_step']:8.1f} {r['host_share']:5.0%} "
+        f"{r['device_share']:5.0%} {r['launches']:8.0f} {r['peak_gib']:9.2f} "
+        f"{minutes(STEP1_ITERATIONS, r['batch'], rate):>9s} "
+        f"{minutes(STEP2_ITERATIONS, r['stage2_batch'], rate):>9s}"
+    )
+
+
 def report(results: dict, args) -> int:
     """Print the comparison with the CPU; 1 where a result is missing or does not agree."""
     cpu, status = results.get("cpu", {}), 0
@@ -285,10 +365,16 @@ def main(argv=None) -> int:
     p.add_argument("--compare-steps", type=int, default=50)
     p.add_argument("--compare-batch", type=int, default=64)
     p.add_argument(
+        "--cpu-budget",
+        type=float,
+        default=300,
+        help="seconds for the CPU reference, which runs first",
+    )
+    p.add_argument(
         "--budget",
         type=float,
         default=300,
-        help="seconds in all; the engines still to run when it is spent are skipped",
+        help="seconds for the GPU engines; those still to run when it is spent are skipped",
     )
     p.add_argument("--tmp", default=None, help="folder for the 4.8 GB cache (default: /tmp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -323,28 +409,24 @@ def main(argv=None) -> int:
             f"Step 1 at batch {batch}: {args.warmup} warm-up and {args.timed} timed epochs of "
             f"{args.steps} iterations per engine; goal: Step 1 in 10 min (10,500 samples/s)"
         )
+        results = {"cpu": run_child("cpu", cache, Path(tmp) / "cpu", args, args.cpu_budget)}
+        print(f"CPU reference: {results['cpu'].get('error', 'done')}", flush=True)
         print(
-            f"  {'engine':24s} {'samples/s':>10s} {'ms/step':>8s} {'peak GiB':>9s} "
-            f"{'Step 1':>10s} {'Step 2 <=':>10s}",
+            f"  {'engine':24s} {'data path':>12s} {'samples/s':>10s} {'ms/step':>8s} "
+            f"{'host':>5s} {'GPU':>5s} {'launches':>8s} {'peak GiB':>9s} {'Step 1':>9s} "
+            f"{'Step 2 <=':>9s}",
             flush=True,
         )
-        results = {}
-        for name in [*ENGINES, "cpu"]:
-            left = args.budget - (time.perf_counter() - start)
+        start_gpu = time.perf_counter()
+        for name in ENGINES:
+            left = args.budget - (time.perf_counter() - start_gpu)
             folder = Path(tmp) / name.replace(" ", "-")
-            results[name] = r = run_child(name, cache, folder, args, left)
-            if name == "cpu":
-                continue
-            if "error" in r:
-                print(f"  {name:24s} {r['error']}", flush=True)
-                continue
-            rate = r["samples_per_s"]
-            print(
-                f"  {name:24s} {rate:10.0f} {r['ms_per_step']:8.1f} {r['peak_gib']:9.2f} "
-                f"{minutes(STEP1_ITERATIONS, r['batch'], rate):>10s} "
-                f"{minutes(STEP2_ITERATIONS, r['stage2_batch'], rate):>10s}",
-                flush=True,
-            )
+            results[name] = run_child(name, cache, folder, args, left)
+            print(f"  {name:24s} {row(results[name])}", flush=True)
+        print(
+            "  host: share of a step the host spends in PyTorch ops and CUDA calls (profiler, "
+            "an upper bound); GPU: share the GPU runs kernels; launches: kernels a step"
+        )
         status = report(results, args)
     print(f"\nbench.gpu took {time.perf_counter() - start:.0f} s")
     return status

@@ -9,25 +9,29 @@ run folder (asd.infra.runs.Run) says.
 
 from __future__ import annotations
 
+import math
 import os
+import pydoc
 import socket
 import time
 import warnings
 from typing import ClassVar
 
+import numpy as np
 import torch
 from catalyst import dl
 from tensorboardX import SummaryWriter
 from torch import nn
 from tqdm import tqdm
 
+from asd import AsdError
 from asd.infra.checkpoint import save_checkpoint
 from asd.infra.cli import make_parser, run_command
 from asd.infra.config import Config, StepConfig
 from asd.infra.feature_cache import FeatureCache
-from asd.infra.training import TrainRun, prepare, world_size
+from asd.infra.training import TrainRun, check_device, prepare, use_device_cache, world_size
 from asd.method.losses import kl_loss, mixup
-from asd.method.model import build_model
+from asd.method.model import build_model, global_batch_norm
 from asd.method.optim import build_optimizer
 from asd.method.sampling import MixupBatches, training_rows
 from asd.method.steps import Schedule
@@ -65,7 +69,11 @@ class Classifier(nn.Module):
         self.net, self.head = net, head
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.net(x).float(), target)  # (B, 1, T, F) -> (B, C) log-probs
+        """(B, 1, T, F) log-mels -> (B, C) log-probabilities."""
+        emb = self.net(x).float()  # (B, D)
+        # The head in float32 under autocast too: fp16's range would overflow in its exponentials.
+        with torch.autocast(emb.device.type, enabled=False):
+            return self.head(emb, target)
 
     def load(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["model"])
@@ -221,6 +229,9 @@ class MixupRunner(dl.Runner):
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
         schedule = step.schedule()
+        # each process decides on its own device whether the rows it draws from fit there
+        drawn = np.union1d(*(rows[domain] for domain in step.spec.domains))
+        on_device = use_device_cache(step.cfg, self.cache.features, drawn, self.engine.device)
         return {
             "train": MixupBatches(
                 self.cache.features,
@@ -233,16 +244,16 @@ class MixupRunner(dl.Runner):
                 iterations=schedule.iterations,
                 seed=step.settings.seed + 7919 * self.engine.process_index,
                 device=self.engine.device,
-                cache_on_device=step.cache_on_device,
+                cache_on_device=on_device,
             )
         }
 
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
         self.step.init_model(model)
+        if self.engine.is_ddp and self.step.cfg.engine.sync_bn:  # batch norm over all processes
+            model = global_batch_norm(model)
         cpu = self.engine.device.type == "cpu"
-        if self.engine.is_ddp and self.step.cfg.engine.sync_bn and not cpu:  # torch's: CUDA only
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model.to(memory_format=torch.channels_last) if cpu else model  # CPU convolutions
 
     def get_optimizer(self, model):
@@ -257,9 +268,12 @@ class MixupRunner(dl.Runner):
 
     def on_experiment_start(self, runner):
         super().on_experiment_start(runner)  # sets the engine up, then the loaders and model
+        check_device(self.step.cfg, self.engine.device)  # after the device cache is built
         torch.backends.cudnn.benchmark = self.engine.device.type == "cuda"  # batches: one shape
         if self.step.cfg.engine.name.startswith("ddp") and not torch.cuda.is_available():
             torch.set_num_threads(1)  # one thread per process, or the processes fight for cores
+        if self.engine.is_main_process:
+            tqdm.write(describe_processes(self.step.cfg, self.engine))
 
     def on_loader_start(self, runner):
         # Catalyst puts the whole model in training mode; the step puts back in eval mode the
@@ -306,6 +320,7 @@ class MixupRunner(dl.Runner):
     def on_loader_end(self, runner):
         # The epoch's one host wait: the device sums become per-sample means.
         loss, accuracy = epoch_means(self.sums, self.loader_sample_step)
+        check_loss(loss, self.epoch_step, self.step.cfg)
         seconds = max(time.perf_counter() - self.tic, 1e-9)
         head = self.engine.unwrap_model(self.model).head
         # Catalyst counts batches over all processes; the log shows each process's iterations.
@@ -331,6 +346,55 @@ def epoch_means(sums: torch.Tensor, samples: int) -> list[float]:
     return sums.div(samples).tolist()
 
 
+class NonFiniteLoss(AsdError):
+    """An epoch's mean loss is not a number: training stops where it is."""
+
+
+def check_loss(loss: float, epoch: int, cfg: Config) -> None:
+    """NonFiniteLoss where an epoch's mean ``loss`` is not finite (an fp16 overflow, say, after
+    which the loss scaler would skip every later step), naming the epoch and the engine. The
+    epoch's checkpoint is never written: the last one on disk holds the last good state."""
+    if math.isfinite(loss):
+        return
+    engine = cfg.engine
+    amp = f", engine.amp_dtype={engine.amp_dtype}" if engine.name in ("amp", "ddp_amp") else ""
+    raise NonFiniteLoss(
+        f"epoch {epoch}: the mean loss is {loss} under engine.name={engine.name}{amp}; "
+        "training stopped, and the run's last checkpoint stays as it was"
+    )
+
+
+def describe_processes(cfg: Config, engine: dl.Engine) -> str:
+    """The run's first line: how many training processes, on which devices."""
+    world = engine.num_processes
+    device = engine.device
+    precision = (
+        f" ({cfg.engine.amp_dtype} autocast)" if cfg.engine.name in ("amp", "ddp_amp") else ""
+    )
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        where = f"cuda:0..{world - 1}, one GPU each ({name})" if world > 1 else f"{device} ({name})"
+    else:
+        where = f"the CPU ({torch.get_num_threads()} torch thread(s) each)"
+    backend = f", DDP over {torch.distributed.get_backend()}" if engine.is_ddp else ""
+    return f"training {cfg.engine.name}{precision}: {world} process(es) on {where}{backend}"
+
+
+class DistributedEngine(dl.DistributedDataParallelEngine):
+    """Catalyst's DDP engine; an error the user can fix (an AsdError) in a training process is
+    raised again in the parent as itself, one line, not as the process's traceback."""
+
+    def spawn(self, fn, *args, **kwargs):
+        try:
+            return super().spawn(fn, *args, **kwargs)
+        except torch.multiprocessing.ProcessRaisedException as err:
+            kind, _, message = str(err).strip().splitlines()[-1].partition(": ")
+            error = pydoc.locate(kind)
+            if isinstance(error, type) and issubclass(error, AsdError):
+                raise error(message) from None
+            raise
+
+
 def make_engine(cfg: Config) -> dl.Engine:
     """The Catalyst engine named by ``engine.name`` (asd.infra.training.check_config checked it)."""
     e, cuda = cfg.engine, torch.cuda.is_available()
@@ -346,7 +410,7 @@ def make_engine(cfg: Config) -> dl.Engine:
         port = s.getsockname()[1]
     on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
     world = world_size(cfg)  # one process per GPU or CPU
-    return dl.DistributedDataParallelEngine(
+    return DistributedEngine(
         world_size=world, num_node_workers=world, port=port, mixed_precision=precision, **on_cpu
     )
 

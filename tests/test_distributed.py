@@ -24,7 +24,7 @@ from torch import nn
 
 from asd.infra.checkpoint import load_checkpoint
 from asd.infra.config import ConfigError
-from asd.infra.training import check_config, use_device_cache, world_size
+from asd.infra.training import check_config, check_device, use_device_cache, world_size
 from asd.method.losses import SubClusterAdaCos
 from runners.common import epoch_means
 
@@ -108,15 +108,15 @@ def engine(cfg, **settings):
         (
             1,
             dict(name="ddp", world_size=2),
-            "engine.world_size=2: DDP takes one GPU a process (0: all), and 1 GPU(s) are visible",
+            "engine.world_size=2: DDP runs one process per GPU, and 1 GPU(s) are visible; "
+            "use at most 1",
         ),
-        (0, dict(name="ddp", world_size=0), "engine.world_size=0: DDP takes one GPU a process"),
         (
-            1,
-            dict(name="amp", amp_dtype="bf16"),
-            "the GPU (Tesla T4) does not support bf16; use engine.amp_dtype=fp16",
+            0,
+            dict(name="ddp", world_size=0),
+            "engine.world_size=0 runs one process per visible GPU, and none is visible; on the "
+            "CPU name the number of processes",
         ),
-        (2, dict(name="ddp_amp", amp_dtype="bf16"), "does not support bf16"),
         (0, dict(name="ddp_amp", amp_dtype="fp16", world_size=2), "fp16 needs a CUDA GPU"),
         (
             3,
@@ -130,6 +130,20 @@ def test_engines_this_machine_cannot_run_are_refused(tiny_cfg, gpus, n, settings
     with pytest.raises(ConfigError) as err:
         check_config(engine(tiny_cfg, **settings).replace(**{"stage1.batch_size": 8}), "stage1")
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["amp", "ddp_amp"])
+def test_bf16_on_a_gpu_without_it_is_refused_by_the_training_process(tiny_cfg, gpus, name):
+    """The parent never asks a GPU (no CUDA context there); each process asks its own."""
+    gpus(2, bf16=False)
+    cfg = engine(tiny_cfg, name=name, amp_dtype="bf16", world_size=2)
+    check_config(cfg, "stage1")  # the parent: no probe
+    with pytest.raises(ConfigError, match=r"the GPU \(Tesla T4\) does not support bf16; use "):
+        check_device(cfg, torch.device("cuda", 1))
+    check_device(cfg, torch.device("cpu"))
+    check_device(engine(cfg, amp_dtype="fp16"), torch.device("cuda", 1))
+    gpus(2, bf16=True)
+    check_device(cfg, torch.device("cuda", 0))
 
 
 def test_engines_this_machine_can_run(tiny_cfg, gpus):
@@ -148,17 +162,20 @@ def test_engines_this_machine_can_run(tiny_cfg, gpus):
 
 
 def test_cache_on_device_only_where_the_training_rows_fit(tiny_cfg, gpus):
+    """Each training process asks its own device (the parent asks none)."""
     features = np.zeros((100, 10, 4), np.float16)  # 80 bytes a row
     rows = np.arange(50)  # the training rows: 4,000 bytes
+    gpu = torch.device("cuda", 1)
     gpus(2, free=10_000)
-    assert use_device_cache(engine(tiny_cfg, name="gpu"), features, rows)
-    assert not use_device_cache(engine(tiny_cfg, name="gpu", cache_on_device=False), features, rows)
-    assert not use_device_cache(tiny_cfg, features, rows)  # engine.name=cpu
+    assert use_device_cache(engine(tiny_cfg, name="gpu"), features, rows, gpu)
+    off = engine(tiny_cfg, name="gpu", cache_on_device=False)
+    assert not use_device_cache(off, features, rows, gpu)
+    assert not use_device_cache(tiny_cfg, features, rows, torch.device("cpu"))
     gpus(2, free=7_000)  # room for the training rows, not for the whole cache (8,000 bytes)
-    assert use_device_cache(engine(tiny_cfg, name="ddp", world_size=2), features, rows)
+    assert use_device_cache(engine(tiny_cfg, name="ddp", world_size=2), features, rows, gpu)
     gpus(2, free=5_000)
-    with pytest.warns(UserWarning, match="do not fit in GPU memory .* memory-mapped cache"):
-        assert not use_device_cache(engine(tiny_cfg, name="ddp", world_size=2), features, rows)
+    with pytest.warns(UserWarning, match="do not fit in the memory of cuda:1 .* memory-mapped"):
+        assert not use_device_cache(engine(tiny_cfg, name="ddp"), features, rows, gpu)
 
 
 def test_ddp_engine_gets_the_precision_and_one_process_per_gpu(tiny_cfg, gpus):
@@ -176,7 +193,8 @@ def test_ddp_engine_gets_the_precision_and_one_process_per_gpu(tiny_cfg, gpus):
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
-def test_sync_batch_norm_under_ddp_on_cuda(tiny_cfg, sync_bn):
+def test_global_batch_norm_under_ddp(tiny_cfg, sync_bn):
+    from asd.method.model import GlobalBatchNorm2d
     from runners.common import MixupRunner
     from runners.stage1 import Stage1
 
@@ -187,11 +205,11 @@ def test_sync_batch_norm_under_ddp_on_cuda(tiny_cfg, sync_bn):
     for device, is_ddp, synced in [
         ("cuda", True, sync_bn),
         ("cuda", False, False),
-        ("cpu", True, False),
-    ]:  # torch's SyncBatchNorm: CUDA only
+        ("cpu", True, sync_bn),  # gloo too
+    ]:
         runner.engine = SimpleNamespace(device=torch.device(device), is_ddp=is_ddp)
         kinds = {type(m) for m in runner.get_model().modules()}
-        assert (nn.SyncBatchNorm in kinds) == synced and (nn.BatchNorm2d in kinds) != synced
+        assert (GlobalBatchNorm2d in kinds) == synced and (nn.BatchNorm2d in kinds) != synced
 
 
 # -- training runs --------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -17,36 +16,34 @@ from asd.method.optim import MaskedAdamP
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train(net, head, opt, batches):
-    for x, y in batches:
-        kl_loss(head(net(x), y), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-
 @pytest.mark.parametrize("lr,weight_decay", [(1e-3, 1e-5), (1e-2, 1e-2)])
 def test_same_steps_as_adamp_on_the_model(lr, weight_decay):
+    """Both optimisers get the model's gradients at AdamP's weights, step after step: training
+    itself amplifies rounding (one ulp in a weight grows past 1e-6 within four steps at lr 1e-2,
+    AdamP against itself), so equal steps are compared on equal gradients."""
     cfg = load_config(
         REPO / "config.yml", ["model.stage_channels=[4,4,8,8]", "model.stem_channels=4"]
     )
     torch.manual_seed(0)
     net, head = build_model(cfg, 6)
     gen = torch.Generator().manual_seed(1)
-    batches = [
-        (
-            torch.randn(2, 1, 313, 128, generator=gen),
-            torch.softmax(torch.randn(2, 6, generator=gen), 1),
-        )
-        for _ in range(4)
-    ]
-    results = []
-    for kind in (AdamP, MaskedAdamP):
-        n, h = copy.deepcopy(net), copy.deepcopy(head)
-        params = [*n.parameters(), *h.parameters()]
-        train(n, h, kind(params, lr=lr, weight_decay=weight_decay), batches)
-        results.append(params)
-    for a, b in zip(*results):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    params = [*net.parameters(), *head.parameters()]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    theirs, mine = (
+        AdamP(params, lr=lr, weight_decay=weight_decay),
+        MaskedAdamP(ours, lr=lr, weight_decay=weight_decay),
+    )
+    for _ in range(4):
+        x = torch.randn(2, 1, 313, 128, generator=gen)
+        y = torch.softmax(torch.randn(2, 6, generator=gen), 1)
+        kl_loss(head(net(x), y), y).backward()
+        for p, q in zip(params, ours):
+            q.grad = p.grad.clone()
+        theirs.step()
+        mine.step()
+        theirs.zero_grad(set_to_none=True)
+        for a, b in zip(params, ours):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 def test_each_branch_of_the_projection():

@@ -43,7 +43,6 @@ class TrainRun:
     classes: dict  # the run's class table, as dict of lists
     n_source: int  # source training clips of the run's classes
     init: Path | None = None  # the model the step starts from (None: fresh weights)
-    cache_on_device: bool = False  # hold the training rows in GPU memory (use_device_cache)
     resume: bool = False  # continue from the run's last checkpoint where there is one
     progress: bool = True
 
@@ -59,34 +58,40 @@ class TrainRun:
 
 def world_size(cfg: Config) -> int:
     """Training processes: ``engine.world_size`` for DDP (0: one per visible GPU), else 1."""
-    ddp = cfg.engine.name.startswith("ddp")
-    return (cfg.engine.world_size or torch.cuda.device_count()) if ddp else 1
+    if not cfg.engine.name.startswith("ddp"):
+        return 1
+    return cfg.engine.world_size or torch.cuda.device_count()
 
 
 def check_config(cfg: Config, name: str) -> None:
     """What the config alone refuses, before any run folder is made or changed: a model it
-    cannot build, an engine this machine cannot run, a batch that does not split over DDP."""
+    cannot build, an engine this machine cannot run, a batch that does not split over DDP.
+    Nothing here creates a CUDA context (``check_device`` asks the GPU, in the training process)."""
     try:
         build_model(cfg, 1)
     except ValueError as err:
         raise ConfigError(f"the model settings do not make a model: {err}") from None
-    engine, cuda, world = cfg.engine, torch.cuda.is_available(), world_size(cfg)
+    engine = cfg.engine
+    cuda = torch.cuda.is_available()
     gpus = torch.cuda.device_count() if cuda else 0
+    ddp = engine.name.startswith("ddp")
     if engine.name in ("gpu", "amp") and not cuda:
         raise ConfigError(f"engine.name={engine.name} needs a CUDA GPU, and none is visible")
-    if world == 0 or gpus and world > gpus:  # two processes on one GPU: NCCL refuses
+    if ddp and engine.world_size == 0 and gpus == 0:
         raise ConfigError(
-            f"engine.world_size={engine.world_size}: DDP takes one GPU a process "
-            f"(0: all), and {gpus} GPU(s) are visible (CPU: name the number)"
+            f"engine.name={engine.name} with engine.world_size=0 runs one process per visible "
+            "GPU, and none is visible; on the CPU name the number of processes "
+            "(e.g. engine.world_size=2)"
+        )
+    if ddp and gpus > 0 and engine.world_size > gpus:  # two processes on one GPU: NCCL refuses
+        raise ConfigError(
+            f"engine.world_size={engine.world_size}: DDP runs one process per GPU, and "
+            f"{gpus} GPU(s) are visible; use at most {gpus} (0: all of them)"
         )
     amp = engine.amp_dtype if engine.name in ("amp", "ddp_amp") else None
     if amp == "fp16" and not cuda:
         raise ConfigError("engine.amp_dtype=fp16 needs a CUDA GPU; on the CPU use bf16")
-    if amp == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ConfigError(
-            f"engine.amp_dtype=bf16: the GPU ({torch.cuda.get_device_name()}) "
-            "does not support bf16; use engine.amp_dtype=fp16"
-        )
+    world = world_size(cfg)
     if getattr(cfg, name).batch_size % world:
         raise ConfigError(
             f"{name}.batch_size={getattr(cfg, name).batch_size} does not split "
@@ -94,20 +99,36 @@ def check_config(cfg: Config, name: str) -> None:
         )
 
 
-def use_device_cache(cfg: Config, features: np.ndarray, rows: np.ndarray) -> bool:
-    """Whether the training processes hold ``rows`` of the cache's ``features`` (N, T, F) in
-    GPU memory: asked for, on CUDA, and within DEVICE_SHARE of the free memory of every GPU the
-    run uses. Where they do not fit, a warning says so (the rows are then memory-mapped)."""
-    if not (cfg.engine.cache_on_device and cfg.engine.name != "cpu" and torch.cuda.is_available()):
+def check_device(cfg: Config, device: torch.device) -> None:
+    """What a training process refuses on its own device, once its cache rows are there (the
+    parent of DDP processes never touches a GPU): bf16 autocast on a GPU without bf16."""
+    amp = cfg.engine.amp_dtype if cfg.engine.name in ("amp", "ddp_amp") else None
+    if amp != "bf16" or device.type != "cuda":
+        return
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(
+            f"engine.amp_dtype=bf16: the GPU ({torch.cuda.get_device_name(device)}) "
+            "does not support bf16; use engine.amp_dtype=fp16"
+        )
+
+
+def use_device_cache(
+    cfg: Config, features: np.ndarray, rows: np.ndarray, device: torch.device
+) -> bool:
+    """Whether a training process holds ``rows`` of the cache's ``features`` (N, T, F) in the
+    memory of its own ``device``: asked for (``engine.cache_on_device``), on CUDA, and within
+    DEVICE_SHARE of that GPU's free memory. Where they do not fit, a warning says so (the rows
+    are then read from the memory-mapped cache)."""
+    if not (cfg.engine.cache_on_device and device.type == "cuda"):
         return False
     need = len(rows) * features[:1].nbytes
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(world_size(cfg)))
+    free, _ = torch.cuda.mem_get_info(device)
     if need <= DEVICE_SHARE * free:
         return True
     warnings.warn(
         f"engine.cache_on_device: the {need / 1e9:.1f} GB of training features do "
-        f"not fit in GPU memory ({free / 1e9:.1f} GB free); they are read from the "
-        "memory-mapped cache instead",
+        f"not fit in the memory of {device} ({free / 1e9:.1f} GB free); they are read from "
+        "the memory-mapped cache instead",
         stacklevel=2,
     )
     return False
@@ -140,7 +161,6 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         warn_single_class(table, cache.settings.get("root"))
     _, rows = training_rows(cache.index, table)
     check_clips(rows, sorted(set(step.domains)), table, cache.settings.get("root"), step.name)
-    on_device = use_device_cache(cfg, cache.features, np.union1d(*(rows[d] for d in step.domains)))
     if run is None:
         run = Run.create(cfg, step.name)
         save_classes(table, run.classes)
@@ -158,7 +178,6 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         init=init,
         classes=table.to_dict("list"),
         n_source=len(rows["source"]),
-        cache_on_device=on_device,
         resume=bool(args.resume),
         progress=not args.no_progress,
     )

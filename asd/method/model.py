@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from asd.infra.config import Config, ConfigError, ModelConfig
@@ -128,6 +130,51 @@ class EmbeddingNet(nn.Sequential):
         trainable = sum(q.numel() for q in self.parameters() if q.requires_grad)
         lines.append(f"total parameters: {total:,} (trainable: {trainable:,})")
         return "\n".join(lines)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm over the global batch of all DDP processes, the numbers of one BatchNorm2d
+    over the whole batch, without a host wait (torch's SyncBatchNorm indexes with a boolean
+    mask in its forward, a wait per layer): each process sums its per-channel values and
+    squares, one all-reduce adds them up, and its autograd twin adds up the gradients on the
+    way back. Outside DDP, and in eval mode, it is BatchNorm2d. Same parameters and buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, F) -> (B, C, T, F)
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = (1, -1, 1, 1)
+        # Sums in float32 whatever autocast's dtype, of the values less the running mean (the
+        # same in every process): the sum of squares keeps its precision where the mean is
+        # large against the spread.
+        shift = self.running_mean.clone()  # (C,)
+        centred = x.float() - shift.view(channels)
+        count = centred.new_full((1,), x.numel() // x.size(1))
+        local = torch.cat([centred.sum((0, 2, 3)), centred.square().sum((0, 2, 3)), count])
+        total = dist_nn.all_reduce(local)  # (2C + 1,) over every process
+        sums, squares, n = total.split([x.size(1), x.size(1), 1])
+        centred_mean = sums / n
+        var = squares / n - centred_mean.square()  # biased, as batch norm normalises
+        scale = torch.rsqrt(var + self.eps) * self.weight  # (C,)
+        out = (centred - centred_mean.view(channels)) * scale.view(channels)
+        out = out + self.bias.view(channels)
+        # The running statistics of BatchNorm2d: the mean and the unbiased variance.
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            momentum = (
+                self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+            )
+            self.running_mean.lerp_(shift + centred_mean, momentum)
+            self.running_var.lerp_(var * n / (n - 1), momentum)
+        return out.to(x.dtype)
+
+
+def global_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm2d made a GlobalBatchNorm2d, its state kept (it has the
+    same parameters and buffers, so checkpoints load either way)."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+    return module
 
 
 # Embedding nets by ``model.backbone``: a function of the config giving a module that maps

@@ -4,8 +4,11 @@ of the embedding net it updates."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from adamp import AdamP
 from torch import nn
@@ -13,22 +16,264 @@ from torch import nn
 from asd.infra.config import ConfigError
 
 
-class MaskedAdamP(AdamP):
-    """AdamP's numbers, its projection chosen by tensor masks instead of Python branches on
-    tensor values (the host never waits for the GPU); views by reshape (channels_last works)."""
+@dataclass
+class _Block:
+    """Views of one block of channels of equal length L (n channels) in a _Layout's buffers."""
 
-    def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
-        """``perturb`` projected per output channel if every channel's |cos(grad, p)| < delta /
-        sqrt(size), else on the whole weight if its is, else kept; weight decay factor (float64)."""
-        shape, out, done = [-1] + [1] * (p.dim() - 1), perturb, p.new_zeros((), dtype=torch.bool)
-        for rows in (p.size(0), 1):  # per output channel, then the whole weight as one row
-            w, g = p.detach().reshape(rows, -1), grad.reshape(rows, -1)
-            cosine = torch.cosine_similarity(g, w, dim=1, eps=eps).abs()  # (rows,)
-            use = ~done & (cosine.max() < delta / math.sqrt(w.size(1)))
-            unit = p.detach() / (w.norm(dim=1).view(shape) + eps)
-            along = (unit * perturb).reshape(rows, -1).sum(dim=1).view(shape)
-            out, done = torch.where(use, perturb - unit * along, out), done | use
-        return out, torch.where(done, p.new_full((), wd_ratio, dtype=torch.float64), 1.0)
+    w: torch.Tensor  # (n, L) the weights
+    d: torch.Tensor  # (n, L) the step directions
+    g_w: torch.Tensor  # (n, 2, L) each channel's gradient and weight
+    g_w_t: torch.Tensor  # (n, L, 2) the same, transposed
+    unit: torch.Tensor  # (n, L) room for w / (|w| + eps)
+    product: torch.Tensor  # (n, L) room for a product
+    dots: torch.Tensor  # (n, 2, 2) room for <g, g>, <g, w>, <w, g>, <w, w>
+    norm: torch.Tensor  # (n,) room for |w|
+    along_sum: torch.Tensor  # (n,) room for <u, d>
+    scale: torch.Tensor  # (n, 1) view of _Layout.scale
+    along: torch.Tensor  # (n, 1) view of _Layout.along
+
+
+@dataclass
+class _Layout:
+    """The weights (two or more dimensions) of one update laid end to end in one buffer (N,),
+    each weight's output channels (its rows along dim 0) one after the other and the weights in
+    the order of their channels' length, so that channels of equal length form blocks (n, L) of
+    consecutive elements. The buffers and their views are kept from step to step: one copy
+    fills them, and fresh host memory is slow on the CPU."""
+
+    order: list[int]  # the weights' positions in the update, in the buffer's order
+    owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the buffer's order
+    sqrt_channel: torch.Tensor  # (W,) sqrt of the elements of one channel of each weight
+    sqrt_numel: torch.Tensor  # (W,) sqrt of the elements of each weight
+    views: list[list[torch.Tensor]]  # gradients, weights, directions as the weights' shapes
+    products: list[torch.Tensor]  # room for a product of each weight (its elements)
+    direction: torch.Tensor  # (N,) the step directions
+    product: torch.Tensor  # (N,) room for a product
+    dots: torch.Tensor  # (R, 2, 2) per channel <g, g>, <g, w>, <w, g>, <w, w>
+    norm: torch.Tensor  # (R,) |w| per channel
+    along_sum: torch.Tensor  # (R,) <u, d> per channel
+    scale: torch.Tensor  # (R,) |w| + eps of each channel, or of its weight
+    along: torch.Tensor  # (R,) <u, d> of each channel, or of its weight (0: not projected)
+    blocks: list[_Block]
+
+    @classmethod
+    def of(cls, weights: list[torch.Tensor]) -> _Layout:
+        order = sorted(range(len(weights)), key=lambda i: weights[i][0].numel())
+        shapes = [weights[i].shape for i in order]
+        rows = [shape[0] for shape in shapes]
+        lengths = [math.prod(shape[1:]) for shape in shapes]
+        sizes = [n * length for n, length in zip(rows, lengths)]
+        spans = []  # (first element, first channel, channels, elements a channel)
+        start = 0
+        channel = 0
+        for n, length in zip(rows, lengths):
+            if spans and spans[-1][3] == length:
+                first, first_channel, channels, _ = spans[-1]
+                spans[-1] = (first, first_channel, channels + n, length)
+            else:
+                spans.append((start, channel, n, length))
+            start += n * length
+            channel += n
+        new = weights[0].new_empty
+        buffer = new(3, start)  # the gradients, the weights and the step directions
+        work = new(2, start)  # room for u and a product
+        dots = new(channel, 2, 2)
+        norm = new(channel)
+        along_sum = new(channel)
+        scale = new(channel)
+        along = new(channel)
+        blocks = []
+        for first, c, n, length in spans:
+            part = buffer[:, first : first + n * length].view(3, n, length)
+            room = work[:, first : first + n * length].view(2, n, length)
+            g_w = part[:2].transpose(0, 1)  # (n, 2, L)
+            blocks.append(
+                _Block(
+                    w=part[1],
+                    d=part[2],
+                    g_w=g_w,
+                    g_w_t=g_w.transpose(1, 2),
+                    unit=room[0],
+                    product=room[1],
+                    dots=dots[c : c + n],
+                    norm=norm[c : c + n],
+                    along_sum=along_sum[c : c + n],
+                    scale=scale[c : c + n].view(n, 1),
+                    along=along[c : c + n].view(n, 1),
+                )
+            )
+        device = weights[0].device
+        return cls(
+            order=order,
+            owner=torch.arange(len(rows)).repeat_interleave(torch.tensor(rows)).to(device),
+            sqrt_channel=torch.tensor(lengths, dtype=torch.float64).sqrt().float().to(device),
+            sqrt_numel=torch.tensor(sizes, dtype=torch.float64).sqrt().float().to(device),
+            views=[[x.view(shape) for x, shape in zip(row.split(sizes), shapes)] for row in buffer],
+            products=list(work[1].split(sizes)),
+            direction=buffer[2],
+            product=work[1],
+            dots=dots,
+            norm=norm,
+            along_sum=along_sum,
+            scale=scale,
+            along=along,
+            blocks=blocks,
+        )
+
+
+def _changes(factor: float, dtype: torch.dtype) -> bool:
+    """Whether multiplying by ``factor`` can change a number of ``dtype``: not where the factor
+    rounds to 1 there (the report's weight decay in float32), so that multiply is skipped."""
+    if dtype == torch.float32:
+        return np.float32(factor) != 1
+    return factor != 1
+
+
+class MaskedAdamP(AdamP):
+    """``adamp.AdamP`` (Heo et al., 2021), its steps to the last bit on the CPU, in multi-tensor
+    form: Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and
+    AdamP's projection of all the weights at once, chosen by tensor masks instead of Python
+    branches on tensor values, so the host never waits for the device. The state is AdamP's
+    (``step``, ``exp_avg``, ``exp_avg_sq`` of each parameter): checkpoints load in both."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._layouts: dict[tuple, _Layout] = {}  # by the weights' shapes and device
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdamP step of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            # parameters that have taken equally many steps share their bias corrections
+            together = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                together[(p.device, p.dtype, state["step"])].append(p)
+            for (_, _, steps), params in together.items():
+                self._update(group, params, steps)
+        return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor], steps: int) -> None:
+        """AdamP's step of ``params`` (one device and dtype, ``steps`` steps taken each)."""
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        # Adam's moments: running means of the gradient and of its square
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        # The step direction is exp_avg / (sqrt(exp_avg_sq / bias correction 2) + eps), as
+        # AdamP has it (with Nesterov: beta1 exp_avg + (1 - beta1) grad for exp_avg); bias
+        # correction 1 goes into the step size.
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
+        torch._foreach_add_(denoms, group["eps"])
+        step_size = group["lr"] / (1 - beta1**steps)
+        lr_wd = group["lr"] * group["weight_decay"]
+        # Biases and batch-norm scales (one dimension) take Adam's step with weight decay.
+        vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
+        if vectors:
+            taking = [params[i] for i in vectors]
+            directions = self._directions(group, vectors, exp_avgs, grads, denoms)
+            if _changes(1 - lr_wd, params[0].dtype):
+                torch._foreach_mul_(taking, 1 - lr_wd)
+            torch._foreach_add_(taking, directions, alpha=-step_size)
+        # Weights take AdamP's step, all of them at once.
+        weights = [i for i, p in enumerate(params) if p.dim() > 1]
+        if weights:
+            key = (params[0].device, *(tuple(params[i].shape) for i in weights))
+            if key not in self._layouts:
+                self._layouts[key] = _Layout.of([params[i] for i in weights])
+            layout = self._layouts[key]
+            weights = [weights[i] for i in layout.order]
+            grad_views, weight_views, directions = layout.views
+            torch._foreach_copy_(grad_views, [grads[i] for i in weights])
+            torch._foreach_copy_(weight_views, [params[i] for i in weights])
+            self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
+            ratio = self._project(group, layout)
+            taking = [params[i] for i in weights]
+            decays = (1 - lr_wd * group["wd_ratio"], 1 - lr_wd)  # projected or not
+            if any(_changes(decay, params[0].dtype) for decay in decays):
+                torch._foreach_mul_(taking, (1 - lr_wd * ratio).unbind())  # (W,) float64
+            torch._foreach_add_(taking, directions, alpha=-step_size)
+
+    @staticmethod
+    def _directions(group, which, exp_avgs, grads, denoms, out=None) -> list[torch.Tensor]:
+        """The step directions of the parameters at positions ``which`` (into ``out`` if given),
+        exp_avg / denom, or with Nesterov (beta1 exp_avg + (1 - beta1) grad) / denom."""
+        beta1 = group["betas"][0]
+        numerators = [exp_avgs[i] for i in which]
+        if group["nesterov"]:
+            numerators = torch._foreach_mul(numerators, beta1)
+            torch._foreach_add_(
+                numerators, torch._foreach_mul([grads[i] for i in which], 1 - beta1)
+            )
+        if out is None:
+            return torch._foreach_div(numerators, [denoms[i] for i in which])
+        torch._foreach_copy_(out, numerators)
+        torch._foreach_div_(out, [denoms[i] for i in which])
+        return out
+
+    @staticmethod
+    def _project(group: dict, layout: _Layout) -> torch.Tensor:
+        """AdamP's projection of the step directions (``layout.direction``), in
+        place, and each weight's factor of weight decay (W,) float64. A weight whose gradient
+        is nearly orthogonal to it in every output channel (|cos| < delta / sqrt(elements of a
+        channel), as before batch norm, where the weight's scale does not matter) steps without
+        the direction's part along it per channel; else, if nearly orthogonal as a whole
+        (delta / sqrt(its elements)), without the part along it as a whole; else as in Adam.
+        A projected weight decays by weight_decay * wd_ratio only. The arithmetic is AdamP's,
+        step for step, on the same rows: the steps are AdamP's to the last bit on the CPU."""
+        eps = group["eps"]
+        delta = group["delta"]
+        weights = len(layout.sqrt_numel)
+        # AdamP's two tests, from <g, w>, |g|^2 and |w|^2 of each channel and weight (in each
+        # block the products of the channels' (g, w) with their (g, w))
+        for block in layout.blocks:
+            torch.bmm(block.g_w, block.g_w_t, out=block.dots)
+        per_channel = layout.dots.view(-1, 4)  # (R, 4): <g, g>, <g, w>, <w, g>, <w, w>
+        whole = per_channel.new_zeros(weights, 4).index_add_(0, layout.owner, per_channel)
+        gg, gw, _, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
+        cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * ww.sqrt().clamp_min(eps))
+        cos_channel, cos_whole = cosine.split([len(layout.owner), weights])
+        worst = cos_whole.new_zeros(weights).scatter_reduce_(0, layout.owner, cos_channel, "amax")
+        by_channel = worst < delta / layout.sqrt_channel  # (W,)
+        as_whole = ~by_channel & (cos_whole < delta / layout.sqrt_numel)  # (W,)
+        projected = by_channel | as_whole
+        # the unit vector u = w / (|w| + eps) of each channel, or of each weight taken whole
+        for block in layout.blocks:
+            torch.linalg.vector_norm(block.w, dim=1, out=block.norm)
+        norm_whole = torch.stack(torch._foreach_norm(layout.views[1]))  # (W,)
+        by_channel_here = by_channel[layout.owner]  # (R,)
+        norm = torch.where(by_channel_here, layout.norm, norm_whole[layout.owner])
+        torch.add(norm, eps, out=layout.scale)
+        for block in layout.blocks:
+            torch.div(block.w, block.scale, out=block.unit)
+            torch.mul(block.unit, block.d, out=block.product)
+            torch.sum(block.product, dim=1, out=block.along_sum)
+        # <u, d> per channel or whole weight, zero where the weight is not projected
+        along_whole = torch.stack([x.sum() for x in layout.products])  # (W,)
+        along = torch.where(by_channel_here, layout.along_sum, along_whole[layout.owner])
+        layout.along.copy_(torch.where(projected[layout.owner], along, 0.0))
+        # d - u <u, d>
+        for block in layout.blocks:
+            torch.mul(block.unit, block.along, out=block.product)
+        layout.direction.sub_(layout.product)
+        wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
+        return torch.where(projected, wd_ratio, 1.0)
 
 
 def build_optimizer(

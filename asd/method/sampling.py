@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -141,27 +142,66 @@ class MixupBatches:
         labels_a = epoch[2].long()
         labels_b = epoch[3].long()
         device_lam = epoch[4].float()
+        # From the device's copy of the training rows where it holds them; else from the memory
+        # map, each batch's rows read ahead on a thread while the device works on the last one.
+        if self._device_features is None:
+            yield from self._read_ahead(rows_a, rows_b, labels_a, labels_b, device_lam)
+            return
         for i in range(n):
             self.done += 1
-            yield {
-                "x_a": self.gather(device_rows_a[i], rows_a[i]),
-                "x_b": self.gather(device_rows_b[i], rows_b[i]),
-                "y_a": labels_a[i],
-                "y_b": labels_b[i],
-                "lam": device_lam[i],
-            }
+            x_a = self._from_device(device_rows_a[i])
+            x_b = self._from_device(device_rows_b[i])
+            yield self._batch(x_a, x_b, labels_a[i], labels_b[i], device_lam[i])
 
-    def gather(self, rows: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
-        """Normalised features (B, 1, T, F) float32 of ``rows`` (device) = ``host_rows`` (CPU)."""
-        if self._device_features is not None:
-            # The training rows are already in device memory: pick them there.
-            x = self._device_features.index_select(0, self._position[rows])
-        else:
+    def _batch(self, x_a, x_b, y_a, y_b, lam) -> dict:
+        """A batch: the features (B, T, F) of both clips normalised, their labels and lam (B,)."""
+        return {
+            "x_a": self._normalise(x_a),
+            "x_b": self._normalise(x_b),
+            "y_a": y_a,
+            "y_b": y_b,
+            "lam": lam,
+        }
+
+    def _read_ahead(self, rows_a, rows_b, labels_a, labels_b, lam) -> Iterator[dict]:
+        """The epoch's batches from the memory-mapped cache, the next batch's rows read on a
+        background thread (into pinned memory where the device is a GPU) while the device works
+        on the current one; ``rows_a``, ``rows_b`` (n, B): the cache rows, on the host."""
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+            n = len(rows_a)
+            ahead = reader.submit(self._from_host, rows_a[0], rows_b[0]) if n else None
+            for i in range(n):
+                x_a, x_b = ahead.result()
+                if i + 1 < n:
+                    ahead = reader.submit(self._from_host, rows_a[i + 1], rows_b[i + 1])
+                self.done += 1
+                x_a = x_a.to(self.device, non_blocking=True)
+                x_b = x_b.to(self.device, non_blocking=True)
+                yield self._batch(x_a, x_b, labels_a[i], labels_b[i], lam[i])
+
+    def _from_device(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, F) of cache ``rows`` (on the device) from the device's copy."""
+        return self._device_features.index_select(0, self._position[rows])
+
+    def _from_host(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Features (B, T, F) of each of ``batches`` of cache rows (B,) from the memory map, in
+        pinned memory where the device is a GPU (so that the copy there runs on its own)."""
+        out = []
+        for rows in batches:
             # Each row drawn is read once, in file order (the memory map reads forwards), and
             # repeated where the batch drew it twice.
-            unique, inverse = np.unique(host_rows.numpy(), return_inverse=True)
-            x = torch.from_numpy(np.asarray(self._features[unique]))
-            x = x[torch.from_numpy(inverse)].to(self.device, non_blocking=True)
+            unique, inverse = np.unique(rows.numpy(), return_inverse=True)
+            block = torch.from_numpy(np.asarray(self._features[unique]))
+            x = torch.empty(
+                (len(rows), *block.shape[1:]),
+                dtype=block.dtype,
+                pin_memory=self.device.type == "cuda",
+            )
+            out.append(torch.index_select(block, 0, torch.from_numpy(inverse), out=x))
+        return tuple(out)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mels (B, T, F) of the cache's dtype -> normalised float32 (B, 1, T, F)."""
         # Standardised per mel band with the training statistics, as the scoring does.
         x = (x.float() - self._mean) * self._istd  # (B, T, F)
         return x.unsqueeze(1)  # (B, 1, T, F)
