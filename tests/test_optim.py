@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from adamp import AdamP
+from helpers import TINY
 
 from asd.infra.config import load_config
 from asd.method.losses import kl_loss
@@ -26,9 +27,7 @@ def train(net, head, opt, batches):
 
 @pytest.mark.parametrize("lr,weight_decay", [(1e-3, 1e-5), (1e-2, 1e-2)])
 def test_same_steps_as_adamp_on_the_model(lr, weight_decay):
-    cfg = load_config(
-        REPO / "config.yml", ["model.stage_channels=[4,4,8,8]", "model.stem_channels=4"]
-    )
+    cfg = load_config(REPO / "config.yml", TINY)
     torch.manual_seed(0)
     net, head = build_model(cfg, 6)
     gen = torch.Generator().manual_seed(1)

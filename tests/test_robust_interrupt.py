@@ -2,7 +2,7 @@
 Ctrl-C (SIGINT) during training: one line saying how to finish, exit status 130.
 
 Killed at precise moments: as soon as a file appears (polled), or from inside the process in
-the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
+the middle of writing a file (tests/helpers.DYING). Outcomes:
 
 - cache: the half-built temporary folder is never used; the rerun removes it and rebuilds, and
   its arrays equal an uninterrupted build's, byte for byte;
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from robust_helpers import (
+from helpers import (
     cli,
     cli_killed,
     copy_run,
