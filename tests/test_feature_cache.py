@@ -1,4 +1,5 @@
-"""The on-disk log-mel cache: contents, reuse, rebuilds, interrupted builds, statistics."""
+"""The on-disk log-mel cache (asd.infra.feature_cache): contents, reuse, rebuilds, interrupted
+builds, statistics; its command, ``python -m asd.cache``: tests/test_cache.py."""
 
 from __future__ import annotations
 
