@@ -118,6 +118,8 @@ def engine(cfg, **settings):
         ),
         (2, dict(name="ddp_amp", amp_dtype="bf16"), "does not support bf16"),
         (0, dict(name="ddp_amp", amp_dtype="fp16", world_size=2), "fp16 needs a CUDA GPU"),
+        (0, dict(name="gpu"), "engine.name=gpu needs a CUDA GPU"),
+        (0, dict(name="amp"), "engine.name=amp needs a CUDA GPU"),
         (
             3,
             dict(name="ddp", world_size=0),
