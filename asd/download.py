@@ -1,9 +1,15 @@
-"""``make data``: fetch the DCASE 2021 Task 2 data from Zenodo and unpack it into data.root.
+"""``make data``: fetch one DCASE year's Task 2 data from Zenodo and unpack it into data.root.
 
-``RECORDS``: development, additional training and evaluation test archives per machine, and the
-official evaluator's 42 ground-truth CSVs (DESIGN.md "Scale"), listed with names, sizes and MD5s
-at ``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file, resuming
-``.download/<name>.part`` (HTTP Range); only the machine's folders leave the unpacked tree.
+``YEARS[data.year]`` (2021-2026, docs/data.md): development, additional training and
+evaluation test archives per machine, listed with names, sizes and MD5s at
+``<base-url>/records/<id>``. pooch fetches, verifies and unzips each file, resuming
+``.download/<name>.part`` (HTTP Range); only the machine's folders (and 2022+
+``attributes_XX.csv``) leave the unpacked tree. The evaluation ground truth: 2021 the official
+evaluator's 42 CSVs (a Zenodo record); 2022-2025 the ``ground_truth_data/`` and
+``ground_truth_domain/`` CSVs of the year's evaluator repository, fetched as one zip from
+``<truth-url>/<owner>/<repo>/archive/refs/heads/main.zip`` (``--truth-url``, ``$ASD_TRUTH_URL``,
+else GitHub), or put there by hand (docs/data.md). A record not yet published (2026's
+evaluation test set) is named in one line after the rest is fetched.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from tqdm import tqdm
 
 from asd import AsdError
 from asd.infra.cli import load_args_config, make_parser, run_command
-from asd.infra.data import GROUND_TRUTH
+from asd.infra.data import GROUND_TRUTH, GROUND_TRUTH_DOMAIN
+from asd.infra.io import atomic_path
 
 DEFAULT_BASE_URL = "https://zenodo.org/api"
 BASE_URL_ENV = "ASD_ZENODO_URL"
+DEFAULT_TRUTH_URL = "https://github.com"
+TRUTH_URL_ENV = "ASD_TRUTH_URL"
 STATE = ".download"  # folder inside the root: .part files, archives and .done markers
 _M = r"(?P<machine>[A-Za-z0-9]+)"
 _TRUTH = r"ground_truth_(?P<machine>.+)_section_\d{2}_(source|target)_test\.csv"
+_TRUTH_2022 = r"ground_truth_(?P<machine>.+)_section_\d{2}_test\.csv"  # one per section
 
 
 class DownloadError(AsdError):
@@ -60,6 +70,39 @@ RECORDS = (
     ),
     Record(5257674, "eval ground truth", (r".+\.zip", _TRUTH), f"eval_data/{GROUND_TRUTH}", ()),
 )
+_LATER = ("train", "test")  # 2022 on
+
+
+def _later_records(dev: int | None, train: int | None, test: int | None) -> tuple[Record, ...]:
+    """The three records of a year after 2021 (None: not yet published); a machine's newer
+    archive (``_r2``) stands for its first one."""
+    r2 = r"(?:_r2)?"
+    return (
+        Record(dev, "development", (rf"dev_{_M}{r2}\.zip",), "dev_data", _LATER),
+        Record(
+            train,
+            "additional training",
+            (rf"eval_data_{_M}_train{r2}\.zip",),
+            "eval_data",
+            ("train",),
+        ),
+        Record(
+            test, "evaluation test", (rf"eval_data_{_M}_test{r2}\.zip",), "eval_data", ("test",)
+        ),
+    )
+
+
+# One year's records and the repository of its official evaluator (eval ground truth; None:
+# the 2021 truth is a Zenodo record among the records, 2026's is not published).
+Year = collections.namedtuple("Year", "records evaluator")
+YEARS = {
+    2021: Year(RECORDS, None),
+    2022: Year(_later_records(6355122, 6462969, 6586456), "Kota-Dohi/dcase2022_evaluator"),
+    2023: Year(_later_records(7882613, 7830345, 7860847), "nttcslab/dcase2023_task2_evaluator"),
+    2024: Year(_later_records(10902294, 11259435, 11363076), "nttcslab/dcase2024_task2_evaluator"),
+    2025: Year(_later_records(15097779, 15392814, 15519362), "nttcslab/dcase2025_task2_evaluator"),
+    2026: Year(_later_records(19336329, 20151556, None), None),
+}
 
 
 def record_files(
@@ -89,6 +132,8 @@ def record_files(
         raise DownloadError(f"{url}: not a records API answer ({err!r})") from None
     if not out:
         raise DownloadError(f"{url}: no file of the {record.title} record has the expected name")
+    newer = {f.machine for f in out if f.machine and "_r2." in f.key}  # these replace the first
+    out = [f for f in out if f.machine not in newer or "_r2." in f.key]
     return [f for f in out if machines is None or f.machine in (None, *machines)]
 
 
@@ -137,6 +182,8 @@ def place(found: Path, remote: RemoteFile, root: Path, machines: Sequence[str] |
                 f"{', '.join(rec.folders)}; nothing was unpacked"
             )
         moves = {tops[0] / f: target / remote.machine / f for f in rec.folders}
+        for beside in sorted(tops[0].glob("attributes_*.csv")):  # 2022 on
+            moves[beside] = target / remote.machine / beside.name
     else:  # ground truth: every matching CSV, wherever the zip keeps it
         files = [found] if found.is_file() else sorted(found.rglob("ground_truth_*.csv"))
         names = [(f, re.fullmatch(_TRUTH, f.name)) for f in files if "__MACOSX" not in f.parts]
@@ -188,20 +235,81 @@ def fetch(
     logging.getLogger(__name__).info("%s: in place under %s", remote.key, root / rec.dataset)
 
 
+def fetch_truth(
+    repo: str,
+    root: Path,
+    machines: Sequence[str] | None,
+    truth_url: str | None,
+    timeout: float,
+) -> None:
+    """Fetch the evaluator repository ``repo`` as a zip and put its ``ground_truth_data/`` and
+    ``ground_truth_domain/`` CSVs (of ``machines``) into ``root/eval_data``; DownloadError with
+    the manual step where that fails."""
+    base = truth_url or os.environ.get(TRUTH_URL_ENV) or DEFAULT_TRUTH_URL
+    url = f"{base.rstrip('/')}/{repo}/archive/refs/heads/main.zip"
+    folders = {"ground_truth_data": GROUND_TRUTH, "ground_truth_domain": GROUND_TRUTH_DOMAIN}
+    manual = (
+        f"put the ground_truth_data/*.csv of https://github.com/{repo} into "
+        f"{root / 'eval_data' / GROUND_TRUTH} and its ground_truth_domain/*.csv into "
+        f"{root / 'eval_data' / GROUND_TRUTH_DOMAIN}"
+    )
+    archive = root / STATE / f"{repo.replace('/', '+')}.zip"
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as resp:
+            resp.raise_for_status()
+            with atomic_path(archive) as tmp, open(tmp, "wb") as out:
+                for block in resp.iter_content(1 << 20):
+                    out.write(block)
+        with tempfile.TemporaryDirectory(prefix=".unpack-", dir=root) as tree:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tree)
+            moves = {
+                f: root / "eval_data" / dest / f.name
+                for sub, dest in folders.items()
+                for f in sorted(Path(tree).rglob(f"{sub}/ground_truth_*.csv"))
+                if "__MACOSX" not in f.parts
+                and (m := re.fullmatch(_TRUTH_2022, f.name))
+                and (machines is None or m["machine"] in machines)
+            }
+            if not any(to.parent.name == GROUND_TRUTH for to in moves.values()):
+                raise DownloadError(f"{url}: holds no ground_truth_data/{_TRUTH_2022}; {manual}")
+            for found, to in moves.items():
+                to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(found, to)
+    except (requests.RequestException, zipfile.BadZipFile, OSError) as err:
+        raise DownloadError(
+            f"eval ground truth: {url} could not be fetched ({err}); {manual}"
+        ) from None
+    finally:
+        archive.unlink(missing_ok=True)
+    logging.getLogger(__name__).info("%s: ground truth in place under %s", repo, root / "eval_data")
+
+
 def download(
     root: str | Path,
     base_url: str | None = None,
     machines: Sequence[str] | None = None,
     keep_archives: bool = False,
-    records: Sequence[Record] = RECORDS,
+    records: Sequence[Record] | None = None,
     progress: bool = True,
     timeout: float = 60.0,
     retries: int = 3,
+    year: int = 2021,
+    truth_url: str | None = None,
 ) -> Path:
-    """Fetch, verify and unpack every file of ``records`` into ``root``; skip finished ones."""
+    """Fetch, verify and unpack every file of ``records`` (None: those of ``year``, and its
+    evaluator's ground truth) into ``root``; skip finished ones. A record not yet published
+    is named in one warning at the end."""
     root = Path(root)
+    if year not in YEARS:
+        raise DownloadError(f"data.year {year}: expected one of {', '.join(map(str, YEARS))}")
+    evaluator = YEARS[year].evaluator if records is None else None
+    records = YEARS[year].records if records is None else records
     (root / STATE).mkdir(parents=True, exist_ok=True)
+    unpublished = [r for r in records if r.record_id is None]
     for record in records:
+        if record.record_id is None:
+            continue
         try:
             for remote in record_files(record, base_url, machines, timeout):
                 done = root / STATE / f"{remote.key}.done"
@@ -214,6 +322,16 @@ def download(
                 f"{record.title} (record {record.record_id}) could not be fetched "
                 f"({err}); put its CSVs in {root / record.dataset}"
             ) from None
+    if evaluator is not None:
+        fetch_truth(evaluator, root, machines, truth_url, timeout)
+    if unpublished:
+        logging.getLogger(__name__).warning(
+            "%d: the %s record is not published yet (not in the organisers' lists); the rest "
+            "is in %s, run `make data` again once it is",
+            year,
+            " and ".join(r.title for r in unpublished),
+            root,
+        )
     return root
 
 
@@ -233,11 +351,26 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the zip files in <root>/.download after unpacking",
     )
     p.add_argument("--list", action="store_true", help="print the files and their sizes only")
+    p.add_argument(
+        "--year",
+        type=int,
+        default=None,
+        choices=sorted(YEARS),
+        help="the DCASE year to fetch (default: data.year of the config)",
+    )
+    p.add_argument(
+        "--truth-url",
+        default=None,
+        help=f"where the evaluators' repositories are, <URL>/<owner>/<repo>/archive/refs/heads/"
+        f"main.zip (default: ${TRUTH_URL_ENV}, else {DEFAULT_TRUTH_URL})",
+    )
 
     def run(args):
         machines = args.machines.split(",") if args.machines else None
+        year = args.year or load_args_config(args).data.year
+        published = [r for r in YEARS[year].records if r.record_id is not None]
         if args.list:  # what `make data` would fetch, from the records' own metadata
-            files = [f for r in RECORDS for f in record_files(r, args.base_url, machines)]
+            files = [f for r in published for f in record_files(r, args.base_url, machines)]
             for f in files:
                 print(f"{f.record.record_id} {f.key} {f.size / 1e9:.3f} GB")
             return print(f"total {sum(f.size for f in files) / 1e9:.2f} GB in {len(files)} files")
@@ -247,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 base_url=args.base_url,
                 machines=machines,
                 keep_archives=args.keep_archives,
+                year=year,
+                truth_url=args.truth_url,
             )
         )
 

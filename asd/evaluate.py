@@ -34,7 +34,8 @@ log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
 
 # the report's Table 2 order (alphabetical, case aside); every table and figure uses it
 MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
-# DESIGN.md "Reference numbers": the REAL development test data, harmonic means, AUC / pAUC in %
+# docs/reproduction.md "Reference numbers": the REAL development test data, harmonic means,
+# AUC / pAUC in %
 PUBLISHED = {
     name: dict(zip(MACHINES + ("all",), values))
     for name, values in {

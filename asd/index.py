@@ -6,17 +6,27 @@ clips per (dataset, machine, section, domain, split); ROOT defaults to the confi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from asd.infra.cli import make_parser, run_command
 from asd.infra.config import load_config
-from asd.infra.data import DataError, index_dataset, report_order
+from asd.infra.data import (
+    DataError,
+    class_mode,
+    class_table,
+    detect_layout,
+    index_dataset,
+    report_order,
+)
 
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     """Clip counts per (dataset, machine, section, domain, split) and label, with a total column."""
     keys = ["dataset", "machine", "section", "domain", "split"]
-    table = pd.crosstab([index_df[k] for k in keys], index_df["label"].fillna("unlabelled"))
+    columns = [index_df[k].fillna("unknown") if k == "domain" else index_df[k] for k in keys]
+    table = pd.crosstab(columns, index_df["label"].fillna("unlabelled"))
     table = table.reindex(columns=[c for c in ("normal", "anomaly", "unlabelled") if c in table])
     return report_order(table.assign(total=table.sum(axis=1)).reset_index(), keys)
 
@@ -33,13 +43,28 @@ def resolve_root(items: list[str], config: str | None) -> str:
     return roots[0] if roots else cfg.data.root
 
 
+def _configured(args):
+    """The config of the command line (its overrides among the items), for data.layout and
+    data.classes; config.yml's defaults where there is none."""
+    overrides = [a for a in args.args if "=" in a]
+    path = args.config or "config.yml"
+    if args.config is None and not overrides and not Path(path).is_file():
+        return None
+    return load_config(path, overrides)
+
+
 def _main(args) -> None:
     root = resolve_root(args.args, args.config)
-    df = index_dataset(root)
+    cfg = _configured(args)
+    layout = detect_layout(root, cfg.data.layout if cfg else "auto")
+    df = index_dataset(root, layout)
+    mode = class_mode(cfg.data.classes if cfg else "auto", layout)
+    classes = class_table(df, mode)
     table = counts_table(df).replace({"dataset": {"": "-"}})
+    what = "machine, section, domain" + (", attributes" if mode == "attributes" else "")
     print(
-        f"{root}: {len(df)} clips, {df['machine'].nunique()} machine types, "
-        f"{int(df['class'].max()) + 1} classes (machine, section, domain) with training clips"
+        f"{root}: {layout.name} layout, {len(df)} clips, {df['machine'].nunique()} machine "
+        f"types, {len(classes)} classes ({what}) with training clips"
     )
     print(table.to_string(index=False))  # every row, never wrapped
 

@@ -123,7 +123,172 @@ def measure_memory(tmp: Path, sizes: list[int], workers: int | None) -> list[dic
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def decode(paths: list[str]) -> None:
+    """Decoding alone (soundfile, float32)."""
+    import soundfile as sf
+
+    for p in paths:
+        sf.read(p, dtype="float32")
+
+
+def librosa_loop(paths: list[str], fc) -> None:
+    """Plain librosa per clip: load, mel spectrogram, power_to_db."""
+    import librosa
+
+    for p in paths:
+        y, sr = librosa.load(p, sr=fc.sample_rate)
+        S = librosa.feature.melspectrogram(
+            y=y,
+            sr=sr,
+            n_fft=fc.n_fft,
+            hop_length=fc.hop_length,
+            n_mels=fc.n_mels,
+            fmin=fc.fmin,
+            fmax=fc.fmax,
+            power=fc.power,
+        )
+        librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
+
+
+def plain_librosa(paths: list[str], fc, blas_threads: int | None = None) -> None:
+    """``librosa_loop`` with OpenBLAS limited to ``blas_threads`` (None: its default)."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    with threadpool_limits(limits=blas_threads):
+        librosa_loop(paths, fc)
+
+
+def log_mel_only(held: list, n: int, fc) -> None:
+    """The project's log-mel of ``n`` decoded clips (``held`` in turn), on one thread."""
+    import torch
+
+    from asd.method.features import log_mel_batch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for i in range(n):
+                log_mel_batch(held[i % len(held)], fc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ours(tmp: Path, root: Path, k, n_workers: int) -> tuple[float, float]:
+    """Build from scratch; returns (wall, CPU) seconds of build_cache alone: reading the config
+    and deleting the cache afterwards are not feature extraction."""
+    from asd.infra.config import load_config
+    from asd.infra.feature_cache import build_cache
+
+    cfg = load_config(
+        REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={tmp / f'cache{k}'}"]
+    )
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    build_cache(cfg, progress=False, workers=n_workers)  # its workers are reaped
+    spent = time.perf_counter() - start, cpu_seconds() - start_cpu
+    shutil.rmtree(tmp / f"cache{k}")
+    return spent
+
+
+def write_speed_data(tmp: Path, clips: int, workers: int, cores: int) -> tuple[Path, list[str]]:
+    """The synthetic data set of the speed runs and its clips' paths; prints what was written."""
+    from asd.infra.data import index_dataset
+
+    t = time.perf_counter()
+    root = synthetic_root(tmp / "synth", clips)
+    paths = list(index_dataset(root)["path"])
+    print(
+        f"{len(paths)} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
+        f"({workers} builder worker(s); machine: {cores} usable cores)"
+    )
+    return root, paths
+
+
+def measure_speed(
+    tmp: Path, root: Path, paths: list[str], workers: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Clips per second and CPU ms per clip (all threads) of each variant, ``repeats`` times,
+    the variants in turns."""
+    import torch
+
+    from asd.infra.config import load_config
+    from asd.method.features import load_audio
+
+    n = len(paths)
+    fc = load_config(REPO / "config.yml").features
+    held = [torch.from_numpy(load_audio(p, fc))[None] for p in paths[:50]]
+    decode(paths)  # warm the page cache and librosa's lazy imports for everyone
+    plain_librosa(paths, fc)
+    ours(tmp, root, "warm", workers)
+    names = ("decode", "logmel", "librosa", "librosa1", "asd1", "asd")
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}  # CPU ms per clip, all threads
+    for k in range(repeats):
+        for name, fn in (
+            ("decode", lambda: decode(paths)),
+            ("logmel", lambda: log_mel_only(held, n, fc)),
+            ("librosa", lambda: plain_librosa(paths, fc)),
+            ("librosa1", lambda: plain_librosa(paths, fc, 1)),
+            ("asd1", lambda k=k: ours(tmp, root, k, 1)),
+            ("asd", lambda k=k: ours(tmp, root, k, workers)),
+        ):
+            # OpenBLAS's threads spin for ~0.1 s after librosa (or a changed thread limit)
+            # used them: let them go idle, or they count towards the next row
+            time.sleep(0.3)
+            start, start_cpu = time.perf_counter(), cpu_seconds()
+            spent = fn() or (time.perf_counter() - start, cpu_seconds() - start_cpu)
+            rates[name].append(n / spent[0])
+            cpu[name].append(spent[1] / n * 1e3)
+    return rates, cpu
+
+
+def print_speed(rates: dict[str, list[float]], cpu: dict[str, list[float]], workers: int) -> None:
+    """The speed table and the ratios between its rows."""
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    best = {k: max(v) for k, v in rates.items()}
+    cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"{'':44s}{'median':>10s}{'best':>10s}  clips/s  {'CPU ms/clip':>12s}")
+    labels = {
+        "decode": "decoding only (soundfile, 1 thread)",
+        "logmel": "asd log-mel only (decoded clips, 1 thread)",
+        "librosa": "librosa per clip, 1 process, BLAS default",
+        "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
+        "asd1": "asd build_cache (1 worker, to disk)",
+        "asd": f"asd build_cache ({workers} worker(s), to disk)",
+    }
+    for k, label in labels.items():
+        print(f"{label:44s}{med[k]:10.0f}{best[k]:10.0f}  {'':7s}{cpu_ms[k]:12.2f}")
+    # against the faster librosa variant: OpenBLAS threads help it on an idle machine and
+    # hurt it badly on a loaded one
+    lib_med = max(med["librosa"], med["librosa1"])
+    lib_best = max(best["librosa"], best["librosa1"])
+    print(
+        f"speed-up of build_cache over the faster plain librosa: "
+        f"{med['asd'] / lib_med:.1f}x (median), {best['asd'] / lib_best:.1f}x (best)"
+    )
+    # wall clock on a shared machine depends on the others' load; CPU time much less so
+    lib_cpu = min(cpu_ms["librosa"], cpu_ms["librosa1"])
+    print(
+        f"CPU time per clip, librosa / build_cache (workers included): "
+        f"{lib_cpu / cpu_ms['asd']:.1f}x"
+    )
+    print(
+        f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x (median)"
+    )
+
+
+def print_memory(memory: list[dict]) -> None:
+    """One line per memory run."""
+    for r in memory:
+        print(
+            f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
+            f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
+            f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
+            f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__)
     parser.add_argument("--clips", type=int, default=400, help="synthetic clips for the speed test")
     parser.add_argument("--repeats", type=int, default=3)
@@ -137,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         "--memory", default="500,2000", help="clip counts of the memory runs ('' skips them)"
     )
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "CACHE_DIR"), help=argparse.SUPPRESS)
-    ns = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
     if ns.child:
         child_build(*ns.child, ns.workers)
         return 0
@@ -146,142 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     workers = ns.workers or cores
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp_name:
         tmp = Path(tmp_name)
+        # First of all, while this process is small: a child's peak RSS starts from its parent's.
         sizes = [int(s) for s in ns.memory.split(",") if s.strip()]
         memory = measure_memory(tmp, sizes, ns.workers) if sizes else []
-
-        import librosa
-        import soundfile as sf
-        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-        from asd.infra.config import load_config
-        from asd.infra.data import index_dataset
-        from asd.infra.feature_cache import build_cache
-
-        t = time.perf_counter()
-        root = synthetic_root(tmp / "synth", ns.clips)
-        paths = list(index_dataset(root)["path"])
-        n = len(paths)
-        print(
-            f"{n} synthetic clips of 10 s written in {time.perf_counter() - t:.0f} s "
-            f"({workers} builder worker(s); machine: {cores} usable cores)"
-        )
-        fc = load_config(REPO / "config.yml").features
-
-        def decode():
-            for p in paths:
-                sf.read(p, dtype="float32")
-
-        def plain_librosa(blas_threads=None):
-            with threadpool_limits(limits=blas_threads):
-                librosa_loop()
-
-        def librosa_loop():
-            for p in paths:
-                y, sr = librosa.load(p, sr=fc.sample_rate)
-                S = librosa.feature.melspectrogram(
-                    y=y,
-                    sr=sr,
-                    n_fft=fc.n_fft,
-                    hop_length=fc.hop_length,
-                    n_mels=fc.n_mels,
-                    fmin=fc.fmin,
-                    fmax=fc.fmax,
-                    power=fc.power,
-                )
-                librosa.power_to_db(S, ref=1.0, amin=fc.amin, top_db=fc.top_db)
-
-        import torch
-
-        from asd.method.features import load_audio, log_mel_batch
-
-        held = [torch.from_numpy(load_audio(p, fc))[None] for p in paths[:50]]
-
-        def log_mel_only():
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with torch.no_grad():
-                    for i in range(n):
-                        log_mel_batch(held[i % len(held)], fc)
-            finally:
-                torch.set_num_threads(threads)
-
-        def ours(k, n_workers=workers):
-            """Build from scratch; returns (wall, CPU) seconds of build_cache alone: reading
-            the config and deleting the cache afterwards are not feature extraction."""
-            cfg = load_config(
-                REPO / "config.yml", [f"data.root={root}", f"data.cache_dir={tmp / f'cache{k}'}"]
-            )
-            start, start_cpu = time.perf_counter(), cpu_seconds()
-            build_cache(cfg, progress=False, workers=n_workers)  # its workers are reaped
-            spent = time.perf_counter() - start, cpu_seconds() - start_cpu
-            shutil.rmtree(tmp / f"cache{k}")
-            return spent
-
-        decode()  # warm the page cache and librosa's lazy imports for everyone
-        plain_librosa()
-        ours("warm")
-        names = ("decode", "logmel", "librosa", "librosa1", "asd1", "asd")
-        rates: dict[str, list[float]] = {k: [] for k in names}
-        cpu: dict[str, list[float]] = {k: [] for k in names}  # CPU ms per clip, all threads
-        for k in range(ns.repeats):
-            for name, fn in (
-                ("decode", decode),
-                ("logmel", log_mel_only),
-                ("librosa", plain_librosa),
-                ("librosa1", lambda: plain_librosa(1)),
-                ("asd1", lambda k=k: ours(k, 1)),
-                ("asd", lambda k=k: ours(k)),
-            ):
-                # OpenBLAS's threads spin for ~0.1 s after librosa (or a changed thread limit)
-                # used them: let them go idle, or they count towards the next row
-                time.sleep(0.3)
-                start, start_cpu = time.perf_counter(), cpu_seconds()
-                spent = fn() or (time.perf_counter() - start, cpu_seconds() - start_cpu)
-                rates[name].append(n / spent[0])
-                cpu[name].append(spent[1] / n * 1e3)
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        best = {k: max(v) for k, v in rates.items()}
-        cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
-        print(f"{'':44s}{'median':>10s}{'best':>10s}  clips/s  {'CPU ms/clip':>12s}")
-        labels = {
-            "decode": "decoding only (soundfile, 1 thread)",
-            "logmel": "asd log-mel only (decoded clips, 1 thread)",
-            "librosa": "librosa per clip, 1 process, BLAS default",
-            "librosa1": "librosa per clip, 1 process, BLAS 1 thread",
-            "asd1": "asd build_cache (1 worker, to disk)",
-            "asd": f"asd build_cache ({workers} worker(s), to disk)",
-        }
-        for k, label in labels.items():
-            print(f"{label:44s}{med[k]:10.0f}{best[k]:10.0f}  {'':7s}{cpu_ms[k]:12.2f}")
-        # against the faster librosa variant: OpenBLAS threads help it on an idle machine and
-        # hurt it badly on a loaded one
-        lib_med, lib_best = (
-            max(med["librosa"], med["librosa1"]),
-            max(best["librosa"], best["librosa1"]),
-        )
-        print(
-            f"speed-up of build_cache over the faster plain librosa: "
-            f"{med['asd'] / lib_med:.1f}x (median), {best['asd'] / lib_best:.1f}x (best)"
-        )
-        # wall clock on a shared machine depends on the others' load; CPU time much less so
-        lib_cpu = min(cpu_ms["librosa"], cpu_ms["librosa1"])
-        print(
-            f"CPU time per clip, librosa / build_cache (workers included): "
-            f"{lib_cpu / cpu_ms['asd']:.1f}x"
-        )
-        print(
-            f"build_cache with {workers} worker(s) / with 1: {med['asd'] / med['asd1']:.2f}x "
-            f"(median)"
-        )
-
-        for r in memory:
-            print(
-                f"peak RSS building {r['clips']:5d} clips: {r['peak_kb'] / 1024:7.0f} MiB "
-                f"({(r['peak_kb'] - r['before_kb']) / 1024:5.0f} MiB above the "
-                f"{r['before_kb'] / 1024:.0f} MiB after imports), largest worker "
-                f"{r['worker_kb'] / 1024:.0f} MiB; {r['clips'] / r['seconds']:.0f} clips/s"
-            )
+        root, paths = write_speed_data(tmp, ns.clips, workers, cores)
+        rates, cpu = measure_speed(tmp, root, paths, workers, ns.repeats)
+        print_speed(rates, cpu, workers)
+        print_memory(memory)
     return 0
 
 

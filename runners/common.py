@@ -199,7 +199,11 @@ class MixupRunner(dl.Runner):
         super().__init__()
         self.step = step
         self.cache = None  # set by get_loaders
-        self.sums, self.eye, self.tic = None, None, 0.0  # set by on_loader_start
+        # Set by on_loader_start: the epoch's device sums (loss, hits), the (C, C) identity that
+        # makes one-hot labels, and the epoch's start time.
+        self.sums = None
+        self.eye = None
+        self.tic = 0.0
 
     def get_loggers(self):
         logdir = str(self.step.run_dir / "logs")
@@ -253,37 +257,62 @@ class MixupRunner(dl.Runner):
             torch.set_num_threads(1)  # one thread per process, or the processes fight for cores
 
     def on_loader_start(self, runner):
-        super().on_loader_start(runner)  # puts the whole model in training mode
+        # Catalyst puts the whole model in training mode; the step puts back in eval mode the
+        # parts it keeps frozen (Step 2: all but `stage2.trainable`, batch-norm statistics too).
+        super().on_loader_start(runner)
         self.step.set_modes(self.engine.unwrap_model(self.model).net)
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)  # loss, hits
-        self.eye = torch.eye(len(self.step.classes["class"]), device=self.engine.device)  # (C, C)
+        # The epoch's loss and hits are summed on the device, in float64, and read once at its
+        # end: a read per batch would make the host wait for the device every batch.
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)
+        # One-hot labels are rows of this identity, made once per epoch on the device.
+        n_classes = len(self.step.classes["class"])
+        self.eye = torch.eye(n_classes, device=self.engine.device)  # (C, C)
         self.tic = time.perf_counter()
 
     def handle_batch(self, batch):
-        y_a, y_b = self.eye[batch["y_a"]], self.eye[batch["y_b"]]  # one-hot without a host read
-        x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, batch["lam"])  # (B, 1, T, F), (B, C)
+        """The report's training step on a batch: mixup -> model -> KL loss -> optimiser."""
+        # Class ids become one-hot labels by indexing on the device, without a host read.
+        y_a = self.eye[batch["y_a"]]  # (B, C)
+        y_b = self.eye[batch["y_b"]]  # (B, C)
+        # Mixup (report 2.4): each sample is lam * a + (1 - lam) * b, its label likewise, so the
+        # model learns how much of each class a mixed clip holds.
+        lam = batch["lam"]  # (B,)
+        x, y = mixup(batch["x_a"], batch["x_b"], y_a, y_b, lam)  # (B, 1, T, F), (B, C)
+        # On a CPU the model runs in channels_last, where convolutions are faster.
         if self.engine.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+        # The head gets the mixed labels too: in training mode it re-estimates s from this batch
+        # before computing eq. (1).
         log_p = self.model(x, y)  # (B, C)
+        # The loss is the KL divergence from the mixed label to the class probabilities.
         loss = kl_loss(log_p, y)
+        # Backward pass and optimiser step here rather than in Catalyst's callbacks, so that the
+        # whole step reads top to bottom; the engine's backward knows mixed precision and DDP.
         self.engine.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # A hit: the largest class probability is the class the mixed label weighs most.
         correct = (log_p.argmax(1) == y.argmax(1)).sum()
-        self.batch_metrics["loss"] = loss.detach()  # a device tensor, read by none per batch
+        # Catalyst gets a device tensor, which nothing reads per batch; the epoch's sums stay
+        # on the device until on_loader_end.
+        self.batch_metrics["loss"] = loss.detach()
         self.sums += torch.stack([loss.detach().double() * len(y), correct.double()])
 
     def on_loader_end(self, runner):
+        # The epoch's one host wait: the device sums become per-sample means.
         loss, accuracy = epoch_means(self.sums, self.loader_sample_step)
+        seconds = max(time.perf_counter() - self.tic, 1e-9)
+        head = self.engine.unwrap_model(self.model).head
+        # Catalyst counts batches over all processes; the log shows each process's iterations.
+        iteration = self.batch_step // self.engine.num_processes
         self.loader_metrics.update(
             {
                 "loss": loss,
                 "accuracy": accuracy,
-                "s": float(self.engine.unwrap_model(self.model).head.s),
+                "s": float(head.s),
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "samples_per_s": self.loader_sample_step
-                / max(time.perf_counter() - self.tic, 1e-9),
-                "iteration": float(self.batch_step // self.engine.num_processes),
+                "samples_per_s": self.loader_sample_step / seconds,
+                "iteration": float(iteration),
             }
         )
         super().on_loader_end(runner)

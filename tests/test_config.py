@@ -144,3 +144,19 @@ def test_a_typo_names_the_nearest_key(repo, tmp_path):
         r"'detectors'\?",
     ):
         load_config(bad)
+
+
+def test_data_defaults(cfg):
+    """The data keys of issue 21: layout told from the folders, 2021's data, the near
+    microphone (channel 0, as the organisers' baseline), classes as the layout builds them."""
+    d = cfg.data
+    assert d.layout == "auto" and d.year == 2021 and d.channel == 0 and d.classes == "auto"
+
+
+def test_data_channel_takes_an_index_or_mean(repo):
+    assert load_config(repo / "config.yml", ["data.channel=mean"]).data.channel == "mean"
+    assert load_config(repo / "config.yml", ["data.channel=1"]).data.channel == 1
+    with pytest.raises(ConfigError, match="data.channel"):
+        load_config(repo / "config.yml", ["data.channel=left"])
+    with pytest.raises(ConfigError, match="data.year"):
+        load_config(repo / "config.yml", ["data.year=2020"])

@@ -189,22 +189,6 @@ def test_evaluate_needs_a_submission(cfg, runs, tmp_path):
         ev.evaluate(cfg, run)
 
 
-def test_published_numbers_match_design_md(repo):
-    design = repo.parent / "shared" / "DESIGN.md"
-    if not design.is_file():
-        pytest.skip("../shared/DESIGN.md is not present in this checkout")
-    rows = {}
-    for line in design.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0] in ev.PUBLISHED["report"]:
-            rows[cells[0]] = [tuple(float(v) for v in c.split(" / ")) for c in cells[1:]]
-    assert set(rows) == set(ev.PUBLISHED["report"])
-    for machine, (ae, mobilenet, report) in rows.items():
-        assert ev.PUBLISHED["AE baseline"][machine] == ae
-        assert ev.PUBLISHED["MobileNetV2 baseline"][machine] == mobilenet
-        assert ev.PUBLISHED["report"][machine] == report
-
-
 def test_missing_ground_truth_names_the_folder_and_the_command(tmp_path):
     assert missing_ground_truth(tmp_path) is None  # no eval data: nothing to say
     test = tmp_path / "eval_data" / "fan" / "source_test"

@@ -67,9 +67,9 @@ def count_decodes(monkeypatch) -> list:
     calls = []
     real = asd.infra.feature_cache.read_audio
 
-    def counting(path, fc):
+    def counting(path, fc, *channel):
         calls.append(path)
-        return real(path, fc)
+        return real(path, fc, *channel)
 
     monkeypatch.setattr(asd.infra.feature_cache, "read_audio", counting)
     return calls

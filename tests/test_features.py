@@ -183,7 +183,7 @@ def test_pcm16_reads_as_libsndfile_float32(tmp_path, cfg, channels):
     ref = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if channels > 1 else "error")
-        np.testing.assert_array_equal(load_audio(path, cfg.features), ref)
+        np.testing.assert_array_equal(load_audio(path, cfg.features, "mean"), ref)
     # a chunk before the data (as some recorders write) and an odd-sized one: still exact
     raw = path.read_bytes()
     fmt_end = raw.index(b"data")
@@ -195,7 +195,7 @@ def test_pcm16_reads_as_libsndfile_float32(tmp_path, cfg, channels):
     assert sf.info(other).frames == 10 * SR
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        np.testing.assert_array_equal(load_audio(other, cfg.features), ref)
+        np.testing.assert_array_equal(load_audio(other, cfg.features, "mean"), ref)
 
 
 def test_load_audio_averages_channels(tmp_path, cfg):
@@ -203,7 +203,7 @@ def test_load_audio_averages_channels(tmp_path, cfg):
     y = (0.1 * rng.standard_normal((10 * SR, 2))).astype(np.float32)
     path = write(tmp_path / "stereo.wav", y, subtype="FLOAT")
     with pytest.warns(AudioWarning, match=r"stereo\.wav: 2 channels, averaged to mono"):
-        wave = load_audio(path, cfg.features)
+        wave = load_audio(path, cfg.features, "mean")  # data.channel: mean
     np.testing.assert_allclose(wave, y.mean(axis=1), atol=1e-7)
 
 

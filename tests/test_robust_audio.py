@@ -53,7 +53,7 @@ BAD = {
 # case -> the warning (None: read as is, no warning)
 ODD = {
     "zeros": "all samples are zero (digital silence)",
-    "stereo": "2 channels, averaged to mono",
+    "stereo": "2 channels, channel 0 taken",  # data.channel: 0
     "rate_44k": "sample rate 44100 Hz, resampled to 16000 Hz",
     "short_0.5s": "0.500 s gives 16 frames, zero-padded to 313",
     "long_12s": "12.000 s gives 376 frames, cropped to 313",

@@ -206,7 +206,9 @@ def test_embeddings_are_reused(cfg, submitted, monkeypatch, tmp_path):
     monkeypatch.setattr(asd.method.embed, "embed", fail)
     run = copy_run(submitted.run, tmp_path)
     again = sm.submit(cfg, run, device="cpu")
-    pd.testing.assert_frame_equal(again.scores, submitted.scores)
+    # the same table (scores.csv reads its text columns back as plain objects), the same files
+    pd.testing.assert_frame_equal(again.scores, submitted.scores, check_dtype=False)
+    assert (run / sm.SCORES).read_bytes() == (submitted.run / sm.SCORES).read_bytes()
 
 
 def test_submit_cli_prints_run_last_and_refuses_other_features(

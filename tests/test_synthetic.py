@@ -212,7 +212,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_like_dcase2021_plans_the_real_counts():
-    """The real data set's clips per section and split (DESIGN.md "Scale"), without writing."""
+    """The real data set's clips per section and split (docs/reproduction.md "Scale")."""
     from asd.synthetic.counts import REAL_GEARBOX_EVAL_TEST, REAL_GEARBOX_TRAIN
 
     clips = plan(like_dcase2021=True)

@@ -21,6 +21,7 @@ import signal
 import warnings
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,31 +30,40 @@ from tqdm import tqdm
 
 from asd import AsdError
 from asd.infra.config import Config, FeatureConfig
-from asd.infra.data import index_dataset
+from asd.infra.data import detect_layout, index_dataset
 from asd.method.features import AudioWarning, log_mel_batch, mel_filterbank, read_audio
 
 log = logging.getLogger(__name__)
 
 FORMAT = "asd-feature-cache-v1"
-EXTRACTOR = 3  # bump when asd.method.features changes the numbers it computes: old caches rebuild
-STD_FLOOR = 1e-3  # dB; a band constant over all training frames must not divide by zero
-CHUNK = 16  # clips per worker task
+# Bump when asd.method.features changes the numbers it computes: old caches then rebuild.
+EXTRACTOR = 3
+# dB; a band constant over all training frames must not divide by zero.
+STD_FLOOR = 1e-3
+# Clips per worker task.
+CHUNK = 16
 
 
 class CacheError(AsdError):
-    """A cache folder that cannot be used (incomplete, inconsistent); the message names it."""
+    """A cache folder that cannot be used (incomplete, inconsistent), named in the message."""
 
 
 def cache_folder(cfg: Config, root: str | Path | None = None) -> Path:
     """``<cfg.data.cache_dir>/<root name>-<hash of the feature settings and the root>``."""
     root = Path(root or cfg.data.root).resolve()
-    key = {"features": _feature_settings(cfg.features), "root": str(root)}
+    key = {"features": _feature_settings(cfg), "root": str(root)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.data.cache_dir) / f"{root.name}-{digest}"
 
 
-def _feature_settings(fcfg: FeatureConfig) -> dict:
-    return {"format": FORMAT, "extractor": EXTRACTOR, **dataclasses.asdict(fcfg)}
+def _feature_settings(cfg: Config) -> dict:
+    """What the numbers of a cache depend on: the feature settings and the channel read."""
+    return {
+        "format": FORMAT,
+        "extractor": EXTRACTOR,
+        **dataclasses.asdict(cfg.features),
+        "channel": cfg.data.channel,
+    }
 
 
 @dataclasses.dataclass
@@ -74,21 +84,27 @@ class FeatureCache:
     def open(cls, path: str | Path) -> FeatureCache:
         """Open a complete cache folder; CacheError naming the folder when it is not one."""
         path = Path(path)
-        if not (path / "settings.json").is_file():  # none, stale, or a build was interrupted
-            state = "is incomplete" if path.is_dir() else "does not exist"
-            raise CacheError(f"feature cache {path} {state}; run `make cache` to build it")
+        # settings.json is written last and removed first: without it the folder is missing,
+        # stale or an interrupted build.
+        if not path.is_dir():
+            raise CacheError(f"feature cache {path} does not exist; run `make cache` to build it")
+        if not (path / "settings.json").is_file():
+            raise CacheError(f"feature cache {path} is incomplete; run `make cache` to build it")
         try:
             settings = json.loads((path / "settings.json").read_text())
             if settings["format"] != FORMAT or settings["complete"] is not True:
                 raise ValueError(f"settings.json: incomplete or not {FORMAT}")
             features = np.load(path / "features.npy", mmap_mode="r")
             with np.load(path / "stats.npz") as stats:
-                mean, std = stats["mean"].astype(np.float32), stats["std"].astype(np.float32)
+                mean = stats["mean"].astype(np.float32)
+                std = stats["std"].astype(np.float32)
             index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
             index = index.astype({"index": int, "class": int})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CacheError(f"feature cache {path}: cannot read its files ({err})") from None
-        index["label"] = pd.Series([v or None for v in index["label"]], dtype=object)
+        # The CSV reads an unknown label or domain (2022+ evaluation test) as "": back to None.
+        for column in ("label", "domain"):
+            index[column] = pd.Series([v or None for v in index[column]], dtype=object)
         return cls(path, features, index, mean, std, settings)
 
 
@@ -103,33 +119,44 @@ def build_cache(
     with ``workers`` processes (default: one per usable core; 1: in this process). Nothing of a
     failed build (AudioError, a full disk, a worker's death) is kept."""
     root = Path(root or cfg.data.root)
-    index = index_dataset(root)
+    layout = detect_layout(root, cfg.data.layout)
+    index = index_dataset(root, layout)
     folder = cache_folder(cfg, root)
-    files = hashlib.sha256()  # changes when a clip is added, removed or rewritten
+    # A fingerprint of the clips' names, sizes and times: it changes when a clip is added,
+    # removed or rewritten, and the cache is then rebuilt.
+    files = hashlib.sha256()
     for p in index["path"]:
         st = os.stat(p)
-        files.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        line = f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n"
+        files.update(line.encode())
     settings = {
         "format": FORMAT,
-        "features": _feature_settings(cfg.features),
+        "features": _feature_settings(cfg),
+        "layout": layout.name,
         "root": str(root.resolve()),
         "clips": len(index),
         "files": files.hexdigest(),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (DDP ranks start together); the others then find its cache.
+    # The lock is released when the file closes.
     with open(folder.parent / f".{folder.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             cache = FeatureCache.open(folder)
-            if all(cache.settings.get(k) == settings[k] for k in ("features", "clips", "files")):
+            same = ("features", "layout", "clips", "files")
+            if all(cache.settings.get(k) == settings[k] for k in same):
                 log.info("reusing feature cache %s (%d clips)", folder, len(cache))
                 return cache
         except CacheError as err:
             if folder.is_dir():
                 log.warning("%s; rebuilding", err)
-        (folder / "settings.json").unlink(missing_ok=True)  # stale: never to be used again
+        # A stale cache loses its settings.json first, so it is never used again, even if
+        # this build dies.
+        (folder / "settings.json").unlink(missing_ok=True)
+        # Temporary folders left by killed builds.
         for old in folder.parent.glob(f".{folder.name}.*.tmp"):
-            shutil.rmtree(old)  # left by a killed build
+            shutil.rmtree(old)
         tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
         try:
             tmp.mkdir()
@@ -137,15 +164,16 @@ def build_cache(
                 tmp,
                 index,
                 cfg.features,
+                cfg.data.channel,
                 workers or len(os.sched_getaffinity(0)),
                 chunk_size,
                 progress,
             )
             clips = len({p for p, _ in notes})
-            (tmp / "settings.json").write_text(
-                json.dumps({**settings, "converted_clips": clips, "complete": True}, indent=2)
-                + "\n"
-            )
+            complete = {**settings, "converted_clips": clips, "complete": True}
+            (tmp / "settings.json").write_text(json.dumps(complete, indent=2) + "\n")
+            # On disk before the rename, so a crash cannot leave a complete-looking folder
+            # with missing data.
             for p in tmp.iterdir():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
@@ -169,29 +197,37 @@ def _build(
     tmp: Path,
     index: pd.DataFrame,
     fcfg: FeatureConfig,
+    channel: int | str,
     workers: int,
     chunk_size: int,
     progress: bool,
 ) -> list[tuple[str, str]]:
     """Write features.npy, index.csv and stats.npz into ``tmp``; return the conversion notes."""
-    n, row_bytes = len(index), fcfg.frames * fcfg.n_mels * np.dtype(fcfg.dtype).itemsize
-    offset = np.lib.format.open_memmap(
-        tmp / "features.npy", mode="w+", dtype=fcfg.dtype, shape=(n, fcfg.frames, fcfg.n_mels)
-    ).offset  # header
-    paths, train = list(index["path"]), list(index["split"] == "train")
-    mel_filterbank(fcfg)  # computed once here: forked workers inherit it
+    n = len(index)
+    row_bytes = fcfg.frames * fcfg.n_mels * np.dtype(fcfg.dtype).itemsize
+    # The .npy file is created at its full size; the workers write their rows straight into
+    # it, after its header, so no process ever holds all features in memory.
+    shape = (n, fcfg.frames, fcfg.n_mels)
+    npy = tmp / "features.npy"
+    # Only the header's size is kept: the map itself is dropped at once.
+    header = np.lib.format.open_memmap(npy, mode="w+", dtype=fcfg.dtype, shape=shape).offset
+    paths = list(index["path"])
+    train = list(index["split"] == "train")
+    # The filterbank is computed once here: forked workers inherit it.
+    mel_filterbank(fcfg)
+    # A clip's STFT is too small to share between threads; the processes share the cores.
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a clip's STFT is too small to share between threads
-    pool = (
-        ThreadPoolExecutor(1)
-        if workers == 1
-        else ProcessPoolExecutor(
+    torch.set_num_threads(1)
+    if workers == 1:
+        pool = ThreadPoolExecutor(1)
+    else:
+        # The workers ignore Ctrl-C: it is the parent's to handle.
+        pool = ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("fork"),
             initializer=signal.signal,
             initargs=(signal.SIGINT, signal.SIG_IGN),
         )
-    )  # Ctrl-C is the parent's to handle
     try:
         futures = [
             pool.submit(
@@ -199,11 +235,13 @@ def _build(
                 paths[i : i + chunk_size],
                 train[i : i + chunk_size],
                 fcfg,
-                str(tmp / "features.npy"),
-                offset + i * row_bytes,
+                str(npy),
+                header + i * row_bytes,
+                channel,
             )
             for i in range(0, n, chunk_size)
-        ]  # results in order: the same bits always
+        ]
+        # The results are taken in order, so the statistics' sums always add up the same bits.
         results = [
             f.result()
             for f in tqdm(
@@ -213,36 +251,57 @@ def _build(
                 disable=not progress,
             )
         ]
-    except BrokenExecutor as err:  # a worker was killed (out of memory, ...)
+    except BrokenExecutor as err:
+        # A worker was killed (out of memory, ...).
         raise CacheError(f"a feature worker process died ({err}); nothing is kept") from err
     finally:
         torch.set_num_threads(threads)
         pool.shutdown(cancel_futures=True)
     index.to_csv(tmp / "index.csv", index=False)
-    count, sums, squares = (sum(r[k] for r in results) for k in range(3))
-    mean = sums / count  # count > 0: index_dataset insists on training clips
+    # Per-band mean and std over all training frames, from the chunks' sums (in float64).
+    count = sum(r.frames for r in results)
+    sums = sum(r.sums for r in results)
+    squares = sum(r.squares for r in results)
+    # count > 0: index_dataset insists on training clips.
+    mean = sums / count
     std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), STD_FLOOR)
     np.savez(tmp / "stats.npz", mean=np.float32(mean), std=np.float32(std), frames=np.int64(count))
-    return [note for r in results for note in r[3]]
+    return [note for r in results for note in r.notes]
+
+
+class ChunkResult(NamedTuple):
+    """What a worker returns for a chunk of clips besides the rows it wrote."""
+
+    frames: int  # training frames among the chunk's clips
+    sums: np.ndarray  # (mels,) float64 sum over those frames
+    squares: np.ndarray  # (mels,) float64 sum of their squares
+    notes: list[tuple[str, str]]  # (path, what was converted) per note
 
 
 def _extract_chunk(
-    paths: list[str], train: list[bool], fcfg: FeatureConfig, target: str, offset: int
-) -> tuple[int, np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Rows of ``paths`` into ``target`` at ``offset``: (training frames, sums, squares, notes)."""
+    paths: list[str],
+    train: list[bool],
+    fcfg: FeatureConfig,
+    target: str,
+    offset: int,
+    channel: int | str = 0,
+) -> ChunkResult:
+    """Write the log-mel rows of ``paths`` (read from ``channel``) into ``target`` at ``offset``."""
     rows = torch.empty(len(paths), fcfg.frames, fcfg.n_mels, dtype=getattr(torch, fcfg.dtype))
-    sums, squares = torch.zeros(2, fcfg.n_mels, dtype=torch.float64)
+    sums = torch.zeros(fcfg.n_mels, dtype=torch.float64)
+    squares = torch.zeros(fcfg.n_mels, dtype=torch.float64)
     notes = []
     with torch.no_grad():
         for i, p in enumerate(paths):
-            wave, clip_notes = read_audio(p, fcfg)
+            wave, clip_notes = read_audio(p, fcfg, channel)
             notes += [(p, note) for note in clip_notes]
             db = log_mel_batch(torch.from_numpy(wave)[None], fcfg)[0]  # (T, M)
             rows[i] = db
-            if train[i]:  # from the float32 numbers, not the stored ones
+            # The statistics come from the float32 numbers, not the stored float16 ones.
+            if train[i]:
                 sums += db.sum(0, dtype=torch.float64)
                 squares += db.square().sum(0, dtype=torch.float64)
     with open(target, "r+b") as f:
         f.seek(offset)
         f.write(rows.numpy().data)
-    return sum(train) * fcfg.frames, sums.numpy(), squares.numpy(), notes
+    return ChunkResult(sum(train) * fcfg.frames, sums.numpy(), squares.numpy(), notes)

@@ -18,7 +18,7 @@ import torch
 from asd.infra.checkpoint import check_classes, load_checkpoint, resume_state
 from asd.infra.cli import load_args_config
 from asd.infra.config import Config, ConfigError, load_config
-from asd.infra.data import class_table, load_classes, save_classes
+from asd.infra.data import class_mode, class_table, load_classes, save_classes, warn_single_class
 from asd.infra.feature_cache import build_cache
 from asd.infra.io import atomic_write_text
 from asd.infra.runs import latest_run, new_run
@@ -129,7 +129,10 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
     if init is not None:
         check_classes(load_checkpoint(init), table, init)
     cache = build_cache(cfg, progress=not args.no_progress)
-    table = class_table(cache.index) if table is None else table
+    if table is None:  # a new run: the classes of the data (data.classes)
+        mode = class_mode(cfg.data.classes, cache.settings.get("layout", "dcase2021"))
+        table = class_table(cache.index, mode)
+        warn_single_class(table, cache.settings.get("root"))
     _, rows = training_rows(cache.index, table)
     check_clips(rows, sorted(set(kind.domains)), table, cache.settings.get("root"), kind.name)
     on_device = use_device_cache(cfg, cache.features, np.union1d(*(rows[d] for d in kind.domains)))

@@ -1,4 +1,4 @@
-"""Post-hoc anomaly detectors on embeddings (report 2.5, DESIGN.md "Detectors").
+"""Post-hoc anomaly detectors on embeddings (report 2.5, docs/reproduction.md "Detectors").
 
 Per (machine, section), on L2-normalised embeddings: a :class:`GMMDetector` for source clips,
 an :class:`OCSVMDetector` for target clips; higher score = more anomalous. Both score with NumPy
@@ -41,12 +41,15 @@ def gamma_threshold(scores: np.ndarray, quantile: float) -> tuple[float, str]:
     of standardised scores at ``quantile``; (empirical quantile, "quantile") for < 3 scores,
     constant ones or a failed fit."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    mean, std = float(scores.mean()), float(scores.std())
+    mean = float(scores.mean())
+    std = float(scores.std())
+    # The fit needs a spread to fit, and at least as many scores as the gamma has parameters.
     if scores.size >= 3 and std > 0:
+        # Standardised first, so that the fit sees one scale whatever the detector's scores.
         try:
             with warnings.catch_warnings(action="ignore"):
-                shape, loc, scale = scipy.stats.gamma.fit((scores - mean) / std)
-                value = float(scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
+                fitted = scipy.stats.gamma(*scipy.stats.gamma.fit((scores - mean) / std))
+                value = float(fitted.ppf(quantile))
             if math.isfinite(value):
                 return mean + std * value, "gamma"
         except (ValueError, RuntimeError, FloatingPointError) as err:
@@ -68,20 +71,27 @@ class Detector:
         det = cls._fit_model(emb, cfg, *args)
         n = len(emb)
         if cfg.threshold_scores == "training" or n < 3:
-            scores, how = det.score(emb), "training"
+            # The challenge baseline's rule: the detector scores its own training clips.
+            scores = det.score(emb)
+            how = "training"
         else:
+            # Out of fold: each clip is scored by a detector that has not seen it, as a new
+            # normal clip would be.
             k = min(cfg.threshold_folds, n)
             fold = np.arange(n) % k
             scores = np.empty(n)
             for f in range(k):
-                scores[fold == f] = cls._fit_model(emb[fold != f], cfg, *args).score(emb[fold == f])
+                held_out = fold == f
+                refit = cls._fit_model(emb[~held_out], cfg, *args)
+                scores[held_out] = refit.score(emb[held_out])
             how = f"{k}-fold"
         det.threshold, method = gamma_threshold(scores, cfg.threshold_quantile)
         det.info.update(threshold_method=method, threshold_scores=how)
-        return replace(
-            det,
-            **{k: v.astype(np.float32) for k, v in vars(det).items() if isinstance(v, np.ndarray)},
-        )
+        # Stored in float32 (half the size on disk); the scores upcast them again.
+        arrays = {
+            k: v.astype(np.float32) for k, v in vars(det).items() if isinstance(v, np.ndarray)
+        }
+        return replace(det, **arrays)
 
 
 @dataclass
@@ -108,14 +118,20 @@ class GMMDetector(Detector):
         """Means started at ``centres`` (S, D) or, without them, ``n_components`` k-means."""
         from sklearn.mixture import GaussianMixture
 
+        # The embeddings live on the unit sphere, where the AdaCos head compared them.
         x = l2_normalise(emb)  # (N, D)
         n, d = x.shape
-        info: dict = {"n_train": int(n), "warnings": []}  # warnings: edge cases, to report
+        # Edge cases go to "warnings", which the caller logs with the section's name.
+        info: dict = {"n_train": int(n), "warnings": []}
+        # EM starts from the class's learned sub-cluster centres (report 2.5), normalised like
+        # the embeddings; one component per centre.
         means_init = None if centres is None else l2_normalise(centres)  # (S, D)
         k = min(n, n_components if means_init is None else len(means_init))
         if means_init is None:
             info["warnings"].append(f"no sub-cluster centres; {k} components from k-means")
         elif k < len(means_init):
+            # Fewer clips than centres: EM needs a clip per component, so the centres nearest
+            # the data are kept.
             nearest = (x @ means_init.T).max(axis=0)  # (S,) best cosine to a training clip
             keep = np.sort(np.argsort(-nearest, kind="stable")[:k])
             info["warnings"].append(
@@ -125,10 +141,15 @@ class GMMDetector(Detector):
             info["centres_used"] = keep.tolist()
             means_init = means_init[keep]
         if n == 1:
+            # A single clip has no covariance to fit: the regularisation alone is its variance.
             info["warnings"].append("a single training clip; one Gaussian centred on it")
-            means, weights, converged, n_iter = x, np.ones(1), True, 0
+            means = x
+            weights = np.ones(1)
+            converged = True
+            n_iter = 0
             prec_chol = np.eye(d)[None] / math.sqrt(cfg.gmm_reg_covar)  # (1, D, D)
         else:
+            # reg_covar is added to the covariances' diagonal, as in the method's original code.
             gmm = GaussianMixture(
                 n_components=k,
                 covariance_type=cfg.gmm_covariance,
@@ -139,15 +160,17 @@ class GMMDetector(Detector):
             )
             with warnings.catch_warnings(record=True, action="always") as caught:
                 gmm.fit(x)
-            info["warnings"] += [str(w.message) for w in caught]  # e.g. EM did not converge
-            means, weights, converged, n_iter = (
-                gmm.means_,
-                gmm.weights_,
-                gmm.converged_,
-                gmm.n_iter_,
-            )
-            prec_chol = gmm.precisions_cholesky_  # as (K, D, D), from tied (D, D) too:
-            if cfg.gmm_covariance in ("diag", "spherical"):  # (K, D) or (K,)
+            # scikit-learn's warnings (e.g. EM did not converge) go to info and the log too.
+            info["warnings"] += [str(w.message) for w in caught]
+            means = gmm.means_
+            weights = gmm.weights_
+            converged = gmm.converged_
+            n_iter = gmm.n_iter_
+            # Every covariance type is stored as (K, D, D) Cholesky factors of the precisions,
+            # so one scoring formula serves all: diag (K, D) and spherical (K,) become diagonal
+            # matrices, tied (D, D) is repeated K times.
+            prec_chol = gmm.precisions_cholesky_
+            if cfg.gmm_covariance in ("diag", "spherical"):
                 prec_chol = prec_chol.reshape(k, -1, 1) * np.eye(d)
             prec_chol = np.broadcast_to(prec_chol, (k, d, d))
         info.update(
@@ -168,17 +191,20 @@ class GMMDetector(Detector):
         """Per-component Gaussian log-density of each normalised embedding.  # (N, K)"""
         x = l2_normalise(emb)  # (N, D)
         d_log_2pi = x.shape[1] * math.log(2 * math.pi)
-        return np.stack(
-            [
-                -0.5 * (d_log_2pi + np.square((x - mu) @ chol).sum(axis=1))  # Mahal.^2
-                + np.log(np.diag(chol), dtype=np.float64).sum()  # float32 arrays: upcast
-                for mu, chol in zip(self.means, self.precisions_cholesky)
-            ],
-            axis=1,
-        )
+        columns = []
+        for mu, chol in zip(self.means, self.precisions_cholesky):
+            # With the precision's Cholesky factor L, the squared Mahalanobis distance is
+            # |(x - mu) L|^2, and half the log-determinant of the precision is sum(log diag L).
+            squared = np.square((x - mu) @ chol).sum(axis=1)  # (N,)
+            # The stored arrays are float32: the log-determinant is summed in float64.
+            half_log_det = np.log(np.diag(chol), dtype=np.float64).sum()
+            columns.append(-0.5 * (d_log_2pi + squared) + half_log_det)
+        return np.stack(columns, axis=1)
 
     def score(self, emb: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,): minus the best component's log-density."""
+        # The nearest sub-cluster decides, the mixture weights aside (the original code's rule):
+        # a clip near any one normal sub-cluster is normal. The minus makes higher more anomalous.
         return -self.log_densities(emb).max(axis=1)
 
 
@@ -202,6 +228,7 @@ class OCSVMDetector(Detector):
         """The config's kernel, nu and gamma."""
         from sklearn.svm import OneClassSVM
 
+        # The config holds gamma as a string: scikit-learn's "scale" or "auto", or a number.
         gamma = cfg.ocsvm_gamma
         try:
             gamma = gamma if gamma in ("scale", "auto") else float(gamma)
@@ -211,6 +238,8 @@ class OCSVMDetector(Detector):
             ) from None
         x = l2_normalise(emb)  # (N, D)
         svm = OneClassSVM(kernel=cfg.ocsvm_kernel, nu=cfg.ocsvm_nu, gamma=gamma).fit(x)
+        # Only what the decision function needs is kept, with gamma resolved to its number, so
+        # the detector scores without scikit-learn's fitted object (and without pickle).
         return cls(
             support_vectors=svm.support_vectors_,
             dual_coef=svm.dual_coef_.ravel(),
@@ -227,6 +256,7 @@ class OCSVMDetector(Detector):
         the hyperplane, positive inside)."""
         from sklearn.metrics.pairwise import pairwise_kernels
 
+        # scikit-learn's decision function: sum_m alpha_m K(x, sv_m) + intercept.
         kernel = pairwise_kernels(
             l2_normalise(emb),
             self.support_vectors.astype(np.float64),
@@ -236,7 +266,10 @@ class OCSVMDetector(Detector):
             degree=self.degree,
             coef0=self.coef0,
         )  # (N, M)
-        return -(kernel @ self.dual_coef.astype(np.float64) + self.intercept)
+        distance = kernel @ self.dual_coef.astype(np.float64) + self.intercept  # (N,)
+        # Positive inside the learned region of normal clips: the minus makes higher more
+        # anomalous.
+        return -distance
 
 
 _KINDS = {GMMDetector.kind: GMMDetector, OCSVMDetector.kind: OCSVMDetector}
@@ -300,12 +333,14 @@ class DetectorSet:
         entries = []
         for (machine, section, domain), det in sorted(self.detectors.items()):
             name = f"{machine}_section_{section}_{domain}.npz"
-            params = {
+            fields = {
                 k: v
                 for k, v in vars(det).items()
                 if k not in ("threshold", "info") and v is not None
             }
-            arrays = {k: params.pop(k) for k in list(params) if isinstance(params[k], np.ndarray)}
+            # Arrays go to the .npz file, everything else to the JSON index.
+            arrays = {k: v for k, v in fields.items() if isinstance(v, np.ndarray)}
+            params = {k: v for k, v in fields.items() if not isinstance(v, np.ndarray)}
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
             entries.append(
@@ -345,7 +380,9 @@ class DetectorSet:
         out = cls()
         for e in meta["detectors"]:
             try:
-                name, key, kind = e["file"], (e["machine"], e["section"], e["domain"]), e["kind"]
+                name = e["file"]
+                key = (e["machine"], e["section"], e["domain"])
+                kind = e["kind"]
             except (KeyError, TypeError) as err:
                 raise AsdError(f"{index}: a detector entry lacks {err}") from None
             if not isinstance(name, str) or Path(name).name != name:  # only files beside it

@@ -20,7 +20,8 @@ MAX_FPR = 0.1
 
 
 def _check(y, score) -> tuple[np.ndarray, np.ndarray]:
-    """Both labels present (scikit-learn itself refuses scores of another length, NaN or inf)."""
+    """Labels and scores as flat arrays; ValueError unless both labels are present."""
+    # scikit-learn itself refuses scores of another length, NaN or inf.
     y = np.asarray(y).astype(int).ravel()
     if set(np.unique(y)) != {0, 1}:
         raise ValueError("AUC needs both normal and anomalous clips, labelled 0 and 1")
@@ -33,15 +34,16 @@ def auc(y, score) -> float:
 
 
 def pauc(y, score, max_fpr: float = MAX_FPR) -> float:
-    """Standardised partial AUC over false-positive rates [0, max_fpr] (the challenge pAUC)."""
+    """The challenge's pAUC: standardised partial AUC over false-positive rates [0, max_fpr]."""
     return float(roc_auc_score(*_check(y, score), max_fpr=max_fpr))
 
 
 def hmean(values: Iterable[float]) -> float:
-    """Harmonic mean with every value floored at machine epsilon (the evaluator's rule)."""
+    """Harmonic mean, every value floored at machine epsilon first (the evaluator's rule)."""
     values = np.asarray(list(values), dtype=np.float64)
     if values.size == 0:
         raise ValueError("harmonic mean of no values")
+    # The floor turns a 0 (a fully reversed ranking) into a tiny mean instead of an error.
     return float(scipy.stats.hmean(np.maximum(values, sys.float_info.epsilon)))
 
 

@@ -36,10 +36,16 @@ class ReferenceDetector:
         stats = np.asarray(stats, dtype=np.float64)  # (N, 2F)
         self.centre = stats.mean(axis=0)
         std = stats.std(axis=0)
+        # A dimension that does not vary is left unscaled instead of divided by zero.
         self.scale = np.where(std > 1e-6, std, 1.0)
         z = (stats - self.centre) / self.scale
-        cov = ledoit_wolf(z, assume_centered=True)[0] if len(z) > 1 else np.eye(z.shape[1])
-        # the jitter keeps the covariance positive definite when all clips are equal
+        # Ledoit-Wolf shrinkage: far fewer clips than dimensions give no usable sample
+        # covariance; a single clip gives none, and the distance is Euclidean.
+        if len(z) > 1:
+            cov, _shrinkage = ledoit_wolf(z, assume_centered=True)
+        else:
+            cov = np.eye(z.shape[1])
+        # The jitter keeps the covariance positive definite when all clips are equal.
         self.cholesky = np.linalg.cholesky(cov + 1e-6 * np.eye(len(cov)))  # (2F, 2F) lower
         return self
 
@@ -48,7 +54,9 @@ class ReferenceDetector:
         from scipy.linalg import solve_triangular
 
         z = (np.asarray(stats, dtype=np.float64) - self.centre) / self.scale  # (N, 2F)
-        return np.linalg.norm(solve_triangular(self.cholesky, z.T, lower=True), axis=0)
+        # With cov = L L^T, the Mahalanobis distance of z is the length of L^-1 z.
+        whitened = solve_triangular(self.cholesky, z.T, lower=True)  # (2F, N)
+        return np.linalg.norm(whitened, axis=0)
 
 
 def reference_scores(features, index: pd.DataFrame) -> np.ndarray:
@@ -59,9 +67,14 @@ def reference_scores(features, index: pd.DataFrame) -> np.ndarray:
     split = index["split"].to_numpy()
     sections = index.groupby(["dataset", "machine", "section"]).indices
     for (_, machine, section), pos in sections.items():
-        train, test = pos[split[pos] == "train"], pos[split[pos] == "test"]
+        train = pos[split[pos] == "train"]
+        test = pos[split[pos] == "test"]
         if len(train) == 0:
-            log.warning("reference detector: %s section %s has no training clips", machine, section)
+            log.warning(
+                "reference detector: %s section %s has no training clips",
+                machine,
+                section,
+            )
             continue
         scores[test] = ReferenceDetector().fit(stats[train]).score(stats[test])
     return scores

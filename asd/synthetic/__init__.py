@@ -11,6 +11,8 @@ writes 16 kHz mono 10 s PCM16 WAV files::
     ROOT/synthetic.json                                (the generation settings)
 
 The ground-truth files have the official DCASE 2021 evaluator's names and rows (see asd.infra.data).
+``--layout dcase2022 | dcase2023 | folders`` writes the other layouts (with their own ground
+truth), ``--channels 2`` two-channel files as 2026's (docs/synthetic.md "Layouts").
 
 The modules: ``designs`` (each machine's fixed character and operating conditions),
 ``sources`` (signal building blocks and the factory noise around every clip), ``machines``
@@ -21,7 +23,15 @@ command line). docs/synthetic.md describes the sounds and why they are so.
 
 from asd.synthetic.command import main
 from asd.synthetic.counts import SectionCounts, section_counts
-from asd.synthetic.dataset import Clip, generate, plan, render, write_ground_truth
+from asd.synthetic.dataset import (
+    Clip,
+    far_microphone,
+    generate,
+    plan,
+    render,
+    write_attributes,
+    write_ground_truth,
+)
 from asd.synthetic.designs import (
     DEV_SECTIONS,
     EVAL_SECTIONS,
@@ -50,11 +60,13 @@ __all__ = [
     "SECTION_SPREAD",
     "SectionCounts",
     "design",
+    "far_microphone",
     "generate",
     "main",
     "plan",
     "render",
     "section_counts",
     "synthesize",
+    "write_attributes",
     "write_ground_truth",
 ]

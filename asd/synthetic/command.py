@@ -4,6 +4,8 @@
 
 ROOT defaults to the config's ``data.root``. ``--like-dcase2021`` writes the real data set's
 counts per section and split (about 59,000 clips; ``--fraction 0.1`` for a tenth of them).
+``--layout`` writes the folders and names of another year (dcase2022, dcase2023: also 2024-2026)
+or plain folders; ``--channels 2`` two-channel files as 2026's (near and far microphone).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import os
 
 from asd.infra.cli import make_parser, run_command
+from asd.infra.data import LAYOUTS
 from asd.synthetic.dataset import generate
 from asd.synthetic.designs import DEV_SECTIONS, EVAL_SECTIONS, MACHINES
 
@@ -80,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="dcase2021",
+        help="folders and names of that layout (docs/data.md; default: %(default)s)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: near and far microphone in each file, as 2026's (default: %(default)s)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
@@ -107,6 +123,8 @@ def _main(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         like_dcase2021=ns.like_dcase2021,
         fraction=ns.fraction,
+        layout=ns.layout,
+        channels=ns.channels,
         workers=ns.workers,
         progress=True,
     )

@@ -1,8 +1,8 @@
 """How many clips each section holds: the generator's own small counts, or the real data set's.
 
 ``--like-dcase2021`` gives every section the counts of the real DCASE 2021 Task 2 data
-(DESIGN.md "Scale"): 1,000 source training clips (gearbox a little more), 3 target training
-clips, and per domain 200 test clips, half of them anomalous (in the real development data
+(docs/reproduction.md "Scale"): 1,000 source training clips (gearbox a little more), 3 target
+training clips, and per domain 200 test clips, half of them anomalous (in the real development data
 about 100 normal and 100 anomalous per domain), except the gearbox evaluation sections, whose
 test clips per domain are those of the official evaluator's ground-truth files. ``fraction``
 scales the source training and test counts (not the 3 target clips), so that the same layout

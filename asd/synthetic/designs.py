@@ -144,54 +144,78 @@ def design(machine: str, section: str) -> SimpleNamespace:
 def _condition(d: SimpleNamespace, domain: str, r: np.random.Generator) -> dict:
     """One operating condition: physical factors plus the attribute text of the file name."""
     target = domain == "target"
-    speed_shift = target and d.shift == "speed"
     c = {
         "speed": 1.0,
         "load": 1.0,
         "mic": int(target and d.shift == "channel"),
         "noise": int(target and d.shift == "noise"),
     }
-    m = d.machine
-    if m == "fan":
-        k = int(r.integers(1, 4))
-        if speed_shift:
-            k = 4 if d.target_speed > 1 else 0
-        c["speed"] = {0: 0.72, 1: 0.85, 2: 1.0, 3: 1.15, 4: 1.35}[k]
-        c["load"] = c["speed"] ** 2
-        c["attributes"] = f"strength_{k}_{'factory' if c['noise'] else 'ambient'}"
-    elif m == "gearbox":
-        mv = int(r.choice(d.volts))
-        if speed_shift:
-            mv = 2700 if d.target_speed > 1 else 700
-        wt = int(r.choice([0, 50, 100, 150]))
-        c["speed"], c["load"] = mv / 1500, 1.0 + wt / 150
-        c["attributes"] = f"{wt}_g_{d.arm}_mm_{mv}_mV_{'noise' if c['noise'] else 'none'}"
-    elif m == "pump":
-        q = int(r.choice([40, 60, 80]))
-        if speed_shift:
-            q = 110 if d.target_speed > 1 else 30
-        h = int(r.choice([5, 10]))
-        c["speed"], c["load"] = q / 60, h / 7.5
-        c["attributes"] = f"flow_{q}_head_{h}"
-    elif m == "slider":
-        v = int(round(d.vel0 * r.choice([0.85, 1.0, 1.15]) / 10) * 10)
-        if speed_shift:
-            v = int(round(d.vel0 * d.target_speed / 10) * 10)
-        a = float(r.choice([0.05, 0.11, 0.2, 0.3]))
-        c["speed"], c["load"], c["vel"] = v / d.vel0, 0.5 + 2 * a, v
-        c["attributes"] = f"vel_{v}_ac_{a:.2f}"
-    elif m == "valve":
-        p = int(r.choice(d.patterns_source))
-        if speed_shift:
-            p = d.pattern_target
-        c["pattern"] = p
-        c["attributes"] = f"pat_{p:02d}"
-    else:  # ToyCar, ToyTrain
-        model = str(r.choice(d.models))
-        s = int(r.choice(d.speeds[1:4]))
-        if speed_shift:
-            s = d.speeds[4] if d.target_speed > 1 else d.speeds[0]
-        c["model"], c["speed"] = model, s / d.speeds[2]
-        unit = "V" if m == "ToyCar" else ""
-        c["attributes"] = f"{model}Spd{s}{unit}Mic{1 + c['mic']}"
+    kind = d.machine if d.machine in _CONDITIONS else "toy"  # ToyCar, ToyTrain
+    _CONDITIONS[kind](d, c, target and d.shift == "speed", r)
     return c
+
+
+def _fan_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    k = int(r.integers(1, 4))
+    if speed_shift:
+        k = 4 if d.target_speed > 1 else 0
+    c["speed"] = {0: 0.72, 1: 0.85, 2: 1.0, 3: 1.15, 4: 1.35}[k]
+    c["load"] = c["speed"] ** 2
+    c["attributes"] = f"strength_{k}_{'factory' if c['noise'] else 'ambient'}"
+
+
+def _gearbox_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    mv = int(r.choice(d.volts))
+    if speed_shift:
+        mv = 2700 if d.target_speed > 1 else 700
+    wt = int(r.choice([0, 50, 100, 150]))
+    c["speed"], c["load"] = mv / 1500, 1.0 + wt / 150
+    c["attributes"] = f"{wt}_g_{d.arm}_mm_{mv}_mV_{'noise' if c['noise'] else 'none'}"
+
+
+def _pump_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    q = int(r.choice([40, 60, 80]))
+    if speed_shift:
+        q = 110 if d.target_speed > 1 else 30
+    h = int(r.choice([5, 10]))
+    c["speed"], c["load"] = q / 60, h / 7.5
+    c["attributes"] = f"flow_{q}_head_{h}"
+
+
+def _slider_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    v = int(round(d.vel0 * r.choice([0.85, 1.0, 1.15]) / 10) * 10)
+    if speed_shift:
+        v = int(round(d.vel0 * d.target_speed / 10) * 10)
+    a = float(r.choice([0.05, 0.11, 0.2, 0.3]))
+    c["speed"], c["load"], c["vel"] = v / d.vel0, 0.5 + 2 * a, v
+    c["attributes"] = f"vel_{v}_ac_{a:.2f}"
+
+
+def _valve_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    p = int(r.choice(d.patterns_source))
+    if speed_shift:
+        p = d.pattern_target
+    c["pattern"] = p
+    c["attributes"] = f"pat_{p:02d}"
+
+
+def _toy_condition(d: SimpleNamespace, c: dict, speed_shift: bool, r: np.random.Generator):
+    model = str(r.choice(d.models))
+    s = int(r.choice(d.speeds[1:4]))
+    if speed_shift:
+        s = d.speeds[4] if d.target_speed > 1 else d.speeds[0]
+    c["model"], c["speed"] = model, s / d.speeds[2]
+    unit = "V" if d.machine == "ToyCar" else ""
+    c["attributes"] = f"{model}Spd{s}{unit}Mic{1 + c['mic']}"
+
+
+# Each machine type's operating condition (the draws of a type in a fixed order: its clips
+# must stay the same for a seed).
+_CONDITIONS = {
+    "fan": _fan_condition,
+    "gearbox": _gearbox_condition,
+    "pump": _pump_condition,
+    "slider": _slider_condition,
+    "valve": _valve_condition,
+    "toy": _toy_condition,
+}
