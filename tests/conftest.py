@@ -4,6 +4,13 @@ test starts from, and one tiny run (Step 1, Step 2, submit) trained once per ses
 A test that only reads a run takes ``runs``; a test that changes a run copies it first
 (``helpers.copy_run`` or ``shutil.copytree``); a test that trains in a way of its own starts from
 ``tiny_cfg`` (or the ``config`` file) with the overrides it needs.
+
+Files: tests/test_<name>.py tests the module named so (asd/<name>.py, asd/method/<name>.py,
+asd/infra/<name>.py; test_runners.py: runners/; test_bench_<name>.py: bench/<name>.py). Tests
+of a theme that crosses modules keep a file of their own: test_robust_*.py (bad input, files
+and interruptions through the commands), test_distributed.py (several processes, GPU checks),
+test_host_waits.py (the training step never waits for the device), test_reproduction_doc.py
+(docs/reproduction.md and what cites it).
 """
 
 from __future__ import annotations
