@@ -66,7 +66,6 @@ def test_training_steps_read_nothing(tiny_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "MixupRunner", Counting)
     save_config(tiny_cfg.replace(**{"runs.dir": str(tmp_path / "runs")}), tmp_path / "c.yml")
-    assert (
-        stage1.main(["--config", str(tmp_path / "c.yml"), "stage1.epochs=2"]) == 0
-    )  # progress bar
+    # with its progress bar (no --no-progress): the bar reads no tensor either
+    assert stage1.main(["--config", str(tmp_path / "c.yml"), "stage1.epochs=2"]) == 0
     assert len(per_batch) == 12 and set(per_batch) == {0}  # 2 epochs of 6 batches
