@@ -1,10 +1,25 @@
-"""Shared fixtures: a tiny synthetic data set in the challenge layout and a shrunken config."""
+"""Shared fixtures: a tiny synthetic data set in the challenge layout, the one tiny config every
+test starts from, and one tiny run (Step 1, Step 2, submit) trained once per session.
+
+A test that only reads a run takes ``runs``; a test that changes a run copies it first
+(``helpers.copy_run`` or ``shutil.copytree``); a test that trains in a way of its own starts from
+``tiny_cfg`` (or the ``config`` file) with the overrides it needs.
+
+Files: tests/test_<name>.py tests the module named so (asd/<name>.py, asd/method/<name>.py,
+asd/infra/<name>.py; test_runners.py: runners/; test_bench_<name>.py: bench/<name>.py). Tests
+of a theme that crosses modules keep a file of their own: test_robust_*.py (bad input, files
+and interruptions through the commands), test_distributed.py (several processes, GPU checks),
+test_host_waits.py (the training step never waits for the device), test_reproduction_doc.py
+(docs/reproduction.md and what cites it).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_AUDIO = REPO.parent / "shared" / "real-audio" / "dcase2023-dev"
@@ -14,6 +29,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end or multi-process tests (CI runs them too)")
     # The runners do the backward pass and optimiser step in handle_batch, on purpose.
     config.addinivalue_line("filterwarnings", r"ignore:No ``I(Backward|Optimizer)Callback")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts with torch's thread count as the session began: a runner started in
+    this process sets it from ``engine.num_threads`` (1 in TINY) and does not set it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +71,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_data, tmp_path_factory):
-    """config.yml pointed at tiny_data, with the cache and runs in a temporary folder."""
+    """config.yml with the tiny model and schedule (helpers.TINY), pointed at tiny_data, with
+    the feature cache (shared by the session) and the runs in a temporary folder."""
     from asd.infra.config import load_config
 
     tmp = tmp_path_factory.mktemp("tiny_cfg")
@@ -57,6 +82,7 @@ def tiny_cfg(tiny_data, tmp_path_factory):
             f"data.root={tiny_data}",
             f"data.cache_dir={tmp / 'cache'}",
             f"runs.dir={tmp / 'runs'}",
+            *TINY,
         ],
     )
 
@@ -71,20 +97,18 @@ def real_audio() -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tiny_cfg, tmp_path_factory):
-    """Step 1, Step 2 and submit of the tiny model on tiny_data through the command lines, built
-    once per session; the tests/test_robust_*.py modules share it and must not change it."""
-    from robust_helpers import tiny_runs
+    """The tiny run of the session: Step 1, Step 2 and submit of tiny_cfg through the command
+    lines (helpers.TinyRuns: its config file, the Step 1 run, the submitted Step 2 run). Tests
+    read it and never change it: one that would, copies it first."""
+    from helpers import tiny_runs
 
-    return tiny_runs(tiny_cfg, tmp_path_factory)
+    return tiny_runs(tiny_cfg, tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture
-def config(runs, tmp_path) -> Path:
-    """The shared runs' settings (and feature cache), with a runs folder of this test's own."""
-    from robust_helpers import write_config
+def config(tiny_cfg, tmp_path) -> Path:
+    """tiny_cfg as a config file (the shared run's settings), with a runs folder of this
+    test's own."""
+    from helpers import write_config
 
-    from asd.infra.config import load_config
-
-    return write_config(
-        load_config(runs.config), tmp_path / "config.yml", [f"runs.dir={tmp_path / 'runs'}"]
-    )
+    return write_config(tiny_cfg, tmp_path / "config.yml", [f"runs.dir={tmp_path / 'runs'}"])

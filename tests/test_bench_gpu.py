@@ -8,16 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import TINY
 
 from bench import gpu
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.stem_channels=4",
-    "model.stage_channels=[4,4,8,8]",
-    "model.embedding_dim=16",
-    "loss.n_subclusters=4",
-]
 
 
 def test_refuses_without_cuda():

@@ -3,18 +3,10 @@
 import re
 
 import pytest
+from helpers import TINY
 
 from asd.infra.data import ground_truth_dir, index_dataset, with_ground_truth
 from bench import scale
-
-TINY = [
-    "model.stem_channels=4",
-    "model.stage_channels=[4,4,4,8]",
-    "model.embedding_dim=16",
-    "loss.n_subclusters=4",
-    "stage1.batch_size=16",
-    "stage2.batch_size=16",
-]
 
 
 def test_subsample_links_a_share_of_every_group(tiny_data, tmp_path):

@@ -6,25 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY
 
 from asd.infra.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from asd.infra.config import load_config
 from asd.method.model import build_model
 
-TINY = [
-    "features.frames=64",
-    "features.n_mels=32",
-    "model.stem_channels=4",
-    "model.stage_channels=[4, 4, 8, 8]",
-    "model.time_pool=2",
-    "model.embedding_dim=6",
-    "loss.n_subclusters=2",
-]
-
 
 @pytest.fixture(scope="module")
 def cfg(repo):
-    return load_config(repo / "config.yml", TINY)
+    """The tiny model on small inputs: 64 frames of 32 mel bands."""
+    return load_config(
+        repo / "config.yml",
+        [*TINY, "features.frames=64", "features.n_mels=32", "model.time_pool=2"],
+    )
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from robust_helpers import ENV, REPO, TINY, cli, write_config
+from helpers import ENV, REPO, cli, write_config
 from torch import nn
 
 from asd.infra.checkpoint import load_checkpoint
@@ -118,6 +118,8 @@ def engine(cfg, **settings):
             "CPU name the number of processes",
         ),
         (0, dict(name="ddp_amp", amp_dtype="fp16", world_size=2), "fp16 needs a CUDA GPU"),
+        (0, dict(name="gpu"), "engine.name=gpu needs a CUDA GPU"),
+        (0, dict(name="amp"), "engine.name=amp needs a CUDA GPU"),
         (
             3,
             dict(name="ddp", world_size=0),
@@ -237,7 +239,7 @@ def test_fp16_loss_scale_survives_a_resume(tiny_cfg, tmp_path, monkeypatch):
     config = write_config(
         tiny_cfg,
         tmp_path / "config.yml",
-        [f"runs.dir={tmp_path / 'runs'}", *TINY, "stage1.epochs=2"],
+        [f"runs.dir={tmp_path / 'runs'}", "stage1.epochs=2"],
     )
     assert stage1.main(["--config", str(config), "--no-progress"]) == 130
     (run,) = (tmp_path / "runs").glob("*-stage1")
@@ -258,7 +260,7 @@ def test_ddp_amp_killed_then_resumed_equals_uninterrupted(tiny_cfg, tmp_path):
     after a checkpoint; --resume ends with the uninterrupted run's weights, scale and log."""
     from test_robust_interrupt import assert_same_log, assert_same_model
 
-    ddp = [*TINY, "engine.name=ddp_amp", "engine.amp_dtype=bf16", "engine.world_size=2"]
+    ddp = ["engine.name=ddp_amp", "engine.amp_dtype=bf16", "engine.world_size=2"]
     configs = {
         name: write_config(
             tiny_cfg, tmp_path / f"{name}.yml", [f"runs.dir={tmp_path / name}", *ddp]

@@ -1,20 +1,34 @@
-"""What `make evaluate` writes reads on its own: results.md names the data root, config and runs
-that produced it, the published numbers (real development data) are labelled as such, machines
-follow the report's order in every table and figure, and the ROC figures keep dev and eval apart.
+"""``asd.evaluate`` on copies of the session's tiny run: the AUC / pAUC tables and the files it
+writes; what they say on their own (results.md names the data root, config and runs that
+produced it, the published numbers (real development data) are labelled as such, machines
+follow the report's order in every table and figure, the ROC figures keep dev and eval apart);
+and eval sections without ground truth said loudly.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from robust_helpers import cli
+import pytest
+from helpers import TINY, cli, copy_run, read_like_evaluator, write_config
 
 from asd import evaluate as ev
+from asd.evaluate import missing_ground_truth
+from asd.infra.config import load_config
+from asd.infra.data import csv_name, ground_truth_dir
+from asd.method import metrics
 
 ORDER = ["fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve"]
+
+
+@pytest.fixture(scope="module")
+def cfg(runs):
+    """The shared run's config: tiny_data, the tiny model (helpers.TINY)."""
+    return load_config(runs.config)
 
 
 def labelled_clips(machines=("valve", "ToyTrain", "fan", "ToyCar", "gearbox")) -> pd.DataFrame:
@@ -118,3 +132,104 @@ def test_results_md_names_what_produced_it(runs, tmp_path):
     assert all(
         (run / "figures" / name).is_file() for name in ("roc_dev_data.png", "roc_eval_data.png")
     )
+
+
+def test_evaluate_tables_and_files(cfg, runs, tmp_path):
+    run = copy_run(runs.stage2, tmp_path)
+    result = ev.evaluate(cfg, run)
+    r = result.results
+    sec = r[r["level"] == "section"]
+    # dev labels from the names and eval labels from the ground truth, both systems
+    assert set(sec["dataset"]) == {"dev_data", "eval_data"}
+    assert set(sec["system"]) == {"ours", "knn", "reference"}  # ours: the report's pair
+    assert len(sec) == 2 * 2 * 2 * 3  # datasets x machines x domains x systems
+    assert sec["auc"].between(0, 1).all() and sec["pauc"].between(0, 1).all()
+    assert (sec["n_normal"] == 3).all() and (sec["n_anomaly"] == 3).all()
+    all_ours = r[(r["level"] == "all") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
+    dev = sec[(sec["system"] == "ours") & (sec["dataset"] == "dev_data")]
+    assert all_ours["score"].iloc[0] == pytest.approx(
+        metrics.official_score(dev["auc"], dev["pauc"])
+    )
+    assert all_ours["auc"].iloc[0] == pytest.approx(metrics.hmean(dev["auc"]))
+    by_domain = r[(r["level"] == "domain") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
+    assert sorted(by_domain["domain"]) == ["source", "target"]
+    for row in by_domain.itertuples():
+        own = dev[dev["domain"] == row.domain]
+        assert (row.auc, row.pauc) == pytest.approx(
+            (metrics.hmean(own["auc"]), metrics.hmean(own["pauc"]))
+        )
+    # the CSV agrees with the submission files
+    clip = result.clips.iloc[0]
+    names, scores = read_like_evaluator(
+        run / "submission" / csv_name("anomaly_score", clip.machine, clip.section, clip.domain)
+    )
+    assert scores[names.index(clip.file)] == pytest.approx(clip.ours)
+    saved = pd.read_csv(run / "results.csv", dtype={"section": str})
+    assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
+    md = (run / "results.md").read_text()
+    assert re.search(r"^machine +\| ours +\| kNN +\| simple reference$", md, re.M)
+    assert re.search(r"^machine +\| report +\| AE baseline +\| MobileNetV2 baseline$", md, re.M)
+    assert ev.PUBLISHED_NOTE in md
+    assert "66.12 / 58.18" in md and "### Per domain" in md
+    assert "### Per domain, harmonic means over machines and sections" in ev.report(result)
+    assert sorted(p.name for p in (run / "figures").iterdir()) == [
+        "roc_dev_data.png",
+        "roc_eval_data.png",
+    ]
+    assert "- figures: [roc_dev_data](figures/roc_dev_data.png)" in md
+
+
+def test_evaluate_cli_prints_run_last(cfg, runs, capsys, repo, tmp_path):
+    run = copy_run(runs.stage2, tmp_path)
+    args = [
+        "--config",
+        str(repo / "config.yml"),
+        "--from",
+        str(run),
+        "--no-figures",
+        f"data.root={cfg.data.root}",
+        f"data.cache_dir={cfg.data.cache_dir}",
+        *TINY,
+    ]
+    assert ev.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == str(run)
+    assert any(line.startswith("machine") and "| ours" in line for line in out)
+    assert any(line.startswith("machine") and "| report" in line for line in out)
+    assert not any("| ours" in line and "| report" in line for line in out)  # apart
+
+
+def test_evaluate_needs_a_submission(cfg, runs, tmp_path):
+    run = copy_run(runs.stage1, tmp_path)  # finished, never submitted
+    with pytest.raises(ev.EvaluateError, match="run asd.submit"):
+        ev.evaluate(cfg, run)
+
+
+def test_missing_ground_truth_names_the_folder_and_the_command(tmp_path):
+    assert missing_ground_truth(tmp_path) is None  # no eval data: nothing to say
+    test = tmp_path / "eval_data" / "fan" / "source_test"
+    test.mkdir(parents=True)
+    (test / "section_03_source_test_0000.wav").write_bytes(b"")
+    message = missing_ground_truth(tmp_path)
+    assert str(ground_truth_dir(tmp_path)) in message and "make data" in message
+    ground_truth_dir(tmp_path).mkdir()
+    (ground_truth_dir(tmp_path) / "ground_truth_fan_section_03_source_test.csv").write_text("")
+    assert missing_ground_truth(tmp_path) is None
+
+
+def test_evaluate_without_eval_ground_truth(runs, tiny_cfg, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_cfg.data.root, root, ignore=shutil.ignore_patterns("ground_truth"))
+    run = tmp_path / "run"
+    shutil.copytree(runs.stage2, run)  # the shared run stays as it is
+    config = write_config(
+        load_config(runs.config),
+        tmp_path / "config.yml",
+        [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"],
+    )
+    out = cli("asd.evaluate", "--config", config, "--from", run, "--no-figures", check=True)
+    warning = [line for line in out.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and str(ground_truth_dir(root)) in warning[0]
+    assert "make data" in warning[0]
+    assert "eval_data: absent" in out.stdout and "dev_data: harmonic means" in out.stdout
+    assert "absent: no evaluation ground truth" in (run / "results.md").read_text()

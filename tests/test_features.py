@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from asd.cache import main
 from asd.infra.config import load_config
 from asd.method.features import AudioError, AudioWarning, load_audio, log_mel, log_mel_batch
 
@@ -289,30 +288,3 @@ def test_real_recordings_flow_through(real_audio, cfg):
         if f.name in compare:  # a 12 s and a 10 s clip against librosa
             np.testing.assert_allclose(feats, librosa_log_mel(wave, cfg.features)[:313], atol=1e-3)
     assert long >= 4
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-
-def test_cli_builds_the_cache_and_prints_its_folder(tmp_path, repo, capsys, monkeypatch):
-    root = tmp_path / "data"
-    rng = np.random.default_rng(3)
-    for i in range(3):
-        write(
-            root / "dev_data" / "fan" / "train" / f"section_00_source_train_normal_{i:04d}.wav",
-            0.05 * rng.standard_normal(10 * SR),
-        )
-    write(
-        root / "dev_data" / "fan" / "source_test" / "section_00_source_test_anomaly_0000.wav",
-        0.05 * rng.standard_normal(10 * SR),
-    )
-    monkeypatch.chdir(repo)
-    argv = ["data.root=" + str(root), "data.cache_dir=" + str(tmp_path / "cache")]
-    assert main(argv) == 0
-    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert folder.parent == tmp_path / "cache" and (folder / "settings.json").is_file()
-    assert main(argv) == 0  # reused
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
-    assert main(["data.root=" + str(tmp_path / "nowhere")]) == 2
-    assert "nowhere" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from adamp import AdamP
+from helpers import TINY
 
 from asd.infra.config import load_config
 from asd.method.losses import kl_loss
@@ -21,9 +22,7 @@ def test_same_steps_as_adamp_on_the_model(lr, weight_decay):
     """Both optimisers get the model's gradients at AdamP's weights, step after step: training
     itself amplifies rounding (one ulp in a weight grows past 1e-6 within four steps at lr 1e-2,
     AdamP against itself), so equal steps are compared on equal gradients."""
-    cfg = load_config(
-        REPO / "config.yml", ["model.stage_channels=[4,4,8,8]", "model.stem_channels=4"]
-    )
+    cfg = load_config(REPO / "config.yml", TINY)
     torch.manual_seed(0)
     net, head = build_model(cfg, 6)
     gen = torch.Generator().manual_seed(1)

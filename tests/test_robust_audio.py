@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from robust_helpers import cli, refused, write_config
+from helpers import cli, refused, write_config
 
 from asd import cache as feat_cli
 from asd import index as index_cli

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from robust_helpers import cli, copy_run, refused
+from helpers import cli, copy_run, refused
 
 from asd import cache, evaluate, index, submit
 from asd.infra.config import load_config

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from robust_helpers import REPO, cli, file_size_limit, refused, snapshot, temp_files, write_config
+from helpers import REPO, cli, file_size_limit, refused, snapshot, temp_files, write_config
 
 from asd import score as score_cli
 from asd import submit as submit_cli

@@ -2,7 +2,7 @@
 Ctrl-C (SIGINT) during training: one line saying how to finish, exit status 130.
 
 Killed at precise moments: as soon as a file appears (polled), or from inside the process in
-the middle of writing a file (tests/robust_helpers.DYING). Outcomes:
+the middle of writing a file (tests/helpers.DYING). Outcomes:
 
 - cache: the half-built temporary folder is never used; the rerun removes it and rebuilds, and
   its arrays equal an uninterrupted build's, byte for byte;
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from robust_helpers import (
+from helpers import (
     cli,
     cli_killed,
     copy_run,
@@ -178,7 +178,11 @@ def test_submit_killed_while_writing_csvs(runs, tmp_path, moment):
         "cpu",
         "detectors.threshold_quantile=0.5",
     ]
-    cli_killed(f"{moment}:submission:3", "asd.submit", *args)
+    # "write": the first file to be completed is cut and the process dies before its rename;
+    # write_submission completes every file before it renames any, so nothing is renamed yet.
+    # "replace": the process dies before the third rename, after two files took their place.
+    nth = 1 if moment == "write" else 3
+    cli_killed(f"{moment}:submission:{nth}", "asd.submit", *args)
     killed = snapshot(run / "submission")
     assert not [p for p in killed if not p.startswith(".") and p not in before]
 

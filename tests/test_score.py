@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TINY
 
 from asd import score as sc
 from asd import submit as sm
@@ -14,14 +15,8 @@ from asd.infra.config import load_config
 from asd.infra.data import class_table, save_classes
 from asd.infra.feature_cache import build_cache
 from asd.infra.runs import new_run
+from asd.method.detectors import DetectorSet
 from asd.method.model import build_model
-
-TINY_MODEL = [
-    "model.stem_channels=4",
-    "model.stage_channels=[4,4,4,8]",
-    "model.embedding_dim=16",
-    "loss.n_subclusters=4",
-]
 
 
 def make_submitted_run(cfg):
@@ -51,18 +46,9 @@ def data_root(tiny_data):
 
 
 @pytest.fixture(scope="module")
-def submitted(tiny_cfg, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_cfg.replace(
-        **{
-            "runs.dir": str(runs),
-            "model.stem_channels": 4,
-            "model.stage_channels": [4, 4, 4, 8],
-            "model.embedding_dim": 16,
-            "loss.n_subclusters": 4,
-        }
-    )
-    return make_submitted_run(cfg)
+def submitted(runs):
+    """The session's submitted tiny run (tests/conftest.py ``runs``); read only."""
+    return runs.stage2
 
 
 def _clip(data_root, domain="source", label="anomaly"):
@@ -77,30 +63,31 @@ def _clip(data_root, domain="source", label="anomaly"):
 
 def test_scores_match_the_submission(submitted, data_root):
     files = [_clip(data_root, "source"), _clip(data_root, "target", "normal")]
-    table = sc.score_files(submitted.run, files)
+    table = sc.score_files(submitted, files)
     assert list(table.columns) == sc.COLUMNS
     assert list(table["machine"]) == ["fan", "fan"] and list(table["section"]) == ["00", "00"]
     assert list(table["domain"]) == ["source", "target"]
-    s = submitted.scores.set_index(["machine", "domain", "file"])
+    s = sm.read_submission(submitted / "submission").set_index(["machine", "domain", "file"])
+    dets = DetectorSet.load(submitted / "detectors")
     for row in table.itertuples():
         ref = s.loc[(row.machine, row.domain, row.file.rsplit("/", 1)[1])]
         # the same features as the cache's (rounded to features.dtype), the same model
         assert row.score == pytest.approx(ref["score"], rel=1e-6, abs=1e-6)
-        assert row.threshold == ref["threshold"]
+        assert row.threshold == dets.lookup(row.machine, ref["section"], row.domain).threshold
         assert row.decision == int(row.score > row.threshold)
 
 
 def test_options_score_recordings_named_any_way(submitted, data_root, tmp_path):
     odd = tmp_path / "my recording.wav"
     shutil.copy(_clip(data_root, "target", "normal"), odd)
-    table = sc.score_files(submitted.run, [odd], machine="fan", section="00", domain="target")
-    same = sc.score_files(submitted.run, [_clip(data_root, "target", "normal")])
+    table = sc.score_files(submitted, [odd], machine="fan", section="00", domain="target")
+    same = sc.score_files(submitted, [_clip(data_root, "target", "normal")])
     assert table["score"].iloc[0] == pytest.approx(same["score"].iloc[0])
 
 
 def test_cli_table_and_csv(submitted, data_root, tmp_path, capsys):
     out = tmp_path / "scores.csv"
-    assert sc.main([str(submitted.run), str(_clip(data_root)), "--csv", str(out)]) == 0
+    assert sc.main([str(submitted), str(_clip(data_root)), "--csv", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "section_00_source_test_anomaly_0000.wav" in printed and "threshold" in printed
     df = pd.read_csv(out, dtype={"section": str})
@@ -119,9 +106,9 @@ def test_unknown_machine_or_section(submitted, data_root, tmp_path, capsys):
     pump = tmp_path / "pump" / "test"
     pump.mkdir(parents=True)
     shutil.copy(_clip(data_root), pump / "section_00_source_test_0000.wav")
-    err = _cli_error(capsys, [str(submitted.run), str(pump / "section_00_source_test_0000.wav")])
+    err = _cli_error(capsys, [str(submitted), str(pump / "section_00_source_test_0000.wav")])
     assert "unknown machine type 'pump'" in err and "known: fan" in err
-    err = _cli_error(capsys, [str(submitted.run), str(_clip(data_root)), "--section", "07"])
+    err = _cli_error(capsys, [str(submitted), str(_clip(data_root)), "--section", "07"])
     assert "has no section '07' of fan (it has 00" in err
 
 
@@ -129,7 +116,7 @@ def test_unnamed_file_needs_options(submitted, tmp_path, capsys, data_root):
     odd = tmp_path / "fan" / "rec.wav"
     odd.parent.mkdir()
     shutil.copy(_clip(data_root), odd)
-    err = _cli_error(capsys, [str(submitted.run), str(odd)])
+    err = _cli_error(capsys, [str(submitted), str(odd)])
     # fan has two sections here; the domain may stay unknown (scored without it)
     assert "rec.wav" in err and "give --section" in err
 
@@ -138,7 +125,7 @@ def test_unreadable_audio(submitted, tmp_path, capsys):
     bad = tmp_path / "fan" / "test" / "section_00_source_test_0000.wav"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a wav file at all")
-    err = _cli_error(capsys, [str(submitted.run), str(bad)])
+    err = _cli_error(capsys, [str(submitted), str(bad)])
     assert str(bad) in err
 
 
@@ -155,8 +142,8 @@ def test_real_recordings_through_submit_and_score(real_audio, repo, tmp_path, ca
             f"data.root={real_audio}",
             f"data.cache_dir={tmp_path / 'cache'}",
             f"runs.dir={tmp_path / 'runs'}",
-        ]
-        + TINY_MODEL,
+            *TINY,
+        ],
     )
     sub = make_submitted_run(cfg)
     assert (sub.scores["detector"] == "gmm").all()

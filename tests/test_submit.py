@@ -1,86 +1,47 @@
-"""Submission CSVs and the submit -> evaluate path on a tiny data set with a fake run.
-
-The fake run is a randomly initialised tiny model saved with asd.infra.checkpoint.save_checkpoint,
-plus classes.csv and config.yml, as the Step 2 runner leaves them.
+"""Submission CSVs, detectors and embeddings of the session's tiny run (tests/conftest.py
+``runs``: Step 1, Step 2 and ``python -m asd.submit``), read as the official evaluator reads them.
 """
 
-import csv
 import dataclasses
 import json
 import logging
-import re
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import TINY, copy_run, read_like_evaluator
 
-from asd import evaluate as ev
 from asd import submit as sm
-from asd.infra.checkpoint import load_model, save_checkpoint
-from asd.infra.data import assign_classes, class_table, csv_name, save_classes
+from asd.infra.checkpoint import load_model
+from asd.infra.config import load_config
+from asd.infra.data import assign_classes, csv_name
 from asd.infra.feature_cache import build_cache
-from asd.infra.runs import new_run
 from asd.method.detectors import DetectorSet, GMMDetector, l2_normalise
-from asd.method.model import build_model
-
-TINY_MODEL = [
-    "model.stem_channels=4",
-    "model.stage_channels=[4,4,4,8]",
-    "model.embedding_dim=16",
-    "loss.n_subclusters=4",
-]
-
-
-def make_run(cfg, seed=0):
-    """A finished-looking stage2 run with a random model; returns its folder."""
-    cache = build_cache(cfg, progress=False)
-    classes = class_table(cache.index)
-    run = new_run(cfg, "stage2")
-    save_classes(classes, run / "classes.csv")
-    torch.manual_seed(seed)
-    model, head = build_model(cfg, len(classes))
-    save_checkpoint(
-        run / "model.pth",
-        model=model,
-        head=head,
-        cfg=cfg,
-        classes=classes,
-        mean=cache.mean,
-        std=cache.std,
-        progress={"iteration": 0},
-    )
-    return run
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_cfg, tmp_path_factory):
-    """The shared tiny data set (fan, valve; dev 00, eval 03) with a tiny model."""
-    runs = tmp_path_factory.mktemp("runs")
-    return tiny_cfg.replace(
-        **{
-            "runs.dir": str(runs),
-            "model.stem_channels": 4,
-            "model.stage_channels": [4, 4, 4, 8],
-            "model.embedding_dim": 16,
-            "loss.n_subclusters": 4,
-        }
-    )
+def cfg(runs):
+    """The shared run's config: tiny_data, the tiny model (helpers.TINY)."""
+    return load_config(runs.config)
 
 
 @pytest.fixture(scope="module")
-def submitted(cfg):
-    run = make_run(cfg)
-    return sm.submit(cfg, run, device="cpu")
+def submitted(runs):
+    """What ``python -m asd.submit`` left in the shared run: its folder and its scores.csv."""
+    return sm.Submission(
+        run=runs.stage2,
+        scores=read_scores(runs.stage2),
+        files=sorted((runs.stage2 / "submission").iterdir()),
+        detectors=DetectorSet.load(runs.stage2 / "detectors"),
+    )
+
+
+def read_scores(run):
+    """RUN/scores.csv as submit's table (score_test_clips) had it."""
+    return pd.read_csv(run / "scores.csv", dtype={"section": str}, keep_default_na=False)
 
 
 # ---------------------------------------------------------------------------- CSV format
-
-
-def test_csv_names():
-    assert csv_name("anomaly_score", "ToyCar", "03", "target") == (
-        "anomaly_score_ToyCar_section_03_target_test.csv"
-    )
 
 
 def test_write_submission_format(tmp_path):
@@ -136,13 +97,6 @@ def test_check_features_refuses_other_settings(cfg):
 # ---------------------------------------------------------------------------- submit
 
 
-def _read_like_evaluator(path):
-    """What the official evaluator does: csv.reader, rows sorted, float of column 1."""
-    with open(path) as f:
-        rows = list(csv.reader(f))
-    return [r[0] for r in sorted(rows)], [float(r[1]) for r in sorted(rows)]
-
-
 def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
     index = build_cache(cfg, progress=False).index
     test = index[index["split"] == "test"]
@@ -154,13 +108,13 @@ def test_submission_covers_every_test_group_with_exact_names(cfg, submitted):
             for kind in ("anomaly_score", "decision_result")
         )
         expected |= {score_name, decision_name}
-        names, scores = _read_like_evaluator(folder / score_name)
+        names, scores = read_like_evaluator(folder / score_name)
         assert names == sorted(rows["file"])  # one row per clip, basename, sorted
         assert np.all(np.isfinite(scores))
         lines = (folder / score_name).read_text().splitlines()
         assert [ln.split(",")[0] for ln in lines] == names  # already in evaluator order
         assert all(ln.count(",") == 1 for ln in lines)  # no header, no extra columns
-        d_names, decisions = _read_like_evaluator(folder / decision_name)
+        d_names, decisions = read_like_evaluator(folder / decision_name)
         assert d_names == names and set(decisions) <= {0.0, 1.0}
     assert {p.name for p in folder.iterdir()} == expected
     assert {("fan", "00"), ("fan", "03"), ("valve", "00"), ("valve", "03")} == set(
@@ -190,13 +144,25 @@ def test_gmm_starts_at_the_run_class_centres(cfg, submitted):
 
 def test_saved_detectors_reproduce_the_csv_scores(submitted):
     dets = DetectorSet.load(submitted.run / "detectors")
-    emb = np.load(submitted.run / "embeddings.npz")["embeddings"]
+    with np.load(submitted.run / "embeddings.npz") as z:
+        emb, clips = z["embeddings"], list(z["clips"])
     assert emb.shape[1] == 16 and emb.dtype == np.float32
     info = json.loads((submitted.run / "detectors" / "detectors.json").read_text())
     assert {e["kind"] for e in info["detectors"]} == {"gmm", "ocsvm", "knn"}  # both back-ends
     s = submitted.scores
     assert set(s["detector"]) == {"gmm", "ocsvm"}
     assert ((s["score"] > s["threshold"]).astype(int) == s["decision"]).all()
+    # the saved detectors score the saved embeddings of each test group as the CSVs say
+    challenge = sm.read_submission(submitted.run / "submission").set_index([*sm.GROUP, "file"])
+    for (machine, section, domain), rows in s.groupby(sm.GROUP):
+        det = dets.lookup(machine, section, domain)
+        assert set(rows["detector"]) == {det.kind}
+        rows_of = [clips.index(key) for key in sm.clip_keys(rows)]
+        again = det.score(emb[rows_of])
+        np.testing.assert_allclose(again, rows["score"], rtol=1e-9, atol=1e-12)
+        written = challenge.loc[[(machine, section, domain, f) for f in rows["file"]], "score"]
+        np.testing.assert_allclose(again, written, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(rows["threshold"], det.threshold, rtol=1e-9)
 
 
 def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(
@@ -231,129 +197,38 @@ def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(
             )
 
 
-def test_embeddings_are_reused(cfg, submitted, monkeypatch):
+def test_embeddings_are_reused(cfg, submitted, monkeypatch, tmp_path):
     import asd.method.embed
 
     def fail(*a, **k):
         raise AssertionError("embeddings recomputed")
 
     monkeypatch.setattr(asd.method.embed, "embed", fail)
-    again = sm.submit(cfg, submitted.run, device="cpu")
-    pd.testing.assert_frame_equal(again.scores, submitted.scores)
+    run = copy_run(submitted.run, tmp_path)
+    again = sm.submit(cfg, run, device="cpu")
+    # the same table (scores.csv reads its text columns back as plain objects), the same files
+    pd.testing.assert_frame_equal(again.scores, submitted.scores, check_dtype=False)
+    assert (run / "scores.csv").read_bytes() == (submitted.run / "scores.csv").read_bytes()
 
 
 def test_submit_cli_prints_run_last_and_refuses_other_features(
     cfg, submitted, capsys, tmp_path, repo
 ):
+    run = copy_run(submitted.run, tmp_path)
     config = tmp_path / "c.yml"
     config.write_text(f"extends: {repo / 'config.yml'}\n")
     args = [
         "--config",
         str(config),
         "--from",
-        str(submitted.run),
+        str(run),
         f"data.root={cfg.data.root}",
         f"data.cache_dir={cfg.data.cache_dir}",
         f"runs.dir={cfg.runs.dir}",
-    ] + TINY_MODEL
+        *TINY,
+    ]
     assert sm.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == str(submitted.run)
+    assert out[-1] == str(run)
     assert sm.main(args + ["features.fmax=7000.0"]) == 2
     assert "features.fmax" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------- evaluate
-
-
-def test_evaluate_tables_and_files(cfg, submitted, capsys):
-    result = ev.evaluate(cfg, submitted.run)
-    r = result.results
-    sec = r[r["level"] == "section"]
-    # dev labels from the names and eval labels from the ground truth, both systems
-    assert set(sec["dataset"]) == {"dev_data", "eval_data"}
-    assert set(sec["system"]) == {"ours", "knn", "reference"}  # ours: the report's pair
-    assert len(sec) == 2 * 2 * 2 * 3  # datasets x machines x domains x systems
-    assert sec["auc"].between(0, 1).all() and sec["pauc"].between(0, 1).all()
-    assert (sec["n_normal"] == 3).all() and (sec["n_anomaly"] == 3).all()
-    all_ours = r[(r["level"] == "all") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
-    dev = sec[(sec["system"] == "ours") & (sec["dataset"] == "dev_data")]
-    from asd.method import metrics
-
-    assert all_ours["score"].iloc[0] == pytest.approx(
-        metrics.official_score(dev["auc"], dev["pauc"])
-    )
-    assert all_ours["auc"].iloc[0] == pytest.approx(metrics.hmean(dev["auc"]))
-    by_domain = r[(r["level"] == "domain") & (r["system"] == "ours") & (r["dataset"] == "dev_data")]
-    assert sorted(by_domain["domain"]) == ["source", "target"]
-    for row in by_domain.itertuples():
-        own = dev[dev["domain"] == row.domain]
-        assert (row.auc, row.pauc) == pytest.approx(
-            (metrics.hmean(own["auc"]), metrics.hmean(own["pauc"]))
-        )
-    # the CSV agrees with the submission files
-    clip = result.clips.iloc[0]
-    names, scores = _read_like_evaluator(
-        submitted.run
-        / "submission"
-        / csv_name("anomaly_score", clip.machine, clip.section, clip.domain)
-    )
-    assert scores[names.index(clip.file)] == pytest.approx(clip.ours)
-    saved = pd.read_csv(submitted.run / "results.csv", dtype={"section": str})
-    assert list(saved.columns) == ev.RESULT_COLUMNS and len(saved) == len(r)
-    md = (submitted.run / "results.md").read_text()
-    assert re.search(r"^machine +\| ours +\| kNN +\| simple reference$", md, re.M)
-    assert re.search(r"^machine +\| report +\| AE baseline +\| MobileNetV2 baseline$", md, re.M)
-    assert ev.PUBLISHED_NOTE in md
-    assert "66.12 / 58.18" in md and "### Per domain" in md
-    assert "### Per domain, harmonic means over machines and sections" in ev.report(result)
-    assert sorted(p.name for p in (submitted.run / "figures").iterdir()) == [
-        "roc_dev_data.png",
-        "roc_eval_data.png",
-    ]
-    assert "- figures: [roc_dev_data](figures/roc_dev_data.png)" in md
-
-
-def test_evaluate_cli_prints_run_last(cfg, submitted, capsys, repo):
-    args = [
-        "--config",
-        str(repo / "config.yml"),
-        "--from",
-        str(submitted.run),
-        "--no-figures",
-        f"data.root={cfg.data.root}",
-        f"data.cache_dir={cfg.data.cache_dir}",
-    ] + TINY_MODEL
-    assert ev.main(args) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == str(submitted.run)
-    assert any(line.startswith("machine") and "| ours" in line for line in out)
-    assert any(line.startswith("machine") and "| report" in line for line in out)
-    assert not any("| ours" in line and "| report" in line for line in out)  # apart
-
-
-def test_evaluate_needs_a_submission(cfg):
-    run = make_run(cfg, seed=1)
-    with pytest.raises(ev.EvaluateError, match="run asd.submit"):
-        ev.evaluate(cfg, run)
-
-
-def test_embed_streams_batches_in_eval_mode(cfg):
-    from asd.method.embed import embed
-
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, 2)
-    model.train()
-    rng = np.random.default_rng(0)
-    feats = rng.normal(-40, 5, size=(5, 313, 128)).astype(np.float16)  # (N, T, F)
-    mean, std = np.full(128, -40, np.float32), np.full(128, 5, np.float32)
-    out = embed(model, feats, mean, std, batch_size=2)
-    assert out.shape == (5, 16) and out.dtype == np.float32
-    assert model.training  # mode restored
-    for p in model.parameters():
-        if p.dim() == 4:
-            assert p.is_contiguous(), "embed left the caller's weights channels_last"
-    model.eval()
-    with torch.no_grad():
-        x = torch.from_numpy((feats.astype(np.float32) - mean) / std)[:, None]
-        assert np.allclose(out, model(x).numpy(), atol=1e-5)

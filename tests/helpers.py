@@ -1,4 +1,5 @@
-"""Shared by tests/test_robust_*.py: the entry points in subprocesses and one tiny trained run.
+"""Shared by the tests: the one tiny config (TINY), the entry points in subprocesses, and the
+tiny run that tests/conftest.py trains once per session.
 
 Every subprocess runs with one torch/BLAS thread: the numbers are then the same in every
 process (a resumed run can be compared bit for bit with an uninterrupted one), and on a busy
@@ -7,6 +8,7 @@ machine one thread is several times faster than two for these tiny models.
 
 from __future__ import annotations
 
+import csv
 import os
 import resource
 import shutil
@@ -19,7 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-# a tiny model and schedule (Step 1: 6 steps per epoch on tiny_data's 48 source clips)
+# The tiny model and schedule of every test (tests/conftest.py's tiny_cfg and the shared run):
+# Step 1 takes 6 batches an epoch of tiny_data's 48 source training clips. A test that needs
+# other values names them as overrides after these.
 TINY = [
     "model.stem_channels=4",
     "model.stage_channels=[4,4,8,8]",
@@ -138,6 +142,14 @@ def kill_when(proc: subprocess.Popen, folder: Path, pattern: str, timeout: float
     raise AssertionError(f"{pattern} did not appear under {folder} in {timeout} s")
 
 
+def read_like_evaluator(path: Path) -> tuple[list[str], list[float]]:
+    """A challenge CSV as the official evaluator reads it: csv.reader, rows sorted, the float
+    of column 1; (file names, scores)."""
+    with open(path) as f:
+        rows = sorted(csv.reader(f))
+    return [r[0] for r in rows], [float(r[1]) for r in rows]
+
+
 def refused(out: subprocess.CompletedProcess, *words: str) -> str:
     """Assert a clean refusal: non-zero exit, no traceback, stderr naming ``words``."""
     assert out.returncode != 0, out.stdout[-2000:]
@@ -177,7 +189,7 @@ def temp_files(folder: Path) -> list[Path]:
 
 @dataclass
 class TinyRuns:
-    config: Path  # config file: tiny_data, TINY settings, its own runs/ and cache/
+    config: Path  # config file: tiny_cfg (tiny_data, TINY, its feature cache), its own runs/
     stage1: Path
     stage2: Path  # submitted
 
@@ -203,15 +215,10 @@ def write_config(cfg, path: Path, overrides=()) -> Path:
     return Path(path)
 
 
-def tiny_runs(tiny_cfg, tmp_path_factory) -> TinyRuns:
-    """Step 1, Step 2 and submit of the tiny model on tiny_data, through the command lines
+def tiny_runs(tiny_cfg, folder: Path) -> TinyRuns:
+    """Step 1, Step 2 and submit of tiny_cfg's model, through the command lines, in ``folder``
     (the session fixture ``runs`` of tests/conftest.py builds it once)."""
-    base = tmp_path_factory.mktemp("robust_runs")
-    config = write_config(
-        tiny_cfg,
-        base / "config.yml",
-        [f"runs.dir={base / 'runs'}", f"data.cache_dir={base / 'cache'}", *TINY],
-    )
+    config = write_config(tiny_cfg, folder / "config.yml", [f"runs.dir={folder / 'runs'}"])
     run1 = Path(
         cli("runners.stage1", "--config", config, "--no-progress", check=True).stdout.split()[-1]
     )
