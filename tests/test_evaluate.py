@@ -231,5 +231,8 @@ def test_evaluate_without_eval_ground_truth(runs, tiny_cfg, tmp_path):
     warning = [line for line in out.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warning) == 1 and str(ground_truth_dir(root)) in warning[0]
     assert "make data" in warning[0]
-    assert "eval_data: absent" in out.stdout and "dev_data: harmonic means" in out.stdout
+    assert (
+        "eval_data: absent" in out.stdout
+        and "dev_data, measured on this data: harmonic means" in out.stdout
+    )
     assert "absent: no evaluation ground truth" in (run / "results.md").read_text()
