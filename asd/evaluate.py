@@ -151,8 +151,8 @@ def missing_ground_truth(root: str | Path) -> str | None:
 
 
 def _parts(rule: str, g: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(domain, clips) parts of one section's labelled test clips ``g``, each with both labels,
-    that the ``rule`` scores apart: each domain (2021), the whole section (2022, folders: the
+    """The (domain, clips) parts of one section's labelled test clips ``g`` that the ``rule``
+    scores apart, each with both labels: each domain (2021), the whole section (2022, folders: the
     domain "" for folders, whose test domains are unknown)."""
     if rule == "2021":
         return list(g.groupby("domain", sort=True))
@@ -230,7 +230,8 @@ def summary_rows(sections: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
         for level, machine, domain, gm in parts:
             # 2022 rows repeat the section's anomalies under both domains: count them once.
             if rule == "2022":
-                n_anomaly = int(gm.drop_duplicates(["machine", "section"])["n_anomaly"].sum())
+                once = gm.drop_duplicates(["machine", "section"])
+                n_anomaly = int(once["n_anomaly"].sum())
             else:
                 n_anomaly = int(gm["n_anomaly"].sum())
             rows.append(
@@ -488,11 +489,15 @@ def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
                 xlabel="false positive rate (log)",
                 ylabel="true positive rate",
             )
-            ax.set_xticks([left, metrics.MAX_FPR, 1], [f"{left:g}", f"{metrics.MAX_FPR:g}", "1"])
+            ticks = [left, metrics.MAX_FPR, 1]
+            ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
             # Axis labels on the outer panels only.
             ax.label_outer()
     # One legend for the figure: the panels' entries, each label once.
-    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles[label] = handle
     fig.legend(
         handles.values(),
         handles.keys(),
@@ -633,8 +638,8 @@ class Evaluation:
 
 
 def other_backend(run: Run, clips: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
-    """(the submitted back-end, ``clips`` with the other back-end's scores as a column named
-    after it) from ``RUN/scores.csv``; (None, clips) for a run submitted before it held both."""
+    """The submitted back-end and ``clips`` with the other back-end's scores as a column named
+    after it, from ``RUN/scores.csv``; (None, clips) for a run submitted before it held both."""
     path = run.scores
     keys = ["machine", "section", "file"]
     table = pd.read_csv(path, dtype={k: str for k in keys}) if path.is_file() else None

@@ -55,8 +55,8 @@ def describe_clip(
     section: str | None = None,
     domain: str | None = None,
 ) -> tuple[str, str | None, str | None]:
-    """(machine, section, domain) of a recording: the options, else its name and folders;
-    section None where neither tells it, domain None where the domain is unknown."""
+    """The (machine, section, domain) of a recording: the options, else its name and folders.
+    The section is None where neither tells it, the domain None where it is unknown."""
     path = Path(path)
     if section is None or domain is None:
         # The 2023 rules also read evaluation names, which carry a section but no domain.

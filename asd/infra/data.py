@@ -124,7 +124,14 @@ def parse_name(file_name: str | Path, layout: str = "dcase2021") -> ClipName:
     later = layout in ("dcase2022", "dcase2023")
     # Only from 2022 on can a name lack its domain; a 2021 name without one is refused.
     if later and (e := _EVAL_NAME.match(name)):
-        return ClipName(e["section"], None, "test", None, int(e["index"]), "")
+        return ClipName(
+            section=e["section"],
+            domain=None,
+            split="test",
+            label=None,
+            index=int(e["index"]),
+            attributes="",
+        )
     m = _NAME.match(name)
     if m is None:
         also = f" or {_EXPECTED_EVAL}" if later else ""
@@ -140,7 +147,12 @@ def parse_name(file_name: str | Path, layout: str = "dcase2021") -> ClipName:
             f"{file_name}: a training clip name must say 'train_normal'; expected {_EXPECTED}"
         )
     return ClipName(
-        m["section"], domain, m["split"], m["label"], int(m["index"]), m["attributes"] or ""
+        section=m["section"],
+        domain=domain,
+        split=m["split"],
+        label=m["label"],
+        index=int(m["index"]),
+        attributes=m["attributes"] or "",
     )
 
 
@@ -322,7 +334,9 @@ def _folders_rows(root: Path) -> list[dict]:
         groups = _conditions(machine / "train")
         # The condition with the fewest clips plays the target domain (the first name among
         # equals); a machine of one condition has no target.
-        target = min(groups, key=lambda c: (len(groups[c]), c)) if len(groups) > 1 else None
+        target = None
+        if len(groups) > 1:
+            target = min(groups, key=lambda c: (len(groups[c]), c))
         for condition, names in groups.items():
             domain = "target" if condition == target else "source"
             folder = machine / "train" / condition if condition else machine / "train"

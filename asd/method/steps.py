@@ -47,7 +47,7 @@ class TrainingStep:
         raise NotImplementedError
 
     def position(self, cfg: Config, progress: dict) -> tuple[int, int]:
-        """(done, total) in ``unit`` for a checkpoint's progress dict."""
+        """How far a checkpoint's progress dict got: (done, total), counted in ``unit``."""
         raise NotImplementedError
 
 
