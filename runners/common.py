@@ -453,7 +453,7 @@ def make_engine(cfg: Config) -> dl.Engine:
         port = s.getsockname()[1]
     # NCCL needs GPUs; on the CPU the processes talk over gloo.
     on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
-    # One process per GPU, or as many as engine.world_size names on the CPU.
+    # engine.world_size processes (0: one per visible GPU).
     world = world_size(cfg)
     return DistributedEngine(
         world_size=world, num_node_workers=world, port=port, mixed_precision=precision, **on_cpu
