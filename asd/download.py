@@ -43,10 +43,14 @@ DEFAULT_BASE_URL = "https://zenodo.org/api"
 BASE_URL_ENV = "ASD_ZENODO_URL"
 DEFAULT_TRUTH_URL = "https://github.com"
 TRUTH_URL_ENV = "ASD_TRUTH_URL"
-STATE = ".download"  # folder inside the root: .part files, archives and .done markers
+# The folder inside the root for .part files, archives and .done markers.
+STATE = ".download"
+# A machine type in an archive's name.
 _M = r"(?P<machine>[A-Za-z0-9]+)"
+# 2021's ground truth: one CSV per section and domain.
 _TRUTH = r"ground_truth_(?P<machine>.+)_section_\d{2}_(source|target)_test\.csv"
-_TRUTH_2022 = r"ground_truth_(?P<machine>.+)_section_\d{2}_test\.csv"  # one per section
+# 2022 on: one CSV per section.
+_TRUTH_2022 = r"ground_truth_(?P<machine>.+)_section_\d{2}_test\.csv"
 
 
 class DownloadError(AsdError):
@@ -76,7 +80,8 @@ RECORDS = (
     ),
     Record(5257674, "eval ground truth", (r".+\.zip", _TRUTH), f"eval_data/{GROUND_TRUTH}", ()),
 )
-_LATER = ("train", "test")  # 2022 on
+# The split folders from 2022 on.
+_LATER = ("train", "test")
 
 
 def _later_records(dev: int | None, train: int | None, test: int | None) -> tuple[Record, ...]:
@@ -163,27 +168,31 @@ def record_files(
     ``<base_url>/records/<id>`` (None: ``$ASD_ZENODO_URL``, else Zenodo)."""
     base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     url = f"{base_url.rstrip('/')}/records/{record.record_id}"
+    # A network failure and an answer of another shape are told apart in the message.
     try:
         resp = requests.get(url, timeout=timeout)
         resp.raise_for_status()
         out = []
         for entry in resp.json()["files"]:
             key = entry["key"]
-            if match := next(filter(None, (re.fullmatch(n, key) for n in record.names)), None):
+            # The first of the record's name patterns that matches, if any.
+            match = next(filter(None, (re.fullmatch(n, key) for n in record.names)), None)
+            if match:
+                # Zenodo's answer names the download link; a mirror may leave it out.
                 link = (entry.get("links") or {}).get("self") or f"{url}/files/{key}/content"
-                md5 = re.sub(r"^md5:", "", entry["checksum"], flags=re.I).lower()  # or bare hex
-                out.append(
-                    RemoteFile(
-                        record, key, match.groupdict().get("machine"), link, int(entry["size"]), md5
-                    )
-                )
+                # Zenodo writes "md5:<hex>"; a mirror may give the bare hex.
+                md5 = re.sub(r"^md5:", "", entry["checksum"], flags=re.I).lower()
+                machine = match.groupdict().get("machine")
+                size = int(entry["size"])
+                out.append(RemoteFile(record, key, machine, link, size, md5))
     except requests.RequestException as err:
         raise DownloadError(f"{url}: cannot fetch the {record.title} record: {err}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DownloadError(f"{url}: not a records API answer ({err!r})") from None
     if not out:
         raise DownloadError(f"{url}: no file of the {record.title} record has the expected name")
-    newer = {f.machine for f in out if f.machine and "_r2." in f.key}  # these replace the first
+    # A machine's newer archive (_r2) replaces its first one.
+    newer = {f.machine for f in out if f.machine and "_r2." in f.key}
     out = [f for f in out if f.machine not in newer or "_r2." in f.key]
     return [f for f in out if machines is None or f.machine in (None, *machines)]
 
@@ -194,11 +203,14 @@ def resuming_downloader(part: Path, size: int, progress: bool, timeout: float):
 
     def fetch(url: str, output_file: str, _pooch) -> None:
         start = part.stat().st_size if part.exists() else 0
+        # A complete .part is only renamed: pooch checks its MD5.
         if start != size:
-            start = start if start < size else 0  # longer than the file: not a piece of it
+            # Longer than the file: not a piece of it, so start again.
+            start = start if start < size else 0
             headers = {"Range": f"bytes={start}-"} if start else {}
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
                 resp.raise_for_status()
+                # 206: the server sent the rest; 200: it ignored Range and sends the whole file.
                 start = start if resp.status_code == 206 else 0
                 with (
                     open(part, "ab" if start else "wb") as out,
@@ -213,18 +225,23 @@ def resuming_downloader(part: Path, size: int, progress: bool, timeout: float):
                 ):
                     for block in resp.iter_content(1 << 20):
                         bar.update(out.write(block))
-        os.replace(part, output_file)  # pooch checks the MD5, then gives it its name
+        # pooch checks the MD5, then gives the file its name.
+        os.replace(part, output_file)
 
     return fetch
 
 
 def place(found: Path, remote: RemoteFile, root: Path, machines: Sequence[str] | None):
     """Move the machine's folders, or the ground-truth CSVs, found in ``found`` into ``root``."""
-    rec, target = remote.record, root / remote.record.dataset
+    rec = remote.record
+    target = root / remote.record.dataset
     if rec.folders:
+        # Archives keep the machine's folder at the top or one level down; macOS's resource
+        # copies are no data.
+        candidates = [found / remote.machine, *found.glob(f"*/{remote.machine}")]
         tops = [
             d
-            for d in [found / remote.machine, *found.glob(f"*/{remote.machine}")]
+            for d in candidates
             if "__MACOSX" not in d.parts and all((d / f).is_dir() for f in rec.folders)
         ]
         if not tops:
@@ -233,9 +250,11 @@ def place(found: Path, remote: RemoteFile, root: Path, machines: Sequence[str] |
                 f"{', '.join(rec.folders)}; nothing was unpacked"
             )
         moves = {tops[0] / f: target / remote.machine / f for f in rec.folders}
-        for beside in sorted(tops[0].glob("attributes_*.csv")):  # 2022 on
+        # 2022 on: the attributes files beside the split folders.
+        for beside in sorted(tops[0].glob("attributes_*.csv")):
             moves[beside] = target / remote.machine / beside.name
-    else:  # ground truth: every matching CSV, wherever the zip keeps it
+    # Ground truth: every matching CSV, wherever the zip keeps it.
+    else:
         files = [found] if found.is_file() else sorted(found.rglob("ground_truth_*.csv"))
         names = [(f, re.fullmatch(_TRUTH, f.name)) for f in files if "__MACOSX" not in f.parts]
         moves = {
@@ -247,7 +266,8 @@ def place(found: Path, remote: RemoteFile, root: Path, machines: Sequence[str] |
             raise DownloadError(f"{remote.key}: holds no {_TRUTH} file")
     for found, to in moves.items():
         to.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(to, ignore_errors=True)  # a folder from a stopped run
+        # A folder left by a stopped run is replaced, not merged.
+        shutil.rmtree(to, ignore_errors=True)
         shutil.move(found, to)
 
 
@@ -261,7 +281,9 @@ def fetch(
     retries: int,
 ) -> None:
     """Fetch, verify and unpack one file of a record into ``root``, then mark it done."""
-    state, rec = root / STATE, remote.record
+    state = root / STATE
+    rec = remote.record
+    # pooch knows the file by its MD5, so a damaged download is never unpacked.
     store = pooch.create(
         state,
         "",
@@ -270,16 +292,19 @@ def fetch(
         retry_if_failed=retries,
     )
     get = resuming_downloader(state / f"{remote.key}.part", remote.size, progress, timeout)
+    # Unpacked beside the data, on the same file system, so the moves are renames.
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=root) as tree:
         unzip = pooch.Unzip(extract_dir=tree) if remote.key.endswith(".zip") else None
         try:
             got = store.fetch(remote.key, processor=unzip, downloader=get)
-        except (requests.RequestException, ValueError) as err:  # ValueError: MD5 mismatch
+        # pooch raises ValueError for an MD5 mismatch.
+        except (requests.RequestException, ValueError) as err:
             raise DownloadError(f"{remote.key}: {err}") from None
         except (zipfile.BadZipFile, EOFError) as err:
             raise DownloadError(f"{remote.key}: cannot unpack: {err}") from None
         place(Path(tree if unzip else got), remote, root, machines)
-    if machines is None or remote.machine is not None:  # not a ground truth cut to --machines
+    # A ground truth cut to --machines is not done: a later run for all machines needs it whole.
+    if machines is None or remote.machine is not None:
         (state / f"{remote.key}.done").write_text(remote.md5 + "\n")
     if not keep_archives:
         (state / remote.key).unlink(missing_ok=True)
@@ -305,6 +330,7 @@ def fetch_truth(
         f"{root / 'eval_data' / GROUND_TRUTH_DOMAIN}"
     )
     archive = root / STATE / f"{repo.replace('/', '+')}.zip"
+    # Every failure ends in the same advice: the manual step.
     try:
         with requests.get(url, stream=True, timeout=timeout) as resp:
             resp.raise_for_status()
@@ -314,6 +340,7 @@ def fetch_truth(
         with tempfile.TemporaryDirectory(prefix=".unpack-", dir=root) as tree:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tree)
+            # The repository holds more than the truth; only its CSVs of --machines move.
             moves = {
                 f: root / "eval_data" / dest / f.name
                 for sub, dest in folders.items()
@@ -322,6 +349,7 @@ def fetch_truth(
                 and (m := re.fullmatch(_TRUTH_2022, f.name))
                 and (machines is None or m["machine"] in machines)
             }
+            # The labels are what evaluation needs; the domains alone are not enough.
             if not any(to.parent.name == GROUND_TRUTH for to in moves.values()):
                 raise DownloadError(f"{url}: holds no ground_truth_data/{_TRUTH_2022}; {manual}")
             for found, to in moves.items():
@@ -331,9 +359,11 @@ def fetch_truth(
         raise DownloadError(
             f"eval ground truth: {url} could not be fetched ({err}); {manual}"
         ) from None
+    # The archive is fetched again each time, so it is never kept.
     finally:
         archive.unlink(missing_ok=True)
-    logging.getLogger(__name__).info("%s: ground truth in place under %s", repo, root / "eval_data")
+    log = logging.getLogger(__name__)
+    log.info("%s: ground truth in place under %s", repo, root / "eval_data")
 
 
 def download(
@@ -354,6 +384,7 @@ def download(
     root = Path(root)
     if year not in YEARS:
         raise DownloadError(f"data.year {year}: expected one of {', '.join(map(str, YEARS))}")
+    # Records given by the caller come without the year's evaluator ground truth.
     evaluator = YEARS[year].evaluator if records is None else None
     records = YEARS[year].records if records is None else records
     (root / STATE).mkdir(parents=True, exist_ok=True)
@@ -363,9 +394,11 @@ def download(
             continue
         try:
             for remote in record_files(record, base_url, machines, timeout):
+                # A file done with the same MD5 is skipped; a changed one is fetched again.
                 done = root / STATE / f"{remote.key}.done"
                 if not (done.is_file() and done.read_text().strip() == remote.md5):
                     fetch(remote, root, machines, keep_archives, progress, timeout, retries)
+        # The 2021 ground truth can be put there by hand; say how.
         except DownloadError as err:
             if record.folders:
                 raise
@@ -424,12 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     def run(args):
         machines = list(args.machines) if args.machines else None
         year = args.year or load_args_config(args).data.year
+        # --machines accepted any year's names; now the year is known, check them against it.
         if machines:
             message = unknown_names(machines, YEARS[year].machines, f"{year} machine type")
             if message:
                 raise DownloadError(message)
         published = [r for r in YEARS[year].records if r.record_id is not None]
-        if args.list:  # what `make data` would fetch, from the records' own metadata
+        # What `make data` would fetch, from the records' own metadata.
+        if args.list:
             files = [f for r in published for f in record_files(r, args.base_url, machines)]
             for f in files:
                 print(f"{f.record.record_id} {f.key} {f.size / 1e9:.3f} GB")

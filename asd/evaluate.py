@@ -26,6 +26,7 @@ import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,12 +46,13 @@ from asd.infra.runs import Run, submitted_data
 from asd.method import metrics
 from asd.submit import check_features, layout_rule, read_submission
 
-log = logging.getLogger("asd.evaluate")  # not "__main__" under python -m
+# Named, not __name__: under python -m that would be "__main__".
+log = logging.getLogger("asd.evaluate")
 
-# the report's Table 2 order (alphabetical, case aside); every table and figure uses it
+# The report's Table 2 order (alphabetical, case aside); every table and figure uses it.
 MACHINES = ("fan", "gearbox", "pump", "slider", "ToyCar", "ToyTrain", "valve")
 # docs/reproduction.md "Reference numbers": the REAL development test data, harmonic means,
-# AUC / pAUC in %
+# AUC / pAUC in %.
 PUBLISHED = {
     name: dict(zip(MACHINES + ("all",), values))
     for name, values in {
@@ -87,7 +89,7 @@ PUBLISHED = {
     }.items()
 }
 # ours: the submitted CSVs; knn / gmm_ocsvm: the other back-end (scores.csv); reference:
-# asd.method.reference
+# asd.method.reference.
 SYSTEM_NAMES = {
     "ours": "ours",
     "gmm_ocsvm": "GMM/OCSVM",
@@ -106,7 +108,7 @@ PUBLISHED_NOTE = (
     "The report's Table 2 and the DCASE 2021 Task 2 AE and MobileNetV2 baselines, as "
     "published: measured on the REAL development data, not on this data; for orientation only."
 )
-# what a refusal to evaluate a run on other data than its submission's says to do instead
+# What a refusal to evaluate a run on other data than its submission's says to do instead.
 ADVICE = "evaluate it with that data root (drop the data.root override), or submit a copy first"
 RESULT_COLUMNS = [
     "dataset",
@@ -127,9 +129,19 @@ class EvaluateError(AsdError):
     """A run or data root that cannot be evaluated; the message says which and why."""
 
 
+class _PartKey(NamedTuple):
+    """Which clips a part of a section holds (domain "": all of the section's)."""
+
+    dataset: str
+    machine: str
+    section: str
+    domain: str
+
+
 def missing_ground_truth(root: str | Path) -> str | None:
     """The warning to print when ``root`` has evaluation test clips but no ground truth."""
     folder = ground_truth_dir(root)
+    # Only a root with evaluation test clips needs their ground truth.
     tests = [p for p in Path(root, "eval_data").glob("*/*test") if any(p.glob("*.wav"))]
     if tests and not any(folder.glob("ground_truth_*.csv")):
         return (
@@ -139,8 +151,8 @@ def missing_ground_truth(root: str | Path) -> str | None:
 
 
 def _parts(rule: str, g: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(domain, clips) parts of one section's labelled test clips ``g``, each with both labels,
-    that the ``rule`` scores apart: each domain (2021), the whole section (2022, folders: the
+    """The (domain, clips) parts of one section's labelled test clips ``g`` that the ``rule``
+    scores apart, each with both labels: each domain (2021), the whole section (2022, folders: the
     domain "" for folders, whose test domains are unknown)."""
     if rule == "2021":
         return list(g.groupby("domain", sort=True))
@@ -150,23 +162,25 @@ def _parts(rule: str, g: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def _section_rows(rule: str, key: tuple, part: pd.DataFrame, systems: list) -> list[tuple]:
     """RESULT_COLUMNS rows of one section part: a row per domain and system; for 2022 each
     domain's AUC beside the section's one pAUC (n_anomaly: all the section's anomalies)."""
-    dataset, machine, section, domain = key
     y = part["anomaly"].to_numpy()
+    # A 2021 part is one domain's clips, which the folders rule scores as a whole.
+    part_rule = "folders" if rule == "2021" else rule
     rows = []
     for system in systems:
-        values = metrics.section_values(
-            "folders" if rule == "2021" else rule, y, part[system], part["domain"]
-        )
+        values = metrics.section_values(part_rule, y, part[system], part["domain"])
+        # 2022: a row per domain, its normals against all the section's anomalies.
         if rule == "2022":
             per_domain = [(d, values[f"auc_{d}"], part["domain"] == d) for d in DOMAINS]
         else:
-            per_domain = [(domain, values["auc"], np.ones(len(part), bool))]
+            per_domain = [(key.domain, values["auc"], np.ones(len(part), bool))]
         for d, a, mine in per_domain:
             p = values["pauc"]
             n_anom = int(y.sum()) if rule == "2022" else int(y[mine].sum())
             n_normal = int((y[mine] == 0).sum())
-            row = (dataset, "section", machine, section, d, system, a, p, metrics.hmean([a, p]))
-            rows.append((*row, n_normal, n_anom))  # RESULT_COLUMNS
+            score = metrics.hmean([a, p])
+            # In the order of RESULT_COLUMNS.
+            row = (key.dataset, "section", key.machine, key.section, d, system, a, p, score)
+            rows.append((*row, n_normal, n_anom))
     return rows
 
 
@@ -175,12 +189,15 @@ def section_table(clips: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
     (``anomaly`` and a score column per system of SYSTEM_NAMES that it has), as the ``rule``
     (asd.method.metrics.LAYOUT_RULES) scores them; parts without both labels are skipped
     (warned)."""
-    rows, keys = [], ["dataset", "machine", "section"]
+    rows = []
+    keys = ["dataset", "machine", "section"]
     for key, g in report_order(clips, keys).groupby(keys, sort=False):
+        # A system with a clip unscored (an older run without both back-ends) is left out.
         systems = [name for name in SYSTEM_NAMES if name in g and g[name].notna().all()]
         for domain, part in _parts(rule, g):
             y = part["anomaly"].to_numpy()
-            wanted = 2 if rule == "2022" else 1  # 2022: both domains' normals
+            # An AUC needs both labels; 2022 needs the normals of both domains as well.
+            wanted = 2 if rule == "2022" else 1
             has_normals = part.loc[y == 0, "domain"].nunique(dropna=False) >= wanted
             if int(y.sum()) in (0, len(y)) or not has_normals:
                 log.warning(
@@ -190,7 +207,7 @@ def section_table(clips: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
                     domain or "(all domains)",
                 )
                 continue
-            rows += _section_rows(rule, (*key, domain), part, systems)
+            rows += _section_rows(rule, _PartKey(*key, domain), part, systems)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -211,6 +228,12 @@ def summary_rows(sections: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
         parts += [("domain", "all", d, gd) for d, gd in g.groupby("domain", sort=True)]
         parts.append(("all", "all", "", g))
         for level, machine, domain, gm in parts:
+            # 2022 rows repeat the section's anomalies under both domains: count them once.
+            if rule == "2022":
+                once = gm.drop_duplicates(["machine", "section"])
+                n_anomaly = int(once["n_anomaly"].sum())
+            else:
+                n_anomaly = int(gm["n_anomaly"].sum())
             rows.append(
                 (
                     dataset,
@@ -223,9 +246,7 @@ def summary_rows(sections: pd.DataFrame, rule: str = "2021") -> pd.DataFrame:
                     metrics.hmean(gm["pauc"]),
                     _official(rule, gm),
                     int(gm["n_normal"].sum()),
-                    int(gm.drop_duplicates(["machine", "section"])["n_anomaly"].sum())
-                    if rule == "2022"
-                    else int(gm["n_anomaly"].sum()),
+                    n_anomaly,
                 )
             )
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
@@ -237,15 +258,13 @@ def _systems_table(results: pd.DataFrame, dataset: str, levels: list, by: list) 
     rows = results[(results["dataset"] == dataset) & results["level"].isin(levels)]
     present = [name for key, name in SYSTEM_NAMES.items() if key in set(rows["system"])]
     for key, group in rows.groupby(by, sort=False):
+        # A system without a row in this group shows "-", so every row has every column.
         cells = dict.fromkeys(present, "-")
-        cells.update(
-            {
-                SYSTEM_NAMES[row.system]: f"{100 * row.auc:.2f} / {100 * row.pauc:.2f}"
-                for row in group.itertuples()
-            }
-        )
+        for row in group.itertuples():
+            cells[SYSTEM_NAMES[row.system]] = f"{100 * row.auc:.2f} / {100 * row.pauc:.2f}"
         table.append({**dict(zip(by, key)), **cells})
-    return pd.DataFrame(table)  # in the order of ``results``
+    # In the order of ``results``.
+    return pd.DataFrame(table)
 
 
 def with_published(dataset: str, rule: str = "2021") -> bool:
@@ -265,10 +284,15 @@ def published_table(machines: list[str]) -> pd.DataFrame:
     ("all" included): a table of its own, never in the rows of measured numbers."""
     table = pd.DataFrame({"machine": machines})
     for name, published in PUBLISHED.items():
-        table[name] = [
-            f"{published[m][0]:.2f} / {published[m][1]:.2f}" if m in published else "-"
-            for m in machines
-        ]
+        cells = []
+        for m in machines:
+            # Published numbers exist only for the 2021 machines; others show "-".
+            if m in published:
+                auc, pauc = published[m]
+                cells.append(f"{auc:.2f} / {pauc:.2f}")
+            else:
+                cells.append("-")
+        table[name] = cells
     return table
 
 
@@ -276,12 +300,14 @@ def official_line(results: pd.DataFrame, dataset: str, rule: str = "2021") -> st
     """The official score (the layout's ``rule``) of each system measured on ``dataset``."""
     summ = results[(results["dataset"] == dataset) & (results["level"] == "all")]
     score = dict(zip(summ["system"], summ["score"]))
+    # In the order of SYSTEM_NAMES, only the systems measured.
     parts = [f"{name} {100 * score[key]:.2f}" for key, name in SYSTEM_NAMES.items() if key in score]
     return f"official score ({RULE_NAMES[rule]}): " + ", ".join(parts)
 
 
 def published_line() -> str:
     """The published systems' official scores, approximated from their two harmonic means."""
+    # Only the two means were published, not each section's numbers the official score needs.
     approx = ", ".join(
         f"{name} ~{metrics.hmean(means['all']):.2f}" for name, means in PUBLISHED.items()
     )
@@ -292,6 +318,7 @@ def text_table(df: pd.DataFrame) -> str:
     """Every row of ``df`` with its columns padded and separated by " | " (also a Markdown
     table), so neighbouring cells of "AUC / pAUC" pairs cannot run together."""
     cells = [list(map(str, df.columns)), *[list(map(str, row)) for row in df.itertuples(False)]]
+    # At least three dashes: what Markdown needs of a separator cell.
     widths = [max(3, *(len(row[i]) for row in cells)) for i in range(df.shape[1])]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, " | ".join("-" * w for w in widths))
@@ -323,12 +350,14 @@ def result_blocks(
             text_table(machines),
             official_line(results, dataset, rule),
         ]
-        if rule != "folders":  # plain folders' test clips have no domain
+        # Plain folders' test clips have no domain.
+        if rule != "folders":
             out += [
                 "### Per domain, harmonic means over machines and sections",
                 text_table(_systems_table(results, dataset, ["domain"], ["domain"])),
             ]
-        if markdown:  # with each section's normal and anomalous test clip counts
+        # With each section's normal and anomalous test clip counts.
+        if markdown:
             out += [
                 "### Per section and domain",
                 text_table(
@@ -355,11 +384,13 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
     and system as coloured text, and the operating point of our thresholds' decisions."""
     from sklearn.metrics import roc_curve
 
-    chance = np.geomspace(left, 1, 50)  # y = x: a curve on the log axis
+    # y = x is a curve on the log axis, so it is drawn through points.
+    chance = np.geomspace(left, 1, 50)
     ax.plot(chance, chance, color="grey", linewidth=0.5)
     lines = []
     for colour, domain in (("C0", "source"), ("C1", "target")):
         g = groups.get((machine, section, domain))
+        # A ROC curve needs both labels.
         if g is None or g["anomaly"].nunique() < 2:
             continue
         numbers = []
@@ -376,7 +407,8 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
                 name = "ours" if system == "ours" else "ref."
                 numbers.append(f"{name} {100 * auc:.1f}/{100 * pauc:.1f}")
         lines.append((colour, f"{domain}: {', '.join(numbers)}"))
-        if "decision" in g:  # where the thresholds put ours: FPR, TPR of its decisions
+        # Where the thresholds put ours: the FPR and TPR of its decisions.
+        if "decision" in g:
             flagged = g.groupby("anomaly")["decision"].mean()
             ax.scatter(
                 max(flagged[0], left),
@@ -387,7 +419,8 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
                 zorder=3,
                 label=f"{domain}, ours at its threshold",
             )
-    for i, (colour, text) in enumerate(lines):  # AUC / pAUC (%) per domain, lower right
+    # AUC / pAUC (%) per domain, lower right, the first domain on top.
+    for i, (colour, text) in enumerate(lines):
         ax.text(
             0.98,
             0.03 + 0.09 * (len(lines) - 1 - i),
@@ -398,6 +431,7 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
             transform=ax.transAxes,
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
         )
+    # Drawn last, so it comes last in the legend.
     ax.axvspan(
         left,
         metrics.MAX_FPR,
@@ -405,7 +439,7 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
         linewidth=0,
         zorder=0,
         label=f"pAUC region: FPR <= {metrics.MAX_FPR}",
-    )  # last in the legend
+    )
 
 
 def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
@@ -419,17 +453,22 @@ def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
 
     keys = ["machine", "section", "domain"]
     groups = dict(list(clips.groupby(keys)))
+    # machine -> its sections, a row of panels each.
     rows = (
         report_order(clips[keys[:2]].drop_duplicates(), keys[:2])
         .groupby("machine", sort=False)["section"]
         .apply(list)
-    )  # machine -> its sections
-    most_normal = int((clips["anomaly"] == 0).groupby([clips[k] for k in keys]).sum().max())
-    left = min(0.01, 10.0 ** math.floor(math.log10(1 / max(most_normal, 1))))  # one clip's FPR
+    )
+    # The log axis starts at the power of ten below one normal clip's FPR, so every step of
+    # every curve shows.
+    normals = (clips["anomaly"] == 0).groupby([clips[k] for k in keys]).sum()
+    most_normal = int(normals.max())
+    left = min(0.01, 10.0 ** math.floor(math.log10(1 / max(most_normal, 1))))
     ncols = max(len(v) for v in rows)
     fig = Figure(figsize=(2.7 * ncols + 0.5, 2.4 * len(rows) + 1.4), layout="constrained")
     axes = fig.subplots(len(rows), ncols, squeeze=False, sharex=True, sharey=True)
     for row, (machine, sections) in zip(axes, rows.items()):
+        # Machines with fewer sections than the widest row leave their last panels empty.
         for ax in row[len(sections) :]:
             ax.set_visible(False)
         for ax, section in zip(row, sections):
@@ -450,9 +489,15 @@ def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
                 xlabel="false positive rate (log)",
                 ylabel="true positive rate",
             )
-            ax.set_xticks([left, metrics.MAX_FPR, 1], [f"{left:g}", f"{metrics.MAX_FPR:g}", "1"])
-            ax.label_outer()  # axis labels on the outer panels only
-    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+            ticks = [left, metrics.MAX_FPR, 1]
+            ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+            # Axis labels on the outer panels only.
+            ax.label_outer()
+    # One legend for the figure: the panels' entries, each label once.
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles[label] = handle
     fig.legend(
         handles.values(),
         handles.keys(),
@@ -468,7 +513,8 @@ def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
     return fig
 
 
-FALSE_ALARM_FACTOR = 2.0  # results.md warns where a measured rate is off by more than this
+# results.md warns where a measured rate is off by more than this factor.
+FALSE_ALARM_FACTOR = 2.0
 
 
 def false_alarm_table(clips: pd.DataFrame, quantile: float) -> pd.DataFrame:
@@ -477,7 +523,7 @@ def false_alarm_table(clips: pd.DataFrame, quantile: float) -> pd.DataFrame:
     quantile of normal scores), the measured one (the share of normal clips decided anomalous)
     and ``off``: measured and intended differ by more than FALSE_ALARM_FACTOR."""
     keys = ["dataset", "machine", "section", "domain"]
-    # plain folders' test clips have no domain: one row per section
+    # Plain folders' test clips have no domain: one row per section.
     normal = report_order(clips[clips["anomaly"] == 0].fillna({"domain": "unknown"}), keys)
     table = (
         normal.groupby(keys, sort=False)
@@ -485,10 +531,10 @@ def false_alarm_table(clips: pd.DataFrame, quantile: float) -> pd.DataFrame:
         .reset_index()
     )
     intended = 1 - quantile
+    # Off in either direction: too many false alarms, or too few.
     ratio = table["measured"] / intended
-    return table.assign(
-        intended=intended, off=(ratio > FALSE_ALARM_FACTOR) | (ratio < 1 / FALSE_ALARM_FACTOR)
-    )
+    off = (ratio > FALSE_ALARM_FACTOR) | (ratio < 1 / FALSE_ALARM_FACTOR)
+    return table.assign(intended=intended, off=off)
 
 
 def chance_off(normal: int, intended: float) -> float:
@@ -496,8 +542,9 @@ def chance_off(normal: int, intended: float) -> float:
     measured off by more than FALSE_ALARM_FACTOR on ``normal`` clips (binomial sampling)."""
     from scipy.stats import binom
 
-    low = math.ceil(normal * intended / FALSE_ALARM_FACTOR) - 1  # flagged counts below the band
-    high = math.floor(normal * intended * FALSE_ALARM_FACTOR)  # ... and above it
+    # The largest flagged count below the band, and the largest inside it.
+    low = math.ceil(normal * intended / FALSE_ALARM_FACTOR) - 1
+    high = math.floor(normal * intended * FALSE_ALARM_FACTOR)
     return float(binom.cdf(low, normal, intended) + binom.sf(high, normal, intended))
 
 
@@ -525,10 +572,12 @@ def false_alarm_line(table: pd.DataFrame) -> str:
     """One line: the measured false-alarm rate per domain over all sections, against the
     intended one, and how many (section, domain) rates are off by more than the factor."""
     intended = float(table["intended"].iloc[0])
+    # Rates over all sections weigh each section by its normal clips.
     rates = ", ".join(
         f"{domain} {100 * (g['measured'] * g['normal']).sum() / g['normal'].sum():.1f} %"
         for domain, g in table.groupby("domain", sort=True)
     )
+    # What an ideal threshold would show by chance, to judge the count of rates off.
     expected = sum(chance_off(int(n), intended) for n in table["normal"])
     return (
         f"decisions: normal test clips flagged: {rates} (intended {100 * intended:.0f} %); "
@@ -568,23 +617,33 @@ def false_alarm_blocks(table: pd.DataFrame, cfg: DetectorConfig) -> list[str]:
 
 @dataclass
 class Evaluation:
+    """What an evaluation measured and wrote, for results.md and the printed report."""
+
     run: Path
-    clips: pd.DataFrame  # one row per labelled test clip: labels and both systems' scores
-    results: pd.DataFrame  # RESULT_COLUMNS
+    # One row per labelled test clip: labels and both systems' scores.
+    clips: pd.DataFrame
+    # RESULT_COLUMNS.
+    results: pd.DataFrame
     figures: list[Path]
-    absent: str | None = None  # why the eval table is missing (missing_ground_truth)
-    false_alarms: pd.DataFrame | None = None  # false_alarm_table of the decisions
-    detectors: DetectorConfig | None = None  # the threshold settings it was measured against
-    rule: str = "2021"  # the layout's scoring rule (asd.method.metrics.LAYOUT_RULES)
-    backend: str | None = None  # the back-end of the submitted CSVs ("ours")
+    # Why the eval table is missing (missing_ground_truth).
+    absent: str | None = None
+    # false_alarm_table of the decisions.
+    false_alarms: pd.DataFrame | None = None
+    # The threshold settings it was measured against.
+    detectors: DetectorConfig | None = None
+    # The layout's scoring rule (asd.method.metrics.LAYOUT_RULES).
+    rule: str = "2021"
+    # The back-end of the submitted CSVs ("ours").
+    backend: str | None = None
 
 
 def other_backend(run: Run, clips: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
-    """(the submitted back-end, ``clips`` with the other back-end's scores as a column named
-    after it) from ``RUN/scores.csv``; (None, clips) for a run submitted before it held both."""
+    """The submitted back-end and ``clips`` with the other back-end's scores as a column named
+    after it, from ``RUN/scores.csv``; (None, clips) for a run submitted before it held both."""
     path = run.scores
     keys = ["machine", "section", "file"]
     table = pd.read_csv(path, dtype={k: str for k in keys}) if path.is_file() else None
+    # Runs submitted before scores.csv held both back-ends have only "ours".
     if table is None or "backend" not in table:
         return None, clips
     backend = str(table["backend"].iloc[0])
@@ -607,34 +666,32 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
     run = Run(run)
     if not run.submission.is_dir():
         raise EvaluateError(f"{run.submission} does not exist; run asd.submit (make submit) first")
-    # results of other data than the submission's are refused before the cache is built
+    # Results of other data than the submission's are refused before the cache is built.
     data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
     run.check_same_data(data, "asd.evaluate", ADVICE)
     check_features(cfg.features, load_config(run.config).features, run)
     submission = read_submission(run.submission)
-    keys = ["machine", "section", "file"]  # file names are unique within a section
-    if submission.duplicated(keys).any():
+    # File names are unique within a section.
+    keys = ["machine", "section", "file"]
+    # A clip listed twice would count twice in its AUC.
+    twice = submission.duplicated(keys)
+    if twice.any():
         raise EvaluateError(
-            "the submission lists a clip twice: "
-            + " ".join(submission[submission.duplicated(keys)].iloc[0][keys])
+            "the submission lists a clip twice: " + " ".join(submission[twice].iloc[0][keys])
         )
     cache = build_cache(cfg, progress=False)
+    # ``row`` keeps each clip's position in the cache, where its reference score is.
     rows = np.flatnonzero(cache.index["split"].to_numpy() == "test")
     test = with_ground_truth(cache.index, cfg.data.root).iloc[rows].assign(row=rows)
     test["anomaly"] = test["label"].map({"normal": 0, "anomaly": 1})
+    # Evaluation clips without ground truth have no label, and no AUC can use them.
     missing = test["anomaly"].isna()
     if missing.any():
         log.info("%d test clips without labels are not evaluated", int(missing.sum()))
-    clips = (
-        test[~missing]
-        .astype({"anomaly": int})
-        .reset_index(drop=True)
-        .merge(
-            submission[[*keys, "score", "decision"]].rename(columns={"score": "ours"}),
-            on=keys,
-            how="left",
-        )
-    )
+    ours = submission[[*keys, "score", "decision"]].rename(columns={"score": "ours"})
+    labelled = test[~missing].astype({"anomaly": int}).reset_index(drop=True)
+    clips = labelled.merge(ours, on=keys, how="left")
+    # Every labelled clip must be scored, or the AUCs would be of fewer clips than the data's.
     lost = clips[clips["ours"].isna()]
     if len(lost):
         raise EvaluateError(
@@ -642,6 +699,7 @@ def scored_clips(cfg: Config, run: str | Path) -> pd.DataFrame:
             f"{' '.join(lost.iloc[0][keys])}; submit this data root again"
         )
     backend, clips = other_backend(run, clips)
+    # The reference detector scores the same clips, as a yardstick for ours.
     ref = reference_scores(cache.features, cache.index)  # (N,) NaN for training rows
     clips = clips.assign(reference=ref[clips["row"].to_numpy()])
     clips.attrs["backend"] = backend
@@ -660,6 +718,7 @@ def evaluate(
     clips = scored_clips(cfg, run)
     rule = layout_rule(cfg)
     sections = section_table(clips, rule)
+    # Without a single part that has both labels there is nothing to measure.
     if sections.empty:
         raise EvaluateError(
             f"{cfg.data.root}: no (machine, section, domain) has both normal and "
@@ -670,14 +729,13 @@ def evaluate(
     with atomic_path(run.results_csv) as tmp:
         results.to_csv(tmp, index=False, float_format="%.6f")
     written = []
+    # ROC small multiples, dev and eval apart.
     for dataset, g in clips.groupby("dataset", sort=True) if figures else ():
         written.append(run.figures / f"roc_{dataset or 'data'}.png")
-        with atomic_path(written[-1]) as tmp:  # ROC small multiples, dev and eval apart
-            roc_figure(
-                g,
-                f"{run.name}: ROC curves of the {dataset or 'data'} sections",
-                1 - cfg.detectors.threshold_quantile,
-            ).savefig(tmp, format="png", dpi=100)
+        title = f"{run.name}: ROC curves of the {dataset or 'data'} sections"
+        figure = roc_figure(g, title, 1 - cfg.detectors.threshold_quantile)
+        with atomic_path(written[-1]) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
     ev = Evaluation(
         run=run.path,
         clips=clips,
@@ -689,7 +747,8 @@ def evaluate(
         false_alarms=false_alarm_table(clips, cfg.detectors.threshold_quantile),
         detectors=cfg.detectors,
     )
-    atomic_write_text(run.results_md, render_markdown(ev, cfg.data.root, config or str(run.config)))
+    markdown = render_markdown(ev, cfg.data.root, config or str(run.config))
+    atomic_write_text(run.results_md, markdown)
     return ev
 
 
@@ -697,12 +756,14 @@ def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
     """results.md: what produced it (links relative to the run folder), then every table."""
     from asd.notebooks import find_notebooks
 
-    def link(path: Path) -> str:  # relative to the run folder, where results.md is
+    # Links are relative to the run folder, where results.md is, so the folder can move.
+    def link(path: Path) -> str:
         return Path(os.path.relpath(path, ev.run)).as_posix()
 
     try:
         runs = [f"[{r.name}]({link(r.path)})" for r in Run(ev.run).chain()]
-    except AsdError as err:  # a moved Step 1 run: results.md says so
+    # A moved Step 1 run: results.md says so instead of failing.
+    except AsdError as err:
         runs = [f"{ev.run.name} ({err})"]
     notebooks = Run(ev.run).notebooks
     pages = [f"[{p.stem}]({link(notebooks / f'{p.stem}.html')})" for p in find_notebooks()]
@@ -731,11 +792,12 @@ def render_markdown(ev: Evaluation, root: str | Path, config: str) -> str:
 def report(ev: Evaluation) -> str:
     """The printed tables (:func:`result_blocks`), what is absent and the files written."""
     absent = [f"eval_data: absent ({ev.absent})"] if ev.absent else []
+    decisions = [false_alarm_line(ev.false_alarms)] if ev.false_alarms is not None else []
     return "\n\n".join(
         [
             *result_blocks(ev.results, rule=ev.rule, backend=ev.backend),
             *absent,
-            *([false_alarm_line(ev.false_alarms)] if ev.false_alarms is not None else []),
+            *decisions,
             f"results: {Run(ev.run).results_md}, {Run(ev.run).results_csv}; ROC "
             f"figures: {', '.join(str(p) for p in ev.figures) or 'none'}",
         ]

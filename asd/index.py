@@ -21,24 +21,31 @@ from asd.infra.data import (
     report_order,
 )
 
-DEMO_CONFIG = "configs/demo.yml"  # make demo's config: its data root is the synthetic set
+# make demo's config: its data root is the synthetic data set.
+DEMO_CONFIG = "configs/demo.yml"
 
 
 def counts_table(index_df: pd.DataFrame) -> pd.DataFrame:
     """Clip counts per (dataset, machine, section, domain, split) and label, with a total column."""
     keys = ["dataset", "machine", "section", "domain", "split"]
+    # crosstab drops rows with a missing key, so clips without a domain (evaluation names from
+    # 2022 on) or without a label are counted under a name of their own.
     columns = [index_df[k].fillna("unknown") if k == "domain" else index_df[k] for k in keys]
     table = pd.crosstab(columns, index_df["label"].fillna("unlabelled"))
-    table = table.reindex(columns=[c for c in ("normal", "anomaly", "unlabelled") if c in table])
+    # The label columns in a fixed order, only those the data has.
+    labels = [c for c in ("normal", "anomaly", "unlabelled") if c in table]
+    table = table.reindex(columns=labels)
     return report_order(table.assign(total=table.sum(axis=1)).reset_index(), keys)
 
 
 def resolve_root(items: list[str], config: str | None) -> str:
     """The ROOT among ``items`` (those without '=') if given, else the config's data.root; the
     config, with the ``key.sub=value`` items as overrides, is only checked when it matters."""
-    roots, overrides = [a for a in items if "=" not in a], [a for a in items if "=" in a]
+    roots = [a for a in items if "=" not in a]
+    overrides = [a for a in items if "=" in a]
     if len(roots) > 1:
         raise DataError(f"expected at most one ROOT, got {roots}")
+    # A ROOT alone needs no config, so the command works where there is no config.yml.
     if roots and config is None and not overrides:
         return roots[0]
     cfg = load_config(config or "config.yml", overrides)
@@ -50,6 +57,7 @@ def _configured(args):
     data.classes; config.yml's defaults where there is none."""
     overrides = [a for a in args.args if "=" in a]
     path = args.config or "config.yml"
+    # Without any config the layout and the classes are detected from the data.
     if args.config is None and not overrides and not Path(path).is_file():
         return None
     return load_config(path, overrides)
@@ -58,6 +66,7 @@ def _configured(args):
 def missing_root(root: str | Path) -> str:
     """What to say when the data root does not exist: how to get the real data, and where the
     demo's synthetic data is (or how to make it)."""
+    # Outside a checkout there is no demo config, and only the advice to make one is left.
     demo = Path(load_config(DEMO_CONFIG).data.root) if Path(DEMO_CONFIG).is_file() else None
     if demo is not None and demo.is_dir():
         other = f"the demo's synthetic data is in {demo}: make index CONFIG={DEMO_CONFIG}"
@@ -78,13 +87,15 @@ def _main(args) -> None:
     df = index_dataset(root, layout)
     mode = class_mode(cfg.data.classes if cfg else "auto", layout)
     classes = class_table(df, mode)
+    # Layouts of one data set have an empty dataset name, which to_string would print as blank.
     table = counts_table(df).replace({"dataset": {"": "-"}})
     what = "machine, section, domain" + (", attributes" if mode == "attributes" else "")
     print(
         f"{root}: {layout.name} layout, {len(df)} clips, {df['machine'].nunique()} machine "
         f"types, {len(classes)} classes ({what}) with training clips"
     )
-    print(table.to_string(index=False))  # every row, never wrapped
+    # to_string prints every row, never wrapped, where printing the frame would elide some.
+    print(table.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

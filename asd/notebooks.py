@@ -26,6 +26,7 @@ from asd.infra.runs import Run, submitted_data
 
 log = logging.getLogger(__name__)
 
+# The notebooks live beside the package in the checkout, not in the caller's folder.
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -43,14 +44,14 @@ def inject_parameters(nb, values: dict, where: str | Path = "notebook"):
     import nbformat
 
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    # The injected cell overrides the defaults of exactly one cell, as papermill does.
     if len(tagged) != 1:
         raise NotebookError(
             f"{where}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
         )
-    cell = nbformat.v4.new_code_cell(
-        "# Parameters injected by asd.notebooks\n"
-        + "".join(f"{key} = {value!r}\n" for key, value in values.items())
-    )
+    # repr writes each value as the Python literal that gives it back.
+    assignments = "".join(f"{key} = {value!r}\n" for key, value in values.items())
+    cell = nbformat.v4.new_code_cell("# Parameters injected by asd.notebooks\n" + assignments)
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(tagged[0] + 1, cell)
     return nb
@@ -65,16 +66,19 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
 
     nb = inject_parameters(nbformat.read(path, as_version=4), values, path)
     sockets = tempfile.TemporaryDirectory(prefix="asd-kernel-")
+    # The kernel works in the caller's folder, so relative config paths mean what they mean
+    # for make.
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": os.getcwd()}},
-        # local sockets instead of TCP: the kernel then has no plain-text network port to warn
-        # about; they live in a temporary folder, not in the working directory
+        # Local sockets instead of TCP: the kernel then has no plain-text network port to warn
+        # about; they live in a temporary folder, not in the working directory.
         config=Config({"KernelManager": {"transport": "ipc", "ip": f"{sockets.name}/kernel"}}),
     )
-    paths = (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH"))  # this checkout's asd
+    # The kernel imports this checkout's asd, whatever is installed; figures render inline.
+    paths = (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH"))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in paths if p),
@@ -83,25 +87,30 @@ def run_notebook(path: Path, values: dict, html: Path, timeout: int = 1200) -> s
     try:
         client.execute(env=env)
         error = None
-    except Exception as err:  # a failing cell, or a kernel that dies or times out: keep what ran
+    # A failing cell, or a kernel that dies or times out: the HTML keeps what ran.
+    except Exception as err:
         error = f"{type(err).__name__}: {err}"
     finally:
         sockets.cleanup()
     body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nb)
     with atomic_path(html) as tmp:
         tmp.write_text(body)
-        tmp.chmod(0o644)  # a report to share, not a private temporary file
+        # A report to share, not a private temporary file.
+        tmp.chmod(0o644)
     return error
 
 
 def _main(args) -> int:
-    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's alt-text notes per figure
-    run, cfg = load_run(args)  # checks the config and overrides before any kernel starts
-    # pages of other data than the submission's would replace the run's own
+    # nbconvert notes a missing alt text for every figure; they are not the user's to fix.
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    # Checks the config and overrides before any kernel starts.
+    run, cfg = load_run(args)
+    # Pages of other data than the submission's would replace the run's own.
     advice = "run the notebooks with that data root (drop the data.root override)"
     data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
     Run(run).check_same_data(data, "asd.notebooks", advice)
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else find_notebooks()
+    # A misspelt --notebooks name fails before the first notebook runs.
     missing = [p for p in notebooks if not p.is_file()]
     if missing:
         raise NotebookError(f"notebook {missing[0]} does not exist")
@@ -110,6 +119,7 @@ def _main(args) -> int:
         "CONFIG": str(Path(args.config).resolve()) if args.config else None,
         "OVERRIDES": list(args.overrides),
     }
+    # Every notebook runs, even after one fails; the exit status says that one did.
     failed = 0
     for path in notebooks:
         log.info("running %s against %s", path.name, run)

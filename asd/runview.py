@@ -52,9 +52,10 @@ def run_chain(run: str | Path) -> list[Path]:
     """The runs that led to ``run``, oldest first: ``[stage1 run, stage2 run]`` for Step 2,
     whose ``init.txt`` names the Step 1 model it started from (absolute, or relative to the run
     or to its runs folder)."""
+    # An init.txt naming no run's model, or runs naming each other, is a ViewError here.
     try:
         return [r.path for r in Run(run).chain()]
-    except AsdError as err:  # an init.txt naming no run's model, or runs naming each other
+    except AsdError as err:
         raise ViewError(str(err)) from None
 
 
@@ -65,8 +66,10 @@ def read_log(run: str | Path) -> pd.DataFrame:
     path = Run(run).train_log
     if not path.is_file():
         raise ViewError(f"{path} does not exist; the run has not logged an epoch yet")
+    # A row cut off by a kill has no numbers where they belong; it is dropped.
     df = pd.read_csv(path).apply(pd.to_numeric, errors="coerce")
     df = df.dropna(subset=["step", "iteration"])
+    # A resumed run logs its later epochs again; their last rows are the ones that count.
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     return df.astype({"step": int, "iteration": int}).reset_index(drop=True)
 
@@ -75,6 +78,7 @@ def _clips(run: str | Path, root: str | Path | None) -> tuple[Path, pd.DataFrame
     """The data root (default: the run's ``data.root``) and its clips under the run's class ids,
     evaluation test clips labelled from ``eval_data/ground_truth/`` where it exists."""
     root = Path(root if root is not None else load_config(Run(run).config).data.root)
+    # The run's own class table gives the ids, whatever the data root holds now.
     index = assign_classes(index_dataset(root), load_classes(Run(run).classes))
     return root, with_ground_truth(index, root)
 
@@ -84,7 +88,8 @@ class Embeddings:
     """Embeddings of a run and the clips they belong to (row i of both)."""
 
     values: np.ndarray  # (N, D) float32, as the model outputs them (not normalised)
-    clips: pd.DataFrame  # the clips' index rows (asd.infra.data.COLUMNS) in the order of ``values``
+    # The clips' index rows (asd.infra.data.COLUMNS) in the order of ``values``.
+    clips: pd.DataFrame
 
 
 def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
@@ -92,12 +97,15 @@ def embeddings(run: str | Path, root: str | Path | None = None) -> Embeddings:
     path = Run(run).embeddings
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
+    # Without pickles, a foreign file can only fail to read, not run code.
     try:
         with np.load(path, allow_pickle=False) as z:
-            values, keys = z["embeddings"], z["clips"]
+            values = z["embeddings"]
+            keys = z["clips"]
     except (OSError, ValueError, KeyError) as err:
         raise ViewError(f"{path}: not an embeddings file of asd.submit ({err})") from None
     root, index = _clips(run, root)
+    # Each stored clip key's row in the index; a key the root lacks is a clip of other data.
     pos = pd.Series(np.arange(len(index)), index=clip_keys(index)).reindex(keys.astype(str))
     if pos.isna().any():
         raise ViewError(
@@ -121,7 +129,8 @@ def subcluster_centres(run: str | Path) -> Centres:
     ckpt = load_checkpoint(Run(run).model)
     centres = ckpt["head"]["centres"].float().cpu().numpy()  # (C*S, D)
     classes = pd.DataFrame(ckpt["classes"])
-    s = len(centres) // len(classes)  # the head holds S centres per class, class by class
+    # The head holds S centres per class, class by class, so each class row repeats S times.
+    s = len(centres) // len(classes)
     table = classes.loc[classes.index.repeat(s)].reset_index(drop=True)
     table["subcluster"] = np.tile(np.arange(s), len(classes))
     return Centres(values=centres, table=table)
@@ -133,13 +142,14 @@ def scores(run: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     path = Run(run).scores
     if not path.is_file():
         raise ViewError(f"{path} does not exist; run asd.submit (make submit) on this run")
-    # file names are unique within a section; the index gives the domain, from the ground truth
-    # where the names hide it (2022 on: scores.csv leaves it empty)
+    # File names are unique within a section; the index gives the domain, from the ground truth
+    # where the names hide it (2022 on: scores.csv leaves it empty).
     keys = ["dataset", "machine", "section", "file"]
     sub = pd.read_csv(path, dtype={k: str for k in keys}, keep_default_na=False)
     root, index = _clips(run, root)
     test = index[index["split"] == "test"][["path", "label", "domain", *keys]]
     out = sub.drop(columns="domain").merge(test, on=keys, how="left")
+    # A scored clip without a path was scored on another data root.
     lost = out[out["path"].isna()]
     if len(lost):
         raise ViewError(

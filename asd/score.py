@@ -55,16 +55,19 @@ def describe_clip(
     section: str | None = None,
     domain: str | None = None,
 ) -> tuple[str, str | None, str | None]:
-    """(machine, section, domain) of a recording: the options, else its name and folders;
-    section None where neither tells it, domain None where the domain is unknown."""
+    """The (machine, section, domain) of a recording: the options, else its name and folders.
+    The section is None where neither tells it, the domain None where it is unknown."""
     path = Path(path)
     if section is None or domain is None:
+        # The 2023 rules also read evaluation names, which carry a section but no domain.
         try:
-            parsed = parse_name(path.name, "dcase2023")  # also evaluation names, no domain
+            parsed = parse_name(path.name, "dcase2023")
         except DataError:
             parsed = None
         if parsed is not None:
-            section, domain = section or parsed.section, domain or parsed.domain
+            section = section or parsed.section
+            domain = domain or parsed.domain
+    # Challenge folders hold a split folder (train/, test/) under the machine's folder.
     parent = path.absolute().parent
     if machine is None:
         machine = parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
@@ -76,11 +79,13 @@ def wav_files(paths: list[str | Path]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+            wavs = (f for f in p.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+            found = sorted(wavs)
             if not found:
                 raise ScoreError(f"{p}: a folder without .wav files")
             out += found
-        elif not p.exists() and p.suffix.lower() != ".wav":  # a missing .wav: the reader says
+        # A missing .wav is left to the audio reader, which names it after the run's checks.
+        elif not p.exists() and p.suffix.lower() != ".wav":
             raise ScoreError(f"{p} does not exist")
         else:
             out.append(p)
@@ -98,6 +103,7 @@ def _check_known(dets: DetectorSet, run: Run, f: Path, m: str, s: str | None) ->
             f"--machine for recordings outside the <machine>/test/ layout"
         )
     sections = [b for a, b in known if a == m]
+    # A machine with one section needs no section in the name: there is nothing to choose.
     if s is None and len(sections) == 1:
         return sections[0]
     if s is None:
@@ -117,9 +123,11 @@ def run_backend(run: Run, dets: DetectorSet, wanted: str | None) -> str:
     """The back-end to score with: ``wanted``, else the one that wrote the run's CSVs
     (``RUN/scores.csv``), else the report's pair (a run submitted before kNN existed)."""
     backend = wanted
+    # The submitted scores say which back-end wrote them, so new recordings score alike.
     if backend is None and run.scores.is_file():
         table = pd.read_csv(run.scores, usecols=lambda c: c == "backend", nrows=1)
         backend = str(table["backend"].iloc[0]) if "backend" in table else None
+    # Runs submitted before kNN existed have no back-end column: they used the report's pair.
     backend = resolve_backend(backend or "gmm_ocsvm", True)
     if backend not in dets.backends():
         raise ScoreError(
@@ -141,21 +149,24 @@ def score_files(
     """Score recordings with the run's model and saved detectors; one row per file (COLUMNS).
     ``device``: torch device (default: CUDA where present, else the CPU); ``backend``: one of
     BACKENDS (default: the one of the run's CSVs)."""
-    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = Run(run)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not run.path.is_dir():
         raise ScoreError(f"no such folder: {run}")
     dets = DetectorSet.load(run.detectors)
     backend = run_backend(run, dets, backend)
+    # Every file is checked against the run before the model is loaded, so a wrong name fails fast.
     clips = []
     for f in files:
         m, s, d = describe_clip(f, machine, section, domain)
         clips.append((m, _check_known(dets, run, Path(f), m, s), d))
     loaded = load_model(run.model, device=device)
     fcfg = loaded.cfg.features
+    # Rounded to the cache's dtype, as the features the model and detectors were fitted on.
     mels = [
-        log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F):
+        log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F)
         for f in files
-    ]  # rounded like the cache the model and detectors were fitted on
+    ]
     emb = embed(
         loaded.model,
         np.stack(mels),
@@ -168,6 +179,7 @@ def score_files(
     for f, (m, s, d), e in zip(files, clips, emb):
         det = dets.lookup(m, s, d, backend)
         score = float(det.score(e[None])[0])
+        # The pooled kNN detector of the section knows every training clip, whatever the back-end.
         knn = dets.detectors.get((m, s, POOLED))
         rows.append(
             {
@@ -207,7 +219,8 @@ def _main(args) -> None:
     if args.csv:
         check_output(args.csv, args.run)
     with warnings.catch_warnings():
-        warnings.simplefilter("always")  # each message reaches show(), which prints it once
+        # Each message reaches show(), which prints it once: one line per cause, not per file.
+        warnings.simplefilter("always")
         warnings.showwarning = _print_warning_once(set())
         files = wav_files(args.paths)
         table = score_files(
@@ -219,14 +232,16 @@ def _main(args) -> None:
             args.device,
             args.backend,
         )
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))  # every row, unwrapped
+    # to_string prints every row, unwrapped, where printing the frame would elide some.
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     outside = int((table["outside"] == 1).sum())
     print(
         f"{outside} of {len(table)} recordings lie outside what the run was trained on "
         f"({OUTSIDE_RULE})"
     )
     if args.csv:
-        with atomic_path(args.csv) as tmp:  # a previous file of that name stays until complete
+        # A previous file of that name stays until the new one is complete.
+        with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=False, float_format="%.10g")
         print(f"wrote {args.csv}")
 

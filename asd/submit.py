@@ -43,13 +43,16 @@ from asd.infra.runs import Run, submitted_data
 from asd.method.detectors import BACKENDS, DetectorSet, fit_knn, fit_section, resolve_backend
 from asd.method.metrics import LAYOUT_RULES
 
-log = logging.getLogger("asd.submit")  # not "__main__" under python -m
+# Named, not __name__: under python -m that would be "__main__".
+log = logging.getLogger("asd.submit")
 
-GROUP = ["machine", "section", "domain"]  # one pair of challenge CSVs each (2021)
-SECTION = ["machine", "section"]  # one pair each from 2022, both domains in it
+# One pair of challenge CSVs each (2021).
+GROUP = ["machine", "section", "domain"]
+# One pair each from 2022 on, both domains in it.
+SECTION = ["machine", "section"]
 
 
-# what a refusal to submit a run for other data than its submission's says to do instead
+# What a refusal to submit a run for other data than its submission's says to do instead.
 ADVICE = (
     "submit it with the data root it was submitted for, or submit a copy of its training "
     "files (docs/robustness.md, 'Configs and run folders')"
@@ -62,6 +65,7 @@ class SubmitError(AsdError):
 
 def check_features(wanted: FeatureConfig, run: FeatureConfig, run_dir: Path | str = "run") -> None:
     """Refuse feature settings that differ from the run's (the storage dtype may differ)."""
+    # The model saw features of the run's settings; the storage dtype only rounds them.
     diffs = config_diffs(
         {"features": asdict(run)},
         {"features": asdict(wanted)},
@@ -97,10 +101,10 @@ def run_embeddings(
 
     path = Run(run).embeddings
     keys = clip_keys(index)
+    # Stored embeddings stay valid while the model, the clip files and the feature settings do.
     model_sha = hashlib.sha256(Run(run).model.read_bytes()).hexdigest()
-    feat_sha = hashlib.sha256(
-        json.dumps([cache.settings[k] for k in ("features", "files")], sort_keys=True).encode()
-    ).hexdigest()
+    feature_settings = [cache.settings[k] for k in ("features", "files")]
+    feat_sha = hashlib.sha256(json.dumps(feature_settings, sort_keys=True).encode()).hexdigest()
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -111,6 +115,7 @@ def run_embeddings(
                 ):
                     log.info("reusing %s", path)
                     return z["embeddings"]
+        # A damaged file costs only the time to embed again.
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("ignoring unreadable %s (%s)", path, err)
     emb = embed(
@@ -142,6 +147,7 @@ def section_centres(
     class (the report); None where it has several (attribute classes, 2023 on: the GMM's S
     components start from k-means) or none of the run's."""
     classes = np.unique(source_classes)
+    # Class -1: source clips of no class of the run, so no centres of its own.
     if len(classes) != 1 or classes[0] < 0:
         return None
     c = int(classes[0])
@@ -161,13 +167,15 @@ def fit_detectors(
     whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
     from joblib import Parallel, delayed, parallel_config
 
-    train = index.reset_index(drop=True).query("split == 'train'")  # row labels = positions
+    # After reset_index the row labels are positions, which index ``emb``.
+    train = index.reset_index(drop=True).query("split == 'train'")
     jobs = {}
     for (machine, section), rows in train.groupby(["machine", "section"]):
         source = rows.index[rows["domain"] == "source"].to_numpy()
         target = rows.index[rows["domain"] == "target"].to_numpy()
         classes = rows.loc[source, "class"].to_numpy()
         sub = section_centres(classes, centres, n_subclusters)
+        # Without the report's centres the GMM starts from k-means; say why, once a section.
         if sub is None and len(source) and (classes < 0).all():
             log.warning(
                 "%s section %s: its source clips are of no class of the run; its GMM starts "
@@ -185,27 +193,29 @@ def fit_detectors(
                 len(np.unique(classes)),
                 n_subclusters,
             )
+        # Both back-ends are fitted, so scores.csv can show them side by side.
         jobs[machine, section, "gmm_ocsvm"] = delayed(fit_section)(
             emb[source], emb[target], sub, cfg, n_subclusters
         )
         jobs[machine, section, "knn"] = delayed(fit_knn)(emb[source], emb[target], cfg)
     dets = DetectorSet()
-    # many small (D x D) factorisations: more BLAS threads than one cost more than they give;
-    # idle workers leave within a second, so none outlives (with our stderr) a killed submit
+    # Many small (D x D) factorisations: more BLAS threads than one cost more than they give.
+    # Idle workers leave within a second, so none outlives (with our stderr) a killed submit.
+    workers = min(len(jobs), len(os.sched_getaffinity(0))) or 1
     with (
         threadpool_limits(1),
         logging_redirect_tqdm(),
         parallel_config("loky", inner_max_num_threads=1, idle_worker_timeout=1),
     ):
-        fits = Parallel(
-            n_jobs=min(len(jobs), len(os.sched_getaffinity(0))) or 1, return_as="generator"
-        )(jobs.values())
+        fits = Parallel(n_jobs=workers, return_as="generator")(jobs.values())
         for machine, section, _ in tqdm(
             jobs, desc="detectors", unit="fit", file=sys.stderr, disable=not progress
         ):
+            # The generator yields the fits in the order of ``jobs``.
             try:
-                dets.add(machine, section, next(fits))  # in the order of ``jobs``
-            except ValueError as err:  # e.g. a detectors setting scikit-learn refuses
+                dets.add(machine, section, next(fits))
+            # For example a detectors setting scikit-learn refuses.
+            except ValueError as err:
                 raise SubmitError(f"{machine} section {section}: {err}") from None
     return dets
 
@@ -228,10 +238,14 @@ def score_test_clips(
     domain is used, as the challenge's rules ask, dev clips included."""
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     out = index.iloc[test][["dataset", *GROUP, "file"]].reset_index(drop=True)
+    # Where the rules hide the test domains, every clip is scored as one of unknown domain.
     used = out["domain"] if domains_known else pd.Series(None, index=out.index, dtype=object)
-    score, threshold, detector = np.empty(len(out)), np.empty(len(out)), np.empty(len(out), object)
-    groups = out[SECTION].assign(used=used).groupby([*SECTION, "used"], dropna=False).indices
-    for (machine, section, domain), pos in groups.items():
+    score = np.empty(len(out))
+    threshold = np.empty(len(out))
+    detector = np.empty(len(out), object)
+    # dropna=False keeps the clips of unknown domain, which would otherwise go unscored.
+    by = out[SECTION].assign(used=used).groupby([*SECTION, "used"], dropna=False)
+    for (machine, section, domain), pos in by.indices.items():
         try:
             det = dets.lookup(machine, section, None if pd.isna(domain) else domain, backend)
         except KeyError:
@@ -267,11 +281,16 @@ def write_submission(
     on): ``file name,score`` / ``file name,0|1`` rows sorted by file name, no header (the
     official evaluators sort both and match them by position). All are renamed into place once
     all are complete; stale ones are removed."""
-    folder, written = Path(folder), []  # atomic_path makes the folder
+    # atomic_path makes the folder.
+    folder = Path(folder)
+    written = []
     by = GROUP if per_domain else SECTION
-    with contextlib.ExitStack() as stack:  # each atomic_path renames its file on a clean exit
+    # Each atomic_path renames its file on a clean exit of the stack: all files or none.
+    with contextlib.ExitStack() as stack:
         for key, rows in scores.groupby(by):
+            # The official evaluators sort both files and match their rows by position.
             rows = rows.sort_values("file", kind="stable")
+            # repr keeps every digit of a score, so the CSVs rank clips as the scores do.
             for kind, values in (
                 ("anomaly_score", [repr(float(s)) for s in rows["score"]]),
                 ("decision_result", [str(int(d)) for d in rows["decision"]]),
@@ -280,7 +299,7 @@ def write_submission(
                 stack.enter_context(atomic_path(written[-1])).write_text(
                     "".join(f"{f},{v}\n" for f, v in zip(rows["file"], values))
                 )
-    # CSVs of groups an earlier submit had, temporary files of one killed while writing
+    # CSVs of groups an earlier submit had, and temporary files of one killed while writing.
     for old in sorted(set(folder.glob("*_test.csv*")) - set(written)):
         log.info("removing %s", old)
         old.unlink()
@@ -293,6 +312,7 @@ def _read_kind(folder: Path, kind: str, value: str, values=None) -> pd.DataFrame
     lists the allowed ones (else numbers). DataError naming the file for a foreign name or row."""
     pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})(?:_(source|target))?_test\.csv$")
     frames = []
+    # A file of the kind with a foreign name is refused, not skipped: its rows would be lost.
     for f in sorted(folder.glob(f"{kind}_*.csv")):
         m = pattern.match(f.name)
         if m is None:
@@ -301,7 +321,9 @@ def _read_kind(folder: Path, kind: str, value: str, values=None) -> pd.DataFrame
                 f"{submission_name(kind, '<machine>', 'XX', '<domain>')}"
             )
         df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
-        if not (df[value].isin(values).all() if values else df[value].dtype.kind in "fi"):
+        # A header row would make the column text; so would any row that is not a number.
+        valid = df[value].isin(values).all() if values else df[value].dtype.kind in "fi"
+        if not valid:
             allowed = "|".join(map(str, values)) if values else value
             raise DataError(f"{f}: expected rows 'file name,{allowed}' without a header")
         frames.append(df.assign(machine=m[1], section=m[2], domain=m[3]))
@@ -315,10 +337,12 @@ def read_submission(folder: str | Path) -> pd.DataFrame:
     """Read the submission back: DataFrame[machine, section, domain, file, score, decision]
     (domain None where the files are per section)."""
     folder = Path(folder)
-    keys = [*SECTION, "file"]  # file names are unique within a section
+    # File names are unique within a section, so the domain is not needed to match them.
+    keys = [*SECTION, "file"]
     scores = _read_kind(folder, "anomaly_score", "score")
     decisions = _read_kind(folder, "decision_result", "decision", [0, 1])
     out = scores.merge(decisions.drop(columns="domain"), on=keys, how="left")
+    # A score without its decision is an incomplete submission.
     lost = out[out["decision"].isna()]
     if len(lost):
         raise SubmitError(f"{folder}: {' '.join(lost.iloc[0][keys])} has no decision")
@@ -338,12 +362,17 @@ def both_backends(tables: dict[str, pd.DataFrame], backend: str) -> pd.DataFrame
 
 @dataclass
 class Submission:
+    """What a submission wrote, for the summary and the callers that go on from it."""
+
     run: Path
-    scores: pd.DataFrame  # both_backends' table
+    # both_backends' table.
+    scores: pd.DataFrame
     files: list[Path]
     detectors: DetectorSet
-    backend: str = "gmm_ocsvm"  # the back-end of the challenge CSVs
-    rule: str = "2021"  # the layout's scoring rule (LAYOUT_RULES)
+    # The back-end of the challenge CSVs.
+    backend: str = "gmm_ocsvm"
+    # The layout's scoring rule (LAYOUT_RULES).
+    rule: str = "2021"
 
 
 def submit(
@@ -356,25 +385,31 @@ def submit(
     from asd.infra.data import assign_classes
     from asd.infra.feature_cache import build_cache
 
-    run, device = Run(run), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # a run submitted for other data keeps its submission: refused before any file is written
+    run = Run(run)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # A run submitted for other data keeps its submission: refused before any file is written.
     data = submitted_data(cfg.data.root, index_dataset(cfg.data.root))
     run.check_same_data(data, "asd.submit", ADVICE)
     loaded = load_model(run.model, device=device)
     check_features(cfg.features, loaded.cfg.features, run)
     cache = build_cache(cfg, progress=progress)
-    index = assign_classes(cache.index, loaded.classes)  # the run's class ids
+    # The run's class ids, whatever classes the data root would give now.
+    index = assign_classes(cache.index, loaded.classes)
+    # Challenge file names carry no dataset, so a section in two datasets would share them.
     pairs = index.groupby(["machine", "section"])["dataset"].nunique()
     if (pairs > 1).any():
         raise SubmitError(
             "{} section {} appears in more than one dataset; the challenge file "
             "names would clash".format(*pairs[pairs > 1].index[0])
         )
-    emb = run_embeddings(run.path, loaded, cache, index, cfg.detectors.batch_size, device, progress)
+    batch_size = cfg.detectors.batch_size
+    emb = run_embeddings(run.path, loaded, cache, index, batch_size, device, progress)
     centres = loaded.head.centres.detach().float().cpu().numpy()  # (C*S, D)
-    dets = fit_detectors(emb, index, centres, loaded.head.n_subclusters, cfg.detectors, progress)
+    n_subclusters = loaded.head.n_subclusters
+    dets = fit_detectors(emb, index, centres, n_subclusters, cfg.detectors, progress)
     dets.save(run.detectors)
     rule = layout_rule(cfg)
+    # Only the 2021 rules let a detector know a test clip's domain.
     known = rule == "2021"
     backend = resolve_backend(cfg.detectors.backend, known)
     tables = {name: score_test_clips(emb, index, dets, name, known) for name in BACKENDS}
@@ -382,6 +417,7 @@ def submit(
     scores = both_backends(tables, backend)
     with atomic_path(run.scores) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.10g")
+    # Recorded only once the submission is complete, so the record describes files that exist.
     run.write_submitted_data(data)
     return Submission(
         run=run.path, scores=scores, files=files, detectors=dets, backend=backend, rule=rule
@@ -390,13 +426,10 @@ def submit(
 
 def summary(sub: Submission) -> str:
     """Counts, and the share of test clips flagged per (dataset, machine, domain)."""
-    table = report_order(
-        sub.scores.fillna({"domain": "unknown"})
-        .groupby(["dataset", "machine", "domain"])
-        .agg(clips=("file", "size"), flagged=("decision", "mean"))
-        .reset_index(),
-        ["dataset", "machine"],
-    )
+    # Clips of unknown domain (2022 on) are counted under a name of their own.
+    by_domain = sub.scores.fillna({"domain": "unknown"}).groupby(["dataset", "machine", "domain"])
+    counts = by_domain.agg(clips=("file", "size"), flagged=("decision", "mean")).reset_index()
+    table = report_order(counts, ["dataset", "machine"])
     table["flagged"] = (100 * table["flagged"]).round(1).astype(str) + " %"
     head = (
         f"{len(sub.detectors.sections())} (machine, section) pairs, "
@@ -404,7 +437,8 @@ def summary(sub: Submission) -> str:
         f"{len(sub.scores)} test clips, {len(sub.files)} CSV files of the {sub.backend} "
         f"back-end in {Run(sub.run).submission}"
     )
-    return f"{head}\n{table.to_string(index=False)}" if len(table) else head  # all rows, unwrapped
+    # to_string prints all rows, unwrapped, where printing the frame would elide some.
+    return f"{head}\n{table.to_string(index=False)}" if len(table) else head
 
 
 def _main(args) -> None:

@@ -66,7 +66,8 @@ class Classifier(nn.Module):
 
     def __init__(self, net: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        self.net, self.head = net, head
+        self.net = net
+        self.head = head
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, T, F) log-mels -> (B, C) log-probabilities."""
@@ -84,6 +85,7 @@ class ConsoleLogger(dl.ConsoleLogger):
     """One short line per epoch, printed above the progress bar."""
 
     def log_metrics(self, metrics, scope, runner):
+        # tqdm.write keeps the line above the progress bar instead of breaking it.
         if scope == "loader":
             tqdm.write(
                 f"epoch {runner.epoch_step}/{runner.num_epochs}  loss {metrics['loss']:.3f}"
@@ -97,10 +99,13 @@ class Progress(dl.Callback):
 
     def __init__(self, total: int) -> None:
         super().__init__(order=dl.CallbackOrder.External)
-        self.total, self.bar = total, tqdm(disable=True)  # made as the first epoch starts
+        self.total = total
+        # The real bar is made as the first epoch starts, once a resume has set the position.
+        self.bar = tqdm(disable=True)
 
     def on_loader_start(self, runner: MixupRunner) -> None:
-        if self.bar.disable and runner.engine.is_main_process:  # after a resume's checkpoint
+        # Only the main process shows a bar; a resumed run's starts at the iterations done.
+        if self.bar.disable and runner.engine.is_main_process:
             done = runner.batch_step // runner.engine.num_processes
             self.bar = tqdm(total=self.total, initial=done, unit="it", dynamic_ncols=True)
 
@@ -117,10 +122,12 @@ class CSVLogger(dl.CSVLogger):
     """No second header in a resumed run's log; no file for Catalyst's empty ``_epoch_`` rows."""
 
     def _make_header(self, metrics, loader_key):
+        # A resumed run appends to its log, which has its header already.
         if self.loggers[loader_key].tell() == 0:
             super()._make_header(metrics, loader_key)
 
     def log_metrics(self, metrics, scope, runner):
+        # Catalyst's epoch scope brings empty ``_epoch_`` values, which would get a file.
         if scope == "epoch":
             metrics = {key: values for key, values in metrics.items() if values}
         super().log_metrics(metrics, scope, runner)
@@ -132,6 +139,7 @@ class TensorboardLogger(dl.TensorboardLogger):
     purge_step: int | None = None
 
     def _check_loader_key(self, loader_key: str) -> None:
+        # The writer is made here so that it gets purge_step: epochs logged again replace.
         if loader_key not in self.loggers:
             self.loggers[loader_key] = SummaryWriter(
                 os.path.join(self.logdir, loader_key), purge_step=self.purge_step
@@ -145,24 +153,34 @@ class Checkpoints(dl.Callback):
 
     def __init__(self, step: Step) -> None:
         super().__init__(order=dl.CallbackOrder.External)
-        self.step, self.first = step, 0  # first: the epoch this process started after
+        self.step = step
+        # The epoch this process started after (a resumed run: its checkpoint's).
+        self.first = 0
 
     def on_experiment_start(self, runner: MixupRunner) -> None:
         ckpt = self.step.run.resume_checkpoint() if self.step.resume else None
+        # A resumed run goes on with the weights, optimiser, sampler and counters it had, so it
+        # trains as the run would have without the interruption.
         if ckpt is not None:
             runner.engine.unwrap_model(runner.model).load(ckpt)
             runner.optimizer.load_state_dict(ckpt["optimizer"])
             runner.loaders["train"].load_state_dict(ckpt["sampler"])
-            if runner.engine.scaler is not None and ckpt.get("scaler"):  # fp16's loss scale
+            # fp16's loss scale; bf16 and float32 have no scaler.
+            if runner.engine.scaler is not None and ckpt.get("scaler"):
                 runner.engine.scaler.load_state_dict(ckpt["scaler"])
             done = ckpt["progress"]
-            runner.epoch_step, runner.sample_step = int(done["epoch"]), int(done["samples"])
+            runner.epoch_step = int(done["epoch"])
+            runner.sample_step = int(done["samples"])
+            # Catalyst counts batches over all processes; the checkpoint counts one process's.
             runner.batch_step = int(done["iteration"]) * runner.engine.num_processes
-        if self.step.resume and "tensorboard" in runner.loggers:  # main process only
+        # Only the main process has the tensorboard logger.
+        if self.step.resume and "tensorboard" in runner.loggers:
             runner.loggers["tensorboard"].purge_step = runner.epoch_step + 1
         self.first = runner.epoch_step
 
     def on_epoch_start(self, runner: MixupRunner) -> None:
+        # Epoch k is saved as epoch k + 1 starts, after its log row, so a checkpoint is never
+        # ahead of the log; the epoch a resumed run started after is on disk already.
         done = runner.epoch_step - 1
         if done > self.first and done % self.step.schedule().checkpoint_every == 0:
             self.save(runner, done)
@@ -172,8 +190,10 @@ class Checkpoints(dl.Callback):
 
     def save(self, runner: MixupRunner, epoch: int, final: bool = False) -> None:
         """The last checkpoint with the resume state; at the end also the model without it."""
+        # One process writes; the others wait for it below, so none runs ahead of the file.
         if runner.engine.is_main_process:
-            model, world = runner.engine.unwrap_model(runner.model), runner.engine.num_processes
+            model = runner.engine.unwrap_model(runner.model)
+            world = runner.engine.num_processes
             progress = {
                 "stage": self.step.spec.name,
                 "epoch": epoch,
@@ -191,7 +211,9 @@ class Checkpoints(dl.Callback):
                 mean=runner.cache.mean,
                 std=runner.cache.std,
             )
-            scaler = runner.engine.scaler  # fp16's loss scale; None without one
+            # fp16's loss scale; None without one.
+            scaler = runner.engine.scaler
+            # The resume state goes only into the last checkpoint, not into the model.
             state = {
                 "optimizer": runner.optimizer.state_dict(),
                 "sampler": runner.loaders["train"].state_dict(),
@@ -209,7 +231,8 @@ class MixupRunner(dl.Runner):
     def __init__(self, step: Step) -> None:
         super().__init__()
         self.step = step
-        self.cache = None  # set by get_loaders
+        # Set by get_loaders.
+        self.cache = None
         # Set by on_loader_start: the epoch's device sums (loss, hits), the (C, C) identity that
         # makes one-hot labels, and the epoch's start time.
         self.sums = None
@@ -220,18 +243,21 @@ class MixupRunner(dl.Runner):
         run = self.step.run
         return {
             "console": ConsoleLogger(),
-            "csv": CSVLogger(logdir=str(run.logs)),  # the loader's name: run.train_log
+            # Named after the loader, "train": run.train_log.
+            "csv": CSVLogger(logdir=str(run.logs)),
             "tensorboard": TensorboardLogger(str(run.tensorboard)),
         }
 
     def get_loaders(self):
-        step, world = self.step, self.engine.num_processes
+        step = self.step
+        world = self.engine.num_processes
         self.cache = FeatureCache.open(step.cache)
         labels, rows = training_rows(self.cache.index, step.classes)
         schedule = step.schedule()
-        # each process decides on its own device whether the rows it draws from fit there
+        # Each process decides on its own device whether the rows it draws from fit there.
         drawn = np.union1d(*(rows[domain] for domain in step.spec.domains))
         on_device = use_device_cache(step.cfg, self.cache.features, drawn, self.engine.device)
+        # Each process draws its share of the batch, with a seed of its own.
         return {
             "train": MixupBatches(
                 self.cache.features,
@@ -251,27 +277,33 @@ class MixupRunner(dl.Runner):
     def get_model(self):
         model = Classifier(*build_model(self.step.cfg, len(self.step.classes["class"])))
         self.step.init_model(model)
-        if self.engine.is_ddp and self.step.cfg.engine.sync_bn:  # batch norm over all processes
+        # Batch-norm statistics over all processes' samples, as one process would see them.
+        if self.engine.is_ddp and self.step.cfg.engine.sync_bn:
             model = global_batch_norm(model)
+        # On a CPU, convolutions are faster in channels_last.
         cpu = self.engine.device.type == "cpu"
-        return model.to(memory_format=torch.channels_last) if cpu else model  # CPU convolutions
+        return model.to(memory_format=torch.channels_last) if cpu else model
 
     def get_optimizer(self, model):
         s = self.step.settings
         return build_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
 
     def get_callbacks(self):
-        progress = (
-            {"progress": Progress(self.step.schedule().iterations)} if self.step.progress else {}
-        )
+        progress = {}
+        if self.step.progress:
+            progress["progress"] = Progress(self.step.schedule().iterations)
         return {"checkpoints": Checkpoints(self.step), **progress}
 
     def on_experiment_start(self, runner):
-        super().on_experiment_start(runner)  # sets the engine up, then the loaders and model
-        check_device(self.step.cfg, self.engine.device)  # after the device cache is built
-        torch.backends.cudnn.benchmark = self.engine.device.type == "cuda"  # batches: one shape
+        # Sets the engine up, then the loaders and the model.
+        super().on_experiment_start(runner)
+        # Checked once the device cache is built, in the process that owns the device.
+        check_device(self.step.cfg, self.engine.device)
+        # Every batch has the same shape, so cuDNN's search for the fastest kernels pays off.
+        torch.backends.cudnn.benchmark = self.engine.device.type == "cuda"
+        # One thread per process, or the DDP processes on a CPU fight for its cores.
         if self.step.cfg.engine.name.startswith("ddp") and not torch.cuda.is_available():
-            torch.set_num_threads(1)  # one thread per process, or the processes fight for cores
+            torch.set_num_threads(1)
         if self.engine.is_main_process:
             tqdm.write(describe_processes(self.step.cfg, self.engine))
 
@@ -341,6 +373,7 @@ class MixupRunner(dl.Runner):
 def epoch_means(sums: torch.Tensor, samples: int) -> list[float]:
     """Per-sample means of an epoch's device sums over every DDP process's samples (all of
     them when ``samples`` counts the global batch); the epoch's one host wait."""
+    # Under DDP each process summed its own samples; the means are over all of them.
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
     return sums.div(samples).tolist()
@@ -357,6 +390,7 @@ def check_loss(loss: float, epoch: int, cfg: Config) -> None:
     if math.isfinite(loss):
         return
     engine = cfg.engine
+    # The dtype is named only where the engine casts, since that is where it may be the cause.
     amp = f", engine.amp_dtype={engine.amp_dtype}" if engine.name in ("amp", "ddp_amp") else ""
     raise NonFiniteLoss(
         f"epoch {epoch}: the mean loss is {loss} under engine.name={engine.name}{amp}; "
@@ -368,12 +402,14 @@ def describe_processes(cfg: Config, engine: dl.Engine) -> str:
     """The run's first line: how many training processes, on which devices."""
     world = engine.num_processes
     device = engine.device
-    precision = (
-        f" ({cfg.engine.amp_dtype} autocast)" if cfg.engine.name in ("amp", "ddp_amp") else ""
-    )
+    casts = cfg.engine.name in ("amp", "ddp_amp")
+    precision = f" ({cfg.engine.amp_dtype} autocast)" if casts else ""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        where = f"cuda:0..{world - 1}, one GPU each ({name})" if world > 1 else f"{device} ({name})"
+        if world > 1:
+            where = f"cuda:0..{world - 1}, one GPU each ({name})"
+        else:
+            where = f"{device} ({name})"
     else:
         where = f"the CPU ({torch.get_num_threads()} torch thread(s) each)"
     backend = f", DDP over {torch.distributed.get_backend()}" if engine.is_ddp else ""
@@ -388,8 +424,13 @@ class DistributedEngine(dl.DistributedDataParallelEngine):
         try:
             return super().spawn(fn, *args, **kwargs)
         except torch.multiprocessing.ProcessRaisedException as err:
-            kind, _, message = str(err).strip().splitlines()[-1].partition(": ")
+            # The child's traceback ends in "module.ErrorClass: message".
+            last_line = str(err).strip().splitlines()[-1]
+            kind = last_line.partition(": ")[0]
+            message = last_line.partition(": ")[2]
             error = pydoc.locate(kind)
+            # Only the project's own errors are raised again as themselves; others keep their
+            # traceback.
             if isinstance(error, type) and issubclass(error, AsdError):
                 raise error(message) from None
             raise
@@ -397,7 +438,8 @@ class DistributedEngine(dl.DistributedDataParallelEngine):
 
 def make_engine(cfg: Config) -> dl.Engine:
     """The Catalyst engine named by ``engine.name`` (asd.infra.training.check_config checked it)."""
-    e, cuda = cfg.engine, torch.cuda.is_available()
+    e = cfg.engine
+    cuda = torch.cuda.is_available()
     precision = e.amp_dtype if e.name in ("amp", "ddp_amp") else None
     if e.name == "cpu":
         if e.num_threads > 0:
@@ -405,11 +447,14 @@ def make_engine(cfg: Config) -> dl.Engine:
         return dl.CPUEngine()
     if e.name in ("gpu", "amp"):
         return dl.GPUEngine(mixed_precision=precision)
-    with socket.socket() as s:  # a free port for the process group
+    # The system picks a free port for the process group.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # NCCL needs GPUs; on the CPU the processes talk over gloo.
     on_cpu = {} if cuda else {"cpu": True, "process_group_kwargs": {"backend": "gloo"}}
-    world = world_size(cfg)  # one process per GPU or CPU
+    # engine.world_size processes (0: one per visible GPU).
+    world = world_size(cfg)
     return DistributedEngine(
         world_size=world, num_node_workers=world, port=port, mixed_precision=precision, **on_cpu
     )
@@ -431,8 +476,10 @@ def main(kind: type[Step], doc: str, argv: list[str] | None = None) -> int:
 
     def run(args) -> None:
         run_dir, step = prepare(kind, args)
-        if step is not None:  # None: the run is finished
-            runner, epochs = MixupRunner(step), step.schedule().epochs
+        # None: the run is finished, and only its folder is printed.
+        if step is not None:
+            runner = MixupRunner(step)
+            epochs = step.schedule().epochs
             try:
                 runner.train(
                     loaders={},
@@ -441,7 +488,8 @@ def main(kind: type[Step], doc: str, argv: list[str] | None = None) -> int:
                     num_epochs=epochs,
                     hparams=step.cfg.to_dict(),
                 )
-            except KeyboardInterrupt:  # one line that says how to finish the run
+            # One line that says how to finish the run.
+            except KeyboardInterrupt:
                 raise KeyboardInterrupt(
                     f"at epoch {max(runner.epoch_step, 1)} of {epochs}; "
                     f"finish with make {name} RESUME={run_dir}"

@@ -15,6 +15,7 @@ from asd.infra.checkpoint import load_checkpoint
 from asd.infra.cli import load_run
 from asd.infra.data import load_classes
 from asd.infra.runs import Run
+from asd.infra.training import RunStart
 from asd.method.model import build_model
 from asd.method.optim import set_trainable
 from asd.method.steps import STEP2
@@ -31,21 +32,26 @@ class Stage2(Step):
 
     @classmethod
     def start(cls, args):
-        path, cfg = load_run(args, cls.spec.starts_from)  # --config, else the run's own config
+        # The config is --config's, else the Step 1 run's own.
+        path, cfg = load_run(args, cls.spec.starts_from)
         run = Run(path)
         init = run.step1_model(cfg)
-        set_trainable(build_model(cfg, 1)[0], cfg.stage2.trainable)  # names a part of the net?
-        return cfg, load_classes(run.classes), init
+        # Refuse a stage2.trainable that names no part of the net before any folder is made.
+        set_trainable(build_model(cfg, 1)[0], cfg.stage2.trainable)
+        return RunStart(cfg, load_classes(run.classes), init)
 
     def init_model(self, model: nn.Module) -> None:
-        model.load(load_checkpoint(self.init))  # Step 1's weights
-        set_trainable(model.net, self.spec.trainable(self.cfg))  # the head always trains
+        # Step 2 goes on from Step 1's weights.
+        model.load(load_checkpoint(self.init))
+        # Only the named parts of the net train; the head always does.
+        set_trainable(model.net, self.spec.trainable(self.cfg))
 
     def set_modes(self, net: nn.Module) -> None:
         trainable = self.spec.trainable(self.cfg)
         for name, part in net.named_children():
+            # A frozen part keeps its batch-norm statistics too, not only its weights.
             if name not in trainable:
-                part.eval()  # frozen batch-norm statistics
+                part.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,10 @@ from asd.method.model import build_model
 
 FORMAT = "asd-checkpoint-v1"
 REQUIRED = ("format", "config", "classes", "feature_stats", "model", "head", "progress")
-OLD_PROGRESS = "step"  # the key of ``progress`` in checkpoints written before the rename
-MODEL_GROUPS = ("features", "model", "loss")  # the settings a trained model depends on
+# The key of ``progress`` in checkpoints written before the rename.
+OLD_PROGRESS = "step"
+# The settings a trained model depends on.
+MODEL_GROUPS = ("features", "model", "loss")
 
 
 class CheckpointError(AsdError):
@@ -59,6 +61,7 @@ def _state(module: nn.Module | dict) -> dict:
 
 def _check_safe(obj: Any, where: str) -> None:
     """Refuse anything torch.load(weights_only=True) would not read back (numpy, dataclasses...)."""
+    # Containers are walked so the message names the entry, not just the file.
     if isinstance(obj, (dict, list, tuple)):
         for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
             _check_safe(value, f"{where}.{key}")
@@ -82,6 +85,7 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path:
     """Write the checkpoint of ``model`` and ``head`` (modules or state dicts) atomically."""
+    # Tensors, not arrays: weights_only=True reads no numpy objects back.
     stats = {
         k: torch.tensor(np.asarray(v, dtype=np.float32))
         for k, v in (("mean", mean), ("std", std))  # (F,) each
@@ -96,11 +100,13 @@ def save_checkpoint(
         "progress": dict(progress),
     }
     data.update(extra or {})
+    # Refuse before writing, so an unreadable file never replaces a good one.
     _check_safe(data, "checkpoint")
     try:
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
-    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
+    # torch's zip writer reports a failed write (a full disk) as a RuntimeError.
+    except RuntimeError as err:
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise OSError(
             f"cannot write checkpoint {path} (disk full?): {first}; the "
@@ -115,7 +121,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, not a torch file at all
+    # A truncated zip, a foreign pickle or not a torch file at all: each raises its own type.
+    except Exception as err:
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise CheckpointError(
             f"checkpoint {path} cannot be read (truncated, corrupt or not "
@@ -124,7 +131,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file (found {found!r})")
-    if "progress" not in data and OLD_PROGRESS in data:  # written before the key was renamed
+    # Checkpoints written before the key was renamed are read under the new name.
+    if "progress" not in data and OLD_PROGRESS in data:
         data["progress"] = data.pop(OLD_PROGRESS)
     if missing := [k for k in REQUIRED if k not in data]:
         raise CheckpointError(f"checkpoint {path} lacks the key(s) {', '.join(missing)}")
@@ -140,6 +148,7 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
         raise CheckpointError(f"checkpoint {path}: stored config is not valid: {err}") from None
     classes = pd.DataFrame(data["classes"])
     model, head = build_model(cfg, len(classes))
+    # Weights that do not fit say which part failed, with the sizes the config gives.
     for name, module in (("model", model), ("head", head)):
         try:
             module.load_state_dict(data[name])
@@ -148,7 +157,8 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
                 f"checkpoint {path}: '{name}' weights do not fit the model its "
                 f"config and {len(classes)} classes describe: {err}"
             ) from None
-    mean, std = (data["feature_stats"][k].float().numpy() for k in ("mean", "std"))
+    mean = data["feature_stats"]["mean"].float().numpy()
+    std = data["feature_stats"]["std"].float().numpy()
     return LoadedModel(
         model.to(device).eval(),
         head.to(device).eval(),
@@ -162,8 +172,10 @@ def load_model(path: str | Path, device: Any = "cpu") -> LoadedModel:
 
 def check_classes(data: dict, classes: pd.DataFrame | dict, path: str | Path) -> None:
     """CheckpointError unless the checkpoint was trained on exactly ``classes``."""
+    # Compared as text, so the same classes match whatever types a table was read back with.
     mine = {k: list(map(str, v)) for k, v in pd.DataFrame(classes).to_dict("list").items()}
-    if {k: list(map(str, v)) for k, v in data["classes"].items()} != mine:
+    stored = {k: list(map(str, v)) for k, v in data["classes"].items()}
+    if stored != mine:
         raise CheckpointError(
             f"checkpoint {path} was trained on other classes than the run's "
             f"class table ({len(data['classes'].get('class', []))} vs "

@@ -26,9 +26,9 @@ def make_parser(
     prog: str, doc: str, *, from_help: str | None = None, overrides: bool = True
 ) -> argparse.ArgumentParser:
     """A parser with ``--config``, optionally ``--from``, and ``key.sub=value`` overrides."""
-    p = argparse.ArgumentParser(
-        prog=f"python -m {prog}", description=doc.strip().splitlines()[0].replace("``", "")
-    )
+    # The module docstring's first line, without reST markup, is the command's description.
+    description = doc.strip().splitlines()[0].replace("``", "")
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     p.add_argument(
         "--config",
         default=None,
@@ -53,6 +53,7 @@ def unknown_names(given: Sequence[str], known: Sequence[str], what: str) -> str 
     unknown = [name for name in given if name not in known]
     if not unknown:
         return None
+    # Matched case aside, so "Fan" suggests "fan"; the hint names the known spelling.
     parts = []
     for name in unknown:
         close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
@@ -65,6 +66,7 @@ def names_argument(known: Sequence[str], what: str = "machine type") -> Callable
     """An argparse ``type``: comma- or space-separated names, each one of ``known``."""
 
     def parse(text: str) -> tuple[str, ...]:
+        # Empty parts come from "a, b" and trailing commas; they name nothing.
         names = tuple(part for part in text.replace(" ", ",").split(",") if part)
         message = unknown_names(names, known, what)
         if message:
@@ -90,7 +92,9 @@ def sections_argument(text: str) -> tuple[str, ...]:
 def load_args_config(args: argparse.Namespace, run: str | Path | None = None) -> Config:
     """``--config`` if given, else ``run``'s ``config.yml`` if there is one, else the default;
     the overrides apply on top in every case."""
+    # Commands without overrides (no key.sub=value argument) have none to apply.
     overrides = getattr(args, "overrides", ())
+    # A run folder carries its own config, so a run folder is enough to go on from.
     if args.config is None and run is not None and Run(run).config.is_file():
         return load_config(Run(run).config, overrides)
     return load_config(args.config or DEFAULT_CONFIG, overrides)
@@ -105,13 +109,16 @@ def run_command(
     raised with a message (e.g. how to resume) prints that message."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Errors a user can fix print one line, not a traceback.
     try:
         return main(args) or 0
     except (AsdError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    # An interrupt may carry how to go on (e.g. how to resume); print it with the line.
     except KeyboardInterrupt as err:
-        print(f"{parser.prog}: interrupted{f' {err}' if str(err) else ''}", file=sys.stderr)
+        detail = f" {err}" if str(err) else ""
+        print(f"{parser.prog}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -40,14 +40,19 @@ log = logging.getLogger(__name__)
 
 LAYOUTS = ("dcase2021", "dcase2022", "dcase2023", "folders")
 DATASETS = ("dev_data", "eval_data")
-FOLDERS_DATASET = "folders"  # the ``dataset`` of every clip of the folders layout
-FOLDERS_SECTION = "00"  # the folders layout has one section per machine
+# The ``dataset`` of every clip of the folders layout.
+FOLDERS_DATASET = "folders"
+# The folders layout has one section per machine.
+FOLDERS_SECTION = "00"
 DOMAINS = ("source", "target")
-GROUND_TRUTH = "ground_truth"  # folder inside eval_data/ (not a machine)
-GROUND_TRUTH_DOMAIN = "ground_truth_domain"  # 2022 on: the domains of the evaluation test clips
-# test folders and the domain their clips must carry (None: the 2022+ mixed test/ folder)
+# A folder inside eval_data/ that is not a machine.
+GROUND_TRUTH = "ground_truth"
+# 2022 on: the domains of the evaluation test clips.
+GROUND_TRUTH_DOMAIN = "ground_truth_domain"
+# The split folders and the domain their clips must carry (None: train/ and the 2022+ test/).
 SPLIT_FOLDERS = {"train": None, "source_test": "source", "target_test": "target", "test": None}
-TEST_LABELS = ("normal", "anomaly")  # the folders layout's test/ sub-folders
+# The folders layout's test/ sub-folders.
+TEST_LABELS = ("normal", "anomaly")
 COLUMNS = [
     "path",
     "file",
@@ -62,9 +67,11 @@ COLUMNS = [
     "class",
 ]
 CLASS_COLUMNS = ["class", "machine", "section", "domain"]
-CONDITION = "attributes"  # the class table's extra column when attribute combinations are classes
+# The class table's extra column when attribute combinations are classes.
+CONDITION = "attributes"
 CLASS_MODES = ("section", "attributes")
-NO_ATTRIBUTE = "noAttribute"  # the organisers' name part for hidden attributes
+# The organisers' name part for hidden attributes.
+NO_ATTRIBUTE = "noAttribute"
 
 _EXPECTED = "section_XX_<source|target>_<train|test>_[normal_|anomaly_]NNNN[_attributes].wav"
 _EXPECTED_EVAL = "section_XX_NNNN.wav (an evaluation test clip)"
@@ -72,7 +79,8 @@ _NAME = re.compile(
     r"^section_(?P<section>\d{2})_(?P<domain>[A-Za-z]+)_(?P<split>train|test)_"
     r"(?:(?P<label>normal|anomaly)_)?(?P<index>\d+)(?:_(?P<attributes>.*?))?\.(?i:wav)$"
 )
-_EVAL_NAME = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)\.(?i:wav)$")  # 2022 on
+# 2022 on: evaluation test clips hide their domain and label.
+_EVAL_NAME = re.compile(r"^section_(?P<section>\d{2})_(?P<index>\d+)\.(?i:wav)$")
 _SECTION = re.compile(r"^section_(\d{2})_")
 
 
@@ -114,13 +122,22 @@ def parse_name(file_name: str | Path, layout: str = "dcase2021") -> ClipName:
     is one too. An empty attribute part (``..._0000_.wav``) reads as none."""
     name = os.path.basename(file_name)
     later = layout in ("dcase2022", "dcase2023")
+    # Only from 2022 on can a name lack its domain; a 2021 name without one is refused.
     if later and (e := _EVAL_NAME.match(name)):
-        return ClipName(e["section"], None, "test", None, int(e["index"]), "")
+        return ClipName(
+            section=e["section"],
+            domain=None,
+            split="test",
+            label=None,
+            index=int(e["index"]),
+            attributes="",
+        )
     m = _NAME.match(name)
     if m is None:
         also = f" or {_EXPECTED_EVAL}" if later else ""
         raise DataError(f"{file_name}: not a DCASE clip name; expected {_EXPECTED}{also}")
     domain = m["domain"]
+    # The pattern takes any word as a domain, so a misspelt one is named rather than unmatched.
     if domain not in DOMAINS:
         raise DataError(
             f"{file_name}: unknown domain {domain!r}; expected 'source' or 'target' ({_EXPECTED})"
@@ -130,7 +147,12 @@ def parse_name(file_name: str | Path, layout: str = "dcase2021") -> ClipName:
             f"{file_name}: a training clip name must say 'train_normal'; expected {_EXPECTED}"
         )
     return ClipName(
-        m["section"], domain, m["split"], m["label"], int(m["index"]), m["attributes"] or ""
+        section=m["section"],
+        domain=domain,
+        split=m["split"],
+        label=m["label"],
+        index=int(m["index"]),
+        attributes=m["attributes"] or "",
     )
 
 
@@ -145,7 +167,8 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 def _wav_names(folder: Path) -> list[str]:
     """The names of the .wav files directly inside ``folder``, sorted."""
-    with os.scandir(folder) as entries:  # entries know their type without a stat call each
+    # Entries know their type without a stat call each, which counts on large data sets.
+    with os.scandir(folder) as entries:
         return sorted(
             e.name
             for e in entries
@@ -158,6 +181,7 @@ def _machine_folders(root: Path) -> list[tuple[str, Path]]:
     datasets = [d for d in DATASETS if (root / d).is_dir()]
     if datasets:
         return [(d, p) for d in datasets for p in _visible_dirs(root / d)]
+    # A root of machine folders stands for one data set, whose name is "".
     machines = [("", p) for p in _visible_dirs(root) if (p / "train").is_dir()]
     if not machines:
         raise DataError(_NO_LAYOUT.format(root=root))
@@ -191,6 +215,8 @@ def detect_layout(root: str | Path, configured: str = "auto") -> Layout:
 
 def _detect(root: Path) -> Layout:
     """``detect_layout``'s rules, in order (docs/data.md "Layouts")."""
+    # Without dev_data/ or eval_data/, a root of machine folders is the folders layout unless
+    # its first training name is a DCASE one.
     if not any((root / d).is_dir() for d in DATASETS):
         machines = [p for p in _visible_dirs(root) if (p / "train").is_dir()]
         if not machines:
@@ -203,8 +229,10 @@ def _detect(root: Path) -> Layout:
                 f"{first or 'condition sub-folders'}",
             )
     folders = _machine_folders(root)
-    if not folders:  # index_dataset says that no clip is there
+    # index_dataset goes on to say that no clip is there.
+    if not folders:
         return Layout("dcase2021", "dev_data/ or eval_data/ without machine folders")
+    # 2021 splits its test clips by domain; 2022 on mixes them in test/ beside attributes files.
     old = [m for _, m in folders if (m / "source_test").is_dir() or (m / "target_test").is_dir()]
     new = [m for _, m in folders if (m / "test").is_dir() or any(m.glob("attributes_*.csv"))]
     if old and new:
@@ -214,6 +242,7 @@ def _detect(root: Path) -> Layout:
         )
     if not new:
         return Layout("dcase2021", "source_test/ and target_test/ folders")
+    # 2022 and 2023 differ only in the sections: 2023 on has one (00) per machine type.
     for _, machine in folders:
         train = machine / "train"
         names = _wav_names(train) if train.is_dir() else []
@@ -229,10 +258,12 @@ def _detect(root: Path) -> Layout:
 def _folder_rows(dataset: str, machine: Path, folder: Path, layout: str) -> list[dict]:
     split = "train" if folder.name == "train" else "test"
     domain = SPLIT_FOLDERS[folder.name]
-    base, rows = folder.absolute(), []
+    base = folder.absolute()
+    rows = []
     for name in _wav_names(folder):
         path = os.path.join(base, name)
         clip = parse_name(path, layout)
+        # A clip in the wrong folder would be trained on or scored as the wrong split or domain.
         if clip.split != split or domain not in (None, clip.domain):
             raise DataError(
                 f"{path}: a {clip.domain} '{clip.split}' clip inside {folder.name}/; "
@@ -263,6 +294,7 @@ def _dcase_rows(root: Path, layout: str) -> list[dict]:
                 f"train/ and {'/, '.join(tests)}/"
             )
         found = _folder_rows(dataset, machine, train, layout)
+        # A machine without training clips has no class, and nothing to train its detector on.
         if not found:
             raise DataError(f"{train}: no .wav files; expected the machine's training clips")
         rows += found
@@ -274,7 +306,9 @@ def _dcase_rows(root: Path, layout: str) -> list[dict]:
 
 def _conditions(train: Path) -> dict[str, list[str]]:
     """The training clips of a folders-layout machine per condition sub-folder ("": none)."""
-    loose, subs = _wav_names(train), _visible_dirs(train)
+    loose = _wav_names(train)
+    subs = _visible_dirs(train)
+    # Either the clips or the condition sub-folders: a mix leaves a condition without a name.
     if loose and subs:
         raise DataError(
             f"{train}: holds both .wav files and sub-folders; expected either the clips or "
@@ -298,8 +332,11 @@ def _folders_rows(root: Path) -> list[dict]:
         raise DataError(_NO_LAYOUT.format(root=root))
     for machine in machines:
         groups = _conditions(machine / "train")
-        # the condition with the fewest clips (the first name among equals)
-        target = min(groups, key=lambda c: (len(groups[c]), c)) if len(groups) > 1 else None
+        # The condition with the fewest clips plays the target domain (the first name among
+        # equals); a machine of one condition has no target.
+        target = None
+        if len(groups) > 1:
+            target = min(groups, key=lambda c: (len(groups[c]), c))
         for condition, names in groups.items():
             domain = "target" if condition == target else "source"
             folder = machine / "train" / condition if condition else machine / "train"
@@ -313,7 +350,9 @@ def _folders_tests(machine: Path) -> list[dict]:
     test = machine / "test"
     if not test.is_dir():
         return []
-    loose, subs = _wav_names(test), [s.name for s in _visible_dirs(test)]
+    loose = _wav_names(test)
+    subs = [s.name for s in _visible_dirs(test)]
+    # The sub-folder is the label, so a clip outside normal/ and anomaly/ would have none.
     if loose or set(subs) - set(TEST_LABELS):
         raise DataError(
             f"{test}: expected only the sub-folders normal/ and anomaly/ holding .wav files"
@@ -338,6 +377,7 @@ def _plain_rows(
     """Rows of a folders-layout folder; ``file`` is the path below train/ or test/ (unique)."""
     base = folder.absolute()
     top = machine / split
+    # Names are free in this layout, so the path below train/ or test/ is the unique ``file``.
     return [
         {
             "path": os.path.join(base, name),
@@ -372,9 +412,12 @@ def index_dataset(root: str | Path, layout: str | Layout = "auto") -> pd.DataFra
         rows = _dcase_rows(root, chosen.name)
     if not rows:
         raise DataError(f"{root}: no .wav files found; expected <dataset>/<machine>/train/*.wav")
-    df = pd.DataFrame(rows).sort_values(["dataset", "machine", "_folder", "file"], kind="stable")
+    # Sorted, so the index is the same whatever order the file system lists the folders in.
+    order = ["dataset", "machine", "_folder", "file"]
+    df = pd.DataFrame(rows).sort_values(order, kind="stable")
     df = df.drop(columns="_folder").reset_index(drop=True)
-    for column in ("label", "domain"):  # None, never NaN, where unknown
+    # None, never NaN, where unknown: the columns compare and print alike in every layout.
+    for column in ("label", "domain"):
         df[column] = pd.Series(
             [v if isinstance(v, str) else None for v in df[column]], dtype=object
         )
@@ -410,6 +453,7 @@ def class_table(index_df: pd.DataFrame, mode: str = "section") -> pd.DataFrame:
         columns = [*CLASS_COLUMNS, CONDITION]
     elif mode != "section":
         raise DataError(f"class mode {mode!r}: expected one of {CLASS_MODES}")
+    # Sorted keys give the same ids to the same classes on every machine and in every run.
     keys = sorted(set(zip(*parts)))
     rows = [(c, *k) for c, k in enumerate(keys)]
     return pd.DataFrame(rows, columns=columns, dtype=object).astype({"class": int})
@@ -419,12 +463,14 @@ def warn_single_class(table: pd.DataFrame, root: str | Path | None) -> None:
     """Say in one line (a warning) that a class table of one class teaches the classifier
     nothing, and what gives classes."""
     if len(table) == 1:
+        # The class's name parts, without the id and the empty ones.
+        name = " ".join(str(v) for v in table.iloc[0].tolist()[1:] if v)
         log.warning(
             "%s: the training clips form ONE class (%s), and a classifier of one class learns "
             "nothing; classes come from several machine folders, condition sub-folders of "
             "train/ (folders layout), sections or attribute combinations (data.classes)",
             root,
-            " ".join(str(v) for v in table.iloc[0].tolist()[1:] if v),
+            name,
         )
 
 
@@ -432,11 +478,12 @@ def assign_classes(index_df: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFram
     """A copy of ``index_df`` with the ids of ``classes`` in its ``class`` column (-1: absent)."""
     columns = [c for c in classes.columns if c != "class"]
     lookup = {tuple(k): c for c, *k in classes[["class", *columns]].itertuples(index=False)}
+    # Clips of classes without training clips (test-only sections) get -1.
     parts = [index_df["machine"], index_df["section"], index_df["domain"]]
     if CONDITION in columns:
         parts.append(index_df["attributes"].map(condition))
-    keys = zip(*parts)
-    return index_df.assign(**{"class": [lookup.get(k, -1) for k in keys]}).astype({"class": int})
+    ids = [lookup.get(k, -1) for k in zip(*parts)]
+    return index_df.assign(**{"class": ids}).astype({"class": int})
 
 
 def save_classes(table: pd.DataFrame, path: str | Path) -> None:
@@ -451,6 +498,7 @@ def load_classes(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"class table {path} does not exist")
+    # Read as text, so sections stay "00" and an empty attribute stays "".
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as err:
@@ -462,7 +510,8 @@ def load_classes(path: str | Path) -> pd.DataFrame:
         )
     if list(table["class"]) != [str(i) for i in range(len(table))]:
         raise DataError(f"class table {path}: expected class ids 0..{len(table) - 1} in order")
-    return table.astype({"class": int}).astype({c: object for c in table.columns if c != "class"})
+    text_columns = {c: object for c in table.columns if c != "class"}
+    return table.astype({"class": int}).astype(text_columns)
 
 
 def report_order(frame: pd.DataFrame, by: list) -> pd.DataFrame:
@@ -498,6 +547,7 @@ def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.Data
     (else numbers). DataError naming the file for a foreign name or row."""
     pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})_(source|target)_test\.csv$")
     frames = []
+    # A file of the kind with a foreign name is refused, not skipped: its rows would be lost.
     for f in sorted(Path(folder).glob(f"{kind}_*.csv")):
         m = pattern.match(f.name)
         if m is None:
@@ -505,7 +555,9 @@ def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.Data
                 f"{f}: expected a name like {csv_name(kind, '<machine>', 'XX', '<domain>')}"
             )
         df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
-        if not (df[value].isin(values).all() if values else df[value].dtype.kind in "fi"):
+        # A header row would make the column text; so would any row that is not a number.
+        valid = df[value].isin(values).all() if values else df[value].dtype.kind in "fi"
+        if not valid:
             allowed = "|".join(map(str, values)) if values else value
             raise DataError(f"{f}: expected rows 'file name,{allowed}' without a header")
         frames.append(df.assign(machine=m[1], section=m[2], domain=m[3]))
@@ -548,7 +600,9 @@ def with_ground_truth(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     folders exist. A clip of a section the ground truth covers but does not list is refused
     (DataError naming the clip); sections it does not cover stay None."""
     out = index
-    labels, domains = ground_truth_dir(root), ground_truth_domain_dir(root)
+    labels = ground_truth_dir(root)
+    domains = ground_truth_domain_dir(root)
+    # Only clips whose name hides the label or the domain are looked up.
     if out["label"].isna().any() and labels.is_dir():
         out = out.assign(label=_merged(out, labels, "anomaly", "label", TEST_LABELS))
     if out["domain"].isna().any() and domains.is_dir():
@@ -562,10 +616,13 @@ def _merged(index: pd.DataFrame, folder: Path, value: str, column: str, words: t
     truth = read_truth(folder, value)
     keys = ["machine", "section", "file"]
     by_domain = truth["domain"].notna().all()
-    if by_domain:  # 2021 names: the same file name stands in both domains
+    # 2021 names: the same file name stands in both domains.
+    if by_domain:
         keys.append("domain")
     table = truth[[*keys, value]].drop_duplicates(keys)
-    found = index[keys].merge(table, on=keys, how="left")[value].map(dict(enumerate(words)))
+    merged = index[keys].merge(table, on=keys, how="left")
+    found = merged[value].map(dict(enumerate(words)))
+    # A section the ground truth covers must list each of its clips; other sections stay None.
     covered = set(zip(truth["machine"], truth["section"]))
     out = []
     for known, new, path, machine, section in zip(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # asd.infra.checkpoint (and with it torch) is imported where a checkpoint is read, so that the
 # commands that never read one (index, download) start without torch.
 
+# A run folder's name: its number (three digits or more) and its kind, "003-stage1".
 _RUN = re.compile(r"^(\d{3,})-(.+)$")
 
 
@@ -170,10 +171,12 @@ class Run:
         if not self.init_file.is_file():
             return None
         name = self.init_file.read_text().strip()
+        # Relative to the run first (what write_init writes), then to the runs folder (older runs).
         for candidate in (self.path / name, self.path.parent / name):
             if candidate.is_file():
                 return candidate
-        return self.path / name  # missing: the caller names it
+        # A missing model is returned all the same: the caller names it in its own message.
+        return self.path / name
 
     def write_init(self, model: Path) -> None:
         """Name ``model`` as the one the run started from, relative: the runs folder may move."""
@@ -183,6 +186,7 @@ class Run:
     def chain(self) -> list[Run]:
         """The runs that led to this one, oldest first: ``[Step 1 run, Step 2 run]`` for Step 2."""
         chain = [self]
+        # Follow init.txt back until a run started from fresh weights.
         while (init := chain[0].init()) is not None:
             before = Run(init.parent)
             if not init.is_file() or not before.config.is_file():
@@ -190,6 +194,7 @@ class Run:
                     f"{chain[0].init_file} names {init}, which is not the model of a run "
                     f"folder (moved or deleted?)"
                 )
+            # Hand-edited init.txt files could point back at a later run; stop rather than loop.
             if any(before.path.resolve() == r.path.resolve() for r in chain):
                 raise ConfigError(f"{chain[0].init_file}: the runs name each other in a loop")
             chain.insert(0, before)
@@ -222,13 +227,15 @@ class Run:
         """The next numbered run folder ``<runs.dir>/NNN-<kind>``, made, with the config in it."""
         runs_dir = Path(cfg.runs.dir)
         runs_dir.mkdir(parents=True, exist_ok=True)
+        # Numbers count across kinds, so the folders sort in the order they were made.
         number = max((run_number(p) for p in list_runs(runs_dir)), default=0) + 1
+        # mkdir claims a number atomically; where another process took it first, take the next.
         while True:
             run = cls(runs_dir / f"{number:03d}-{kind}")
             try:
                 run.path.mkdir()
                 break
-            except FileExistsError:  # another process took this number
+            except FileExistsError:
                 number += 1
         save_config(cfg, run.config)
         return run
@@ -243,22 +250,26 @@ class Run:
         from asd.infra.checkpoint import MODEL_GROUPS, load_checkpoint, save_checkpoint
 
         last = self.last_checkpoint
+        # A writer killed mid-write leaves its temporary file; the checkpoint itself is whole.
         for stale in last.parent.glob(f".{last.name}.*.tmp"):
             stale.unlink()
+        # Without a checkpoint the run starts again, so no logged epoch stays.
         if not last.is_file():
             trim_log(self.train_log, 0)
             return None
         ckpt = load_checkpoint(last)
-        diffs = config_diffs(
-            ckpt["config"], cfg.to_dict(), (*MODEL_GROUPS, step), "checkpoint", self.config.name
-        )
+        # Only the settings that shape the model and this step's training must be unchanged.
+        groups = (*MODEL_GROUPS, step)
+        diffs = config_diffs(ckpt["config"], cfg.to_dict(), groups, "checkpoint", self.config.name)
         if diffs:
             raise ConfigError(
                 f"{self.config} differs from the settings {last} was "
                 f"trained with ({'; '.join(diffs)}); put them back or start a new run"
             )
         progress = ckpt["progress"]
+        # Epochs after the checkpoint are trained and logged again.
         trim_log(self.train_log, int(progress["epoch"]))
+        # Killed after the last checkpoint but before the model was written: write it now.
         if progress.get("done"):
             save_checkpoint(
                 self.model,
@@ -282,14 +293,15 @@ class Run:
         and loss settings of ``cfg``; ConfigError else (Step 2 starts from it)."""
         from asd.infra.checkpoint import MODEL_GROUPS, load_checkpoint
 
-        diffs = config_diffs(
-            load_config(self.config).to_dict(), cfg.to_dict(), MODEL_GROUPS, "Step 1 run", "config"
-        )
+        # Step 2 builds the same model on the same features, so those settings must agree.
+        step1_config = load_config(self.config).to_dict()
+        diffs = config_diffs(step1_config, cfg.to_dict(), MODEL_GROUPS, "Step 1 run", "config")
         if diffs:
             raise ConfigError(
                 f"the config differs from the Step 1 run {self.path} ({'; '.join(diffs)}); "
                 "Step 2 must use the same features, model and loss"
             )
+        # The model's own progress says which step wrote it, whatever the folder is called.
         stage = load_checkpoint(self.model)["progress"].get("stage")
         if stage != "stage1":
             raise ConfigError(
@@ -325,7 +337,9 @@ class Run:
         """ConfigError, in one line ending with ``advice``, where the run was submitted for
         other test clips than ``data``'s (``command`` would replace what the run holds)."""
         before = self.read_submitted_data()
-        if before is not None and (before.sections, before.digest) != (data.sections, data.digest):
+        # The same test clips under another root (a moved data folder) are the same data.
+        same = before is None or (before.sections, before.digest) == (data.sections, data.digest)
+        if not same:
             raise ConfigError(
                 f"{self.path} was submitted for {before.describe()}; {command} does not "
                 f"rewrite it for {data.describe()}: {advice}"
@@ -340,6 +354,7 @@ def submitted_data(root: str | Path, index: pd.DataFrame) -> SubmittedData:
 def _test_clips(root: str | None, test: pd.DataFrame) -> SubmittedData:
     """SubmittedData of the test clips ``test`` (dataset, machine, section and file columns)."""
     keys = test[["dataset", "machine", "section"]].astype(str).drop_duplicates()
+    # The digest is of the names alone, so the same clips give the same digest on any root.
     names = sorted(test["dataset"] + "/" + test["machine"] + "/" + test["file"])
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     sections = tuple(sorted(keys.itertuples(index=False, name=None)))
@@ -379,6 +394,7 @@ def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
             f"{runs_dir}; "
             + ("run that step first or pass FROM=" if finished else "pass the run to resume")
         )
+    # Newer runs that were passed over are named, so an unfinished one is not forgotten.
     skipped = [r.name for r in runs[runs.index(found[-1]) + 1 :]]
     if skipped and finished:
         log.warning(
@@ -394,6 +410,7 @@ def trim_log(path: Path, epoch: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
+    # A row without its newline was cut off mid-write by a kill, so it is dropped too.
     keep = lines[:1] + [
         line
         for line in lines[1:]

@@ -10,7 +10,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,17 @@ from asd.method.steps import TrainingStep
 
 log = logging.getLogger(__name__)
 
-DEVICE_SHARE = 0.6  # of a GPU's free memory the cache may take; the rest is the training's own
+# The share of a GPU's free memory the cache may take; the rest is the training's own.
+DEVICE_SHARE = 0.6
+
+
+class RunStart(NamedTuple):
+    """What a new run starts with: its config, its class table (None: the data's) and the
+    model it starts from (None: fresh weights)."""
+
+    cfg: Config
+    classes: pd.DataFrame | None
+    init: Path | None
 
 
 @dataclass
@@ -51,9 +61,9 @@ class TrainRun:
         return Run(self.run_dir)
 
     @classmethod
-    def start(cls, args) -> tuple[Config, pd.DataFrame | None, Path | None]:
+    def start(cls, args) -> RunStart:
         """A new run's config, class table (None: the data's) and initial model (None: fresh)."""
-        return load_args_config(args), None, None
+        return RunStart(load_args_config(args), None, None)
 
 
 def world_size(cfg: Config) -> int:
@@ -83,14 +93,17 @@ def check_config(cfg: Config, name: str) -> None:
             "GPU, and none is visible; on the CPU name the number of processes "
             "(e.g. engine.world_size=2)"
         )
-    if ddp and gpus > 0 and engine.world_size > gpus:  # two processes on one GPU: NCCL refuses
+    # Two processes on one GPU: NCCL refuses them, so the config is refused first.
+    if ddp and gpus > 0 and engine.world_size > gpus:
         raise ConfigError(
             f"engine.world_size={engine.world_size}: DDP runs one process per GPU, and "
             f"{gpus} GPU(s) are visible; use at most {gpus} (0: all of them)"
         )
+    # amp_dtype matters only to the engines that cast; fp16 autocast exists only on CUDA.
     amp = engine.amp_dtype if engine.name in ("amp", "ddp_amp") else None
     if amp == "fp16" and not cuda:
         raise ConfigError("engine.amp_dtype=fp16 needs a CUDA GPU; on the CPU use bf16")
+    # Each DDP process draws an equal share of every batch.
     world = world_size(cfg)
     if getattr(cfg, name).batch_size % world:
         raise ConfigError(
@@ -121,6 +134,7 @@ def use_device_cache(
     are then read from the memory-mapped cache)."""
     if not (cfg.engine.cache_on_device and device.type == "cuda"):
         return False
+    # One row's bytes times the rows, against what the GPU has free now.
     need = len(rows) * features[:1].nbytes
     free, _ = torch.cuda.mem_get_info(device)
     if need <= DEVICE_SHARE * free:
@@ -140,6 +154,7 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
     latest unfinished one) keeps its config, classes and initial model, and says where it goes
     on from."""
     step = kind.spec
+    # A resumed run brings its own config, classes and initial model; a new one asks the step.
     if args.resume:
         run = _run_to_resume(step, args)
         cfg = load_config(run.config, args.overrides)
@@ -150,15 +165,21 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         init = run.init()
     else:
         run = None
-        cfg, table, init = kind.start(args)
+        begin = kind.start(args)
+        cfg = begin.cfg
+        table = begin.classes
+        init = begin.init
+    # Everything that can be refused is checked before a run folder is made or changed.
     check_config(cfg, step.name)
     if init is not None:
         check_classes(load_checkpoint(init), table, init)
     cache = build_cache(cfg, progress=not args.no_progress)
-    if table is None:  # a new run: the classes of the data (data.classes)
+    # A new run without a table of its own takes the classes of the data (data.classes).
+    if table is None:
         mode = class_mode(cfg.data.classes, cache.settings.get("layout", "dcase2021"))
         table = class_table(cache.index, mode)
         warn_single_class(table, cache.settings.get("root"))
+    # The step's domains must have training clips of every class, or its mixup cannot draw.
     _, rows = training_rows(cache.index, table)
     check_clips(rows, sorted(set(step.domains)), table, cache.settings.get("root"), step.name)
     if run is None:
@@ -166,11 +187,13 @@ def prepare(kind: type[TrainRun], args: argparse.Namespace) -> tuple[Path, Train
         save_classes(table, run.classes)
         if init is not None:
             run.write_init(init)
-    else:  # changes the run only once all is checked
+    # A resumed run is changed only now that all is checked.
+    else:
         progress = run.resume(cfg, step.name)
         log.info("%s: %s", run, resume_line(step, cfg, progress, run))
+        # Every epoch was done: resume wrote the model from the checkpoint, nothing is left.
         if progress is not None and progress.get("done"):
-            return run.path, None  # every epoch was done: the model written from the checkpoint
+            return run.path, None
     return run.path, kind(
         cfg=cfg,
         run_dir=run.path,

@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,6 +15,23 @@ from adamp import AdamP
 from torch import nn
 
 from asd.infra.config import ConfigError
+
+
+class _Span(NamedTuple):
+    """A run of consecutive channels of equal length in a _Layout's buffer."""
+
+    first: int  # the first element
+    first_channel: int
+    channels: int
+    length: int  # the elements of a channel
+
+
+class _Views(NamedTuple):
+    """A _Layout's buffer rows as the weights' shapes, one list of views per row."""
+
+    grads: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    directions: list[torch.Tensor]
 
 
 @dataclass
@@ -45,7 +63,7 @@ class _Layout:
     owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the buffer's order
     sqrt_channel: torch.Tensor  # (W,) sqrt of the elements of one channel of each weight
     sqrt_numel: torch.Tensor  # (W,) sqrt of the elements of each weight
-    views: list[list[torch.Tensor]]  # gradients, weights, directions as the weights' shapes
+    views: _Views  # gradients, weights, directions as the weights' shapes
     products: list[torch.Tensor]  # room for a product of each weight (its elements)
     direction: torch.Tensor  # (N,) the step directions
     product: torch.Tensor  # (N,) room for a product
@@ -63,15 +81,15 @@ class _Layout:
         rows = [shape[0] for shape in shapes]
         lengths = [math.prod(shape[1:]) for shape in shapes]
         sizes = [n * length for n, length in zip(rows, lengths)]
-        spans = []  # (first element, first channel, channels, elements a channel)
+        spans: list[_Span] = []
         start = 0
         channel = 0
         for n, length in zip(rows, lengths):
-            if spans and spans[-1][3] == length:
-                first, first_channel, channels, _ = spans[-1]
-                spans[-1] = (first, first_channel, channels + n, length)
+            # Weights sorted by channel length put equal lengths side by side: one block for them.
+            if spans and spans[-1].length == length:
+                spans[-1] = spans[-1]._replace(channels=spans[-1].channels + n)
             else:
-                spans.append((start, channel, n, length))
+                spans.append(_Span(start, channel, n, length))
             start += n * length
             channel += n
         new = weights[0].new_empty
@@ -108,7 +126,9 @@ class _Layout:
             owner=torch.arange(len(rows)).repeat_interleave(torch.tensor(rows)).to(device),
             sqrt_channel=torch.tensor(lengths, dtype=torch.float64).sqrt().float().to(device),
             sqrt_numel=torch.tensor(sizes, dtype=torch.float64).sqrt().float().to(device),
-            views=[[x.view(shape) for x, shape in zip(row.split(sizes), shapes)] for row in buffer],
+            views=_Views(
+                *[[x.view(s) for x, s in zip(row.split(sizes), shapes)] for row in buffer]
+            ),
             products=list(work[1].split(sizes)),
             direction=buffer[2],
             product=work[1],
@@ -199,9 +219,9 @@ class MaskedAdamP(AdamP):
                 self._layouts[key] = _Layout.of([params[i] for i in weights])
             layout = self._layouts[key]
             weights = [weights[i] for i in layout.order]
-            grad_views, weight_views, directions = layout.views
-            torch._foreach_copy_(grad_views, [grads[i] for i in weights])
-            torch._foreach_copy_(weight_views, [params[i] for i in weights])
+            directions = layout.views.directions
+            torch._foreach_copy_(layout.views.grads, [grads[i] for i in weights])
+            torch._foreach_copy_(layout.views.weights, [params[i] for i in weights])
             self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
             ratio = self._project(group, layout)
             taking = [params[i] for i in weights]
@@ -246,7 +266,10 @@ class MaskedAdamP(AdamP):
             torch.bmm(block.g_w, block.g_w_t, out=block.dots)
         per_channel = layout.dots.view(-1, 4)  # (R, 4): <g, g>, <g, w>, <w, g>, <w, w>
         whole = per_channel.new_zeros(weights, 4).index_add_(0, layout.owner, per_channel)
-        gg, gw, _, ww = torch.cat([per_channel, whole]).t()  # (R + W,) each
+        products = torch.cat([per_channel, whole])  # (R + W, 4)
+        gg = products[:, 0]  # (R + W,) <g, g>
+        gw = products[:, 1]  # (R + W,) <g, w>
+        ww = products[:, 3]  # (R + W,) <w, w>
         cosine = gw.abs() / (gg.sqrt().clamp_min(eps) * ww.sqrt().clamp_min(eps))
         cos_channel, cos_whole = cosine.split([len(layout.owner), weights])
         worst = cos_whole.new_zeros(weights).scatter_reduce_(0, layout.owner, cos_channel, "amax")
@@ -256,7 +279,7 @@ class MaskedAdamP(AdamP):
         # the unit vector u = w / (|w| + eps) of each channel, or of each weight taken whole
         for block in layout.blocks:
             torch.linalg.vector_norm(block.w, dim=1, out=block.norm)
-        norm_whole = torch.stack(torch._foreach_norm(layout.views[1]))  # (W,)
+        norm_whole = torch.stack(torch._foreach_norm(layout.views.weights))  # (W,)
         by_channel_here = by_channel[layout.owner]  # (R,)
         norm = torch.where(by_channel_here, layout.norm, norm_whole[layout.owner])
         torch.add(norm, eps, out=layout.scale)

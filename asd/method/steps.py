@@ -47,7 +47,7 @@ class TrainingStep:
         raise NotImplementedError
 
     def position(self, cfg: Config, progress: dict) -> tuple[int, int]:
-        """(done, total) in ``unit`` for a checkpoint's progress dict."""
+        """How far a checkpoint's progress dict got: (done, total), counted in ``unit``."""
         raise NotImplementedError
 
 
@@ -56,6 +56,8 @@ class _Step1(TrainingStep):
 
     def schedule(self, cfg: Config, n_source: int) -> Schedule:
         settings = cfg.stage1
+        # Every source clip is the first clip of one mixed sample per epoch, in whole batches;
+        # an epoch is never empty.
         iterations_per_epoch = max(1, math.ceil(n_source / settings.batch_size))
         return Schedule(
             epochs=settings.epochs,
@@ -76,6 +78,8 @@ class _Step2(TrainingStep):
 
     def schedule(self, cfg: Config, n_source: int) -> Schedule:
         settings = cfg.stage2
+        # Step 2 counts iterations, not passes over the data; Catalyst's epochs are blocks of
+        # log_every iterations, so logs and checkpoints fall on whole blocks.
         return Schedule(
             epochs=math.ceil(settings.iterations / settings.log_every),
             iterations_per_epoch=settings.log_every,
