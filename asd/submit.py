@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from asd import AsdError
 from asd.infra.cli import load_run, make_parser, run_command
 from asd.infra.config import Config, FeatureConfig, config_diffs
-from asd.infra.data import DataError, index_dataset, report_order
+from asd.infra.data import index_dataset, read_csvs, report_order
 from asd.infra.io import atomic_path
 from asd.infra.runs import Run, submitted_data
 from asd.method.detectors import BACKENDS, DetectorSet, fit_knn, fit_section, resolve_backend
@@ -306,41 +305,14 @@ def write_submission(
     return written
 
 
-def _read_kind(folder: Path, kind: str, value: str, values=None) -> pd.DataFrame:
-    """Every ``<kind>_*_test.csv`` of ``folder`` (no header, ``file name,value`` rows):
-    DataFrame[machine, section, domain (None: a per-section file), file, <value>]; ``values``
-    lists the allowed ones (else numbers). DataError naming the file for a foreign name or row."""
-    pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})(?:_(source|target))?_test\.csv$")
-    frames = []
-    # A file of the kind with a foreign name is refused, not skipped: its rows would be lost.
-    for f in sorted(folder.glob(f"{kind}_*.csv")):
-        m = pattern.match(f.name)
-        if m is None:
-            raise DataError(
-                f"{f}: expected a name like {submission_name(kind, '<machine>', 'XX')} or "
-                f"{submission_name(kind, '<machine>', 'XX', '<domain>')}"
-            )
-        df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
-        # A header row would make the column text; so would any row that is not a number.
-        valid = df[value].isin(values).all() if values else df[value].dtype.kind in "fi"
-        if not valid:
-            allowed = "|".join(map(str, values)) if values else value
-            raise DataError(f"{f}: expected rows 'file name,{allowed}' without a header")
-        frames.append(df.assign(machine=m[1], section=m[2], domain=m[3]))
-    if not frames:
-        raise DataError(f"{folder}: no {kind}_*.csv files")
-    out = pd.concat(frames, ignore_index=True)
-    return out[["machine", "section", "domain", "file", value]]
-
-
 def read_submission(folder: str | Path) -> pd.DataFrame:
     """Read the submission back: DataFrame[machine, section, domain, file, score, decision]
     (domain None where the files are per section)."""
     folder = Path(folder)
     # File names are unique within a section, so the domain is not needed to match them.
     keys = [*SECTION, "file"]
-    scores = _read_kind(folder, "anomaly_score", "score")
-    decisions = _read_kind(folder, "decision_result", "decision", [0, 1])
+    scores = read_csvs(folder, "anomaly_score", "score")
+    decisions = read_csvs(folder, "decision_result", "decision", [0, 1])
     out = scores.merge(decisions.drop(columns="domain"), on=keys, how="left")
     # A score without its decision is an incomplete submission.
     lost = out[out["decision"].isna()]

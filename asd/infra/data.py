@@ -543,16 +543,17 @@ def section_csv_name(kind: str, machine: str, section: str) -> str:
 
 def read_csvs(folder: str | Path, kind: str, value: str, values=None) -> pd.DataFrame:
     """Every ``<kind>_*_test.csv`` of ``folder`` (no header, ``file name,value`` rows):
-    DataFrame[machine, section, domain, file, <value>]; ``values`` lists the allowed ones
-    (else numbers). DataError naming the file for a foreign name or row."""
-    pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})_(source|target)_test\.csv$")
+    DataFrame[machine, section, domain (None: a file of a section's both domains, 2022 on),
+    file, <value>]; ``values`` lists the allowed ones (else numbers). DataError naming the file
+    for a foreign name or row."""
+    pattern = re.compile(rf"^{kind}_(.+)_section_(\d{{2}})(?:_(source|target))?_test\.csv$")
     frames = []
     # A file of the kind with a foreign name is refused, not skipped: its rows would be lost.
     for f in sorted(Path(folder).glob(f"{kind}_*.csv")):
         m = pattern.match(f.name)
         if m is None:
             raise DataError(
-                f"{f}: expected a name like {csv_name(kind, '<machine>', 'XX', '<domain>')}"
+                f"{f}: expected a name like {kind}_<machine>_section_XX[_<domain>]_test.csv"
             )
         df = pd.read_csv(f, header=None, names=["file", value], dtype={"file": str})
         # A header row would make the column text; so would any row that is not a number.
