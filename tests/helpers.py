@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,20 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 def cli_killed(spec: str, module: str, *args: str, timeout: float = 300):
     """``python -m module args`` killed at the moment ``spec`` names (see DYING)."""
-    out = subprocess.run(
-        [sys.executable, "-c", DYING, spec, module, *map(str, args)],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # Its output goes to files, not pipes: the worker processes of a killed submit inherit them
+    # and would hold a pipe open until they notice, long after the process itself has died.
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        returncode = subprocess.run(
+            [sys.executable, "-c", DYING, spec, module, *map(str, args)],
+            cwd=REPO,
+            env=ENV,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=timeout,
+        ).returncode
+        stdout.seek(0)
+        stderr.seek(0)
+        out = subprocess.CompletedProcess([module, *args], returncode, stdout.read(), stderr.read())
     assert out.returncode == -signal.SIGKILL, (out.returncode, out.stderr[-3000:])
     return out
 
