@@ -308,17 +308,7 @@ def test_both_sides_read_one_contract():
 
 @pytest.fixture
 def tiny(tiny_cfg, tmp_path):
-    return tiny_cfg.replace(
-        **{
-            "runs.dir": str(tmp_path / "runs"),
-            "model.stem_channels": 4,
-            "model.stage_channels": [4, 4, 4, 8],
-            "model.embedding_dim": 16,
-            "loss.n_subclusters": 4,
-            "stage1.epochs": 3,
-            "stage1.batch_size": 8,
-        }
-    )
+    return tiny_cfg.replace(**{"runs.dir": str(tmp_path / "runs")})
 
 
 def interrupted_run(cfg, progress: dict | None, key: str = "progress") -> Run:
@@ -414,15 +404,7 @@ def test_trim_log_keeps_complete_rows_up_to_the_epoch(tmp_path):
 @pytest.fixture(scope="module")
 def submitted(tiny_cfg, tmp_path_factory):
     """A random tiny model as a finished Step 2 run, submitted for the tiny data root."""
-    cfg = tiny_cfg.replace(
-        **{
-            "runs.dir": str(tmp_path_factory.mktemp("runs")),
-            "model.stem_channels": 4,
-            "model.stage_channels": [4, 4, 4, 8],
-            "model.embedding_dim": 16,
-            "loss.n_subclusters": 4,
-        }
-    )
+    cfg = tiny_cfg.replace(**{"runs.dir": str(tmp_path_factory.mktemp("runs"))})
     classes = class_table(build_cache(cfg, progress=False).index)
     run = Run.create(cfg, "stage2")
     save_classes(classes, run.classes)

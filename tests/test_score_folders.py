@@ -17,15 +17,7 @@ from asd.method.detectors import POOLED, DetectorSet
 @pytest.fixture(scope="module")
 def submitted(tiny_cfg, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_cfg.replace(
-        **{
-            "runs.dir": str(runs),
-            "model.stem_channels": 4,
-            "model.stage_channels": [4, 4, 4, 8],
-            "model.embedding_dim": 16,
-            "loss.n_subclusters": 4,
-        }
-    )
+    cfg = tiny_cfg.replace(**{"runs.dir": str(runs)})
     return make_submitted_run(cfg)
 
 

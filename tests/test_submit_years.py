@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY
 from test_score import make_submitted_run
 
 from asd import evaluate as ev
@@ -37,10 +38,7 @@ def submitted_2023(repo, tmp_path_factory):
             f"data.root={root}",
             f"data.cache_dir={tmp / 'cache'}",
             f"runs.dir={tmp / 'runs'}",
-            "model.stem_channels=4",
-            "model.stage_channels=[4,4,4,8]",
-            "model.embedding_dim=16",
-            "loss.n_subclusters=4",
+            *TINY,
         ],
     )
     return cfg, make_submitted_run(cfg)
@@ -113,10 +111,7 @@ def submitted_folders(repo, tmp_path_factory):
             f"data.root={root}",
             f"data.cache_dir={tmp / 'cache'}",
             f"runs.dir={tmp / 'runs'}",
-            "model.stem_channels=4",
-            "model.stage_channels=[4,4,4,8]",
-            "model.embedding_dim=16",
-            "loss.n_subclusters=4",
+            *TINY,
         ],
     )
     return cfg, make_submitted_run(cfg)
