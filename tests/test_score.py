@@ -14,7 +14,7 @@ from asd.infra.checkpoint import save_checkpoint
 from asd.infra.config import load_config
 from asd.infra.data import class_table, save_classes
 from asd.infra.feature_cache import build_cache
-from asd.infra.runs import new_run
+from asd.infra.runs import Run
 from asd.method.detectors import DetectorSet
 from asd.method.model import build_model
 
@@ -23,7 +23,7 @@ def make_submitted_run(cfg):
     """A random tiny model saved as a finished stage2 run, then submitted."""
     cache = build_cache(cfg, progress=False)
     classes = class_table(cache.index)
-    run = new_run(cfg, "stage2")
+    run = Run.create(cfg, "stage2").path
     save_classes(classes, run / "classes.csv")
     torch.manual_seed(0)
     model, head = build_model(cfg, len(classes))

@@ -376,12 +376,6 @@ def list_runs(runs_dir: str | Path, kind: str | None = None) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def new_run(cfg: Config, kind: str) -> Path:
-    """Create the next numbered run folder ``<runs.dir>/NNN-<kind>`` and write the config
-    (Run.create, as a path)."""
-    return Run.create(cfg, kind).path
-
-
 def latest_run(runs_dir: str | Path, kind: str, finished: bool = True) -> Path:
     """The newest finished ``*-<kind>`` run (its step wrote the model), naming newer
     unfinished ones in a warning; with ``finished=False`` the newest unfinished one (to resume).

@@ -87,9 +87,3 @@ def section_values(rule: str, y, score, domain) -> dict[str, float]:
     if rule == "2022":
         out["pauc"] = pauc(y, score)
     return out
-
-
-def official_score_of(values: Iterable[dict[str, float]]) -> float:
-    """The official score: one flat harmonic mean of every value of every section
-    (:func:`section_values`), each floored at machine epsilon."""
-    return hmean([v for section in values for v in section.values()])
