@@ -559,12 +559,14 @@ def threshold_rule(cfg: DetectorConfig) -> str:
         if cfg.threshold_target == "source_subsets"
         else "its own target training clips only (`detectors.threshold_target: own`)"
     )
+    quantile = cfg.threshold_target_quantile or cfg.threshold_quantile
     return (
         f"Each detector's threshold is the {cfg.threshold_quantile} quantile of a gamma "
         f"distribution fitted to {scores} scores of training clips, so it is meant to flag "
         f"{100 * (1 - cfg.threshold_quantile):.0f} % of normal clips. Source (GMM): the "
         f"section's source training clips. Target (One-Class SVM, fitted on a few clips): "
-        f"{target}."
+        f"{target}; at the {quantile} quantile (`detectors.threshold_target_quantile`: new "
+        f"normal target clips score above what these show)."
     )
 
 

@@ -70,7 +70,8 @@ def test_target_threshold_fits_own_and_source_subset_scores(cfg, section):
         for f in folds
     ]
     subsets, _ = source_subset_scores(section["source"], 3, cfg)
-    expected = gamma_threshold(np.concatenate([out_of_fold, subsets]), cfg.threshold_quantile)
+    quantile = cfg.threshold_target_quantile  # a target threshold's own quantile
+    expected = gamma_threshold(np.concatenate([out_of_fold, subsets]), quantile)
     assert target.threshold == pytest.approx(expected[0])
     own = fit_section(
         section["source"],
@@ -79,19 +80,32 @@ def test_target_threshold_fits_own_and_source_subset_scores(cfg, section):
         dataclasses.replace(cfg, threshold_target="own"),
     )
     assert own["target"].info["threshold_scores"] == "3-fold"
-    assert own["target"].threshold == pytest.approx(
-        gamma_threshold(out_of_fold, cfg.threshold_quantile)[0]
-    )
+    assert own["target"].threshold == pytest.approx(gamma_threshold(out_of_fold, quantile)[0])
     # only the target threshold depends on the rule: the same scores, the same source detector
     probe = section["source"][:5]
     assert np.array_equal(target.score(probe), own["target"].score(probe))
     assert own["source"].threshold == fitted["source"].threshold
 
 
+def test_the_target_quantile_is_the_default_and_old_configs_keep_one_quantile(cfg, section):
+    assert cfg.threshold_target_quantile == 0.97
+    old = dataclasses.replace(cfg, threshold_target_quantile=None)  # a config before the key
+    same = dataclasses.replace(cfg, threshold_target_quantile=cfg.threshold_quantile)
+    fitted = [fit_section(section["source"], section["target"], None, c, 4) for c in (old, same)]
+    assert fitted[0]["target"].threshold == fitted[1]["target"].threshold
+    assert fitted[0]["source"].threshold == fitted[1]["source"].threshold
+    higher = fit_section(section["source"], section["target"], None, cfg, 4)
+    assert higher["target"].threshold > fitted[0]["target"].threshold
+    assert higher["source"].threshold == fitted[0]["source"].threshold  # the GMM's stays
+
+
 def test_source_subsets_bring_the_target_false_alarm_rate_near_the_intended_one(cfg):
     """Twelve simulated sections, each with 40 source and 3 target training clips and 300 new
     normal target clips (the target domain a little shifted): the three clips alone put the
-    threshold far too low; with the source stand-ins it flags near 10 % of the new clips."""
+    threshold far too low; with the source stand-ins it flags near 10 % of the new clips. Both
+    rules at the one quantile 0.9: new clips here are drawn like the training ones (nothing
+    was trained on them), the case the calibration itself is for."""
+    cfg = dataclasses.replace(cfg, threshold_target_quantile=None)
     rng = np.random.default_rng(7)
     rates = {"own": [], "source_subsets": []}
     for _ in range(12):
@@ -151,6 +165,7 @@ def test_results_md_states_the_rule_and_warns_where_off(cfg):
     text = "\n\n".join(ev.false_alarm_blocks(table, cfg))
     assert "0.9 quantile of a gamma distribution fitted to out-of-fold scores" in text
     assert "`detectors.threshold_target: source_subsets`" in text
+    assert "at the 0.97 quantile (`detectors.threshold_target_quantile`" in text
     assert "**Warning**: 1 of 2 measured rates differ" in text and "fan 00 target" in text
     assert "| **off**" in text
     calm = "\n\n".join(ev.false_alarm_blocks(ev.false_alarm_table(_clips({"source": 3}), 0.9), cfg))

@@ -141,6 +141,8 @@ class DetectorConfig:
     threshold_scores: Literal["out_of_fold", "training"] = "out_of_fold"
     threshold_folds: int = 5
     threshold_target: Literal["source_subsets", "own"] = "source_subsets"
+    # None (stored configs older than the key): the target detectors use threshold_quantile.
+    threshold_target_quantile: Annotated[float, "in (0, 1)"] | None = None
     backend: Literal["auto", "gmm_ocsvm", "knn"] = "auto"
     knn_k: int = 1
 

@@ -419,7 +419,11 @@ def fit_section(
     normal clips of the same section: so with
     ``threshold_target: source_subsets`` (the default) the threshold is fitted on the scores of
     :func:`source_subset_scores` as well as on its own out-of-fold ones. ``own``: these three
-    only. The source detector's threshold and every score stay as they are."""
+    only. New normal target test clips still score above what either shows (the three clips
+    were trained on many times in Step 2, and they are all the target domain shows), so the
+    target threshold takes its own gamma quantile, ``threshold_target_quantile``, chosen on the
+    demo's development data (docs/results.md "Decisions"). The source detector's threshold and
+    every score stay as they are."""
     out: dict[str, Detector] = {}
     if source is not None and len(source):
         out["source"] = GMMDetector.fit(source, cfg, centres, n_components)
@@ -427,7 +431,10 @@ def fit_section(
         calibration = None
         if cfg.threshold_target == "source_subsets" and source is not None:
             calibration = source_subset_scores(source, len(target), cfg)
-        out["target"] = OCSVMDetector.fit(target, cfg, calibration=calibration)
+        target_cfg = cfg
+        if cfg.threshold_target_quantile is not None:
+            target_cfg = replace(cfg, threshold_quantile=cfg.threshold_target_quantile)
+        out["target"] = OCSVMDetector.fit(target, target_cfg, calibration=calibration)
     return out
 
 
