@@ -38,13 +38,13 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed ## Create .venv and install the pinned requirements (pip<24.1 for Catalyst)
 
-synth: install ## Write the synthetic data set in the challenge layout into data.root
+synth: install ## Write the synthetic data set into data.root (SYNTH="--layout dcase2021|dcase2022|dcase2023|folders")
 	$(PY) -m asd.synthetic $(CONFIG_ARG) $(SYNTH) $(ARGS)
 
 index: install ## Print the clip counts of data.root per machine, section, domain, split, label
 	$(PY) -m asd.index $(CONFIG_ARG) $(ARGS)
 
-data: install ## Download and unpack the DCASE 2021 Task 2 data (Zenodo) into data.root
+data: install ## Download and unpack the DCASE Task 2 data of data.year (2021-2026, Zenodo) into data.root
 	$(PY) -m asd.download $(CONFIG_ARG) $(DATA_ARGS) $(ARGS)
 
 cache: install ## Build (or reuse) the log-mel feature cache of data.root
@@ -56,7 +56,7 @@ stage1: install ## Step 1: train on source clips (150 epochs); prints the run fo
 stage2: install ## Step 2: fine-tune the last stage on source x target (5000 iterations); FROM=
 	$(PY) -m runners.stage2 $(CONFIG_ARG) $(FROM_ARG) $(RESUME_ARG) $(ARGS)
 
-submit: install ## Fit GMM / One-Class SVM detectors and write the challenge CSVs; FROM=
+submit: install ## Fit both back-ends (GMM/OCSVM, kNN), write the challenge CSVs of detectors.backend; FROM=
 	$(PY) -m asd.submit $(CONFIG_ARG) $(FROM_ARG) $(ARGS)
 
 evaluate: install ## AUC / pAUC tables of a submitted run against the labels; FROM=

@@ -1,4 +1,4 @@
-"""Write the synthetic DCASE 2021 Task 2 data set.
+"""Write the synthetic data set: DCASE 2021 Task 2 by default, another year's layout or plain folders.
 
     python -m asd.synthetic [ROOT] [--config C] [key.sub=value ...] [options]
 
