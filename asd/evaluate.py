@@ -388,7 +388,7 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
     chance = np.geomspace(left, 1, 50)
     ax.plot(chance, chance, color="grey", linewidth=0.5)
     lines = []
-    for colour, domain in (("C0", "source"), ("C1", "target")):
+    for colour, domain in (("C0", "source"), ("C1", "target"), ("C2", UNKNOWN_DOMAIN)):
         g = groups.get((machine, section, domain))
         # A ROC curve needs both labels.
         if g is None or g["anomaly"].nunique() < 2:
@@ -442,6 +442,10 @@ def _roc_panel(ax, groups: dict, machine: str, section: str, left: float) -> Non
     )
 
 
+# The domain column's name for test clips of no known domain (plain folders).
+UNKNOWN_DOMAIN = "unknown"
+
+
 def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
     """ROC small multiples of labelled test ``clips`` (one dataset): a row per machine, a panel
     per section; colour = domain, solid = ours, dashed = the simple reference, dots = where our
@@ -452,6 +456,8 @@ def roc_figure(clips: pd.DataFrame, title: str, intended: float | None = None):
     from matplotlib.figure import Figure
 
     keys = ["machine", "section", "domain"]
+    # Plain folders' test clips have no domain: one curve of all a section's clips.
+    clips = clips.fillna({"domain": UNKNOWN_DOMAIN})
     groups = dict(list(clips.groupby(keys)))
     # machine -> its sections, a row of panels each.
     rows = (
@@ -524,7 +530,7 @@ def false_alarm_table(clips: pd.DataFrame, quantile: float) -> pd.DataFrame:
     and ``off``: measured and intended differ by more than FALSE_ALARM_FACTOR."""
     keys = ["dataset", "machine", "section", "domain"]
     # Plain folders' test clips have no domain: one row per section.
-    normal = report_order(clips[clips["anomaly"] == 0].fillna({"domain": "unknown"}), keys)
+    normal = report_order(clips[clips["anomaly"] == 0].fillna({"domain": UNKNOWN_DOMAIN}), keys)
     table = (
         normal.groupby(keys, sort=False)
         .agg(normal=("decision", "size"), measured=("decision", "mean"))

@@ -5,7 +5,8 @@
 log-mel (as the cache computes it) is embedded by the run's model and scored by the detector
 ``asd.submit`` saved for its (machine, section) in the back-end that wrote the run's CSVs (or
 ``--backend``), against its threshold. Section and domain come from a challenge file name, the
-machine from the folder above the split folder (``<machine>/test/<file>``) or the parent folder;
+machine from the folder above the split folder (``<machine>/test/<file>``, plain folders'
+``<machine>/test/normal/<file>``) or the parent folder;
 the options override them. A recording without a domain is scored as the run's CSVs score one
 (kNN: any domain; the report's pair: the lower standardised margin of its two detectors).
 
@@ -67,10 +68,13 @@ def describe_clip(
         if parsed is not None:
             section = section or parsed.section
             domain = domain or parsed.domain
-    # Challenge folders hold a split folder (train/, test/) under the machine's folder.
-    parent = path.absolute().parent
+    # Challenge folders hold a split folder (train/, test/) under the machine's folder; plain
+    # folders one level more (test/normal/, test/anomaly/, train/<condition>/).
+    # The names of the folders above the file, nearest first ("" past the root).
+    names = [f.name for f in path.absolute().parents][:3] + ["", "", ""]
     if machine is None:
-        machine = parent.parent.name if parent.name in SPLIT_FOLDERS else parent.name
+        split = next((i for i in (0, 1) if names[i] in SPLIT_FOLDERS and names[i + 1]), None)
+        machine = names[0] if split is None else names[split + 1]
     return machine, section, domain
 
 

@@ -49,3 +49,17 @@ def test_the_log_axis_reaches_down_to_one_clip_of_the_largest_section():
     clips = pd.concat([clips_with_decisions()] * 5, ignore_index=True)  # 150 normal clips
     fig = ev.roc_figure(clips, "t")
     assert fig.axes[0].get_xlim() == (0.001, 1)
+
+
+def test_clips_of_no_domain_get_one_curve_per_section():
+    """Plain folders: test clips without a domain (None) are one group, drawn and measured."""
+    clips = clips_with_decisions()
+    clips = clips[clips["domain"] == "source"].assign(domain=None)
+    fig = ev.roc_figure(clips, "t", intended=0.1)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    g = clips[clips["section"] == "00"]
+    auc, pauc = metrics.auc(g["anomaly"], g["ours"]), metrics.pauc(g["anomaly"], g["ours"])
+    assert [t.get_text() for t in panels[0].texts][0].startswith(
+        f"unknown: ours {100 * auc:.1f}/{100 * pauc:.1f}"
+    )
+    assert fig.axes[0].get_xlim() == (0.01, 1)

@@ -78,3 +78,13 @@ def test_missing_or_empty_folders_are_named(submitted, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert sc.main([str(submitted.run), str(tmp_path / "empty")]) == 2
     assert "a folder without .wav files" in capsys.readouterr().err
+
+
+def test_the_machine_is_the_folder_above_the_split_folder():
+    from asd.score import describe_clip
+
+    assert describe_clip("/d/fan/test/section_00_0000.wav")[:2] == ("fan", "00")
+    assert describe_clip("/d/fan/test/anomaly/rec_0000.wav")[0] == "fan"  # plain folders
+    assert describe_clip("/d/fan/train/usual/rec_0000.wav")[0] == "fan"
+    assert describe_clip("/d/pump/rec.wav")[0] == "pump"  # new recordings: the parent folder
+    assert describe_clip("/test/rec.wav")[0] == "test"
