@@ -21,8 +21,6 @@ into the run folder, so scoring never changes a run.
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ from asd.infra.io import atomic_path
 from asd.infra.runs import Run
 from asd.method.detectors import BACKENDS, POOLED, DetectorSet, resolve_backend
 from asd.method.embed import embed, inference_batch
-from asd.method.features import load_audio, log_mel
+from asd.method.features import log_mel, read_audio, warn_converted
 
 COLUMNS = ["file", "machine", "section", "domain", "score", "threshold", "decision", "outside"]
 OUTSIDE_RULE = (
@@ -166,11 +164,14 @@ def score_files(
         clips.append((m, _check_known(dets, run, Path(f), m, s), d))
     loaded = load_model(run.model, device=device)
     fcfg = loaded.cfg.features
-    # Rounded to the cache's dtype, as the features the model and detectors were fitted on.
-    mels = [
-        log_mel(load_audio(f, fcfg), fcfg.sample_rate, fcfg).astype(fcfg.dtype)  # (T, F)
-        for f in files
-    ]
+    # The run's channel of multi-channel files; rounded to the cache's dtype, as the features
+    # the model and detectors were fitted on.
+    mels, notes = [], []
+    for f in files:
+        wave, file_notes = read_audio(f, fcfg, loaded.cfg.data.channel)
+        notes += [(f, note) for note in file_notes]
+        mels.append(log_mel(wave, fcfg.sample_rate, fcfg).astype(fcfg.dtype))  # (T, F)
+    warn_converted(notes, "recording(s)")
     emb = embed(
         loaded.model,
         np.stack(mels),
@@ -207,35 +208,13 @@ def check_output(csv: str | Path, run: str | Path) -> None:
         raise ScoreError(f"--csv {csv} is inside the run folder {run}; write the table elsewhere")
 
 
-def _print_warning_once(seen: set):
-    """A ``warnings.showwarning`` that prints each message once, without a source line."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = f"warning: {message}"
-        if text not in seen:
-            seen.add(text)
-            print(text, file=sys.stderr)
-
-    return show
-
-
 def _main(args) -> None:
     if args.csv:
         check_output(args.csv, args.run)
-    with warnings.catch_warnings():
-        # Each message reaches show(), which prints it once: one line per cause, not per file.
-        warnings.simplefilter("always")
-        warnings.showwarning = _print_warning_once(set())
-        files = wav_files(args.paths)
-        table = score_files(
-            args.run,
-            files,
-            args.machine,
-            args.section,
-            args.domain,
-            args.device,
-            args.backend,
-        )
+    files = wav_files(args.paths)
+    table = score_files(
+        args.run, files, args.machine, args.section, args.domain, args.device, args.backend
+    )
     # to_string prints every row, unwrapped, where printing the frame would elide some.
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     outside = int((table["outside"] == 1).sum())

@@ -81,3 +81,18 @@ def test_index_without_data_says_where_to_get_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not exist; make data downloads the real data" in err
     assert "make synth" in err or "make index CONFIG=configs/demo.yml" in err
+
+
+def test_every_command_prints_a_warning_once_as_one_line(capsys):
+    import warnings
+
+    from asd.infra.cli import make_parser, run_command
+
+    def main(args):
+        for _ in range(3):
+            warnings.warn("clip a: cropped", UserWarning, stacklevel=1)
+        warnings.warn("clip b: cropped", UserWarning, stacklevel=1)
+
+    assert run_command(main, make_parser("asd.x", "A command.", overrides=False), []) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: clip a: cropped", "warning: clip b: cropped"]

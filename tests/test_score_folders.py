@@ -88,3 +88,36 @@ def test_the_machine_is_the_folder_above_the_split_folder():
     assert describe_clip("/d/fan/train/usual/rec_0000.wav")[0] == "fan"
     assert describe_clip("/d/pump/rec.wav")[0] == "pump"  # new recordings: the parent folder
     assert describe_clip("/test/rec.wav")[0] == "test"
+
+
+def test_two_channel_recordings_take_the_runs_channel_with_one_warning(
+    submitted, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """2026-style files (near and far microphone): the channel of the run's data.channel is
+    scored, and a folder of them gives one warning line, not one per file."""
+    clip = sorted((tiny_data / "dev_data" / "fan" / "train").glob("section_00_source_*.wav"))[0]
+    wave, rate = sf.read(clip, dtype="float32")
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, wave.size).astype(np.float32)
+    folder = tmp_path / "fan"
+    folder.mkdir()
+    for i in range(3):  # the clip in channel 1, noise in channel 0
+        name = f"section_00_source_test_normal_{i:04d}.wav"  # the domain as the clip's
+        sf.write(folder / name, np.stack([noise, wave], axis=1), rate)
+    mono = sc.score_files(submitted.run, [clip], section="00")["score"]
+    # the run's config as if it had trained on channel 1
+    real_load = sc.load_model
+
+    def channel_1(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded.cfg = loaded.cfg.replace(**{"data.channel": 1})
+        return loaded
+
+    monkeypatch.setattr(sc, "load_model", channel_1)
+    assert sc.main([str(submitted.run), str(folder)]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "channels" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith("warning: 3 recording(s) were converted")
+    assert "2 channels, channel 1 taken (data.channel)" in said[0]
+    table = sc.score_files(submitted.run, [folder / name])
+    assert table["score"].tolist() == pytest.approx(mono.tolist())

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -100,6 +101,19 @@ def load_args_config(args: argparse.Namespace, run: str | Path | None = None) ->
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
+def _print_warning_once(seen: set):
+    """A ``warnings.showwarning`` that prints each message once, as one line: without the file,
+    line and source line Python adds, which say nothing to a user."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = f"warning: {message}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    return show
+
+
 def run_command(
     main: Callable[[argparse.Namespace], int | None],
     parser: argparse.ArgumentParser,
@@ -111,7 +125,9 @@ def run_command(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Errors a user can fix print one line, not a traceback.
     try:
-        return main(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning_once(set())
+            return main(args) or 0
     except (AsdError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

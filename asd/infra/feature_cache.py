@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import warnings
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from asd import AsdError
 from asd.infra.config import Config, FeatureConfig
 from asd.infra.data import detect_layout, index_dataset
-from asd.method.features import AudioWarning, log_mel_batch, mel_filterbank, read_audio
+from asd.method.features import log_mel_batch, mel_filterbank, read_audio, warn_converted
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +182,7 @@ def build_cache(
             raise CacheError(f"feature cache {folder}: the build failed ({err})") from err
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    if notes:
-        examples = "; ".join(f"{p}: {n}" for p, n in notes[:3])
-        warnings.warn(
-            f"{clips} clip(s) were converted to fit the features (or are silent), e.g. {examples}",
-            AudioWarning,
-            stacklevel=2,
-        )
+    warn_converted(notes)
     return FeatureCache.open(folder)
 
 

@@ -114,6 +114,20 @@ def _one_channel(path: Path, wave: np.ndarray, channel: int | str) -> tuple[np.n
     return wave[:, int(channel)], [f"{channels} channels, channel {channel} taken (data.channel)"]
 
 
+def warn_converted(notes: list[tuple[str, str]], what: str = "clip(s)") -> None:
+    """One AudioWarning for the (path, note) pairs of ``read_audio`` over many files: how many
+    files were converted, and the first three notes. One line however many files: a 2026
+    data set converts every one of them (two channels)."""
+    if notes:
+        files = len({path for path, _ in notes})
+        examples = "; ".join(f"{path}: {note}" for path, note in notes[:3])
+        warnings.warn(
+            f"{files} {what} were converted to fit the features (or are silent), e.g. {examples}",
+            AudioWarning,
+            stacklevel=3,
+        )
+
+
 def load_audio(path: str | Path, cfg: FeatureConfig, channel: int | str = 0) -> np.ndarray:
     """``read_audio``'s waveform; each note becomes an AudioWarning naming the file."""
     wave, notes = read_audio(path, cfg, channel)
