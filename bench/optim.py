@@ -2,20 +2,25 @@
 AdamP) against adamp.AdamP and torch.optim.Adam(foreach=True).
 
 The three optimise the parameters of the report's model (Table 1, with the head of 42 classes x
-32 sub-clusters) with random gradients (speed does not depend on their values); after a warm-up
-step, the steps are timed round by round, the three interleaved. The time is this process's
-CPU time (``time.process_time``) on one torch thread by default: on a shared machine the wall
-clock also counts the time other processes hold the cores (``--clock wall`` for it). It prints
-ms per step (median over rounds), each one's speed against adamp.AdamP (the median over rounds
-of adamp.AdamP's time over its time in the same round: a slow spell of the machine hits both),
-and the ATen operations of one step (what a GPU would launch, about one kernel each).
+32 sub-clusters) with the gradients of one training batch (``training_model``): AdamP's work
+depends on them, as it projects the steps of weights whose gradients are orthogonal to them,
+which training's are before batch norm and random ones are not. Each step starts from the
+weights those gradients belong to (put back untimed). After a warm-up step, the steps are
+timed round by round, the three interleaved. The time is this process's CPU time
+(``time.process_time``) on one torch thread by default: on a shared machine the wall clock also
+counts the time other processes hold the cores (``--clock wall`` for it; ``--threads 0`` for
+torch's default, the threads a CPU training uses). It prints ms per step (median over rounds),
+each one's speed against adamp.AdamP (the median over rounds of adamp.AdamP's time over its
+time in the same round: a slow spell of the machine hits both), and the ATen operations of one
+step (what a GPU would launch, about one kernel each).
 
-    python -m bench.optim [--steps 20] [--rounds 5] [--threads 1] [--clock cpu|wall]
+    python -m bench.optim [--steps 20] [--rounds 9] [--threads 1] [--clock cpu|wall]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from adamp import AdamP
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from asd.infra.config import load_config
+from asd.method.losses import kl_loss
 from asd.method.model import build_model
 from asd.method.optim import MaskedAdamP
 
@@ -46,16 +52,54 @@ class Operations(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def make(kind) -> torch.optim.Optimizer:
-    """An optimiser of a fresh copy of the Table 1 model's parameters, its state made."""
+def training_model() -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
+    """The Table 1 model's parameters (with the head of 42 classes) with the gradients of one
+    training batch (8 random log-mels, the KL loss of sub-cluster AdaCos), and a copy of the
+    weights those gradients belong to. Real gradients matter: a weight before batch norm gets a
+    gradient orthogonal to it, so AdamP's test projects its step; with random gradients it
+    projects none and skips the projection's work, which training never does."""
     torch.manual_seed(0)
     net, head = build_model(load_config(REPO / "config.yml"), 42)
+    log_mels = torch.randn(8, 1, 313, 128)
+    target = torch.nn.functional.one_hot(torch.randint(0, 42, (8,)), 42).float()
+    kl_loss(head(net(log_mels), target), target).backward()
     params = [*net.parameters(), *head.parameters()]
-    for p in params:
-        p.grad = torch.randn_like(p)
+    return params, [p.detach().clone() for p in params]
+
+
+def projected_by_adamp(params: list[torch.Tensor], delta: float = 0.1) -> int:
+    """How many weights AdamP's test would project (its channel test, then its whole one)."""
+    count = 0
+    for p in (p for p in params if p.dim() > 1):
+        for rows in (p.size(0), 1):
+            g, w = p.grad.reshape(rows, -1), p.detach().reshape(rows, -1)
+            cosine = torch.nn.functional.cosine_similarity(g, w, dim=1, eps=1e-8).abs()
+            if cosine.max() < delta / math.sqrt(w.size(1)):
+                count += 1
+                break
+    return count
+
+
+def make(kind) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[torch.Tensor]]:
+    """An optimiser of a fresh copy of the model of ``training_model``, its state made; its
+    parameters and the weights their gradients belong to."""
+    params, weights = training_model()
     opt = kind(params, lr=1e-3, weight_decay=1e-5)
     opt.step()  # the state, made on the first step
-    return opt
+    return opt, params, weights
+
+
+def timed_steps(opt, params, weights, steps: int, clock) -> float:
+    """Seconds a step, over ``steps`` steps, each from the weights its gradients belong to (put
+    back before the step, untimed), so every step sees what a training step sees."""
+    total = 0.0
+    for _ in range(steps):
+        with torch.no_grad():
+            torch._foreach_copy_(params, weights)
+        start = clock()
+        opt.step()
+        total += clock() - start
+    return total / steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,21 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in optimisers}
     for _ in range(args.rounds):
-        for name, opt in optimisers.items():
-            start = clock()
-            for _ in range(args.steps):
-                opt.step()
-            times[name].append((clock() - start) / args.steps)
-    n = sum(p.numel() for p in optimisers["adamp.AdamP"].param_groups[0]["params"])
-    tensors = len(optimisers["adamp.AdamP"].param_groups[0]["params"])
+        for name, (opt, params, weights) in optimisers.items():
+            times[name].append(timed_steps(opt, params, weights, args.steps, clock))
+    params = optimisers["adamp.AdamP"][1]
+    with torch.no_grad():
+        torch._foreach_copy_(params, optimisers["adamp.AdamP"][2])
+    weights = sum(p.dim() > 1 for p in params)
     print(
-        f"optimiser step of the Table 1 model ({tensors} tensors, {n:,} parameters) on the CPU "
+        f"optimiser step of the Table 1 model ({len(params)} tensors, "
+        f"{sum(p.numel() for p in params):,} parameters, the gradients of one training batch: "
+        f"AdamP projects {projected_by_adamp(params)} of its {weights} weights) on the CPU "
         f"({torch.get_num_threads()} torch threads), {args.clock} time, median of {args.rounds} "
         f"rounds of {args.steps} steps"
     )
     print(f"{'optimiser':22s} {'ms/step':>8s} {'vs adamp.AdamP':>15s} {'ATen ops/step':>14s}")
     base = np.array(times["adamp.AdamP"])
-    for name, opt in optimisers.items():
+    for name, (opt, _, _) in optimisers.items():
         ms = float(np.median(times[name]))
         speed = float(np.median(base / np.array(times[name])))
         with Operations() as ops:

@@ -97,3 +97,37 @@ def test_bit_for_bit_adamp_on_the_cpu():
         theirs.step()
         mine.step()
     assert all(torch.equal(a, b) for a, b in zip(params, ours))
+
+
+def test_a_saved_and_loaded_state_goes_on_bit_for_bit_and_holds_the_moments_once():
+    """The state is AdamP's (a tensor of each parameter's shape), views of the flat moments: a
+    checkpoint holds them once, AdamP loads it, and a loaded MaskedAdamP goes on as if never
+    stopped."""
+    import io
+
+    gen = torch.Generator().manual_seed(1)
+    params = table1_parameters()
+    grads = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(4)]
+    copy = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = MaskedAdamP(params, lr=1e-2, weight_decay=1e-2)
+    for step in grads[:2]:
+        for p, g in zip(params, step):
+            p.grad = g.clone()
+        opt.step()
+    saved = io.BytesIO()
+    torch.save(opt.state_dict(), saved)
+    elements = sum(p.numel() for p in params)
+    assert saved.tell() < 4 * 2 * elements * 1.05  # exp_avg and exp_avg_sq, float32, once
+    for p, q in zip(params, copy):
+        q.data.copy_(p.data)
+    saved.seek(0)
+    state = torch.load(saved)
+    again = MaskedAdamP(copy, lr=1e-2, weight_decay=1e-2)
+    again.load_state_dict(state)
+    AdamP(copy, lr=1e-2, weight_decay=1e-2).load_state_dict(state)  # AdamP reads it too
+    for step in grads[2:]:
+        for p, q, g in zip(params, copy, step):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        again.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, copy))

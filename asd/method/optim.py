@@ -27,11 +27,13 @@ class _Span(NamedTuple):
 
 
 class _Views(NamedTuple):
-    """A _Layout's buffer rows as the weights' shapes, one list of views per row."""
+    """A _Layout's flat tensors as the parameters' shapes, one list of views per tensor."""
 
     grads: list[torch.Tensor]
-    weights: list[torch.Tensor]
+    weights: list[torch.Tensor]  # the weights only (two or more dimensions)
     directions: list[torch.Tensor]
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
 
 
 @dataclass
@@ -53,20 +55,27 @@ class _Block:
 
 @dataclass
 class _Layout:
-    """The weights (two or more dimensions) of one update laid end to end in one buffer (N,),
-    each weight's output channels (its rows along dim 0) one after the other and the weights in
-    the order of their channels' length, so that channels of equal length form blocks (n, L) of
-    consecutive elements. The buffers and their views are kept from step to step: one copy
-    fills them, and fresh host memory is slow on the CPU."""
+    """The parameters of one update laid end to end in flat tensors (N,): first the weights (two
+    or more dimensions), each weight's output channels (its rows along dim 0) one after the
+    other and the weights in the order of their channels' length, so that channels of equal
+    length form blocks (n, L) of consecutive elements; then the vectors (biases, batch-norm
+    scales). Adam's moments are flat too: the parameters' ``exp_avg`` and ``exp_avg_sq`` are
+    views of them, so each of Adam's operations is one over all parameters. The tensors and
+    their views are kept from step to step: fresh host memory is slow on the CPU."""
 
-    order: list[int]  # the weights' positions in the update, in the buffer's order
-    owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the buffer's order
+    order: list[int]  # the parameters' positions in the update, in the flat order
+    owner: torch.Tensor  # (R,) the weight of each channel, 0..W-1 in the flat order
     sqrt_channel: torch.Tensor  # (W,) sqrt of the elements of one channel of each weight
     sqrt_numel: torch.Tensor  # (W,) sqrt of the elements of each weight
-    views: _Views  # gradients, weights, directions as the weights' shapes
+    views: _Views  # the flat tensors as the parameters' shapes
     products: list[torch.Tensor]  # room for a product of each weight (its elements)
+    grad: torch.Tensor  # (N,) the gradients
     direction: torch.Tensor  # (N,) the step directions
-    product: torch.Tensor  # (N,) room for a product
+    exp_avg: torch.Tensor  # (N,) Adam's first moment
+    exp_avg_sq: torch.Tensor  # (N,) Adam's second moment
+    denom: torch.Tensor  # (N,) room for sqrt(exp_avg_sq / bias correction 2) + eps
+    weight_direction: torch.Tensor  # (N_w,) the weights' part of ``direction``
+    product: torch.Tensor  # (N_w,) room for a product
     dots: torch.Tensor  # (R, 2, 2) per channel <g, g>, <g, w>, <w, g>, <w, w>
     norm: torch.Tensor  # (R,) |w| per channel
     along_sum: torch.Tensor  # (R,) <u, d> per channel
@@ -75,12 +84,14 @@ class _Layout:
     blocks: list[_Block]
 
     @classmethod
-    def of(cls, weights: list[torch.Tensor]) -> _Layout:
-        order = sorted(range(len(weights)), key=lambda i: weights[i][0].numel())
-        shapes = [weights[i].shape for i in order]
-        rows = [shape[0] for shape in shapes]
-        lengths = [math.prod(shape[1:]) for shape in shapes]
-        sizes = [n * length for n, length in zip(rows, lengths)]
+    def of(cls, params: list[torch.Tensor]) -> _Layout:
+        weights = [i for i, p in enumerate(params) if p.dim() > 1]
+        vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
+        order = sorted(weights, key=lambda i: params[i][0].numel()) + vectors
+        shapes = [params[i].shape for i in order]
+        sizes = [params[i].numel() for i in order]
+        rows = [shape[0] for shape in shapes[: len(weights)]]
+        lengths = [math.prod(shape[1:]) for shape in shapes[: len(weights)]]
         spans: list[_Span] = []
         start = 0
         channel = 0
@@ -92,9 +103,10 @@ class _Layout:
                 spans.append(_Span(start, channel, n, length))
             start += n * length
             channel += n
-        new = weights[0].new_empty
-        buffer = new(3, start)  # the gradients, the weights and the step directions
-        work = new(2, start)  # room for u and a product
+        new = params[0].new_empty
+        buffer = new(3, sum(sizes))  # the gradients, the weights and the step directions
+        moments = new(2, sum(sizes)).zero_()  # exp_avg and exp_avg_sq, saved with the state
+        work = new(2, start)  # room for u and a product, of the weights
         dots = new(channel, 2, 2)
         norm = new(channel)
         along_sum = new(channel)
@@ -120,17 +132,35 @@ class _Layout:
                     along=along[c : c + n].view(n, 1),
                 )
             )
-        device = weights[0].device
+
+        def views(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [x.view(shape) for x, shape in zip(flat.split(sizes), shapes)]
+
+        device = params[0].device
         return cls(
             order=order,
-            owner=torch.arange(len(rows)).repeat_interleave(torch.tensor(rows)).to(device),
+            owner=torch.arange(len(rows))
+            .repeat_interleave(torch.tensor(rows, dtype=torch.long))
+            .to(device),
             sqrt_channel=torch.tensor(lengths, dtype=torch.float64).sqrt().float().to(device),
-            sqrt_numel=torch.tensor(sizes, dtype=torch.float64).sqrt().float().to(device),
+            sqrt_numel=torch.tensor(sizes[: len(weights)], dtype=torch.float64)
+            .sqrt()
+            .float()
+            .to(device),
             views=_Views(
-                *[[x.view(s) for x, s in zip(row.split(sizes), shapes)] for row in buffer]
+                grads=views(buffer[0]),
+                weights=views(buffer[1])[: len(weights)],
+                directions=views(buffer[2]),
+                exp_avg=views(moments[0]),
+                exp_avg_sq=views(moments[1]),
             ),
-            products=list(work[1].split(sizes)),
+            products=list(work[1].split(sizes[: len(weights)])),
+            grad=buffer[0],
             direction=buffer[2],
+            exp_avg=moments[0],
+            exp_avg_sq=moments[1],
+            denom=new(sum(sizes)),
+            weight_direction=buffer[2, :start],
             product=work[1],
             dots=dots,
             norm=norm,
@@ -151,14 +181,15 @@ def _changes(factor: float, dtype: torch.dtype) -> bool:
 
 class MaskedAdamP(AdamP):
     """``adamp.AdamP`` (Heo et al., 2021), its steps to the last bit on the CPU, in multi-tensor
-    form: Adam's moments of every parameter in a few ``torch._foreach_*`` operations, and
-    AdamP's projection of all the weights at once, chosen by tensor masks instead of Python
-    branches on tensor values, so the host never waits for the device. The state is AdamP's
-    (``step``, ``exp_avg``, ``exp_avg_sq`` of each parameter): checkpoints load in both."""
+    form: every parameter laid end to end in flat tensors (_Layout), so each of Adam's
+    operations is one over all of them, and AdamP's projection of all the weights at once,
+    chosen by tensor masks instead of Python branches on tensor values, so the host never waits
+    for the device. The state is AdamP's (``step``, ``exp_avg``, ``exp_avg_sq`` of each
+    parameter, views of the flat moments): checkpoints load in both."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._layouts: dict[tuple, _Layout] = {}  # by the weights' shapes and device
+        self._layouts: dict[tuple, _Layout] = {}  # by the parameters' shapes and device
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -187,65 +218,60 @@ class MaskedAdamP(AdamP):
     def _update(self, group: dict, params: list[torch.Tensor], steps: int) -> None:
         """AdamP's step of ``params`` (one device and dtype, ``steps`` steps taken each)."""
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
-        exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        layout = self._layout(params)
+        params = [params[i] for i in layout.order]  # the flat order: the weights, then vectors
+        self._share_moments(layout, params)
+        # The gradients and the weights into the flat tensors, one operation each.
+        weights = len(layout.views.weights)
+        torch._foreach_copy_(layout.views.grads, [p.grad for p in params])
+        if weights:
+            torch._foreach_copy_(layout.views.weights, params[:weights])
         # Adam's moments: running means of the gradient and of its square
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        layout.exp_avg.mul_(beta1).add_(layout.grad, alpha=1 - beta1)
+        layout.exp_avg_sq.mul_(beta2).addcmul_(layout.grad, layout.grad, value=1 - beta2)
         # The step direction is exp_avg / (sqrt(exp_avg_sq / bias correction 2) + eps), as
         # AdamP has it (with Nesterov: beta1 exp_avg + (1 - beta1) grad for exp_avg); bias
         # correction 1 goes into the step size.
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
-        torch._foreach_add_(denoms, group["eps"])
+        denom = torch.sqrt(layout.exp_avg_sq, out=layout.denom)
+        denom.div_(math.sqrt(1 - beta2**steps)).add_(group["eps"])
+        if group["nesterov"]:
+            torch.mul(layout.exp_avg, beta1, out=layout.direction)
+            layout.direction.add_(layout.grad * (1 - beta1))
+            layout.direction.div_(denom)
+        else:
+            torch.div(layout.exp_avg, denom, out=layout.direction)
         step_size = group["lr"] / (1 - beta1**steps)
         lr_wd = group["lr"] * group["weight_decay"]
-        # Biases and batch-norm scales (one dimension) take Adam's step with weight decay.
-        vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
-        if vectors:
-            taking = [params[i] for i in vectors]
-            directions = self._directions(group, vectors, exp_avgs, grads, denoms)
-            if _changes(1 - lr_wd, params[0].dtype):
-                torch._foreach_mul_(taking, 1 - lr_wd)
-            torch._foreach_add_(taking, directions, alpha=-step_size)
-        # Weights take AdamP's step, all of them at once.
-        weights = [i for i, p in enumerate(params) if p.dim() > 1]
-        if weights:
-            key = (params[0].device, *(tuple(params[i].shape) for i in weights))
-            if key not in self._layouts:
-                self._layouts[key] = _Layout.of([params[i] for i in weights])
-            layout = self._layouts[key]
-            weights = [weights[i] for i in layout.order]
-            directions = layout.views.directions
-            torch._foreach_copy_(layout.views.grads, [grads[i] for i in weights])
-            torch._foreach_copy_(layout.views.weights, [params[i] for i in weights])
-            self._directions(group, weights, exp_avgs, grads, denoms, out=directions)
-            ratio = self._project(group, layout)
-            taking = [params[i] for i in weights]
-            decays = (1 - lr_wd * group["wd_ratio"], 1 - lr_wd)  # projected or not
-            if any(_changes(decay, params[0].dtype) for decay in decays):
-                torch._foreach_mul_(taking, (1 - lr_wd * ratio).unbind())  # (W,) float64
-            torch._foreach_add_(taking, directions, alpha=-step_size)
+        # Weights take AdamP's projection; biases and batch-norm scales (one dimension) Adam's
+        # step. Each decays by its factor, then takes its step.
+        ratio = self._project(group, layout) if weights else None  # (W,) float64
+        decays = (1 - lr_wd * group["wd_ratio"], 1 - lr_wd)  # projected or not
+        if any(_changes(decay, params[0].dtype) for decay in decays):
+            if weights:
+                torch._foreach_mul_(params[:weights], (1 - lr_wd * ratio).unbind())
+            if params[weights:]:
+                torch._foreach_mul_(params[weights:], 1 - lr_wd)
+        torch._foreach_add_(params, layout.views.directions, alpha=-step_size)
 
-    @staticmethod
-    def _directions(group, which, exp_avgs, grads, denoms, out=None) -> list[torch.Tensor]:
-        """The step directions of the parameters at positions ``which`` (into ``out`` if given),
-        exp_avg / denom, or with Nesterov (beta1 exp_avg + (1 - beta1) grad) / denom."""
-        beta1 = group["betas"][0]
-        numerators = [exp_avgs[i] for i in which]
-        if group["nesterov"]:
-            numerators = torch._foreach_mul(numerators, beta1)
-            torch._foreach_add_(
-                numerators, torch._foreach_mul([grads[i] for i in which], 1 - beta1)
-            )
-        if out is None:
-            return torch._foreach_div(numerators, [denoms[i] for i in which])
-        torch._foreach_copy_(out, numerators)
-        torch._foreach_div_(out, [denoms[i] for i in which])
-        return out
+    def _layout(self, params: list[torch.Tensor]) -> _Layout:
+        """The _Layout of ``params``, made on their first step and kept."""
+        key = (params[0].device, params[0].dtype, *(tuple(p.shape) for p in params))
+        if key not in self._layouts:
+            self._layouts[key] = _Layout.of(params)
+        return self._layouts[key]
+
+    def _share_moments(self, layout: _Layout, params: list[torch.Tensor]) -> None:
+        """Make the state of ``params`` (in the layout's order) views of the layout's moments.
+        Where a state is not one yet (the first step, a loaded checkpoint), its values are
+        copied in and the view takes its place: the state stays AdamP's, a tensor of each
+        parameter's shape, and a checkpoint holds the moments once."""
+        views = zip(params, layout.views.exp_avg, layout.views.exp_avg_sq)
+        for p, exp_avg, exp_avg_sq in views:
+            state = self.state[p]
+            if state["exp_avg"] is not exp_avg:
+                state["exp_avg"] = exp_avg.copy_(state["exp_avg"])
+            if state["exp_avg_sq"] is not exp_avg_sq:
+                state["exp_avg_sq"] = exp_avg_sq.copy_(state["exp_avg_sq"])
 
     @staticmethod
     def _project(group: dict, layout: _Layout) -> torch.Tensor:
@@ -294,7 +320,7 @@ class MaskedAdamP(AdamP):
         # d - u <u, d>
         for block in layout.blocks:
             torch.mul(block.unit, block.along, out=block.product)
-        layout.direction.sub_(layout.product)
+        layout.weight_direction.sub_(layout.product)
         wd_ratio = projected.new_full((), group["wd_ratio"], dtype=torch.float64)
         return torch.where(projected, wd_ratio, 1.0)
 
