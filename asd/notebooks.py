@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from asd import AsdError
@@ -119,16 +120,26 @@ def _main(args) -> int:
         "CONFIG": str(Path(args.config).resolve()) if args.config else None,
         "OVERRIDES": list(args.overrides),
     }
-    # Every notebook runs, even after one fails; the exit status says that one did.
-    failed = 0
-    for path in notebooks:
-        log.info("running %s against %s", path.name, run)
-        html = Run(run.resolve()).notebooks / f"{path.stem}.html"
-        error = run_notebook(path, values, html, args.timeout)
-        if error:
-            log.error("%s failed against %s:\n%s", path.name, run, error)
-            failed += 1
-        print(f"{'FAILED' if error else 'ok':6} {path.name} -> {html}")
+    pages = [Run(run.resolve()).notebooks / f"{path.stem}.html" for path in notebooks]
+    log.info("running %s against %s", ", ".join(p.name for p in notebooks), run)
+    # One kernel per notebook, as many at once as there are cores: a kernel spends most of
+    # its time starting and importing, one core each. Every notebook runs, even after one
+    # fails; the exit status says that one did.
+    workers = min(len(notebooks), len(os.sched_getaffinity(0))) or 1
+    with ThreadPoolExecutor(workers) as pool:
+        errors = pool.map(
+            run_notebook,
+            notebooks,
+            [values] * len(notebooks),
+            pages,
+            [args.timeout] * len(notebooks),
+        )
+        failed = 0
+        for path, html, error in zip(notebooks, pages, errors):
+            if error:
+                log.error("%s failed against %s:\n%s", path.name, run, error)
+                failed += 1
+            print(f"{'FAILED' if error else 'ok':6} {path.name} -> {html}")
     print(run)
     return 1 if failed else 0
 
