@@ -81,10 +81,10 @@ lint: install ## Check layout and the readability rules of pyproject.toml (ruff 
 	$(VENV)/bin/ruff check .
 
 test: install ## Run every test (the CI command)
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n auto --dist worksteal tests
 
 test-fast: install ## Run the tests without the slow end-to-end ones
-	$(PY) -m pytest -q -ra tests -m "not slow"
+	$(PY) -m pytest -q -ra -n auto --dist worksteal tests -m "not slow"
 
 bench: install ## Speed of the feature cache, training data path, optimiser step and embedding against references
 	$(PY) -m bench.features
