@@ -15,6 +15,10 @@ test_host_waits.py (the training step never waits for the device), test_reproduc
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +49,31 @@ def repo() -> Path:
     return REPO
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """``build(folder)`` once for the whole session: under pytest-xdist (``make test``) the
+    first worker builds in a folder all workers share and the others wait for it (a file
+    lock), then read its result (pickled); without xdist it is simply called."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    with open(shared / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = folder / ".result.pickle"
+        if not result.exists():
+            folder.mkdir(exist_ok=True)
+            result.write_bytes(pickle.dumps(build(folder)))
+        return pickle.loads(result.read_bytes())
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A tiny synthetic data set in the challenge layout, generated once per session.
@@ -55,18 +84,20 @@ def tiny_data(tmp_path_factory) -> Path:
     """
     from asd.synthetic import generate
 
-    root = tmp_path_factory.mktemp("tiny_data")
-    return generate(
-        root,
-        machines=("fan", "valve"),
-        dev_sections=("00",),
-        eval_sections=("03",),
-        n_source=12,
-        n_target=3,
-        n_test=6,
-        duration=10.0,
-        seed=0,
-    )
+    def build(root: Path) -> Path:
+        return generate(
+            root,
+            machines=("fan", "valve"),
+            dev_sections=("00",),
+            eval_sections=("03",),
+            n_source=12,
+            n_target=3,
+            n_test=6,
+            duration=10.0,
+            seed=0,
+        )
+
+    return built_once(tmp_path_factory, "tiny_data", build)
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +129,16 @@ def real_audio() -> Path:
 @pytest.fixture(scope="session")
 def runs(tiny_cfg, tmp_path_factory):
     """The tiny run of the session: Step 1, Step 2 and submit of tiny_cfg through the command
-    lines (helpers.TinyRuns: its config file, the Step 1 run, the submitted Step 2 run). Tests
-    read it and never change it: one that would, copies it first."""
+    lines (helpers.TinyRuns: its config file, the Step 1 run, the submitted Step 2 run), trained
+    once for all workers. Tests read it and never change it: one that would, copies it first;
+    the session fails at its end where a file of it changed."""
     from helpers import tiny_runs
 
-    return tiny_runs(tiny_cfg, tmp_path_factory.mktemp("runs"))
+    runs = built_once(tmp_path_factory, "runs", lambda folder: tiny_runs(tiny_cfg, folder))
+    before = snapshot(runs.stage1.parent)
+    yield runs
+    changed = sorted(set(before.items()) ^ set(snapshot(runs.stage1.parent).items()))
+    assert not changed, f"a test changed the session's tiny run: {changed[:5]}"
 
 
 @pytest.fixture
