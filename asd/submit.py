@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -164,7 +163,7 @@ def fit_detectors(
     """Both back-ends' detectors per (machine, section) of the training clips, one process per
     usable core (the same detectors as one after another); emb (N, D): rows of ``index``,
     whose ``class`` column holds the run's class ids; centres (C*S, D): the run's AdaCos ones."""
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, cpu_count, delayed, parallel_config
 
     # After reset_index the row labels are positions, which index ``emb``.
     train = index.reset_index(drop=True).query("split == 'train'")
@@ -200,7 +199,9 @@ def fit_detectors(
     dets = DetectorSet()
     # Many small (D x D) factorisations: more BLAS threads than one cost more than they give.
     # Idle workers leave within a second, so none outlives (with our stderr) a killed submit.
-    workers = min(len(jobs), len(os.sched_getaffinity(0))) or 1
+    # joblib's count of the usable cores also heeds a container's CPU quota and
+    # LOKY_MAX_CPU_COUNT.
+    workers = min(len(jobs), cpu_count()) or 1
     with (
         threadpool_limits(1),
         logging_redirect_tqdm(),

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny runs' detectors fit faster in one process than in worker processes that first have
+# to start (asd.submit asks joblib for the cores, which heeds this), in the tests' own process
+# and in theirs; the one test of the parallel fits asks for two.
+os.environ.setdefault("LOKY_MAX_CPU_COUNT", "1")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 # The tiny model and schedule of every test (tests/conftest.py's tiny_cfg and the shared run):
 # Step 1 takes 6 batches an epoch of tiny_data's 48 source training clips. A test that needs

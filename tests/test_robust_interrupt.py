@@ -125,7 +125,8 @@ def test_step2_killed_then_resumed(runs, config):
 
 
 def test_step1_ctrl_c_then_resumed(runs, config):
-    proc = popen("runners.stage1", "--config", config, "--no-progress", "stage1.epochs=20")
+    EPOCHS = 8  # Ctrl-C comes after the first checkpoint, seven epochs before the end
+    proc = popen("runners.stage1", "--config", config, "--no-progress", f"stage1.epochs={EPOCHS}")
     runs_dir = Path(load_config(config).runs.dir)
     deadline = time.time() + 300
     while not list(runs_dir.glob("*-stage1/checkpoints/last.pth")) and time.time() < deadline:
@@ -140,13 +141,13 @@ def test_step1_ctrl_c_then_resumed(runs, config):
     assert said[0].startswith("python -m runners.stage1: interrupted at epoch ")
     assert said[0].endswith(f"; finish with make stage1 RESUME={run}")
     epoch = load_checkpoint(run / "checkpoints" / "last.pth")["progress"]["epoch"]
-    assert 1 <= epoch < 20 and not (run / "model.pth").exists()
+    assert 1 <= epoch < EPOCHS and not (run / "model.pth").exists()
 
     out = cli("runners.stage1", "--resume", run, "--no-progress", check=True)
     assert out.stdout.strip().splitlines()[-1] == str(run)
-    assert load_checkpoint(run / "model.pth")["progress"]["epoch"] == 20
-    assert read_log(run)["step"].tolist() == list(range(1, 21))
-    assert len((run / "logs" / "train.csv").read_text().splitlines()) == 21
+    assert load_checkpoint(run / "model.pth")["progress"]["epoch"] == EPOCHS
+    assert read_log(run)["step"].tolist() == list(range(1, EPOCHS + 1))
+    assert len((run / "logs" / "train.csv").read_text().splitlines()) == EPOCHS + 1
 
 
 @pytest.mark.parametrize("step", ["stage1", "stage2"])

@@ -178,11 +178,13 @@ def test_parallel_fits_equal_serial_ones_and_warnings_name_their_section(
         cfg.loss.n_subclusters,
         dataclasses.replace(cfg.detectors, gmm_max_iter=1),
     )
+    # two worker processes, 4 sections (the other tests fit in one: tests/conftest.py)
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "2")
     with caplog.at_level(logging.WARNING):
-        parallel = sm.fit_detectors(*args)  # one process per core: 2 here, 4 sections
+        parallel = sm.fit_detectors(*args)
     assert "WARNING" in caplog.text and "fan section 00, gmm detector: " in caplog.text
     assert "did not converge" in caplog.text
-    monkeypatch.setattr(sm.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
     serial = sm.fit_detectors(*args)
     assert list(serial.detectors) == list(parallel.detectors)
     for key, det in serial.detectors.items():
