@@ -16,18 +16,10 @@ from asd.infra.runs import Run
 from asd.method.model import build_model
 from runners import common, stage1
 
-TINY = [
-    "model.stem_channels=4",
-    "model.stage_channels=[4,4,8,8]",
-    "model.embedding_dim=16",
-    "loss.n_subclusters=4",
-    "stage1.batch_size=8",
-]
-
 
 def test_the_head_runs_in_float32_under_autocast(tiny_cfg):
     torch.manual_seed(0)
-    model = common.Classifier(*build_model(tiny_cfg.replace(**{"model.stem_channels": 4}), 3))
+    model = common.Classifier(*build_model(tiny_cfg, 3))
     seen = []
     model.head.register_forward_pre_hook(lambda m, args: seen.append(torch.is_autocast_enabled()))
     x, target = torch.randn(2, 1, 313, 128), torch.eye(3)[[0, 2]]
@@ -48,7 +40,7 @@ def test_a_non_finite_epoch_loss_stops_the_run_and_keeps_the_last_checkpoint(
     kl_loss = common.kl_loss
     monkeypatch.setattr(common, "kl_loss", loss_gone_after_the_first_epoch)
     save_config(tiny_cfg.replace(**{"runs.dir": str(tmp_path / "runs")}), tmp_path / "c.yml")
-    args = ["--config", str(tmp_path / "c.yml"), "--no-progress", *TINY, "stage1.epochs=3"]
+    args = ["--config", str(tmp_path / "c.yml"), "--no-progress", "stage1.epochs=3"]
     assert stage1.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
