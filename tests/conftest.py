@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_AUDIO = REPO.parent / "shared" / "real-audio" / "dcase2023-dev"
@@ -63,15 +63,6 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
             folder.mkdir(exist_ok=True)
             result.write_bytes(pickle.dumps(build(folder)))
         return pickle.loads(result.read_bytes())
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +128,11 @@ def runs(tiny_cfg, tmp_path_factory):
     runs = built_once(tmp_path_factory, "runs", lambda folder: tiny_runs(tiny_cfg, folder))
     before = snapshot(runs.stage1.parent)
     yield runs
-    changed = sorted(set(before.items()) ^ set(snapshot(runs.stage1.parent).items()))
-    assert not changed, f"a test changed the session's tiny run: {changed[:5]}"
+    after = snapshot(runs.stage1.parent)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    assert not changed, f"a test changed these files of the session's tiny run: {changed}"
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import snapshot
 
 from asd import evaluate as ev
 from asd import score as sc
@@ -418,13 +419,6 @@ def submitted(tiny_cfg, tmp_path_factory):
     return cfg, run
 
 
-def snapshot(run: Run) -> dict[str, bytes]:
-    """Every file the run holds, by its path in the run."""
-    return {
-        str(p.relative_to(run.path)): p.read_bytes() for p in run.path.rglob("*") if p.is_file()
-    }
-
-
 def one_machine_root(cfg, folder: Path) -> Path:
     """A copy of the tiny data root with one machine (fan) only."""
     for dataset in ("dev_data", "eval_data"):
@@ -443,7 +437,7 @@ def test_the_record_of_what_was_submitted(submitted):
 
 def test_submit_for_another_data_root_is_refused_and_the_run_kept(submitted, tmp_path, capsys):
     cfg, run = submitted
-    before = snapshot(run)
+    before = snapshot(run.path)
     assert any(name.startswith("submission/") for name in before)
     other = one_machine_root(cfg, tmp_path / "fan_only")
     args = ["--from", str(run), f"data.root={other}", "--device", "cpu"]
@@ -454,7 +448,7 @@ def test_submit_for_another_data_root_is_refused_and_the_run_kept(submitted, tmp
     assert ev.main(["--from", str(run), f"data.root={other}"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "asd.evaluate does not rewrite it" in err
-    assert snapshot(run) == before  # byte for byte
+    assert snapshot(run.path) == before  # byte for byte
 
 
 def test_the_same_clips_elsewhere_are_the_same_data_and_fewer_are_not(submitted, tmp_path):
@@ -468,14 +462,14 @@ def test_the_same_clips_elsewhere_are_the_same_data_and_fewer_are_not(submitted,
     assert copy.read_submitted_data().root == str(root.resolve())
     for dataset in ("dev_data", "eval_data"):  # the same root, one machine fewer
         shutil.rmtree(root / dataset / "valve")
-    before = snapshot(copy)
+    before = snapshot(copy.path)
     with pytest.raises(
         ConfigError, match=r"for data root .* \(2 sections of fan, 24 test clips\): "
     ):
         sm.submit(here, copy.path, device="cpu")
     with pytest.raises(ConfigError, match="asd.evaluate does not rewrite it"):
         ev.evaluate(here, copy.path, figures=False)
-    assert snapshot(copy) == before
+    assert snapshot(copy.path) == before
 
 
 def test_a_run_submitted_before_the_record_is_judged_by_its_scores(submitted, tmp_path):
@@ -484,21 +478,21 @@ def test_a_run_submitted_before_the_record_is_judged_by_its_scores(submitted, tm
     shutil.copytree(run.path, copy.path)
     copy.submitted_data.unlink()
     root = one_machine_root(cfg, tmp_path / "data")
-    before = snapshot(copy)
+    before = snapshot(copy.path)
     with pytest.raises(ConfigError, match="sections of fan, valve"):
         sm.submit(cfg.replace(**{"data.root": str(root)}), copy.path, device="cpu")
-    assert snapshot(copy) == before
+    assert snapshot(copy.path) == before
 
 
 def test_score_never_writes_into_the_run(submitted, capsys):
     cfg, run = submitted
-    before = snapshot(run)
+    before = snapshot(run.path)
     clip = sorted(Path(cfg.data.root).glob("dev_data/fan/*test/*.wav"))[0]
     for target in (run.scores, run.path / "mine.csv"):
         assert sc.main([str(run), str(clip), "--csv", str(target), "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "inside the run folder" in err
-    assert snapshot(run) == before
+    assert snapshot(run.path) == before
 
 
 def test_a_copy_of_the_training_files_can_be_submitted_for_other_data(submitted, tmp_path):
