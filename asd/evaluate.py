@@ -577,18 +577,24 @@ def threshold_rule(cfg: DetectorConfig) -> str:
 
 
 def false_alarm_line(table: pd.DataFrame) -> str:
-    """One line: the measured false-alarm rate per domain over all sections, against the
-    intended one, and how many (section, domain) rates are off by more than the factor."""
+    """One line: the measured false-alarm rate per domain over all sections (and per dataset,
+    where there are several), against the intended one, and how many (section, domain) rates
+    are off by more than the factor."""
     intended = float(table["intended"].iloc[0])
-    # Rates over all sections weigh each section by its normal clips.
-    rates = ", ".join(
-        f"{domain} {100 * (g['measured'] * g['normal']).sum() / g['normal'].sum():.1f} %"
-        for domain, g in table.groupby("domain", sort=True)
-    )
+
+    def rate(g: pd.DataFrame) -> str:
+        # Rates over several sections weigh each section by its normal clips.
+        return f"{100 * (g['measured'] * g['normal']).sum() / g['normal'].sum():.1f} %"
+
+    parts = []
+    for domain, g in table.groupby("domain", sort=True):
+        datasets = list(g.groupby("dataset", sort=True))
+        each = f" ({', '.join(f'{d} {rate(h)}' for d, h in datasets)})" if len(datasets) > 1 else ""
+        parts.append(f"{domain} {rate(g)}{each}")
     # What an ideal threshold would show by chance, to judge the count of rates off.
     expected = sum(chance_off(int(n), intended) for n in table["normal"])
     return (
-        f"decisions: normal test clips flagged: {rates} (intended {100 * intended:.0f} %); "
+        f"decisions: normal test clips flagged: {', '.join(parts)} (intended {100 * intended:.0f} %); "
         f"{int(table['off'].sum())} of {len(table)} (section, domain) rates off by more than "
         f"a factor of {FALSE_ALARM_FACTOR:g} (about {expected:.0f} by chance with a threshold "
         f"at exactly the intended rate)"

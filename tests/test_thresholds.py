@@ -150,6 +150,16 @@ def test_false_alarm_table_flags_rates_off_by_more_than_a_factor_of_two(cfg):
     assert "(intended 10 %); 1 of 2 (section, domain) rates off by more than a factor of 2" in line
 
 
+def test_the_false_alarm_line_gives_each_datasets_rate_where_there_are_several():
+    dev = _clips({"source": 3, "target": 9})
+    both = pd.concat([dev, _clips({"source": 3, "target": 3}).assign(dataset="eval_data")])
+    line = ev.false_alarm_line(ev.false_alarm_table(both, 0.9))
+    assert line.startswith(
+        "decisions: normal test clips flagged: source 10.0 % (dev_data 10.0 %, eval_data 10.0 %), "
+        "target 20.0 % (dev_data 30.0 %, eval_data 10.0 %) (intended 10 %)"
+    )
+
+
 def test_chance_off_is_the_binomial_tail_outside_the_band():
     # 30 clips at 10 %: fewer than 1.5 (0 or 1) or more than 6 flagged
     from scipy.stats import binom
