@@ -20,7 +20,6 @@ step (what a GPU would launch, about one kernel each).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -67,16 +66,13 @@ def training_model() -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
     return params, [p.detach().clone() for p in params]
 
 
-def projected_by_adamp(params: list[torch.Tensor], delta: float = 0.1) -> int:
-    """How many weights AdamP's test would project (its channel test, then its whole one)."""
+def projected_by_adamp(opt: AdamP, params: list[torch.Tensor]) -> int:
+    """How many weights AdamP's own test (``AdamP._projection``) projects at these gradients."""
+    group = opt.param_groups[0]
     count = 0
     for p in (p for p in params if p.dim() > 1):
-        for rows in (p.size(0), 1):
-            g, w = p.grad.reshape(rows, -1), p.detach().reshape(rows, -1)
-            cosine = torch.nn.functional.cosine_similarity(g, w, dim=1, eps=1e-8).abs()
-            if cosine.max() < delta / math.sqrt(w.size(1)):
-                count += 1
-                break
+        args = (p, p.grad, torch.zeros_like(p), group["delta"], group["wd_ratio"], group["eps"])
+        count += opt._projection(*args)[1] != 1  # its weight decay ratio: 1 where not projected
     return count
 
 
@@ -117,14 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, (opt, params, weights) in optimisers.items():
             times[name].append(timed_steps(opt, params, weights, args.steps, clock))
-    params = optimisers["adamp.AdamP"][1]
+    adamp, params, start = optimisers["adamp.AdamP"]
     with torch.no_grad():
-        torch._foreach_copy_(params, optimisers["adamp.AdamP"][2])
+        torch._foreach_copy_(params, start)  # the weights the gradients belong to
+    projected = projected_by_adamp(adamp, params)
     weights = sum(p.dim() > 1 for p in params)
     print(
         f"optimiser step of the Table 1 model ({len(params)} tensors, "
         f"{sum(p.numel() for p in params):,} parameters, the gradients of one training batch: "
-        f"AdamP projects {projected_by_adamp(params)} of its {weights} weights) on the CPU "
+        f"AdamP projects {projected} of its {weights} weights) on the CPU "
         f"({torch.get_num_threads()} torch threads), {args.clock} time, median of {args.rounds} "
         f"rounds of {args.steps} steps"
     )
