@@ -128,11 +128,7 @@ def _main(args) -> int:
     workers = min(len(notebooks), len(os.sched_getaffinity(0))) or 1
     with ThreadPoolExecutor(workers) as pool:
         errors = pool.map(
-            run_notebook,
-            notebooks,
-            [values] * len(notebooks),
-            pages,
-            [args.timeout] * len(notebooks),
+            lambda path, html: run_notebook(path, values, html, args.timeout), notebooks, pages
         )
         failed = 0
         for path, html, error in zip(notebooks, pages, errors):

@@ -105,7 +105,7 @@ class _Layout:
             channel += n
         new = params[0].new_empty
         buffer = new(3, sum(sizes))  # the gradients, the weights and the step directions
-        moments = new(2, sum(sizes)).zero_()  # exp_avg and exp_avg_sq, saved with the state
+        moments = new(2, sum(sizes))  # exp_avg and exp_avg_sq: the state is copied in
         work = new(2, start)  # room for u and a product, of the weights
         dots = new(channel, 2, 2)
         norm = new(channel)
